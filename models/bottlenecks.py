@@ -1,0 +1,179 @@
+"""Photo paths in, bottleneck vectors out, through a content-addressed cache on disk.
+
+A cache entry's key is the SHA-256 of the photo's bytes, so a renamed photo hits the cache and
+an edited one misses; entries live under the network name and the decoding version, so another
+network or another decoding never reads them. Entries are written atomically (temporary file,
+then rename), so workers sharing one FLOWERS_HOME never see a torn entry.
+
+Misses are computed in batches: photos are read, hashed and decoded by a thread pool one batch
+ahead of the network, which runs once per batch. The network is built only on the first miss,
+so a warm cache never pays for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.decode import PREPROCESS_VERSION, decode_image, read_bytes
+from models.errors import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+# Called with (photos done, photos in all) as batches finish.
+Progress = Callable[[int, int], None]
+# Maps a (N, size, size, 3) uint8 batch to (N, bottleneck_size) float32.
+BatchRunner = Callable[[np.ndarray], np.ndarray]
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class BottleneckCache:
+    """Bottleneck vectors on disk, one `.npy` file per photo content and network."""
+
+    def __init__(self, root: Path, network: str) -> None:
+        self.root = Path(root) / "bottlenecks" / network / PREPROCESS_VERSION
+
+    def bottleneck_path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def load(self, digest: str) -> np.ndarray | None:
+        """The cached vector, or None when absent or unreadable (then it is recomputed)."""
+        path = self.bottleneck_path(digest)
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable cache entry %s: %s", path, exc)
+            return None
+
+    def store(self, digest: str, vector: np.ndarray) -> None:
+        path = self.bottleneck_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda handle: np.save(handle, vector, allow_pickle=False))
+
+
+def write_atomically(path: Path, write: Callable[[object], object]) -> None:
+    """Writes `path` through a temporary file in the same folder, then renames it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class _Prepared:
+    """One photo after the thread pool: its hash and either a cached vector or its pixels."""
+
+    digest: str = ""
+    vector: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass
+class BottleneckResult:
+    """Vectors for the photos that could be read, in input order, and the ones that could not."""
+
+    vectors: np.ndarray
+    kept: list[int]  # indices into the input paths, one per row of `vectors`
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    cache_hits: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+
+
+def _prepare(path: Path, size: int, cache: BottleneckCache) -> _Prepared:
+    try:
+        data = read_bytes(path)
+        digest = content_hash(data)
+        vector = cache.load(digest)
+        if vector is not None:
+            return _Prepared(digest, vector=vector)
+        return _Prepared(digest, pixels=decode_image(data, size, path))
+    except ImageDecodeError as exc:
+        return _Prepared(error=str(exc))
+
+
+def _batches_ahead(
+    paths: Sequence[Path], batch_size: int, pool: ThreadPoolExecutor,
+    prepare: Callable[[Path], _Prepared],
+) -> Iterator[list[_Prepared]]:
+    """Yields prepared batches in order while the pool already works on the next one."""
+    pending: list[Future[_Prepared]] | None = None
+    for start in range(0, len(paths), batch_size):
+        futures = [pool.submit(prepare, path) for path in paths[start : start + batch_size]]
+        if pending is not None:
+            yield [future.result() for future in pending]
+        pending = futures
+    if pending is not None:
+        yield [future.result() for future in pending]
+
+
+def compute_bottlenecks(
+    paths: Sequence[Path],
+    input_size: int,
+    bottleneck_size: int,
+    cache: BottleneckCache,
+    make_runner: Callable[[], BatchRunner],
+    batch_size: int = 64,
+    decode_threads: int | None = None,
+    progress: Progress | None = None,
+) -> BottleneckResult:
+    """Bottlenecks for `paths`, from the cache where possible, else from the network."""
+    started = time.perf_counter()
+    runner: BatchRunner | None = None
+    vectors = np.zeros((len(paths), bottleneck_size), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    result = BottleneckResult(vectors=vectors, kept=[])
+    threads = decode_threads or min(8, (os.cpu_count() or 1) + 1)
+    done = 0
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        prepare = lambda path: _prepare(path, input_size, cache)  # noqa: E731
+        for batch in _batches_ahead(paths, batch_size, pool, prepare):
+            misses = []
+            for offset, item in enumerate(batch):
+                index = done + offset
+                if item.error is not None:
+                    result.skipped.append((paths[index], item.error))
+                elif item.vector is not None:
+                    vectors[index] = item.vector
+                    ok[index] = True
+                    result.cache_hits += 1
+                else:
+                    misses.append((index, item))
+            if misses:
+                runner = runner or make_runner()
+                computed = runner(np.stack([item.pixels for _, item in misses]))
+                for (index, item), vector in zip(misses, computed, strict=True):
+                    vectors[index] = vector
+                    ok[index] = True
+                    cache.store(item.digest, vector)
+                result.computed += len(misses)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(paths))
+    result.kept = [int(i) for i in np.flatnonzero(ok)]
+    result.vectors = vectors[ok]
+    result.seconds = time.perf_counter() - started
+    for path, reason in result.skipped:
+        log.warning("skipped %s", reason if str(path) in reason else f"{path}: {reason}")
+    return result

@@ -1,0 +1,173 @@
+"""A trained model as a self-describing folder: save it whole, read its manifest, load it.
+
+    BUNDLE/model.keras     the Keras model: 0-255 RGB pixels in, class probabilities out
+                           (the network's own scaling is a layer inside it)
+    BUNDLE/labels.txt      one class name a line, in output order (as the codelab wrote it)
+    BUNDLE/manifest.json   architecture, input size, preprocessing, classes, training
+                           arguments, split, skipped photos, metrics, versions, creation time
+    BUNDLE/split.json      which photo went to which set
+    BUNDLE/report.png      learning curves and confusion matrix
+
+Whoever labels reads the manifest and re-derives nothing. Reading a manifest needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models.errors import BundleError
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+MANIFEST_FILE = "manifest.json"
+SPLIT_FILE = "split.json"
+REPORT_FILE = "report.png"
+
+
+def new_bundle_id() -> str:
+    return uuid.uuid4().hex
+
+
+def save_bundle(
+    output: Path,
+    model: keras.Model,
+    manifest: dict[str, Any],
+    split: dict[str, list[str]],
+    write_report: Callable[[Path], None] | None = None,
+) -> Path:
+    """Writes the bundle into a temporary sibling folder, then renames it to `output`.
+
+    A reader sees the old bundle or the new one, never a half-written one.
+    """
+    output = Path(output).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    try:
+        model.save(staging / MODEL_FILE)
+        (staging / LABELS_FILE).write_text("".join(f"{name}\n" for name in manifest["class_names"]))
+        (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
+        if write_report is not None:
+            write_report(staging / REPORT_FILE)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+        _replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s", output)
+    return output
+
+
+def _replace_folder(staging: Path, output: Path) -> None:
+    if not output.exists():
+        os.replace(staging, output)
+        return
+    if not (output / MANIFEST_FILE).is_file() and any(output.iterdir()):
+        raise BundleError(
+            f"{output} exists and is not a model bundle: choose another --output or remove it"
+        )
+    retired = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(output, retired)
+    os.replace(staging, output)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """The bundle's manifest, checked for the fields labelling needs; raises `BundleError`."""
+    bundle = Path(bundle)
+    if not bundle.exists():
+        raise BundleError(f"model bundle {bundle} does not exist: pass the --output of flowers train")
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle} is a file, not a model bundle folder")
+    path = bundle / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(
+            f"{bundle} is not a model bundle (no {MANIFEST_FILE}): pass a folder made by flowers train"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} is unreadable or not JSON ({exc}): retrain the bundle") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} is not a manifest object: retrain the bundle")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"{bundle} has bundle format {version!r}; this flowers reads format {FORMAT_VERSION} "
+            "or older: upgrade flowers"
+        )
+    for key in ("architecture", "input_size", "class_names", "bundle_id"):
+        if key not in manifest:
+            raise BundleError(f"{path} lacks {key!r}: retrain the bundle")
+    return manifest
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle in memory: its Keras model, its manifest and its class names."""
+
+    path: Path
+    model: keras.Model
+    manifest: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.manifest["input_size"][0])
+
+
+def load_bundle(bundle: Path) -> LoadedBundle:
+    """Loads a bundle in Keras safe mode; raises `BundleError` if any part is missing or corrupt."""
+    import keras
+
+    bundle = Path(bundle).resolve()
+    manifest = read_manifest(bundle)
+    labels_path = bundle / LABELS_FILE
+    try:
+        labels = labels_path.read_text().splitlines()
+    except OSError:
+        raise BundleError(f"{bundle} lacks {LABELS_FILE}: retrain the bundle") from None
+    if labels != list(manifest["class_names"]):
+        raise BundleError(
+            f"{labels_path} ({len(labels)} labels) does not match the manifest's "
+            f"{len(manifest['class_names'])} class names: retrain the bundle"
+        )
+    model_path = bundle / MODEL_FILE
+    if not model_path.is_file():
+        raise BundleError(f"{bundle} lacks {MODEL_FILE}: retrain the bundle")
+    try:
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise BundleError(
+            f"cannot load {model_path} ({type(exc).__name__}: {exc}); it may be truncated or hold "
+            "custom code, which safe mode refuses: retrain the bundle"
+        ) from None
+    outputs = model.output_shape[-1]
+    if outputs != len(labels):
+        raise BundleError(
+            f"{model_path} has {outputs} outputs but {labels_path} has {len(labels)} labels: "
+            "retrain the bundle"
+        )
+    size = int(manifest["input_size"][0])
+    if tuple(model.input_shape[1:]) != (size, size, 3):
+        raise BundleError(
+            f"{model_path} takes {model.input_shape[1:]} but the manifest says {size}x{size}x3"
+        )
+    return LoadedBundle(bundle, model, manifest)

@@ -1,0 +1,97 @@
+"""Photo files in, RGB pixel arrays of a network's input size out.
+
+Every photo is decoded the same way for training and for labelling: EXIF orientation applied,
+any mode (palette, alpha, greyscale, CMYK, 16-bit) turned into 8-bit RGB, then resized
+bilinearly to the network's square input, as the codelab's `label_image.py` did. Scaling to
+the network's value range happens inside the model, not here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from models.errors import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever decoding changes what pixels a photo gives: bottleneck cache keys include it.
+PREPROCESS_VERSION = "rgb8-exif-bilinear-squash-v1"
+# A photo above this many pixels is refused before its pixels are decoded (decompression bombs).
+MAX_PIXELS = 120_000_000
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, or `ImageDecodeError` naming the file and the reason it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: file not found (deleted or moved?)") from None
+    except PermissionError:
+        raise ImageDecodeError(f"{path}: permission denied; make it readable") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{path}: is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    return data
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; 16- and 32-bit greyscale are scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        grey = np.clip(array * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
+    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(
+                    f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit "
+                    "(possible decompression bomb); shrink the photo to label it"
+                )
+            if image.format == "JPEG":
+                # Let libjpeg decode at a reduced scale that is still >= the target size.
+                image.draft("RGB", (size, size))
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb8(image)
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"{name}: not an image Pillow can identify (corrupt, or not a photo)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"{name}: cannot decode ({exc})") from None
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """Reads and decodes one photo file; see `decode_image`."""
+    return decode_image(read_bytes(path), size, path)

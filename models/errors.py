@@ -1,0 +1,48 @@
+"""The one error hierarchy of flowers: every expected failure is a `FlowersError`.
+
+Each message says what was received and how to fix it; the CLI prints it as one line.
+"""
+
+
+class FlowersError(Exception):
+    """Raised when flowers cannot go on, for a reason the user can fix."""
+
+    exit_code = 1
+
+
+class UsageError(FlowersError):
+    """Raised when an argument or option is invalid (exit code 2)."""
+
+    exit_code = 2
+
+
+class DatasetError(UsageError):
+    """Raised when a photo folder cannot be used for training or labelling."""
+
+
+class UnknownArchitectureError(UsageError):
+    """Raised when an architecture name is not in the registry."""
+
+
+class WeightsUnavailableError(FlowersError):
+    """Raised when pretrained weights are neither in FLOWERS_WEIGHTS_DIR nor downloadable."""
+
+
+class ImageDecodeError(FlowersError):
+    """Raised when one photo cannot be read or decoded."""
+
+
+class BundleError(FlowersError):
+    """Raised when a model bundle is missing, incomplete, corrupt or of an unknown format."""
+
+
+class QueueUnavailableError(FlowersError):
+    """Raised when Redis cannot be reached or refuses the connection."""
+
+
+class JobNotFoundError(FlowersError):
+    """Raised when no job with the given id is known to Redis."""
+
+
+class JobFailedError(FlowersError):
+    """Raised when a job ends in failure on a worker."""

@@ -1,0 +1,184 @@
+"""Base networks by name: a registry of specs, and `build_base_network(name)` for a Keras model.
+
+A spec keeps together what must agree: the Keras constructor, input size, bottleneck size and
+the exact weight file name Keras uses. Every network here expects pixels scaled to [-1, 1];
+the built model starts with that scaling, so it takes raw 0-255 RGB pixels.
+TensorFlow is imported only when a network is built, so the registry is cheap to import.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.errors import UnknownArchitectureError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_IMAGENET = "imagenet"
+KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One base network: how to build it and what it takes and gives."""
+
+    name: str
+    family: str  # "inception_v3" | "mobilenet" | "mobilenet_v2"
+    alpha: float
+    input_size: int
+    bottleneck_size: int
+    weights_file: str
+    weights_url: str
+    # The scaling the network was trained with, applied inside the model: x * scale + offset.
+    scale: float = 1 / 127.5
+    offset: float = -1.0
+
+    def describe(self) -> str:
+        return f"{self.family} alpha={self.alpha:g} input={self.input_size}px"
+
+
+def _mobilenet_v1(alpha_text: str, size: int) -> NetworkSpec:
+    alpha = float(alpha_text)
+    file_alpha = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[alpha]
+    weights_file = f"mobilenet_{file_alpha}_{size}_tf_no_top.h5"
+    return NetworkSpec(
+        name=f"mobilenet_{alpha_text}_{size}",
+        family="mobilenet",
+        alpha=alpha,
+        input_size=size,
+        bottleneck_size=int(1024 * alpha),
+        weights_file=weights_file,
+        weights_url=KERAS_BASE_URL + "mobilenet/" + weights_file,
+    )
+
+
+def _mobilenet_v2(alpha_text: str, size: int) -> NetworkSpec:
+    alpha = float(alpha_text)
+    weights_file = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5"
+    return NetworkSpec(
+        name=f"mobilenet_v2_{alpha_text}_{size}",
+        family="mobilenet_v2",
+        alpha=alpha,
+        input_size=size,
+        bottleneck_size=int(1280 * alpha) if alpha > 1.0 else 1280,
+        weights_file=weights_file,
+        weights_url=KERAS_BASE_URL + "mobilenet_v2/" + weights_file,
+    )
+
+
+def _build_registry() -> dict[str, NetworkSpec]:
+    inception_file = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    specs = [
+        NetworkSpec(
+            name="inception_v3",
+            family="inception_v3",
+            alpha=1.0,
+            input_size=299,
+            bottleneck_size=2048,
+            weights_file=inception_file,
+            weights_url=KERAS_BASE_URL + "inception_v3/" + inception_file,
+        )
+    ]
+    for alpha_text in ("1.0", "0.75", "0.50", "0.25"):
+        specs += [_mobilenet_v1(alpha_text, size) for size in (224, 192, 160, 128)]
+    for alpha_text in ("1.4", "1.3", "1.0", "0.75", "0.50", "0.35"):
+        specs += [_mobilenet_v2(alpha_text, size) for size in (224, 192, 160, 128, 96)]
+    registry = {spec.name: spec for spec in specs}
+    registry["mobilenet_v2"] = registry["mobilenet_v2_1.0_224"]
+    return registry
+
+
+NETWORKS: dict[str, NetworkSpec] = _build_registry()
+DEFAULT_ARCHITECTURE = "mobilenet_v2"
+
+
+def get_spec(name: str) -> NetworkSpec:
+    """The spec registered under `name`, or `UnknownArchitectureError` listing the valid names."""
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}; choose one of: {', '.join(NETWORKS)} "
+            "(`flowers architectures` lists them)"
+        ) from None
+
+
+def resolve_weights(spec: NetworkSpec, weights: str | None, weights_dir: Path | None) -> str | None:
+    """What to pass as Keras' `weights=`: None, a local file, or "imagenet" (download/cache).
+
+    A file named `spec.weights_file` in `weights_dir` wins; otherwise Keras' own cache or download.
+    """
+    if weights is None or weights == "none":
+        return None
+    if weights != WEIGHTS_IMAGENET:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailableError(f"weights file {path} does not exist")
+        return str(path)
+    if weights_dir is not None:
+        candidate = Path(weights_dir) / spec.weights_file
+        if candidate.is_file():
+            return str(candidate)
+    return WEIGHTS_IMAGENET
+
+
+def _application(spec: NetworkSpec) -> Any:
+    import keras
+
+    return {
+        "inception_v3": keras.applications.InceptionV3,
+        "mobilenet": keras.applications.MobileNet,
+        "mobilenet_v2": keras.applications.MobileNetV2,
+    }[spec.family]
+
+
+def build_base_network(
+    name: str, weights: str | None = WEIGHTS_IMAGENET, weights_dir: Path | None = None
+) -> keras.Model:
+    """A Keras model from 0-255 RGB pixels (N, size, size, 3) to bottlenecks (N, bottleneck_size)."""
+    import keras
+
+    spec = get_spec(name)
+    resolved = resolve_weights(spec, weights, weights_dir)
+    shape = (spec.input_size, spec.input_size, 3)
+    kwargs: dict[str, Any] = {"include_top": False, "pooling": "avg", "input_shape": shape}
+    if spec.family != "inception_v3":
+        kwargs["alpha"] = spec.alpha
+    try:
+        base = _application(spec)(weights=resolved, **kwargs)
+    except Exception as exc:
+        if resolved != WEIGHTS_IMAGENET:
+            raise
+        where = f"FLOWERS_WEIGHTS_DIR ({weights_dir})" if weights_dir else "FLOWERS_WEIGHTS_DIR"
+        raise WeightsUnavailableError(
+            f"weights {spec.weights_file} for {spec.name} are not in {where} and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}); fetch {spec.weights_url} and put it in "
+            "FLOWERS_WEIGHTS_DIR, or pass --weights none for random weights"
+        ) from None
+    pixels = keras.Input(shape=shape, name="pixels")
+    scaled = keras.layers.Rescaling(spec.scale, offset=spec.offset, name="scale_to_unit")(pixels)
+    bottleneck = base(scaled)
+    log.info("built %s (%s, weights=%s)", spec.name, spec.describe(), resolved)
+    return keras.Model(pixels, bottleneck, name=f"{spec.name.replace('.', '_')}_base")
+
+
+def batch_runner(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """Wraps `model` in one traced graph for uint8 batches of any length: one trace, no retracing."""
+    import tensorflow as tf
+
+    size = model.input_shape[1]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+    def run(batch: tf.Tensor) -> tf.Tensor:
+        return model(tf.cast(batch, tf.float32), training=False)
+
+    return lambda batch: run(batch).numpy()

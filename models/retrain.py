@@ -1,0 +1,247 @@
+"""A retraining request in, a model bundle and a summary out: the whole training pipeline.
+
+scan (discover, stable split) -> bottlenecks (cache, batched network) -> train the softmax
+head -> evaluate -> export the bundle (network + head + scaling, labels, manifest, report).
+Progress is reported through a callback as (phase, done, total, details).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import bottlenecks, bundle, dataset, head, networks, report
+from models.decode import PREPROCESS_VERSION
+from models.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+PhaseProgress = Callable[[str, int, int, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainRequest:
+    """What `flowers train` asks for; JSON-serialisable, so it travels as a task argument."""
+
+    photo_dir: str
+    output: str
+    architecture: str = networks.DEFAULT_ARCHITECTURE
+    weights: str = networks.WEIGHTS_IMAGENET
+    how_many_training_steps: int = 4000
+    train_batch_size: int = 100
+    learning_rate: float = 0.01
+    eval_step_interval: int = 10
+    validation_percentage: float = 10.0
+    testing_percentage: float = 10.0
+    summaries_dir: str | None = None
+    bottleneck_batch_size: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrainRequest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:
+    return None
+
+
+def retrain(
+    request: RetrainRequest,
+    home: Path,
+    weights_dir: Path | None = None,
+    progress: PhaseProgress = _quiet,
+) -> dict[str, Any]:
+    """Runs the pipeline for `request` and returns the summary also stored in the manifest."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    spec = networks.get_spec(request.architecture)
+    if request.how_many_training_steps <= 0:
+        raise DatasetError(
+            f"--how-many-training-steps {request.how_many_training_steps} must be positive"
+        )
+
+    progress("scanning", 0, 0, {})
+    data = dataset.discover(Path(request.photo_dir))
+    photos = list(data.photos)
+    progress("scanning", len(photos), len(photos), {"classes": list(data.class_names)})
+    timings["scan"] = time.perf_counter() - started
+
+    base: list[Any] = []
+
+    def make_runner() -> bottlenecks.BatchRunner:
+        base.append(networks.build_base_network(spec.name, request.weights, weights_dir))
+        return networks.batch_runner(base[0])
+
+    phase_start = time.perf_counter()
+    computed = bottlenecks.compute_bottlenecks(
+        [photo.path for photo in photos],
+        spec.input_size,
+        spec.bottleneck_size,
+        bottlenecks.BottleneckCache(home, spec.name),
+        make_runner,
+        batch_size=request.bottleneck_batch_size,
+        progress=lambda done, total: progress("bottlenecks", done, total, {}),
+    )
+    timings["bottlenecks"] = time.perf_counter() - phase_start
+    kept = [photos[i] for i in computed.kept]
+    labels = np.array([photo.label for photo in kept], dtype=np.int64)
+    split = dataset.stable_split(kept, request.validation_percentage, request.testing_percentage)
+    index_of = {photo.path: row for row, photo in enumerate(kept)}
+    rows = {name: [index_of[photo.path] for photo in split[name]] for name in dataset.SETS}
+    if not rows["training"]:
+        raise DatasetError(f"{data.root}: no readable photos fell into the training set")
+    x = {name: computed.vectors[rows[name]] for name in dataset.SETS}
+    y = {name: labels[rows[name]] for name in dataset.SETS}
+
+    phase_start = time.perf_counter()
+    config = head.HeadConfig(
+        steps=request.how_many_training_steps,
+        batch_size=request.train_batch_size,
+        learning_rate=request.learning_rate,
+        eval_step_interval=request.eval_step_interval,
+    )
+    trained = head.train_head(
+        x["training"], y["training"], x["validation"], y["validation"], len(data.class_names),
+        config, progress=lambda done, total, entry: progress("training", done, total, entry),
+    )
+    timings["training"] = time.perf_counter() - phase_start
+    metrics = {
+        name: head.evaluate(trained, x[name], y[name], data.class_names) for name in dataset.SETS
+    }
+    misclassified = _misclassified(trained, kept, rows["testing"], computed.vectors, data)
+    if request.summaries_dir:
+        head.write_summaries(trained.history, Path(request.summaries_dir))
+
+    progress("export", 0, 1, {})
+    phase_start = time.perf_counter()
+    model = _full_model(base[0] if base else None, spec, request, weights_dir, trained)
+    relative = lambda photo: photo.path.relative_to(data.root).as_posix()  # noqa: E731
+    skipped = [
+        {"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
+        for path, reason in computed.skipped
+    ]
+    manifest: dict[str, Any] = {
+        "format_version": bundle.FORMAT_VERSION,
+        "bundle_id": bundle.new_bundle_id(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "architecture": spec.name,
+        "input_size": [spec.input_size, spec.input_size],
+        "bottleneck_size": spec.bottleneck_size,
+        "preprocessing": {
+            "decode": "EXIF orientation applied; converted to 8-bit RGB (alpha over white)",
+            "resize": f"bilinear, squashed to {spec.input_size}x{spec.input_size}",
+            "scaling": f"inside the model: x * {spec.scale:.10g} + {spec.offset:g}",
+            "version": PREPROCESS_VERSION,
+        },
+        "class_names": list(data.class_names),
+        "output_layer": "final_result",
+        "training_arguments": request.to_dict(),
+        "photo_dir": str(data.root),
+        "split": {name: len(rows[name]) for name in dataset.SETS},
+        "photos_per_class": data.count_by_class(),
+        "skipped": skipped,
+        "metrics": {
+            "train_accuracy": metrics["training"]["accuracy"],
+            "validation_accuracy": metrics["validation"]["accuracy"],
+            "test_accuracy": metrics["testing"]["accuracy"],
+            "test_cross_entropy": metrics["testing"]["cross_entropy"],
+            "test_per_class": metrics["testing"]["per_class"],
+            "test_confusion_matrix": metrics["testing"]["confusion_matrix"],
+            "misclassified_test_images": misclassified,
+        },
+        "bottlenecks": {"cache_hits": computed.cache_hits, "computed": computed.computed},
+        "versions": _versions(),
+    }
+    split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
+    output = bundle.save_bundle(
+        Path(request.output), model, manifest, split_files,
+        write_report=lambda path: report.write_report(
+            path, trained.history, metrics["testing"]["confusion_matrix"], data.class_names,
+            f"{spec.name} on {data.root.name}: test accuracy "
+            f"{_percent(metrics['testing']['accuracy'])}",
+        ),
+    )
+    timings["export"] = time.perf_counter() - phase_start
+    timings["total"] = time.perf_counter() - started
+    progress("export", 1, 1, {})
+    return {
+        "bundle": str(output),
+        "architecture": spec.name,
+        "classes": list(data.class_names),
+        "photos": len(photos),
+        "split": manifest["split"],
+        "train_accuracy": metrics["training"]["accuracy"],
+        "validation_accuracy": metrics["validation"]["accuracy"],
+        "test_accuracy": metrics["testing"]["accuracy"],
+        "skipped": skipped,
+        "bottleneck_cache_hits": computed.cache_hits,
+        "bottlenecks_computed": computed.computed,
+        "seconds": {name: round(value, 3) for name, value in timings.items()},
+    }
+
+
+def _percent(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, float) else "n/a"
+
+
+def _misclassified(
+    trained: head.TrainedHead, kept: list[dataset.Photo], test_rows: list[int],
+    vectors: np.ndarray, data: dataset.Dataset,
+) -> list[dict[str, Any]]:
+    if not test_rows:
+        return []
+    probs = trained.probabilities(vectors[test_rows])
+    wrong = []
+    for row, p in zip(test_rows, probs, strict=True):
+        photo = kept[row]
+        guess = int(p.argmax())
+        if guess != photo.label:
+            wrong.append({
+                "path": photo.path.relative_to(data.root).as_posix(),
+                "true": data.class_names[photo.label],
+                "predicted": data.class_names[guess],
+                "confidence": round(float(p[guess]), 6),
+            })
+    return wrong
+
+
+def _full_model(
+    base: Any, spec: networks.NetworkSpec, request: RetrainRequest,
+    weights_dir: Path | None, trained: head.TrainedHead,
+) -> Any:
+    """The base network (built now if the cache spared it) topped with the trained softmax."""
+    import keras
+
+    if base is None:
+        base = networks.build_base_network(spec.name, request.weights, weights_dir)
+    final = keras.layers.Dense(trained.bias.shape[0], activation="softmax", name="final_result")
+    probabilities = final(base.output)
+    final.set_weights([trained.kernel, trained.bias])
+    return keras.Model(base.input, probabilities, name=f"flowers_{spec.name.replace('.', '_')}")
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    import keras
+    import tensorflow as tf
+
+    versions = {"python": platform.python_version(), "tensorflow": tf.__version__,
+                "keras": keras.__version__}
+    try:
+        versions["flowers"] = metadata.version("flowers")
+    except metadata.PackageNotFoundError:
+        versions["flowers"] = "unknown"
+    return versions

@@ -1,0 +1,31 @@
+"""TensorFlow process settings: thread pools sized so worker processes share the cores.
+
+Call `configure_tensorflow` in a worker process before its first TensorFlow op; calling it
+again later is harmless (TensorFlow fixes its pools at first use).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+_configured = False
+
+
+def configure_tensorflow(threads: int) -> None:
+    """Quiets TensorFlow's C++ logs and sizes its intra- and inter-op pools to `threads`."""
+    global _configured
+    if _configured:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        log.debug("TensorFlow already initialised; keeping its thread pools")
+    _configured = True
+    log.info("TensorFlow %s with %d threads in process %d", tf.__version__, threads, os.getpid())
