@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class BottleneckCache:
         write_atomically(path, lambda handle: np.save(handle, vector, allow_pickle=False))
 
 
-def write_atomically(path: Path, write: Callable[[object], object]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Writes `path` through a temporary file in the same folder, then renames it into place."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -110,7 +111,7 @@ def _prepare(path: Path, size: int, cache: BottleneckCache) -> _Prepared:
             return _Prepared(digest, vector=vector)
         return _Prepared(digest, pixels=decode_image(data, size, path))
     except ImageDecodeError as exc:
-        return _Prepared(error=str(exc))
+        return _Prepared(error=exc.reason)
 
 
 def _batches_ahead(
@@ -146,27 +147,29 @@ def compute_bottlenecks(
     result = BottleneckResult(vectors=vectors, kept=[])
     threads = decode_threads or min(8, (os.cpu_count() or 1) + 1)
     done = 0
+    if progress is not None:
+        progress(0, len(paths))
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         prepare = lambda path: _prepare(path, input_size, cache)  # noqa: E731
         for batch in _batches_ahead(paths, batch_size, pool, prepare):
-            misses = []
+            misses: list[tuple[int, str, np.ndarray]] = []
             for offset, item in enumerate(batch):
                 index = done + offset
-                if item.error is not None:
-                    result.skipped.append((paths[index], item.error))
-                elif item.vector is not None:
+                if item.vector is not None:
                     vectors[index] = item.vector
                     ok[index] = True
                     result.cache_hits += 1
+                elif item.pixels is not None:
+                    misses.append((index, item.digest, item.pixels))
                 else:
-                    misses.append((index, item))
+                    result.skipped.append((paths[index], item.error or "unreadable"))
             if misses:
                 runner = runner or make_runner()
-                computed = runner(np.stack([item.pixels for _, item in misses]))
-                for (index, item), vector in zip(misses, computed, strict=True):
+                computed = runner(np.stack([pixels for _, _, pixels in misses]))
+                for (index, digest, _), vector in zip(misses, computed, strict=True):
                     vectors[index] = vector
                     ok[index] = True
-                    cache.store(item.digest, vector)
+                    cache.store(digest, vector)
                 result.computed += len(misses)
             done += len(batch)
             if progress is not None:
@@ -175,5 +178,5 @@ def compute_bottlenecks(
     result.vectors = vectors[ok]
     result.seconds = time.perf_counter() - started
     for path, reason in result.skipped:
-        log.warning("skipped %s", reason if str(path) in reason else f"{path}: {reason}")
+        log.warning("skipped %s: %s", path, reason)
     return result

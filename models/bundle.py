@@ -90,7 +90,9 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     """The bundle's manifest, checked for the fields labelling needs; raises `BundleError`."""
     bundle = Path(bundle)
     if not bundle.exists():
-        raise BundleError(f"model bundle {bundle} does not exist: pass the --output of flowers train")
+        raise BundleError(
+            f"model bundle {bundle} does not exist: pass the --output of flowers train"
+        )
     if not bundle.is_dir():
         raise BundleError(f"{bundle} is a file, not a model bundle folder")
     path = bundle / MANIFEST_FILE
@@ -98,7 +100,8 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise BundleError(
-            f"{bundle} is not a model bundle (no {MANIFEST_FILE}): pass a folder made by flowers train"
+            f"{bundle} is not a model bundle (no {MANIFEST_FILE}): "
+            "pass a folder made by flowers train"
         ) from None
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is unreadable or not JSON ({exc}): retrain the bundle") from None

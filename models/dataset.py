@@ -76,7 +76,9 @@ def walk_images(root: Path) -> Iterator[Path]:
 def check_photo_dir(root: Path) -> Path:
     """Returns `root` made absolute, or raises `DatasetError` if it is not a readable folder."""
     if not root.exists():
-        raise DatasetError(f"photo folder {root} does not exist: pass a folder of class sub-folders")
+        raise DatasetError(
+            f"photo folder {root} does not exist: pass a folder of class sub-folders"
+        )
     if not root.is_dir():
         raise DatasetError(f"{root} is a file, not a folder: pass the folder that holds the photos")
     return root.resolve()

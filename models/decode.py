@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from models.errors import ImageDecodeError
 
@@ -33,15 +33,15 @@ def read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: file not found (deleted or moved?)") from None
+        raise ImageDecodeError(path, "file not found (deleted or moved?)") from None
     except PermissionError:
-        raise ImageDecodeError(f"{path}: permission denied; make it readable") from None
+        raise ImageDecodeError(path, "permission denied; make it readable") from None
     except IsADirectoryError:
-        raise ImageDecodeError(f"{path}: is a folder, not an image") from None
+        raise ImageDecodeError(path, "is a folder, not an image") from None
     except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ImageDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
     if not data:
-        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+        raise ImageDecodeError(path, "empty file (0 bytes)")
     return data
 
 
@@ -66,14 +66,15 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageDecodeError(
-                    f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit "
+                    name,
+                    f"{width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit "
                     "(possible decompression bomb); shrink the photo to label it"
                 )
-            if image.format == "JPEG":
+            if isinstance(image, JpegImagePlugin.JpegImageFile):
                 # Let libjpeg decode at a reduced scale that is still >= the target size.
                 image.draft("RGB", (size, size))
             image = ImageOps.exif_transpose(image)
@@ -83,13 +84,14 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from None
+        raise ImageDecodeError(name, f"refused as a decompression bomb ({exc})") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(
-            f"{name}: not an image Pillow can identify (corrupt, or not a photo)"
+            name,
+            "not an image Pillow can identify (corrupt, or not a photo)"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(f"{name}: cannot decode ({exc})") from None
+        raise ImageDecodeError(name, f"cannot decode ({exc})") from None
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

@@ -31,6 +31,11 @@ class WeightsUnavailableError(FlowersError):
 class ImageDecodeError(FlowersError):
     """Raised when one photo cannot be read or decoded."""
 
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
 
 class BundleError(FlowersError):
     """Raised when a model bundle is missing, incomplete, corrupt or of an unknown format."""

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,8 +141,8 @@ def write_summaries(history: list[dict[str, float]], summaries_dir: Path) -> Non
 
 def evaluate(
     head: TrainedHead, x: np.ndarray, y: np.ndarray, class_names: list[str] | tuple[str, ...]
-) -> dict[str, object]:
-    """Accuracy, cross-entropy, confusion matrix (rows: true class) and per-class precision/recall."""
+) -> dict[str, Any]:
+    """Accuracy, cross-entropy, confusion matrix (rows: true class), per-class precision/recall."""
     n = len(class_names)
     confusion = np.zeros((n, n), dtype=np.int64)
     predicted = head.probabilities(x).argmax(axis=1) if len(x) else np.zeros(0, dtype=np.int64)

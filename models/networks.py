@@ -9,9 +9,9 @@ TensorFlow is imported only when a network is built, so the registry is cheap to
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -144,7 +144,7 @@ def _application(spec: NetworkSpec) -> Any:
 def build_base_network(
     name: str, weights: str | None = WEIGHTS_IMAGENET, weights_dir: Path | None = None
 ) -> keras.Model:
-    """A Keras model from 0-255 RGB pixels (N, size, size, 3) to bottlenecks (N, bottleneck_size)."""
+    """A Keras model from 0-255 RGB pixels (N, size, size, 3) to bottlenecks (N, features)."""
     import keras
 
     spec = get_spec(name)
@@ -172,7 +172,7 @@ def build_base_network(
 
 
 def batch_runner(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """Wraps `model` in one traced graph for uint8 batches of any length: one trace, no retracing."""
+    """Wraps `model` in one graph traced once for uint8 batches of any length."""
     import tensorflow as tf
 
     size = model.input_shape[1]

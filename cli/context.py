@@ -1,0 +1,15 @@
+"""The state every command shares through click's context object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.settings import Settings
+
+
+@dataclass
+class CliContext:
+    """Settings from the environment and whether to show tracebacks."""
+
+    settings: Settings
+    debug: bool = False

@@ -1,0 +1,77 @@
+"""The `flowers` click group: settings on the context, `FlowersError` turned into one clear line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from cli.context import CliContext
+from models.errors import FlowersError
+from worker.settings import Settings
+
+
+class UsageFailure(click.ClickException):
+    """A bad argument found past click's own checks: one line, exit code 2."""
+
+    exit_code = 2
+
+
+class FlowersGroup(click.Group):
+    """Turns expected failures into `error: ...` and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowersError as exc:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            failure = UsageFailure if exc.exit_code == 2 else click.ClickException
+            raise failure(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
+            ) from None
+
+
+@click.group(cls=FlowersGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="FLOWERS_DEBUG",
+              help="Show tracebacks and debug logs.")
+@click.version_option(package_name="flowers")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Retrain an ImageNet network on folders of photos, and label photo collections with it.
+
+    Without FLOWERS_BROKER_URL, each command starts a local Redis and worker for its run.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise click.UsageError(f"bad FLOWERS_* environment variable: {exc}") from None
+    ctx.obj = CliContext(settings=settings, debug=debug)
+
+
+def _register() -> None:
+    from cli.architectures import architectures
+    from cli.run_worker import worker
+    from cli.status import status
+    from cli.train import train
+
+    for command in (architectures, train, status, worker):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="flowers")

@@ -1,0 +1,99 @@
+"""The CLI's side of the queue: reach Redis (or start a local cluster), enqueue by name, wait.
+
+The CLI never imports task code: it sends task names with JSON arguments and reads job records.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from cli.progress import ProgressLine
+from models.errors import JobFailedError, QueueUnavailableError
+from worker.embedded import LocalCluster, local_cluster
+from worker.jobs import FINAL_STATES, JobStore
+from worker.settings import Settings, redact_url
+
+POLL_SECONDS = 0.25
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client that has answered a PING, or `QueueUnavailableError` saying why not."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise QueueUnavailableError(
+            f"Redis at {redact_url(url)} refused the password in FLOWERS_BROKER_URL: fix it"
+        ) from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "AUTH" in str(exc).upper():
+            raise QueueUnavailableError(
+                f"Redis at {redact_url(url)} needs a password: put it in FLOWERS_BROKER_URL "
+                "(redis://:PASSWORD@HOST:PORT/0)"
+            ) from None
+        raise QueueUnavailableError(f"Redis at {redact_url(url)} answered: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        reason = str(exc).replace(url, redact_url(url)).rstrip(".")
+        raise QueueUnavailableError(
+            f"cannot reach Redis at {redact_url(url)} (FLOWERS_BROKER_URL): {reason}; "
+            "start Redis there or fix the URL"
+        ) from None
+    return client
+
+
+@dataclass
+class Queue:
+    """A reachable broker, its job records and, for a local run, the cluster serving it."""
+
+    broker_url: str
+    jobs: JobStore
+    settings: Settings
+    cluster: LocalCluster | None = None
+
+    def submit(self, task_name: str, kind: str, request: dict[str, Any]) -> str:
+        """Records a queued job and sends `task_name` with `request`; returns the job id."""
+        from worker.app import app, configure
+
+        configure(app, self.settings, self.broker_url)
+        job_id = uuid.uuid4().hex
+        self.jobs.create(job_id, kind, request)
+        app.send_task(
+            task_name, args=[request], task_id=job_id, queue=self.settings.queue,
+            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5},
+        )
+        return job_id
+
+    def wait(self, job_id: str, line: ProgressLine) -> dict[str, Any]:
+        """Polls the job until it ends, drawing progress; raises `JobFailedError` on failure."""
+        while True:
+            record = self.jobs.get(job_id)
+            line.show(record)
+            if record["state"] in FINAL_STATES:
+                break
+            if self.cluster is not None:
+                self.cluster.check_alive()
+            time.sleep(POLL_SECONDS)
+        line.close()
+        if record["state"] == "failed":
+            reason = record.get("message", "no reason given")
+            error = JobFailedError(f"job {job_id} failed: {reason}")
+            error.exit_code = int(record.get("exit_code", 1))
+            raise error
+        return record
+
+
+@contextmanager
+def open_queue(settings: Settings, local_processes: int = 1) -> Iterator[Queue]:
+    """The cluster at FLOWERS_BROKER_URL, or a local one for the life of the `with` block."""
+    if settings.broker_url is not None:
+        yield Queue(settings.broker_url, JobStore(connect(settings.broker_url)), settings)
+        return
+    with local_cluster(settings.home, local_processes) as cluster:
+        yield Queue(cluster.broker_url, JobStore(connect(cluster.broker_url)), settings, cluster)

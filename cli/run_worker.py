@@ -1,0 +1,53 @@
+"""`flowers worker`: a Celery worker (prefork) that runs flowers tasks from the Redis queue."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import click
+
+from cli.context import CliContext
+from cli.queue import connect
+from worker.settings import redact_url
+
+
+@click.command()
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
+              help="Worker processes; default: one per core.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--hostname", "-n", default=None, help="Node name; default: flowers-PID@HOST.")
+@click.pass_obj
+def worker(obj: CliContext, concurrency: int | None, loglevel: str, hostname: str | None) -> None:
+    """Start a worker that trains and labels for any flowers client on FLOWERS_BROKER_URL.
+
+    Each process loads TensorFlow only when it first runs a task, after the fork, with
+    cores/processes TensorFlow threads so processes do not oversubscribe the cores.
+    """
+    settings = obj.settings
+    if settings.broker_url is None:
+        raise click.UsageError(
+            "flowers worker needs FLOWERS_BROKER_URL (for example redis://HOST:6379/0) "
+            "to know which queue to serve"
+        )
+    connect(settings.broker_url)
+    processes = concurrency or os.cpu_count() or 1
+    os.environ["FLOWERS_WORKER_PROCESSES"] = str(processes)
+    from worker.app import app
+
+    click.echo(
+        f"flowers worker: {processes} processes x {settings.threads_per_process(processes)} "
+        f"TensorFlow threads on {redact_url(settings.broker_url)}, queue {settings.queue!r}",
+        err=True,
+    )
+    app.worker_main([
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={processes}",
+        f"--loglevel={loglevel.upper()}",
+        f"--queues={settings.queue}",
+        f"--hostname={hostname or f'flowers-{os.getpid()}@{socket.gethostname()}'}",
+        "--without-gossip",
+        "--without-mingle",
+    ])

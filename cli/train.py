@@ -1,0 +1,120 @@
+"""`flowers train`: validate a photo folder, enqueue a retrain task, wait and summarise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.context import CliContext
+from cli.progress import ProgressLine
+from cli.queue import open_queue
+from models.dataset import check_percentages, discover
+from models.errors import UsageError
+from models.networks import DEFAULT_ARCHITECTURE, get_spec
+from models.retrain import RetrainRequest
+
+
+@click.command()
+@click.argument("photo_dir", type=click.Path(path_type=Path))
+@click.option("--architecture", "-a", default=DEFAULT_ARCHITECTURE, show_default=True,
+              help="Base network; `flowers architectures` lists them.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder to write; default: FLOWERS_HOME/bundles/ARCHITECTURE.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
+@click.option("--how-many-training-steps", type=int, default=4000, show_default=True)
+@click.option("--train-batch-size", type=int, default=100, show_default=True)
+@click.option("--learning-rate", type=float, default=0.01, show_default=True)
+@click.option("--eval-step-interval", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--validation-percentage", type=float, default=10.0, show_default=True)
+@click.option("--testing-percentage", type=float, default=10.0, show_default=True)
+@click.option("--summaries-dir", type=click.Path(path_type=Path), default=None,
+              help="Write TensorBoard summaries here.")
+@click.option("--bottleneck-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait with a progress bar, or print the job id and return.")
+@click.option("--print-misclassified-test-images", is_flag=True)
+@click.pass_obj
+def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | None,
+          weights: str, how_many_training_steps: int, train_batch_size: int,
+          learning_rate: float, eval_step_interval: int, validation_percentage: float,
+          testing_percentage: float, summaries_dir: Path | None, bottleneck_batch_size: int,
+          wait: bool, print_misclassified_test_images: bool) -> None:
+    """Retrain the last layer of an ImageNet network on PHOTO_DIR (one sub-folder per class)."""
+    settings = obj.settings
+    spec = get_spec(architecture)
+    for name, value in (("--how-many-training-steps", how_many_training_steps),
+                        ("--train-batch-size", train_batch_size),
+                        ("--learning-rate", learning_rate)):
+        if value <= 0:
+            raise UsageError(f"{name} {value} must be positive")
+    check_percentages(validation_percentage, testing_percentage)
+    data = discover(photo_dir)
+    if output is None:
+        output = settings.home / "bundles" / spec.name
+    output = output.resolve()
+    if output == data.root or data.root in output.parents:
+        raise UsageError(
+            f"--output {output} is inside the photo folder; write the bundle elsewhere"
+        )
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
+    if not settings.broker_url and not wait:
+        raise UsageError(
+            "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
+            "without it the local cluster lives only while the command waits"
+        )
+    request = RetrainRequest(
+        photo_dir=str(data.root), output=str(output), architecture=spec.name,
+        weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+        how_many_training_steps=how_many_training_steps, train_batch_size=train_batch_size,
+        learning_rate=learning_rate, eval_step_interval=eval_step_interval,
+        validation_percentage=validation_percentage, testing_percentage=testing_percentage,
+        summaries_dir=str(summaries_dir.resolve()) if summaries_dir else None,
+        bottleneck_batch_size=bottleneck_batch_size,
+    )
+    with open_queue(settings, local_processes=1) as queue:
+        click.echo(f"training {spec.name} on {len(data.photos)} photos in "
+                   f"{len(data.class_names)} classes: {', '.join(data.class_names)}", err=True)
+        job_id = queue.submit("flowers.retrain", "train", request.to_dict())
+        if not wait:
+            click.echo(job_id)
+            return
+        record = queue.wait(job_id, ProgressLine())
+    print_summary(record["result"], print_misclassified_test_images)
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, float) else "n/a"
+
+
+def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
+    split = summary["split"]
+    click.echo(
+        f"test accuracy {_percent(summary['test_accuracy'])} on {split['testing']} photos "
+        f"(validation {_percent(summary['validation_accuracy'])}, "
+        f"train {_percent(summary['train_accuracy'])})"
+    )
+    click.echo(f"bundle: {summary['bundle']}")
+    click.echo(
+        f"{summary['photos']} photos: {split['training']} training, {split['validation']} "
+        f"validation, {split['testing']} testing; bottlenecks {summary['bottlenecks_computed']} "
+        f"computed, {summary['bottleneck_cache_hits']} from cache; "
+        f"{summary['seconds']['total']:.1f} s"
+    )
+    skipped = summary["skipped"]
+    if skipped:
+        click.echo(f"skipped {len(skipped)} photos that could not be read:")
+        for item in skipped:
+            click.echo(f"  {item['path']}: {item['reason']}")
+    if misclassified:
+        from models.bundle import read_manifest
+
+        manifest = read_manifest(Path(summary["bundle"]))
+        wrong = manifest["metrics"]["misclassified_test_images"]
+        click.echo(f"misclassified test images ({len(wrong)}):")
+        for item in wrong:
+            click.echo(f"  {item['path']}: {item['true']} taken for {item['predicted']} "
+                       f"({item['confidence']:.2f})")

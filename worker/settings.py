@@ -1,0 +1,62 @@
+"""The one settings object, filled from `FLOWERS_*` environment variables.
+
+FLOWERS_BROKER_URL          Redis URL of a cluster. Unset: each command starts a local Redis
+                            and worker for its own run.
+FLOWERS_HOME                bottleneck cache, worker logs, default bundles (~/.flowers)
+FLOWERS_WEIGHTS_DIR         folder of pretrained weight files under the names Keras uses (unset)
+FLOWERS_VISIBILITY_TIMEOUT  seconds before Redis hands an unacknowledged task to another
+                            worker (3600; keep it above the longest task)
+FLOWERS_TF_THREADS          TensorFlow threads per worker process (0: cores / processes)
+FLOWERS_QUEUE               the Celery queue tasks go to (flowers)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the queue is, where flowers keeps its files, and how workers use the machine."""
+
+    broker_url: str | None
+    home: Path
+    weights_dir: Path | None
+    visibility_timeout: int = 3600
+    tf_threads: int = 0
+    queue: str = "flowers"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        weights_dir = env.get("FLOWERS_WEIGHTS_DIR")
+        return cls(
+            broker_url=env.get("FLOWERS_BROKER_URL") or None,
+            home=Path(env.get("FLOWERS_HOME") or Path.home() / ".flowers").expanduser(),
+            weights_dir=Path(weights_dir).expanduser() if weights_dir else None,
+            visibility_timeout=int(env.get("FLOWERS_VISIBILITY_TIMEOUT") or 3600),
+            tf_threads=int(env.get("FLOWERS_TF_THREADS") or 0),
+            queue=env.get("FLOWERS_QUEUE") or "flowers",
+        )
+
+    def threads_per_process(self, processes: int) -> int:
+        """TensorFlow threads for one of `processes` worker processes on this machine."""
+        if self.tf_threads > 0:
+            return self.tf_threads
+        return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
