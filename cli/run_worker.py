@@ -9,11 +9,12 @@ import click
 
 from cli.context import CliContext
 from cli.queue import connect
-from worker.settings import redact_url
+from worker.settings import Settings, redact_url
 
 
 @click.command()
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
+              envvar="FLOWERS_WORKER_CONCURRENCY",
               help="Worker processes; default: one per core.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
@@ -26,19 +27,23 @@ def worker(obj: CliContext, concurrency: int | None, loglevel: str, hostname: st
     cores/processes TensorFlow threads so processes do not oversubscribe the cores.
     """
     settings = obj.settings
-    if settings.broker_url is None:
+    broker_url = settings.broker_url
+    if broker_url is None:
         raise click.UsageError(
             "flowers worker needs FLOWERS_BROKER_URL (for example redis://HOST:6379/0) "
             "to know which queue to serve"
         )
-    connect(settings.broker_url)
-    processes = concurrency or os.cpu_count() or 1
-    os.environ["FLOWERS_WORKER_PROCESSES"] = str(processes)
+    connect(broker_url)
+    if concurrency:
+        # The pool's processes read their share of the cores from the same settings.
+        os.environ["FLOWERS_WORKER_CONCURRENCY"] = str(concurrency)
+        settings = Settings.from_env()
+    processes = settings.processes()
     from worker.app import app
 
     click.echo(
-        f"flowers worker: {processes} processes x {settings.threads_per_process(processes)} "
-        f"TensorFlow threads on {redact_url(settings.broker_url)}, queue {settings.queue!r}",
+        f"flowers worker: {processes} processes x {settings.threads_per_process()} "
+        f"TensorFlow threads on {redact_url(broker_url)}, queue {settings.queue!r}",
         err=True,
     )
     app.worker_main([

@@ -21,7 +21,7 @@ from models.retrain import RetrainRequest
 @click.option("--architecture", "-a", default=DEFAULT_ARCHITECTURE, show_default=True,
               help="Base network; `flowers architectures` lists them.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Bundle folder to write; default: FLOWERS_HOME/bundles/ARCHITECTURE.")
+              help="Bundle folder to write; default: the worker's FLOWERS_HOME/bundles/ARCH.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
 @click.option("--how-many-training-steps", type=int, default=4000, show_default=True)
@@ -52,13 +52,12 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
             raise UsageError(f"{name} {value} must be positive")
     check_percentages(validation_percentage, testing_percentage)
     data = discover(photo_dir)
-    if output is None:
-        output = settings.home / "bundles" / spec.name
-    output = output.resolve()
-    if output == data.root or data.root in output.parents:
-        raise UsageError(
-            f"--output {output} is inside the photo folder; write the bundle elsewhere"
-        )
+    if output is not None:
+        output = output.resolve()
+        if output == data.root or data.root in output.parents:
+            raise UsageError(
+                f"--output {output} is inside the photo folder; write the bundle elsewhere"
+            )
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
     if not settings.broker_url and not wait:
@@ -67,7 +66,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
             "without it the local cluster lives only while the command waits"
         )
     request = RetrainRequest(
-        photo_dir=str(data.root), output=str(output), architecture=spec.name,
+        photo_dir=str(data.root), output=str(output) if output else None, architecture=spec.name,
         weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
         how_many_training_steps=how_many_training_steps, train_batch_size=train_batch_size,
         learning_rate=learning_rate, eval_step_interval=eval_step_interval,

@@ -124,9 +124,16 @@ def train_head(
 
 
 def write_summaries(history: list[dict[str, float]], summaries_dir: Path) -> None:
-    """Writes the history as TensorBoard scalars under summaries_dir/train and /validation."""
+    """Writes the history as TensorBoard scalars under summaries_dir/train and /validation.
+
+    Uses the core `tf.summary.write` with the scalars plugin's metadata, so writing needs no
+    TensorBoard install; `tensorboard --logdir SUMMARIES_DIR` shows the curves.
+    """
     import tensorflow as tf
 
+    scalar = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
     for subset, prefix in (("train", "train_"), ("validation", "validation_")):
         writer = tf.summary.create_file_writer(str(Path(summaries_dir) / subset))
         with writer.as_default():
@@ -135,7 +142,8 @@ def write_summaries(history: list[dict[str, float]], summaries_dir: Path) -> Non
                 for metric in ("accuracy", "cross_entropy"):
                     value = entry[prefix + metric]
                     if not np.isnan(value):
-                        tf.summary.scalar(metric, value, step=step)
+                        tf.summary.write(metric, tf.constant(value, tf.float32), step=step,
+                                         metadata=scalar)
         writer.close()
 
 

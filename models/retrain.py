@@ -32,7 +32,7 @@ class RetrainRequest:
     """What `flowers train` asks for; JSON-serialisable, so it travels as a task argument."""
 
     photo_dir: str
-    output: str
+    output: str | None = None  # None: FLOWERS_HOME/bundles/ARCHITECTURE on the worker
     architecture: str = networks.DEFAULT_ARCHITECTURE
     weights: str = networks.WEIGHTS_IMAGENET
     how_many_training_steps: int = 4000
@@ -165,8 +165,9 @@ def retrain(
         "versions": _versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
+    target = Path(request.output) if request.output else home / "bundles" / spec.name
     output = bundle.save_bundle(
-        Path(request.output), model, manifest, split_files,
+        target, model, manifest, split_files,
         write_report=lambda path: report.write_report(
             path, trained.history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} on {data.root.name}: test accuracy "

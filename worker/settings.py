@@ -6,6 +6,7 @@ FLOWERS_HOME                bottleneck cache, worker logs, default bundles (~/.f
 FLOWERS_WEIGHTS_DIR         folder of pretrained weight files under the names Keras uses (unset)
 FLOWERS_VISIBILITY_TIMEOUT  seconds before Redis hands an unacknowledged task to another
                             worker (3600; keep it above the longest task)
+FLOWERS_WORKER_CONCURRENCY  processes of `flowers worker` (0: one per core this process may use)
 FLOWERS_TF_THREADS          TensorFlow threads per worker process (0: cores / processes)
 FLOWERS_QUEUE               the Celery queue tasks go to (flowers)
 """
@@ -27,6 +28,7 @@ class Settings:
     home: Path
     weights_dir: Path | None
     visibility_timeout: int = 3600
+    worker_concurrency: int = 0
     tf_threads: int = 0
     queue: str = "flowers"
 
@@ -39,15 +41,28 @@ class Settings:
             home=Path(env.get("FLOWERS_HOME") or Path.home() / ".flowers").expanduser(),
             weights_dir=Path(weights_dir).expanduser() if weights_dir else None,
             visibility_timeout=int(env.get("FLOWERS_VISIBILITY_TIMEOUT") or 3600),
+            worker_concurrency=int(env.get("FLOWERS_WORKER_CONCURRENCY") or 0),
             tf_threads=int(env.get("FLOWERS_TF_THREADS") or 0),
             queue=env.get("FLOWERS_QUEUE") or "flowers",
         )
 
-    def threads_per_process(self, processes: int) -> int:
-        """TensorFlow threads for one of `processes` worker processes on this machine."""
+    def processes(self) -> int:
+        """Worker processes: FLOWERS_WORKER_CONCURRENCY, else one per usable core."""
+        return self.worker_concurrency if self.worker_concurrency > 0 else usable_cores()
+
+    def threads_per_process(self) -> int:
+        """TensorFlow threads for one worker process, so processes share the cores evenly."""
         if self.tf_threads > 0:
             return self.tf_threads
-        return max(1, (os.cpu_count() or 1) // max(1, processes))
+        return max(1, usable_cores() // self.processes())
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's cpuset, not the whole host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def redact_url(url: str) -> str:

@@ -31,8 +31,7 @@ def job_store() -> JobStore:
 def _prepare_process() -> None:
     from models.runtime import configure_tensorflow
 
-    processes = int(os.environ.get("FLOWERS_WORKER_PROCESSES") or 1)
-    configure_tensorflow(settings.threads_per_process(processes))
+    configure_tensorflow(settings.threads_per_process())
 
 
 @app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)

@@ -1,0 +1,141 @@
+"""Shared fixtures: the shared photos and weights, a real redis-server, real worker processes.
+
+../shared (or FLOWERS_SHARED_DIR) holds the photos and weights; tests that need them skip
+with the reason when it is absent. CI runs with it present and fails if it is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from worker.embedded import RedisServer, start_redis, start_worker, stop_worker
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FLOWERS_SHARED_DIR") or REPO.parent / "shared")
+PHOTOS = SHARED / "data" / "flower_photos"
+KERAS_WEIGHTS = SHARED / "weights" / "keras"
+# MobileNet v1 0.25 at 224 px: real ImageNet weights, 218k parameters, fast on two cores.
+SMALL_NETWORK = "mobilenet_0.25_224"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path}: put ../shared beside the checkout "
+                    "or set FLOWERS_SHARED_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def flower_photos() -> Path:
+    return _require(PHOTOS, "the flower_photos data set")
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    return _require(KERAS_WEIGHTS, "the pretrained Keras weights")
+
+
+def copy_subset(source: Path, target: Path, classes: list[str], per_class: int) -> Path:
+    """Copies the first `per_class` photos of each class (sorted by name) into `target`."""
+    for name in classes:
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((source / name).iterdir())[:per_class]:
+            shutil.copy(photo, target / name / photo.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def photo_subset(flower_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """25 real photos of each of three classes, plus one file that is not an image."""
+    root = copy_subset(flower_photos, tmp_path_factory.mktemp("photos"),
+                       ["daisy", "roses", "tulips"], 25)
+    (root / "roses" / "not_a_photo.jpg").write_text("this is text, not a JPEG\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, flushed for this test."""
+    redis.Redis(port=redis_server.port).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def flowers_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+def flowers_env(home: Path, broker_url: str | None, weights: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWERS_")}
+    env["FLOWERS_HOME"] = str(home)
+    if broker_url:
+        env["FLOWERS_BROKER_URL"] = broker_url
+    if weights:
+        env["FLOWERS_WEIGHTS_DIR"] = str(weights)
+    env["FLOWERS_VISIBILITY_TIMEOUT"] = "30"
+    return env
+
+
+def run_flowers(
+    *args: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Runs the `flowers` command line in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def wait_until_ready(log_path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{log_path.read_text()}")
+        if log_path.exists() and " ready." in log_path.read_text():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"worker not ready after {timeout}s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def worker_process(
+    redis_url: str, flowers_home: Path, weights_dir: Path, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One real `flowers worker` (prefork, one process) on the test's Redis."""
+    log_path = tmp_path / "worker.log"
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    process = start_worker(redis_url, 1, log_path, env=env)
+    wait_until_ready(log_path, process)
+    yield process
+    stop_worker(process)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(
+    photo_subset: Path, weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, object]]:
+    """A bundle retrained in-process on `photo_subset` with real weights, and its summary."""
+    from models.retrain import RetrainRequest, retrain
+
+    output = tmp_path_factory.mktemp("bundles") / "small"
+    request = RetrainRequest(photo_dir=str(photo_subset), output=str(output),
+                             architecture=SMALL_NETWORK, how_many_training_steps=300,
+                             validation_percentage=20, testing_percentage=20)
+    summary = retrain(request, tmp_path_factory.mktemp("home"), weights_dir)
+    return output, summary

@@ -1,0 +1,77 @@
+"""The content-addressed bottleneck cache, on real photos and real weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.bottlenecks import BatchRunner, BottleneckCache, compute_bottlenecks
+from models.networks import batch_runner, build_base_network, get_spec
+from tests.conftest import SMALL_NETWORK
+
+
+@pytest.fixture(scope="module")
+def runner(weights_dir: Path) -> BatchRunner:
+    return batch_runner(build_base_network(SMALL_NETWORK, "imagenet", weights_dir))
+
+
+def never() -> BatchRunner:
+    raise AssertionError("the network ran although every photo was cached")
+
+
+def run(paths: list[Path], cache: BottleneckCache, make_runner=never):  # type: ignore[no-untyped-def]
+    spec = get_spec(SMALL_NETWORK)
+    return compute_bottlenecks(paths, spec.input_size, spec.bottleneck_size, cache, make_runner,
+                               batch_size=4)
+
+
+def test_cold_then_warm_on_renamed_photos(
+    flower_photos: Path, tmp_path: Path, runner: BatchRunner
+) -> None:
+    photos = sorted((flower_photos / "tulips").iterdir())[:10]
+    cache = BottleneckCache(tmp_path / "home", SMALL_NETWORK)
+    cold = run(photos, cache, lambda: runner)
+    assert (cold.computed, cold.cache_hits, cold.skipped) == (10, 0, [])
+    renamed = []
+    for index, photo in enumerate(photos):
+        renamed.append(tmp_path / f"renamed_{index}.jpg")
+        shutil.copy(photo, renamed[-1])
+    warm = run(renamed, cache)
+    assert (warm.computed, warm.cache_hits) == (0, 10)
+    np.testing.assert_array_equal(warm.vectors, cold.vectors)
+    assert not list(cache.root.rglob("*.tmp")), "no temporary files left behind"
+
+
+def test_edited_photo_misses_and_broken_photo_is_skipped(
+    flower_photos: Path, tmp_path: Path, runner: BatchRunner
+) -> None:
+    photo = tmp_path / "a.jpg"
+    shutil.copy(next((flower_photos / "daisy").iterdir()), photo)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    cache = BottleneckCache(tmp_path / "home", SMALL_NETWORK)
+    first = run([photo, broken], cache, lambda: runner)
+    assert first.kept == [0] and first.skipped[0][0] == broken
+    assert "not an image" in first.skipped[0][1]
+    photo.write_bytes(photo.read_bytes() + b"edited")
+    second = run([photo], cache, lambda: runner)
+    assert (second.computed, second.cache_hits) == (1, 0)
+
+
+def test_cache_is_per_network(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    a, b = BottleneckCache(home, "mobilenet_v2"), BottleneckCache(home, "inception_v3")
+    a.store("ab" * 32, np.ones(3, np.float32))
+    assert b.load("ab" * 32) is None
+    np.testing.assert_array_equal(a.load("ab" * 32), np.ones(3))
+
+
+def test_torn_entry_is_recomputed(tmp_path: Path) -> None:
+    cache = BottleneckCache(tmp_path, "net")
+    path = cache.bottleneck_path("cd" * 32)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x93NUMPY garbage")
+    assert cache.load("cd" * 32) is None

@@ -1,0 +1,111 @@
+"""Model bundles: what a retrain writes, loading in safe mode, and refusing broken bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.bundle import load_bundle, read_manifest
+from models.decode import load_image
+from models.errors import BundleError
+from tests.conftest import SMALL_NETWORK
+
+
+def test_retrain_writes_a_self_describing_bundle(
+    trained_bundle: tuple[Path, dict[str, Any]], photo_subset: Path
+) -> None:
+    path, summary = trained_bundle
+    assert sorted(p.name for p in path.iterdir()) == [
+        "labels.txt", "manifest.json", "model.keras", "report.png", "split.json"]
+    assert (path / "labels.txt").read_text() == "daisy\nroses\ntulips\n"
+    manifest = read_manifest(path)
+    assert manifest["architecture"] == SMALL_NETWORK
+    assert manifest["input_size"] == [224, 224]
+    assert manifest["class_names"] == ["daisy", "roses", "tulips"]
+    assert manifest["skipped"] == [{"path": "roses/not_a_photo.jpg",
+                                    "reason": manifest["skipped"][0]["reason"]}]
+    assert "not an image" in manifest["skipped"][0]["reason"]
+    assert sum(manifest["split"].values()) == 75
+    split = json.loads((path / "split.json").read_text())
+    assert {k: len(v) for k, v in split.items()} == manifest["split"]
+    assert manifest["training_arguments"]["how_many_training_steps"] == 300
+    metrics = manifest["metrics"]
+    assert metrics["test_accuracy"] == summary["test_accuracy"]
+    assert np.sum(metrics["test_confusion_matrix"]) == manifest["split"]["testing"]
+    assert set(metrics["test_per_class"]) == {"daisy", "roses", "tulips"}
+    assert {"tensorflow", "keras", "python", "flowers"} <= set(manifest["versions"])
+    assert (path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bundle_model_reproduces_the_recorded_test_results(
+    trained_bundle: tuple[Path, dict[str, Any]], photo_subset: Path
+) -> None:
+    """Pixels through the saved model give the predictions training measured on bottlenecks."""
+    path, _ = trained_bundle
+    loaded = load_bundle(path)
+    manifest = loaded.manifest
+    test_files = json.loads((path / "split.json").read_text())["testing"]
+    pixels = np.stack([load_image(photo_subset / name, loaded.input_size) for name in test_files])
+    probabilities = loaded.model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    predicted = [loaded.class_names[i] for i in probabilities.argmax(axis=1)]
+    truth = [name.split("/")[0] for name in test_files]
+    accuracy = np.mean([p == t for p, t in zip(predicted, truth, strict=True)])
+    assert accuracy == pytest.approx(manifest["metrics"]["test_accuracy"])
+    wrong = {item["path"] for item in manifest["metrics"]["misclassified_test_images"]}
+    assert wrong == {n for n, p, t in zip(test_files, predicted, truth, strict=True) if p != t}
+    assert accuracy >= 0.7, "real ImageNet features should separate daisies, roses and tulips"
+
+
+def broken_copy(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def test_missing_and_non_bundles_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist"):
+        read_manifest(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        read_manifest(tmp_path)
+
+
+def test_newer_format_is_refused(trained_bundle: tuple[Path, Any], tmp_path: Path) -> None:
+    copy = broken_copy(trained_bundle[0], tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"format 99.*upgrade flowers"):
+        read_manifest(copy)
+
+
+def test_truncated_model_and_mismatched_labels_are_refused(
+    trained_bundle: tuple[Path, Any], tmp_path: Path
+) -> None:
+    copy = broken_copy(trained_bundle[0], tmp_path)
+    (copy / "labels.txt").write_text("daisy\nroses\n")
+    with pytest.raises(BundleError, match="does not match"):
+        load_bundle(copy)
+    shutil.copy(trained_bundle[0] / "labels.txt", copy / "labels.txt")
+    model = copy / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    with pytest.raises(BundleError, match=r"cannot load .*model\.keras"):
+        load_bundle(copy)
+
+
+def test_custom_code_is_refused_by_safe_mode(
+    trained_bundle: tuple[Path, Any], tmp_path: Path
+) -> None:
+    import keras
+
+    copy = broken_copy(trained_bundle[0], tmp_path)
+    pixels = keras.Input((224, 224, 3))
+    evil = keras.layers.Lambda(lambda x: x[:, 0, 0, :])(pixels)
+    keras.Model(pixels, evil).save(copy / "model.keras")
+    with pytest.raises(BundleError, match="Lambda"):
+        load_bundle(copy)

@@ -1,0 +1,77 @@
+"""The command line: fast help without TensorFlow, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, flowers_env, run_flowers
+
+
+def test_help_and_train_import_no_tensorflow() -> None:
+    code = ("import sys, cli.main, cli.train, cli.queue; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_architectures_lists_the_registry(tmp_path: Path) -> None:
+    result = run_flowers("architectures", env=flowers_env(tmp_path, None, None))
+    assert result.returncode == 0
+    assert "mobilenet_v2 " in result.stdout and "inception_v3 " in result.stdout
+    assert "(default)" in result.stdout
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    result = run_flowers("train", str(tmp_path / "nope"), env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, "does not exist", str(tmp_path / "nope"))
+
+
+def test_one_class_only(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "daisy").mkdir(parents=True)
+    (tmp_path / "photos" / "daisy" / "a.jpg").write_bytes(b"x")
+    result = run_flowers("train", str(tmp_path / "photos"), env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, "only class 'daisy'", "at least two")
+
+
+def test_unknown_architecture(photo_subset: Path, tmp_path: Path) -> None:
+    result = run_flowers("train", str(photo_subset), "--architecture", "resnet9",
+                         env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, "resnet9", "mobilenet_v2")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--how-many-training-steps", "-5"),
+                                               ("--learning-rate", "0"),
+                                               ("--testing-percentage", "100")])
+def test_bad_numbers(photo_subset: Path, tmp_path: Path, option: str, value: str) -> None:
+    result = run_flowers("train", str(photo_subset), option, value,
+                         env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, option)
+
+
+def test_unreachable_redis_names_the_url_without_its_password(
+    photo_subset: Path, tmp_path: Path
+) -> None:
+    env = flowers_env(tmp_path, "redis://:hunter2@127.0.0.1:1/0", None)
+    result = run_flowers("train", str(photo_subset), env=env)
+    assert_one_line_error(result, 1, "cannot reach Redis at redis://:***@127.0.0.1:1/0")
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.queue
+def test_status_of_an_unknown_job(redis_url: str, tmp_path: Path) -> None:
+    result = run_flowers("status", "feedface", env=flowers_env(tmp_path, redis_url, None))
+    assert_one_line_error(result, 1, "no job 'feedface'")

@@ -1,0 +1,169 @@
+"""The Dockerfile and docker-compose.yml agree with the code: commands, settings, paths.
+
+Reads both files as text (compose with PyYAML); builds and starts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from cli.main import cli
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+WORKER: dict[str, Any] = SERVICES["worker"]
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """`text` with compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}` filled from `env`."""
+
+    def value(match: re.Match[str]) -> str:
+        name, colon, default = match["name"], match["colon"], match["default"] or ""
+        if name in env and (env[name] or not colon):
+            return env[name]
+        return default
+
+    pattern = r"\$\{(?P<name>\w+)(?:(?P<colon>:?)-(?P<default>[^}]*))?\}"
+    return re.sub(pattern, value, text)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile's last stage, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    pairs = [
+        (word.upper(), rest.strip())
+        for word, _, rest in (line.partition(" ") for line in lines if line and line[0] != "#")
+    ]
+    last_from = max(i for i, (word, _) in enumerate(pairs) if word == "FROM")
+    return pairs[last_from:]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, args in dockerfile_instructions():
+        if word == "ENV":
+            parts = shlex.split(args)
+            if "=" in parts[0]:
+                env.update(part.partition("=")[::2] for part in parts)
+            else:
+                env[parts[0]] = " ".join(parts[1:])
+    return env
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def worker_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    raw = WORKER["environment"]
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {key: expand(str(value), env or {}) for key, value in raw.items()}
+
+
+def settings_variables() -> set[str]:
+    """The FLOWERS_* names `Settings.from_env` asks for."""
+
+    class RecordingEnv(dict[str, str]):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: set[str] = set()
+
+        def get(self, key: str, default: Any = None) -> Any:
+            self.asked.add(key)
+            return super().get(key, default)
+
+    recorder = RecordingEnv()
+    Settings.from_env(recorder)
+    return recorder.asked
+
+
+def test_services_exist_and_worker_is_scalable() -> None:
+    assert {"redis", "worker", "flower"} <= set(SERVICES)
+    build = WORKER["build"]
+    context = build if isinstance(build, str) else build["context"]
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    assert (context, dockerfile) == (".", "Dockerfile")
+    assert (ROOT / context / dockerfile).is_file()
+    assert "container_name" not in WORKER
+    assert "ports" not in WORKER
+
+
+def test_worker_command_is_a_real_subcommand() -> None:
+    argv = as_argv(WORKER["command"])
+    assert argv[:2] == ["flowers", "worker"]
+    assert "worker" in cli.commands
+
+
+def test_every_flowers_variable_is_read_by_settings() -> None:
+    known = settings_variables()
+    assert "FLOWERS_BROKER_URL" in known
+    set_here = {name for name in [*worker_environment(), *dockerfile_env()]
+                if name.startswith("FLOWERS_")}
+    for service in SERVICES.values():
+        environment = service.get("environment") or {}
+        names = environment if isinstance(environment, dict) else [
+            item.split("=", 1)[0] for item in environment]
+        set_here |= {name for name in names if name.startswith("FLOWERS_")}
+    assert set_here, "compose and Dockerfile set no FLOWERS_* variable"
+    assert set_here - known == set()
+
+
+def test_worker_settings_point_at_the_redis_service() -> None:
+    settings = Settings.from_env(worker_environment())
+    assert settings.broker_url == "redis://redis:6379/0"
+    assert urlsplit(settings.broker_url).hostname in SERVICES
+    assert settings.home == Path("/data/flowers-home")
+    assert settings.weights_dir == Path("/opt/flowers/weights")
+    assert settings.visibility_timeout == 3600
+    assert worker_environment()["FLOWERS_VISIBILITY_TIMEOUT"] == "3600"
+    assert worker_environment({"FLOWERS_VISIBILITY_TIMEOUT": "7200"})[
+        "FLOWERS_VISIBILITY_TIMEOUT"] == "7200"
+
+
+def test_redis_persists_to_a_volume() -> None:
+    redis = SERVICES["redis"]
+    argv = as_argv(redis["command"])
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert "--save" in argv and argv[argv.index("--save") + 1].strip() != ""
+    mounts = [str(volume).split(":") for volume in redis["volumes"]]
+    assert any(target == "/data" and source in COMPOSE["volumes"] for source, target in mounts)
+    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert WORKER["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("env", [{}, {"FLOWERS_DATA": "/mnt/photos"}])
+def test_data_is_mounted_at_the_same_path(env: dict[str, str]) -> None:
+    binds = [expand(str(volume), env).split(":") for volume in WORKER["volumes"]]
+    binds = [bind for bind in binds if bind[0].startswith("/")]
+    assert binds, "the worker has no bind mount for photos, bundles and results"
+    for source, target, *_ in binds:
+        assert source == target
+    if env:
+        assert [env["FLOWERS_DATA"]] * 2 in [bind[:2] for bind in binds]
+    home = worker_environment()["FLOWERS_HOME"]
+    assert home in [str(volume).split(":")[1] for volume in WORKER["volumes"]]
+
+
+def test_dockerfile_matches_compose() -> None:
+    env, compose_env = dockerfile_env(), worker_environment()
+    for name in ("FLOWERS_HOME", "FLOWERS_WEIGHTS_DIR"):
+        assert env[name] == compose_env[name]
+    instructions = dockerfile_instructions()
+    run = [args for word, args in instructions if word in ("CMD", "ENTRYPOINT")]
+    assert [arg for args in run for arg in json.loads(args)] == ["flowers", "worker"]
+    assert any(re.search(r"pip install(\s+-\S+)*\s+\.(\s|$)", args)
+               for word, args in instructions if word == "RUN")
+    users = [args for word, args in instructions if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
