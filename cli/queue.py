@@ -6,7 +6,6 @@ The CLI never imports task code: it sends task names with JSON arguments and rea
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,16 +58,20 @@ class Queue:
 
     def submit(self, task_name: str, kind: str, request: dict[str, Any]) -> str:
         """Records a queued job and sends `task_name` with `request`; returns the job id."""
+        job_id = self.jobs.create_job(kind, request)
+        self.send(task_name, request, task_id=job_id)
+        return job_id
+
+    def send(self, task_name: str, argument: Any, task_id: str | None = None) -> None:
+        """Sends one task by name with one JSON argument."""
         from worker.app import app, configure
 
-        configure(app, self.settings, self.broker_url)
-        job_id = uuid.uuid4().hex
-        self.jobs.create(job_id, kind, request)
+        if app.conf.broker_url != self.broker_url:
+            configure(app, self.settings, self.broker_url)
         app.send_task(
-            task_name, args=[request], task_id=job_id, queue=self.settings.queue,
+            task_name, args=[argument], task_id=task_id, queue=self.settings.queue,
             retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5},
         )
-        return job_id
 
     def wait(self, job_id: str, line: ProgressLine) -> dict[str, Any]:
         """Polls the job until it ends, drawing progress; raises `JobFailedError` on failure."""
@@ -81,9 +84,9 @@ class Queue:
                 self.cluster.check_alive()
             time.sleep(POLL_SECONDS)
         line.close()
-        if record["state"] == "failed":
+        if record["state"] != "succeeded":
             reason = record.get("message", "no reason given")
-            error = JobFailedError(f"job {job_id} failed: {reason}")
+            error = JobFailedError(f"job {job_id} {record['state']}: {reason}")
             error.exit_code = int(record.get("exit_code", 1))
             raise error
         return record

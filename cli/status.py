@@ -36,3 +36,5 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
     result = record.get("result")
     if isinstance(result, dict) and "bundle" in result:
         click.echo(f"  bundle {result['bundle']}, test accuracy {result['test_accuracy']}")
+    if isinstance(result, dict) and "output" in result:
+        click.echo(f"  {result['rows']} rows, {result['errors']} errors: {result['output']}")

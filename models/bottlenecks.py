@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from models import batching
+from models.atomic import write_atomically
 from models.decode import PREPROCESS_VERSION, decode_image, read_bytes
 from models.errors import ImageDecodeError
 
@@ -66,20 +65,6 @@ class BottleneckCache:
         write_atomically(path, lambda handle: np.save(handle, vector, allow_pickle=False))
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Writes `path` through a temporary file in the same folder, then renames it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class _Prepared:
     """One photo after the thread pool: its hash and either a cached vector or its pixels."""
@@ -114,21 +99,6 @@ def _prepare(path: Path, size: int, cache: BottleneckCache) -> _Prepared:
         return _Prepared(error=exc.reason)
 
 
-def _batches_ahead(
-    paths: Sequence[Path], batch_size: int, pool: ThreadPoolExecutor,
-    prepare: Callable[[Path], _Prepared],
-) -> Iterator[list[_Prepared]]:
-    """Yields prepared batches in order while the pool already works on the next one."""
-    pending: list[Future[_Prepared]] | None = None
-    for start in range(0, len(paths), batch_size):
-        futures = [pool.submit(prepare, path) for path in paths[start : start + batch_size]]
-        if pending is not None:
-            yield [future.result() for future in pending]
-        pending = futures
-    if pending is not None:
-        yield [future.result() for future in pending]
-
-
 def compute_bottlenecks(
     paths: Sequence[Path],
     input_size: int,
@@ -145,13 +115,13 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), bottleneck_size), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     result = BottleneckResult(vectors=vectors, kept=[])
-    threads = decode_threads or min(8, (os.cpu_count() or 1) + 1)
+    threads = decode_threads or batching.decode_threads()
     done = 0
     if progress is not None:
         progress(0, len(paths))
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         prepare = lambda path: _prepare(path, input_size, cache)  # noqa: E731
-        for batch in _batches_ahead(paths, batch_size, pool, prepare):
+        for batch in batching.prepared_batches(paths, batch_size, pool, prepare):
             misses: list[tuple[int, str, np.ndarray]] = []
             for offset, item in enumerate(batch):
                 index = done + offset

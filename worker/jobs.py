@@ -1,7 +1,9 @@
 """Job state on Redis: one hash per job, written by workers, read by `flowers status`.
 
-Key `flowers:job:<id>` holds kind, state, phase, done, total, rate, message and a JSON result.
-States: queued -> running -> succeeded | failed. Records expire after a week.
+Key `flowers:job:<id>` holds kind, state, phase, done, total, rate, message and a JSON result;
+a labelling job also has the set `flowers:job:<id>:chunks` of finished chunk numbers, so a
+redelivered chunk is never counted twice, and per-process fields `chunks:<pid>`, `loads:<pid>`.
+States: queued -> running -> succeeded | failed | cancelled. Records expire after a week.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -19,7 +22,34 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowers:job:"
 TTL_SECONDS = 7 * 24 * 3600
-FINAL_STATES = frozenset({"succeeded", "failed"})
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+# Records a finished chunk once; returns 1 when it was the job's last one.
+_CHUNK_DONE = """
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+if added == 1 then
+  redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'errors', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'chunks:' .. ARGV[4], 1)
+end
+redis.call('HSET', KEYS[1], 'loads:' .. ARGV[4], ARGV[5], 'updated', ARGV[6])
+local started = tonumber(redis.call('HGET', KEYS[1], 'started') or ARGV[6])
+local done = tonumber(redis.call('HGET', KEYS[1], 'done'))
+if tonumber(ARGV[6]) > started then
+  redis.call('HSET', KEYS[1], 'rate', done / (tonumber(ARGV[6]) - started))
+end
+local total = redis.call('HGET', KEYS[1], 'chunks_total')
+if total and tonumber(total) == redis.call('SCARD', KEYS[2]) then return 1 end
+return 0
+"""
+
+# Records that every chunk is enqueued; returns 1 when they are all done already.
+_ENQUEUED = """
+redis.call('HSET', KEYS[1], 'chunks_total', ARGV[1], 'total', ARGV[2])
+if tonumber(ARGV[1]) == redis.call('SCARD', KEYS[2]) then return 1 end
+return 0
+"""
 
 
 class JobStore:
@@ -31,10 +61,13 @@ class JobStore:
     def _key(self, job_id: str) -> str:
         return KEY_PREFIX + job_id
 
-    def create(self, job_id: str, kind: str, request: dict[str, Any]) -> None:
-        now = time.time()
-        self.update(job_id, kind=kind, state="queued", phase="queued", done=0, total=0,
-                    request=json.dumps(request), created=now)
+    def create_job(self, kind: str, request: dict[str, Any], **fields: Any) -> str:
+        """Records a new queued job; returns its id."""
+        job_id = uuid.uuid4().hex
+        fields.setdefault("phase", "queued")
+        self.update(job_id, kind=kind, state="queued", done=0, total=0,
+                    request=json.dumps(request), created=time.time(), **fields)
+        return job_id
 
     def update(self, job_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
@@ -48,6 +81,33 @@ class JobStore:
             pipe.expire(key, TTL_SECONDS)
             pipe.execute()
 
+    def state(self, job_id: str) -> str:
+        value = self.client.hget(self._key(job_id), "state")
+        return value.decode() if isinstance(value, bytes) else str(value or "")
+
+    def start(self, job_id: str, **fields: Any) -> None:
+        """Marks a queued job running; keeps the time its first task started."""
+        key = self._key(job_id)
+        self.client.hsetnx(key, "started", time.time())
+        if self.state(job_id) == "queued":
+            self.update(job_id, state="running", **fields)
+
+    def chunk_done(self, job_id: str, index: int, images: int, errors: int, pid: int,
+                   loads: int) -> bool:
+        """Counts a finished chunk once; True when it completes an enqueued job."""
+        keys = [self._key(job_id), self._key(job_id) + ":chunks"]
+        args = [index, images, errors, pid, loads, time.time(), TTL_SECONDS]
+        return bool(self.client.eval(_CHUNK_DONE, 2, *keys, *args))
+
+    def enqueued(self, job_id: str, chunks: int, images: int) -> bool:
+        """Records the final chunk count; True when every chunk is already done."""
+        keys = [self._key(job_id), self._key(job_id) + ":chunks"]
+        return bool(self.client.eval(_ENQUEUED, 2, *keys, chunks, images))
+
+    def claim_finish(self, job_id: str) -> bool:
+        """True for exactly one caller: the one that assembles the job's output."""
+        return bool(self.client.set(self._key(job_id) + ":finish", 1, nx=True, ex=TTL_SECONDS))
+
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.client.hgetall(self._key(job_id))
         if not raw:
@@ -58,8 +118,9 @@ class JobStore:
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
         }
-        for name in ("done", "total"):
-            record[name] = int(float(record.get(name, 0)))
+        for name in ("done", "total", "errors"):
+            if name in record or name != "errors":
+                record[name] = int(float(record.get(name, 0)))
         for name in ("rate", "created", "updated", "started"):
             if name in record:
                 record[name] = float(record[name])

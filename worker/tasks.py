@@ -10,14 +10,16 @@ import logging
 import os
 import time
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Task
 
 from models.errors import FlowersError
+from worker import results
 from worker.app import app, settings
-from worker.jobs import JobStore, ProgressReporter
+from worker.jobs import FINAL_STATES, JobStore, ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -58,5 +60,68 @@ def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
         log.exception("job %s failed", job_id)
         store.update(job_id, state="failed", message=f"{type(exc).__name__}: {exc}", exit_code=1)
         raise
+    store.update(job_id, state="succeeded", phase="done", result=summary)
+    return summary
+
+
+@app.task(name="flowers.label_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
+def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
+    """Labels one chunk of photos with a bundle and writes its CSV part.
+
+    `chunk`: job_id, photo_dir, bundle, parts_dir, index, paths (relative to photo_dir),
+    top_k, batch_size. The worker that finishes a job's last chunk assembles its output.
+    """
+    job_id = chunk["job_id"]
+    store = job_store()
+    if store.state(job_id) in FINAL_STATES:
+        return {"skipped": True}
+    store.start(job_id, phase="labelling", worker=self.request.hostname or "")
+    try:
+        _prepare_process()
+        from models.predict import label_photos
+        from worker.model_cache import model_cache
+
+        cache = model_cache()
+        model = cache.get(Path(chunk["bundle"]))
+        root = Path(chunk["photo_dir"])
+        names: list[str] = chunk["paths"]
+        k = int(chunk["top_k"])
+        rows = [
+            results.format_row(name, row.labels, row.error, k)
+            for name, row in zip(names, label_photos(
+                (root / name for name in names), model.run, model.class_names,
+                model.input_size, k, batch_size=int(chunk.get("batch_size", 64)),
+            ), strict=True)
+        ]
+        results.write_part(Path(chunk["parts_dir"]), int(chunk["index"]), rows)
+    except FlowersError as exc:
+        log.error("job %s chunk %s failed: %s", job_id, chunk["index"], exc)
+        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        return {"error": str(exc)}
+    errors = sum(1 for row in rows if row[-1])
+    if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, os.getpid(), cache.loads):
+        finish_label(job_id)
+    return {"rows": len(rows), "errors": errors}
+
+
+@app.task(name="flowers.finish_label", acks_late=True, reject_on_worker_lost=True)
+def finish_label(job_id: str) -> dict[str, Any]:
+    """Merges a finished labelling job's parts into its output (once, whoever calls it)."""
+    store = job_store()
+    if store.state(job_id) in FINAL_STATES or not store.claim_finish(job_id):
+        return {"skipped": True}
+    record = store.get(job_id)
+    store.update(job_id, phase="writing")
+    parts_dir = Path(record["parts_dir"])
+    try:
+        k = int(results.read_identity(parts_dir)["k"])
+        counts = results.merge_parts(parts_dir, Path(record["output"]), k)
+    except OSError as exc:
+        message = f"cannot write {record['output']}: {exc.strerror or exc}"
+        store.update(job_id, state="failed", message=message, exit_code=1)
+        return {"error": message}
+    started = float(record.get("started", record["created"]))
+    summary = {"output": record["output"], **counts, "labelled": record["done"],
+               "seconds": round(time.time() - started, 3)}
     store.update(job_id, state="succeeded", phase="done", result=summary)
     return summary

@@ -1,0 +1,28 @@
+"""`flowers cancel JOB_ID`: stop a job; queued chunks are dropped, finished rows are kept."""
+
+from __future__ import annotations
+
+import click
+
+from cli.context import CliContext
+from cli.queue import connect
+from models.errors import UsageError
+from worker.jobs import FINAL_STATES, JobStore
+
+
+@click.command()
+@click.argument("job_id")
+@click.pass_obj
+def cancel(obj: CliContext, job_id: str) -> None:
+    """Cancel job JOB_ID. Rerunning its command resumes from the rows already written."""
+    url = obj.settings.broker_url
+    if url is None:
+        raise UsageError("flowers cancel acts on a cluster: set FLOWERS_BROKER_URL to its Redis")
+    store = JobStore(connect(url))
+    record = store.get(job_id)
+    if record["state"] in FINAL_STATES:
+        click.echo(f"job {job_id} already {record['state']}")
+        return
+    store.update(job_id, state="cancelled", message="cancelled by user")
+    click.echo(f"job {job_id} cancelled after {record['done']} photos; "
+               "queued chunks will be dropped")

@@ -1,0 +1,126 @@
+"""`flowers label-dir`: walk a photo folder, enqueue chunks of paths, wait for one CSV.
+
+The walk streams (bounded memory for millions of files) and chunks are enqueued as they fill.
+Paths already labelled in OUTPUT.parts (an interrupted run) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import click
+
+from cli.context import CliContext
+from cli.progress import ProgressLine, format_seconds
+from cli.queue import Queue, open_queue
+from models.bundle import read_manifest
+from models.dataset import check_photo_dir, walk_images
+from models.errors import UsageError
+from worker import results
+
+DEFAULT_CHUNK_SIZE = 128
+
+
+def relative_names(root: Path, skip: set[str]) -> Iterator[str]:
+    """Image paths below `root`, relative with `/` separators, minus those in `skip`."""
+    for path in walk_images(root):
+        name = path.relative_to(root).as_posix()
+        if name not in skip:
+            yield name
+
+
+def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
+    output = output.resolve()
+    if output == photo_dir or photo_dir in output.parents:
+        raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder; name a CSV file")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: folder {output.parent} does not exist; create it")
+    if not os.access(output.parent, os.W_OK):
+        raise UsageError(f"--output {output}: folder {output.parent} is not writable")
+    if output.exists() and not overwrite:
+        raise UsageError(f"--output {output} exists: pass --overwrite to label again")
+    return output
+
+
+@click.command("label-dir")
+@click.argument("photo_dir", type=click.Path(path_type=Path))
+@click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
+              help="Bundle folder written by flowers train.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+              help="CSV file to write.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Labels per photo (at most the number of classes).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Photos per task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Photos per network call on the worker.")
+@click.option("--overwrite", is_flag=True, help="Start over: drop earlier rows and output.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait with a progress bar, or print the job id and return.")
+@click.pass_obj
+def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_k: int,
+              chunk_size: int, batch_size: int, overwrite: bool, wait: bool) -> None:
+    """Label every photo below PHOTO_DIR with a bundle, into one CSV sorted by path."""
+    settings = obj.settings
+    root = check_photo_dir(photo_dir)
+    bundle = bundle.resolve()
+    manifest = read_manifest(bundle)
+    output = check_output(output, root, overwrite)
+    if not settings.broker_url and not wait:
+        raise UsageError(
+            "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
+            "without it the local cluster lives only while the command waits"
+        )
+    k = min(top_k, len(manifest["class_names"]))
+    parts_dir = results.parts_dir_for(output)
+    identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
+                "k": k, "bundle": str(bundle)}
+    if overwrite:
+        output.unlink(missing_ok=True)
+    results.prepare_parts(parts_dir, identity, overwrite)
+    done = results.done_paths(parts_dir)
+    with open_queue(settings, local_processes=settings.processes()) as queue:
+        job_id = queue.jobs.create_job(
+            kind="label", request={**identity, "output": str(output)},
+            output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
+        )
+        enqueued = enqueue_chunks(queue, job_id, root, bundle, parts_dir, identity,
+                                  relative_names(root, done), chunk_size, batch_size)
+        if done:
+            click.echo(f"resuming: {len(done)} photos already labelled, {enqueued} to go",
+                       err=True)
+        if not wait:
+            click.echo(job_id)
+            return
+        record = queue.wait(job_id, ProgressLine())
+    summary = record["result"]
+    click.echo(
+        f"labelled {summary['rows']} photos ({summary['errors']} errors) in "
+        f"{format_seconds(summary['seconds'])}: {summary['output']}"
+    )
+
+
+def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_dir: Path,
+                   identity: dict[str, object], names: Iterator[str], chunk_size: int,
+                   batch_size: int) -> int:
+    """Sends one `flowers.label_chunk` task per chunk of names; returns the photos enqueued."""
+    index = results.next_part_index(parts_dir)
+    chunks = images = 0
+    while chunk := list(islice(names, chunk_size)):
+        queue.send("flowers.label_chunk", {
+            "job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),
+            "parts_dir": str(parts_dir), "index": index, "paths": chunk,
+            "top_k": identity["k"], "batch_size": batch_size,
+        })
+        index += 1
+        chunks += 1
+        images += len(chunk)
+        queue.jobs.update(job_id, total=images)
+    if queue.jobs.enqueued(job_id, chunks, images):
+        queue.send("flowers.finish_label", job_id)
+    return images

@@ -1,0 +1,31 @@
+"""Files written whole or not at all: a temporary file in the same folder, then a rename.
+
+Readers (other workers, a resumed job) see the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Calls `write` on a temporary file beside `path`, syncs it, then renames it to `path`."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`write_atomically` for text, UTF-8 (undecodable file names kept byte for byte)."""
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8", "surrogateescape")))

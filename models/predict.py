@@ -1,0 +1,74 @@
+"""Photo paths and a loaded bundle in, each photo's top-k labels with confidences out.
+
+Photos are decoded by a thread pool one batch ahead of the network, which runs once per batch.
+A photo that cannot be read gets a row with its reason and no labels; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import batching
+from models.decode import load_image
+from models.errors import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One photo's result: top labels with confidences, or the reason it has none."""
+
+    path: Path
+    labels: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tuple[str, float]]:
+    """The k most probable classes, most probable first (ties: the earlier class first)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(class_names[i], float(probabilities[i])) for i in order]
+
+
+def _load(path: Path, size: int) -> np.ndarray | str:
+    try:
+        return load_image(path, size)
+    except ImageDecodeError as exc:
+        return exc.reason
+
+
+def label_photos(
+    paths: Iterable[Path],
+    runner: Runner,
+    class_names: list[str],
+    input_size: int,
+    k: int,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> Iterator[LabelRow]:
+    """Labels photos in input order, streaming: one row per path."""
+    k = max(1, min(k, len(class_names)))
+    with ThreadPoolExecutor(threads or batching.decode_threads(),
+                            thread_name_prefix="decode") as pool:
+        batches = batching.prepared_batches(
+            paths, batch_size, pool, lambda path: (path, _load(path, input_size))
+        )
+        for batch in batches:
+            decoded = [(path, item) for path, item in batch if isinstance(item, np.ndarray)]
+            outputs = runner(np.stack([item for _, item in decoded])) if decoded else None
+            row = 0
+            for path, item in batch:
+                if isinstance(item, str):
+                    yield LabelRow(path, error=item)
+                else:
+                    assert outputs is not None
+                    yield LabelRow(path, top_k(outputs[row], class_names, k))
+                    row += 1

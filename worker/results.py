@@ -1,0 +1,130 @@
+"""Label rows in, CSV parts and one final CSV out, each file written atomically.
+
+A labelling job keeps its parts in OUTPUT.parts/ beside the output:
+
+    OUTPUT.parts/job.json             the bundle, photo folder and top-k the rows were made with
+    OUTPUT.parts/part-00000042.csv    the rows of chunk 42, sorted by path (no header)
+
+Chunk numbers are fixed when a chunk is enqueued, so a redelivered chunk rewrites its own part
+instead of adding rows. When every chunk is done, the parts are merged, sorted by path, into
+OUTPUT (renamed into place) and the parts folder is removed. A rerun after an interruption finds
+the parts and labels only the photos they lack.
+
+CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,error
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from models.atomic import write_text_atomically
+from models.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+PART_GLOB = "part-*.csv"
+JOB_FILE = "job.json"
+# Fields of job.json that must match for rows to be mixed into one output.
+IDENTITY = ("bundle_id", "photo_dir", "top_k")
+
+
+def parts_dir_for(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def header(k: int) -> list[str]:
+    columns = ["path"]
+    for i in range(1, k + 1):
+        columns += [f"label_{i}", f"confidence_{i}"]
+    return [*columns, "error"]
+
+
+def format_row(path: str, labels: list[tuple[str, float]], error: str, k: int) -> list[str]:
+    """A CSV row: labels padded to k with empty cells, confidences with 6 decimals."""
+    cells = [path]
+    for i in range(k):
+        if i < len(labels):
+            cells += [labels[i][0], f"{labels[i][1]:.6f}"]
+        else:
+            cells += ["", ""]
+    return [*cells, error]
+
+
+def _csv_text(rows: Iterable[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def part_path(parts_dir: Path, index: int) -> Path:
+    return parts_dir / f"part-{index:08d}.csv"
+
+
+def write_part(parts_dir: Path, index: int, rows: list[list[str]]) -> None:
+    write_text_atomically(part_path(parts_dir, index), _csv_text(sorted(rows)))
+
+
+def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Creates the parts folder, or checks that its rows were made the same way."""
+    if overwrite and parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    job_file = parts_dir / JOB_FILE
+    if job_file.exists():
+        try:
+            recorded = json.loads(job_file.read_text())
+        except ValueError:
+            recorded = {}
+        for key in IDENTITY:
+            if recorded.get(key) != identity[key]:
+                raise UsageError(
+                    f"{parts_dir} holds rows made with another {key.replace('_', ' ')} "
+                    f"({recorded.get(key)!r}, now {identity[key]!r}): "
+                    "pass --overwrite to start over"
+                )
+        return
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(job_file, json.dumps(identity, indent=2))
+
+
+def read_identity(parts_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((parts_dir / JOB_FILE).read_text()))
+
+
+def done_paths(parts_dir: Path) -> set[str]:
+    """Paths that already have a row in some part (what a resumed job skips)."""
+    done: set[str] = set()
+    for part in parts_dir.glob(PART_GLOB):
+        done.update(row[0] for row in _read_rows(part) if row)
+    return done
+
+
+def next_part_index(parts_dir: Path) -> int:
+    indices = [int(part.stem.split("-")[1]) for part in parts_dir.glob(PART_GLOB)]
+    return max(indices, default=-1) + 1
+
+
+def merge_parts(parts_dir: Path, output: Path, k: int) -> dict[str, int]:
+    """Writes every part's rows, sorted by path and one per path, to `output`; drops the parts."""
+    rows: dict[str, list[str]] = {}
+    for part in sorted(parts_dir.glob(PART_GLOB)):
+        for row in _read_rows(part):
+            if row:
+                rows.setdefault(row[0], row)
+    ordered = [rows[path] for path in sorted(rows)]
+    write_text_atomically(output, _csv_text([header(k), *ordered]))
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    errors = sum(1 for row in ordered if row[-1])
+    log.info("wrote %s: %d rows, %d errors", output, len(ordered), errors)
+    return {"rows": len(ordered), "errors": errors}
