@@ -89,6 +89,9 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             kind="label", request={**identity, "output": str(output)},
             output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
         )
+        previous = results.claim_parts(parts_dir, job_id)
+        if previous:
+            queue.jobs.supersede(previous, job_id)
         enqueued = enqueue_chunks(queue, job_id, root, bundle, parts_dir, identity,
                                   relative_names(root, done), chunk_size, batch_size)
         if done:
@@ -109,8 +112,7 @@ def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_di
                    identity: dict[str, object], names: Iterator[str], chunk_size: int,
                    batch_size: int) -> int:
     """Sends one `flowers.label_chunk` task per chunk of names; returns the photos enqueued."""
-    index = results.next_part_index(parts_dir)
-    chunks = images = 0
+    index = chunks = images = 0
     while chunk := list(islice(names, chunk_size)):
         queue.send("flowers.label_chunk", {
             "job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -113,17 +113,33 @@ def wait_until_ready(log_path: Path, process: subprocess.Popen[bytes], timeout: 
     raise RuntimeError(f"worker not ready after {timeout}s:\n{log_path.read_text()}")
 
 
+WorkerFactory = Callable[[int], subprocess.Popen[bytes]]
+
+
 @pytest.fixture
-def worker_process(
+def start_workers(
     redis_url: str, flowers_home: Path, weights_dir: Path, tmp_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """One real `flowers worker` (prefork, one process) on the test's Redis."""
-    log_path = tmp_path / "worker.log"
-    env = flowers_env(flowers_home, redis_url, weights_dir)
-    process = start_worker(redis_url, 1, log_path, env=env)
-    wait_until_ready(log_path, process)
-    yield process
-    stop_worker(process)
+) -> Iterator[WorkerFactory]:
+    """Starts real `flowers worker` processes (prefork) on the test's Redis; stops them after."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(concurrency: int) -> subprocess.Popen[bytes]:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        env = flowers_env(flowers_home, redis_url, weights_dir)
+        process = start_worker(redis_url, concurrency, log_path, env=env)
+        started.append(process)
+        wait_until_ready(log_path, process)
+        return process
+
+    yield start
+    for process in started:
+        stop_worker(process)
+
+
+@pytest.fixture
+def worker_process(start_workers: WorkerFactory) -> subprocess.Popen[bytes]:
+    """One real `flowers worker` with one pool process on the test's Redis."""
+    return start_workers(1)
 
 
 @pytest.fixture(scope="session")

@@ -104,6 +104,11 @@ class JobStore:
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
         return bool(self.client.eval(_ENQUEUED, 2, *keys, chunks, images))
 
+    def supersede(self, job_id: str, successor: str) -> None:
+        """Cancels an unfinished job whose parts a rerun (`successor`) took over."""
+        if self.client.exists(self._key(job_id)) and self.state(job_id) not in FINAL_STATES:
+            self.update(job_id, state="cancelled", message=f"superseded by job {successor}")
+
     def claim_finish(self, job_id: str) -> bool:
         """True for exactly one caller: the one that assembles the job's output."""
         return bool(self.client.set(self._key(job_id) + ":finish", 1, nx=True, ex=TTL_SECONDS))

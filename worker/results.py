@@ -2,13 +2,15 @@
 
 A labelling job keeps its parts in OUTPUT.parts/ beside the output:
 
-    OUTPUT.parts/job.json             the bundle, photo folder and top-k the rows were made with
-    OUTPUT.parts/part-00000042.csv    the rows of chunk 42, sorted by path (no header)
+    OUTPUT.parts/job.json       the bundle, photo folder and top-k the rows were made with,
+                                and the job that owns the folder now
+    OUTPUT.parts/part-JOB-00000042.csv   the rows of that job's chunk 42, sorted by path
 
-Chunk numbers are fixed when a chunk is enqueued, so a redelivered chunk rewrites its own part
-instead of adding rows. When every chunk is done, the parts are merged, sorted by path, into
-OUTPUT (renamed into place) and the parts folder is removed. A rerun after an interruption finds
-the parts and labels only the photos they lack.
+A chunk's part name is fixed when it is enqueued, so a redelivered chunk rewrites its own part
+instead of adding rows. When every chunk is done, the parts are merged, sorted by path and one
+row per path, into OUTPUT (renamed into place) and the parts folder is removed. A rerun after an
+interruption finds the parts, takes the folder over (chunks of the old job then stand down) and
+labels only the photos the parts lack.
 
 CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,error
 """
@@ -68,12 +70,12 @@ def _read_rows(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
-def part_path(parts_dir: Path, index: int) -> Path:
-    return parts_dir / f"part-{index:08d}.csv"
+def part_path(parts_dir: Path, job_id: str, index: int) -> Path:
+    return parts_dir / f"part-{job_id}-{index:08d}.csv"
 
 
-def write_part(parts_dir: Path, index: int, rows: list[list[str]]) -> None:
-    write_text_atomically(part_path(parts_dir, index), _csv_text(sorted(rows)))
+def write_part(parts_dir: Path, job_id: str, index: int, rows: list[list[str]]) -> None:
+    write_text_atomically(part_path(parts_dir, job_id, index), _csv_text(sorted(rows)))
 
 
 def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -99,7 +101,23 @@ def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) ->
 
 
 def read_identity(parts_dir: Path) -> dict[str, Any]:
-    return dict(json.loads((parts_dir / JOB_FILE).read_text()))
+    try:
+        return dict(json.loads((parts_dir / JOB_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def claim_parts(parts_dir: Path, job_id: str) -> str | None:
+    """Makes `job_id` the owner of the parts folder; returns the previous owner, if any."""
+    identity = read_identity(parts_dir)
+    previous = identity.get("job_id")
+    identity["job_id"] = job_id
+    write_text_atomically(parts_dir / JOB_FILE, json.dumps(identity, indent=2))
+    return previous
+
+
+def owns_parts(parts_dir: Path, job_id: str) -> bool:
+    return read_identity(parts_dir).get("job_id") == job_id
 
 
 def done_paths(parts_dir: Path) -> set[str]:
@@ -108,11 +126,6 @@ def done_paths(parts_dir: Path) -> set[str]:
     for part in parts_dir.glob(PART_GLOB):
         done.update(row[0] for row in _read_rows(part) if row)
     return done
-
-
-def next_part_index(parts_dir: Path) -> int:
-    indices = [int(part.stem.split("-")[1]) for part in parts_dir.glob(PART_GLOB)]
-    return max(indices, default=-1) + 1
 
 
 def merge_parts(parts_dir: Path, output: Path, k: int) -> dict[str, int]:

@@ -72,8 +72,9 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     top_k, batch_size. The worker that finishes a job's last chunk assembles its output.
     """
     job_id = chunk["job_id"]
+    parts_dir = Path(chunk["parts_dir"])
     store = job_store()
-    if store.state(job_id) in FINAL_STATES:
+    if store.state(job_id) in FINAL_STATES or not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
     store.start(job_id, phase="labelling", worker=self.request.hostname or "")
     try:
@@ -93,7 +94,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
                 model.input_size, k, batch_size=int(chunk.get("batch_size", 64)),
             ), strict=True)
         ]
-        results.write_part(Path(chunk["parts_dir"]), int(chunk["index"]), rows)
+        results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
     except FlowersError as exc:
         log.error("job %s chunk %s failed: %s", job_id, chunk["index"], exc)
         store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
@@ -111,8 +112,10 @@ def finish_label(job_id: str) -> dict[str, Any]:
     if store.state(job_id) in FINAL_STATES or not store.claim_finish(job_id):
         return {"skipped": True}
     record = store.get(job_id)
-    store.update(job_id, phase="writing")
     parts_dir = Path(record["parts_dir"])
+    if not results.owns_parts(parts_dir, job_id):
+        return {"skipped": True}
+    store.update(job_id, phase="writing")
     try:
         k = int(results.read_identity(parts_dir)["k"])
         counts = results.merge_parts(parts_dir, Path(record["output"]), k)

@@ -1,0 +1,185 @@
+"""`flowers label-dir` end to end: real Redis, real worker processes, real photos and bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import WorkerFactory, flowers_env, run_flowers
+
+pytestmark = pytest.mark.queue
+
+BROKEN = {"broken/empty.jpg": b"", "broken/text.JPG": b"just some text\n"}
+
+
+@pytest.fixture
+def collection(flower_photos: Path, tmp_path: Path) -> Path:
+    """30 real photos in nested folders, broken files, and files that are not photos."""
+    root = tmp_path / "collection"
+    for index, name in enumerate(("daisy", "roses", "tulips")):
+        target = root / f"trip{index}" / ("day 1" if index else "") / name
+        target.mkdir(parents=True)
+        for photo in sorted((flower_photos / name).iterdir())[:10]:
+            shutil.copy(photo, target / photo.name.upper())
+    first = next((flower_photos / "sunflowers").iterdir()).read_bytes()
+    files = {**BROKEN, "broken/truncated.jpeg": first[:1500], ".hidden/x.jpg": first,
+             "notes.txt": b"not a photo", "trip0/.thumb.jpg": first}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def parse_label_output(text: str) -> dict[str, list[str]]:
+    """`flowers label` output as {path: [label, confidence, ..., error]}."""
+    rows: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if not line.startswith("  "):
+            current = line
+            rows[current] = []
+        elif line.startswith("  error: "):
+            rows[current].append("error:" + line[len("  error: "):])
+        else:
+            rows[current] += line.split()
+    return rows
+
+
+def job_record(url: str, job_id: str) -> dict[str, Any]:
+    raw = redis.Redis.from_url(url).hgetall(f"flowers:job:{job_id}")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def test_label_dir_with_two_worker_processes(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    bundle, _ = trained_bundle
+    start_workers(2)
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    result = run_flowers("label-dir", str(collection), "--model", str(bundle), "--output",
+                         str(output), "--chunk-size", "4", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "labelled 33 photos (3 errors)" in result.stdout
+
+    rows = read_csv(output)
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
+                       "label_3", "confidence_3", "error"]
+    paths = [row[0] for row in rows[1:]]
+    assert paths == sorted(paths) and len(paths) == len(set(paths)) == 33
+    expected = sorted(p.relative_to(collection).as_posix() for p in collection.rglob("*")
+                      if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg")
+                      and not any(part.startswith(".") for part in p.relative_to(collection).parts))
+    assert paths == expected
+    errors = {row[0]: row[-1] for row in rows[1:] if row[-1]}
+    assert set(errors) == {"broken/empty.jpg", "broken/text.JPG", "broken/truncated.jpeg"}
+    assert errors["broken/empty.jpg"] == "empty file (0 bytes)"
+    for row in rows[1:]:
+        if row[-1]:
+            assert row[1:-1] == [""] * 6
+        else:
+            confidences = [float(c) for c in row[2:-1:2]]
+            assert confidences == sorted(confidences, reverse=True)
+            assert all(0 <= c <= 1 and len(s.split(".")[1]) == 6
+                       for c, s in zip(confidences, row[2:-1:2], strict=True))
+            assert sorted(row[1:-1:2]) == ["daisy", "roses", "tulips"]
+
+    # Every row agrees with `flowers label` on the same photo.
+    single = run_flowers("label", *(str(collection / p) for p in paths), "--model", str(bundle),
+                         env=env)
+    assert single.returncode == 1  # some photos are broken
+    labelled = parse_label_output(single.stdout)
+    for row in rows[1:]:
+        mine = labelled[str(collection / row[0])]
+        if row[-1]:
+            assert mine == ["error:" + row[-1]]
+        else:
+            assert mine[0::2] == row[1:-1:2]
+            for theirs, ours in zip(mine[1::2], row[2:-1:2], strict=True):
+                assert abs(float(theirs) - float(ours)) <= 2e-6
+
+    # Both pool processes labelled chunks, and each loaded the bundle exactly once.
+    (job_id,) = [key.decode().split(":")[2] for key in
+                 redis.Redis.from_url(redis_url).keys("flowers:job:*") if key.count(b":") == 2]
+    record = job_record(redis_url, job_id)
+    chunks = {k: int(v) for k, v in record.items() if k.startswith("chunks:")}
+    loads = {k: int(v) for k, v in record.items() if k.startswith("loads:")}
+    assert len(chunks) == 2 and sum(chunks.values()) == 9 and min(chunks.values()) >= 1
+    assert set(loads.values()) == {1} and len(loads) == 2
+    assert not (tmp_path / "labels.csv.parts").exists()
+
+
+def test_resume_after_the_workers_are_killed(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    bundle, _ = trained_bundle
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(collection), "--model", str(bundle), "--output", str(output),
+            "--chunk-size", "3", "--batch-size", "3")
+    worker = start_workers(1)
+    queued = run_flowers(*args, "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    parts = tmp_path / "labels.csv.parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("part-*.csv"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    done_before = len(list(parts.glob("part-*.csv")))
+    assert 3 <= done_before < 11, "interrupted mid-way"
+    assert not output.exists()
+    redis.Redis.from_url(redis_url).delete("flowers")  # the old job's queued chunks are lost too
+
+    start_workers(1)
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming:" in rerun.stderr
+    rows = read_csv(output)[1:]
+    paths = [row[0] for row in rows]
+    assert len(paths) == len(set(paths)) == 33 and paths == sorted(paths)
+    status = run_flowers("status", job_id, env=env)
+    assert "cancelled" in status.stdout and "superseded" in status.stdout
+
+
+def test_rows_of_another_bundle_are_refused_and_cancel_drops_queued_chunks(
+    redis_url: str, collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    bundle, _ = trained_bundle
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(collection), "--model", str(bundle), "--output", str(output))
+    queued = run_flowers(*args, "--no-wait", env=env)  # no worker: the chunks stay queued
+    job_id = queued.stdout.strip()
+    cancelled = run_flowers("cancel", job_id, env=env)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
+        "cancelled"
+
+    other = tmp_path / "other-bundle"
+    shutil.copytree(bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["bundle_id"] = "0" * 32
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    refused = run_flowers("label-dir", str(collection), "--model", str(other), "--output",
+                          str(output), env=env)
+    assert refused.returncode == 2
+    assert "another bundle id" in refused.stderr and "--overwrite" in refused.stderr

@@ -1,0 +1,36 @@
+"""Labelling photos with a bundle: top-k order, error rows, and input order kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.predict import label_photos, top_k
+
+
+def test_top_k_orders_by_confidence_and_caps_k() -> None:
+    probabilities = np.array([0.1, 0.6, 0.3])
+    assert top_k(probabilities, ["a", "b", "c"], 2) == [("b", 0.6), ("c", 0.3)]
+    assert [n for n, _ in top_k(probabilities, ["a", "b", "c"], 5)] == ["b", "c", "a"]
+
+
+def test_rows_keep_input_order_with_errors_in_place(flower_photos: Path, tmp_path: Path) -> None:
+    photos = sorted((flower_photos / "daisy").iterdir())[:5]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"text")
+    paths = [photos[0], broken, *photos[1:], tmp_path / "gone.jpg"]
+    seen_batches: list[int] = []
+
+    def runner(batch: np.ndarray) -> np.ndarray:
+        seen_batches.append(len(batch))
+        assert batch.shape[1:] == (32, 32, 3) and batch.dtype == np.uint8
+        # A stand-in network: class 1 for every photo.
+        return np.tile([0.2, 0.7, 0.1], (len(batch), 1))
+
+    rows = list(label_photos(paths, runner, ["x", "y", "z"], 32, k=5, batch_size=3))
+    assert [row.path for row in rows] == paths
+    assert rows[1].error.startswith("not an image") and rows[1].labels == []
+    assert "not found" in rows[-1].error
+    assert rows[0].labels == [("y", 0.7), ("x", 0.2), ("z", 0.1)]
+    assert sum(seen_batches) == 5 and max(seen_batches) <= 3

@@ -1,0 +1,60 @@
+"""CSV parts and their merge: schema, sorting, one row per path, identity of the rows."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from models.errors import UsageError
+from worker import results
+
+IDENTITY = {"bundle_id": "b1", "photo_dir": "/photos", "top_k": 3, "k": 2, "bundle": "/b"}
+
+
+def test_header_and_rows_follow_the_schema() -> None:
+    assert results.header(2) == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
+                                 "error"]
+    assert results.format_row("a/b.jpg", [("roses", 0.91234567), ("daisy", 0.0876)], "", 2) == [
+        "a/b.jpg", "roses", "0.912346", "daisy", "0.087600", ""]
+    assert results.format_row("x.jpg", [], "empty file", 2) == ["x.jpg", "", "", "", "",
+                                                                "empty file"]
+
+
+def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
+    parts = tmp_path / "out.csv.parts"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    results.claim_parts(parts, "job1")
+    row = lambda name: results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2)  # noqa: E731
+    results.write_part(parts, "job1", 1, [row("z.jpg"), row("a/b.jpg")])
+    results.write_part(parts, "job1", 0, [row("a.jpg"), row("z.jpg")])
+    assert results.done_paths(parts) == {"a.jpg", "a/b.jpg", "z.jpg"}
+    counts = results.merge_parts(parts, tmp_path / "out.csv", 2)
+    assert counts == {"rows": 3, "errors": 0}
+    with open(tmp_path / "out.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == results.header(2)
+    assert [r[0] for r in rows[1:]] == ["a.jpg", "a/b.jpg", "z.jpg"]
+    assert not parts.exists()
+
+
+def test_rows_from_another_bundle_are_never_mixed_in(tmp_path: Path) -> None:
+    parts = tmp_path / "out.csv.parts"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    results.prepare_parts(parts, IDENTITY, overwrite=False)  # same bundle: resume
+    with pytest.raises(UsageError, match=r"another bundle id.*--overwrite"):
+        results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=False)
+    results.write_part(parts, "job1", 0, [["a.jpg", "", "", "", "", "x"]])
+    results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=True)
+    assert results.done_paths(parts) == set()
+
+
+def test_a_rerun_takes_the_parts_over(tmp_path: Path) -> None:
+    parts = tmp_path / "p"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    assert results.claim_parts(parts, "old") is None
+    assert results.owns_parts(parts, "old")
+    assert results.claim_parts(parts, "new") == "old"
+    assert not results.owns_parts(parts, "old") and results.owns_parts(parts, "new")
+    assert results.read_identity(parts)["bundle_id"] == "b1"
