@@ -183,3 +183,21 @@ def test_rows_of_another_bundle_are_refused_and_cancel_drops_queued_chunks(
                           str(output), env=env)
     assert refused.returncode == 2
     assert "another bundle id" in refused.stderr and "--overwrite" in refused.stderr
+
+
+def test_label_dir_without_a_broker_runs_a_local_cluster(
+    collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, None, weights_dir)
+    output = tmp_path / "local.csv"
+    result = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
+                         "--output", str(output), "--top-k", "9", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(output)
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
+                       "label_3", "confidence_3", "error"], "top-k is capped at 3 classes"
+    assert len(rows) == 34
+    again = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
+                        "--output", str(output), env=env)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
