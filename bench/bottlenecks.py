@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from models import dataset, networks
+from models import batching, dataset, networks
 from models.bottlenecks import (
     BatchRunner,
     BottleneckCache,
@@ -114,11 +114,6 @@ def copy_photos(photos: list[dataset.Photo], root: Path, dest: Path, prefix: str
         shutil.copyfile(photo.path, target)
         copies.append(target)
     return copies
-
-
-def default_decode_threads() -> int:
-    # The same default as compute_bottlenecks.
-    return min(8, (os.cpu_count() or 1) + 1)
 
 
 def decode_in_pool(paths: list[Path], size: int, threads: int) -> tuple[np.ndarray, float, float]:
@@ -269,7 +264,7 @@ def bench_stage(args: argparse.Namespace, work: Path) -> None:
     data, photos = select_photos(args.photos, args.limit)
     paths = [photo.path for photo in photos]
     count = len(paths)
-    threads = args.decode_threads or default_decode_threads()
+    threads = args.decode_threads or batching.decode_threads()  # compute_bottlenecks' default
     print(f"photos: {count} from {data.root} ({len(data.class_names)} classes)")
     print(f"network: {spec.name} ({spec.describe()}), batch size {args.batch_size}")
     print(f"threads: TensorFlow {args.tf_threads}, decode pool {threads}, cores {os.cpu_count()}")

@@ -12,14 +12,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Calls `write` on a temporary file beside `path`, syncs it, then renames it to `path`."""
+def write_atomically(
+    path: Path, write: Callable[[BinaryIO], object], durable: bool = True
+) -> None:
+    """Calls `write` on a temporary file beside `path`, then renames it to `path`.
+
+    `durable` syncs the data to disk before the rename, so the file also survives a power cut;
+    a cache that can recompute its entries may skip that cost.
+    """
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

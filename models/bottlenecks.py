@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +60,12 @@ class BottleneckCache:
             return None
 
     def store(self, digest: str, vector: np.ndarray) -> None:
+        """Writes an entry atomically; not synced to disk: a lost entry is just recomputed."""
         path = self.bottleneck_path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda handle: np.save(handle, vector, allow_pickle=False))
+        write_atomically(
+            path, lambda handle: np.save(handle, vector, allow_pickle=False), durable=False
+        )
 
 
 @dataclass
@@ -87,12 +90,12 @@ class BottleneckResult:
     seconds: float = 0.0
 
 
-def _prepare(path: Path, size: int, cache: BottleneckCache) -> _Prepared:
+def _prepare(path: Path, size: int, features: int, cache: BottleneckCache) -> _Prepared:
     try:
         data = read_bytes(path)
         digest = content_hash(data)
         vector = cache.load(digest)
-        if vector is not None:
+        if vector is not None and vector.shape == (features,):
             return _Prepared(digest, vector=vector)
         return _Prepared(digest, pixels=decode_image(data, size, path))
     except ImageDecodeError as exc:
@@ -117,10 +120,11 @@ def compute_bottlenecks(
     result = BottleneckResult(vectors=vectors, kept=[])
     threads = decode_threads or batching.decode_threads()
     done = 0
+    writes: list[Future[None]] = []
     if progress is not None:
         progress(0, len(paths))
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-        prepare = lambda path: _prepare(path, input_size, cache)  # noqa: E731
+        prepare = lambda path: _prepare(path, input_size, bottleneck_size, cache)  # noqa: E731
         for batch in batching.prepared_batches(paths, batch_size, pool, prepare):
             misses: list[tuple[int, str, np.ndarray]] = []
             for offset, item in enumerate(batch):
@@ -139,11 +143,17 @@ def compute_bottlenecks(
                 for (index, digest, _), vector in zip(misses, computed, strict=True):
                     vectors[index] = vector
                     ok[index] = True
-                    cache.store(digest, vector)
+                    # Written by the pool while the network runs the next batch.
+                    writes.append(pool.submit(cache.store, digest, vector))
                 result.computed += len(misses)
             done += len(batch)
             if progress is not None:
                 progress(done, len(paths))
+        for write in writes:
+            try:
+                write.result()
+            except OSError as exc:
+                log.warning("could not write a bottleneck cache entry: %s", exc)
     result.kept = [int(i) for i in np.flatnonzero(ok)]
     result.vectors = vectors[ok]
     result.seconds = time.perf_counter() - started

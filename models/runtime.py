@@ -11,13 +11,18 @@ import os
 
 log = logging.getLogger(__name__)
 
-_configured = False
+_configured_threads = 0
+
+
+def tensorflow_threads() -> int:
+    """The intra-op threads TensorFlow was given, or the cores it would take by default."""
+    return _configured_threads or os.cpu_count() or 1
 
 
 def configure_tensorflow(threads: int) -> None:
     """Quiets TensorFlow's C++ logs and sizes its intra- and inter-op pools to `threads`."""
-    global _configured
-    if _configured:
+    global _configured_threads
+    if _configured_threads:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -27,5 +32,5 @@ def configure_tensorflow(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
     except RuntimeError:
         log.debug("TensorFlow already initialised; keeping its thread pools")
-    _configured = True
+    _configured_threads = threads
     log.info("TensorFlow %s with %d threads in process %d", tf.__version__, threads, os.getpid())

@@ -96,9 +96,13 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         ]
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
     except FlowersError as exc:
-        log.error("job %s chunk %s failed: %s", job_id, chunk["index"], exc)
+        log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
         store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
         return {"error": str(exc)}
+    except Exception as exc:
+        log.exception("job %s chunk %s failed", job_id, chunk.get("index"))
+        store.update(job_id, state="failed", message=f"{type(exc).__name__}: {exc}", exit_code=1)
+        raise
     errors = sum(1 for row in rows if row[-1])
     if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, os.getpid(), cache.loads):
         finish_label(job_id)
