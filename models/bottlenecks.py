@@ -90,7 +90,12 @@ class BottleneckResult:
     seconds: float = 0.0
 
 
-def _prepare(path: Path, size: int, features: int, cache: BottleneckCache) -> _Prepared:
+def _prepare(
+    path: Path, size: int, features: int, cache: BottleneckCache,
+    guard: Callable[[Path], str | None] | None,
+) -> _Prepared:
+    if guard is not None and (refusal := guard(path)):
+        return _Prepared(error=refusal)
     try:
         data = read_bytes(path)
         digest = content_hash(data)
@@ -111,6 +116,7 @@ def compute_bottlenecks(
     batch_size: int = 64,
     decode_threads: int | None = None,
     progress: Progress | None = None,
+    guard: Callable[[Path], str | None] | None = None,
 ) -> BottleneckResult:
     """Bottlenecks for `paths`, from the cache where possible, else from the network."""
     started = time.perf_counter()
@@ -124,7 +130,9 @@ def compute_bottlenecks(
     if progress is not None:
         progress(0, len(paths))
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-        prepare = lambda path: _prepare(path, input_size, bottleneck_size, cache)  # noqa: E731
+        prepare = lambda path: _prepare(  # noqa: E731
+            path, input_size, bottleneck_size, cache, guard
+        )
         for batch in batching.prepared_batches(paths, batch_size, pool, prepare):
             misses: list[tuple[int, str, np.ndarray]] = []
             for offset, item in enumerate(batch):

@@ -41,6 +41,10 @@ class BundleError(FlowersError):
     """Raised when a model bundle is missing, incomplete, corrupt or of an unknown format."""
 
 
+class PathNotAllowedError(FlowersError):
+    """Raised when a task names a path outside the worker's FLOWERS_ALLOWED_ROOTS."""
+
+
 class QueueUnavailableError(FlowersError):
     """Raised when Redis cannot be reached or refuses the connection."""
 

@@ -38,7 +38,12 @@ def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tup
     return [(class_names[i], float(probabilities[i])) for i in order]
 
 
-def _load(path: Path, size: int) -> np.ndarray | str:
+Guard = Callable[[Path], str | None]
+
+
+def _load(path: Path, size: int, guard: Guard | None = None) -> np.ndarray | str:
+    if guard is not None and (refusal := guard(path)):
+        return refusal
     try:
         return load_image(path, size)
     except ImageDecodeError as exc:
@@ -53,13 +58,17 @@ def label_photos(
     k: int,
     batch_size: int = 64,
     threads: int | None = None,
+    guard: Guard | None = None,
 ) -> Iterator[LabelRow]:
-    """Labels photos in input order, streaming: one row per path."""
+    """Labels photos in input order, streaming: one row per path.
+
+    `guard`, if given, may refuse a photo before it is read, with a reason for its row.
+    """
     k = max(1, min(k, len(class_names)))
     with ThreadPoolExecutor(threads or batching.decode_threads(),
                             thread_name_prefix="decode") as pool:
         batches = batching.prepared_batches(
-            paths, batch_size, pool, lambda path: (path, _load(path, input_size))
+            paths, batch_size, pool, lambda path: (path, _load(path, input_size, guard))
         )
         for batch in batches:
             decoded = [(path, item) for path, item in batch if isinstance(item, np.ndarray)]

@@ -62,8 +62,12 @@ def retrain(
     home: Path,
     weights_dir: Path | None = None,
     progress: PhaseProgress = _quiet,
+    guard: Callable[[Path], str | None] | None = None,
 ) -> dict[str, Any]:
-    """Runs the pipeline for `request` and returns the summary also stored in the manifest."""
+    """Runs the pipeline for `request` and returns the summary also stored in the manifest.
+
+    `guard`, if given, may refuse a photo before it is read (it is then skipped with the reason).
+    """
     started = time.perf_counter()
     timings: dict[str, float] = {}
     spec = networks.get_spec(request.architecture)
@@ -93,6 +97,7 @@ def retrain(
         make_runner,
         batch_size=request.bottleneck_batch_size,
         progress=lambda done, total: progress("bottlenecks", done, total, {}),
+        guard=guard,
     )
     timings["bottlenecks"] = time.perf_counter() - phase_start
     kept = [photos[i] for i in computed.kept]

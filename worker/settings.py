@@ -9,6 +9,8 @@ FLOWERS_VISIBILITY_TIMEOUT  seconds before Redis hands an unacknowledged task to
 FLOWERS_WORKER_CONCURRENCY  processes of `flowers worker` (0: one per core this process may use)
 FLOWERS_TF_THREADS          TensorFlow threads per worker process (0: cores / processes)
 FLOWERS_QUEUE               the Celery queue tasks go to (flowers)
+FLOWERS_ALLOWED_ROOTS       folders (separated by ':') that tasks may read and write; a task
+                            naming anything else is refused (unset: no confinement)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Settings:
     worker_concurrency: int = 0
     tf_threads: int = 0
     queue: str = "flowers"
+    allowed_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +47,11 @@ class Settings:
             worker_concurrency=int(env.get("FLOWERS_WORKER_CONCURRENCY") or 0),
             tf_threads=int(env.get("FLOWERS_TF_THREADS") or 0),
             queue=env.get("FLOWERS_QUEUE") or "flowers",
+            allowed_roots=tuple(
+                Path(root).expanduser().resolve()
+                for root in (env.get("FLOWERS_ALLOWED_ROOTS") or "").split(os.pathsep)
+                if root
+            ),
         )
 
     def processes(self) -> int:

@@ -10,7 +10,6 @@ import logging
 import os
 import time
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -19,6 +18,7 @@ from celery import Task
 from models.errors import FlowersError
 from worker import results
 from worker.app import app, settings
+from worker.confine import check_allowed, photo_guard
 from worker.jobs import FINAL_STATES, JobStore, ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,17 @@ def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
         from models.retrain import RetrainRequest
         from models.retrain import retrain as run_retrain
 
+        retrain_request = RetrainRequest.from_dict(request)
+        roots = settings.allowed_roots
+        check_allowed(retrain_request.photo_dir, roots, "photo folder")
+        check_allowed(retrain_request.output or settings.home, roots, "bundle output")
+        if retrain_request.summaries_dir:
+            check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
+        if retrain_request.weights not in ("imagenet", "none"):
+            check_allowed(retrain_request.weights, roots, "weights file")
         summary = run_retrain(
-            RetrainRequest.from_dict(request), settings.home, settings.weights_dir,
-            progress=ProgressReporter(store, job_id),
+            retrain_request, settings.home, settings.weights_dir,
+            progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
         )
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
@@ -72,8 +80,15 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     top_k, batch_size. The worker that finishes a job's last chunk assembles its output.
     """
     job_id = chunk["job_id"]
-    parts_dir = Path(chunk["parts_dir"])
     store = job_store()
+    try:
+        roots = settings.allowed_roots
+        parts_dir = check_allowed(chunk["parts_dir"], roots, "output")
+        root = check_allowed(chunk["photo_dir"], roots, "photo folder")
+        bundle = check_allowed(chunk["bundle"], roots, "bundle")
+    except FlowersError as exc:
+        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        return {"error": str(exc)}
     if store.state(job_id) in FINAL_STATES or not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
     store.start(job_id, phase="labelling", worker=self.request.hostname or "")
@@ -83,8 +98,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         from worker.model_cache import model_cache
 
         cache = model_cache()
-        model = cache.get(Path(chunk["bundle"]))
-        root = Path(chunk["photo_dir"])
+        model = cache.get(bundle)
         names: list[str] = chunk["paths"]
         k = int(chunk["top_k"])
         rows = [
@@ -92,6 +106,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
             for name, row in zip(names, label_photos(
                 (root / name for name in names), model.run, model.class_names,
                 model.input_size, k, batch_size=int(chunk.get("batch_size", 64)),
+                guard=photo_guard(roots),
             ), strict=True)
         ]
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
@@ -116,13 +131,18 @@ def finish_label(job_id: str) -> dict[str, Any]:
     if store.state(job_id) in FINAL_STATES or not store.claim_finish(job_id):
         return {"skipped": True}
     record = store.get(job_id)
-    parts_dir = Path(record["parts_dir"])
+    try:
+        parts_dir = check_allowed(record["parts_dir"], settings.allowed_roots, "output")
+        output = check_allowed(record["output"], settings.allowed_roots, "output")
+    except FlowersError as exc:
+        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
     store.update(job_id, phase="writing")
     try:
         k = int(results.read_identity(parts_dir)["k"])
-        counts = results.merge_parts(parts_dir, Path(record["output"]), k)
+        counts = results.merge_parts(parts_dir, output, k)
     except OSError as exc:
         message = f"cannot write {record['output']}: {exc.strerror or exc}"
         store.update(job_id, state="failed", message=message, exit_code=1)
