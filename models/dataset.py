@@ -69,8 +69,17 @@ def walk_images(root: Path) -> Iterator[Path]:
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from walk_images(Path(entry.path))
-        elif is_image_file(entry.name) and not entry.is_dir():
+        elif is_image_file(entry.name) and not _links_to_folder(entry):
             yield Path(entry.path)
+
+
+def _links_to_folder(entry: os.DirEntry[str]) -> bool:
+    """True for a symlink to a folder; False for files, and for broken or looping links
+    (those are kept, so labelling gives them a row with the reason they cannot be read)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def check_photo_dir(root: Path) -> Path:

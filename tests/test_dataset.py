@@ -82,10 +82,12 @@ def test_discover_refuses_missing_folder_and_file(tmp_path: Path) -> None:
         discover(touch(tmp_path / "photo.jpg"))
 
 
-def test_walk_skips_symlinked_folders(tmp_path: Path) -> None:
+def test_walk_skips_symlinked_folders_and_keeps_looping_links(tmp_path: Path) -> None:
     touch(tmp_path / "a" / "1.jpg")
     (tmp_path / "a" / "loop").symlink_to(tmp_path)
-    assert [p.name for p in walk_images(tmp_path)] == ["1.jpg"]
+    (tmp_path / "a" / "folder.jpg").symlink_to(tmp_path / "a")
+    (tmp_path / "a" / "self.jpg").symlink_to("self.jpg")
+    assert [p.name for p in walk_images(tmp_path)] == ["1.jpg", "self.jpg"]
 
 
 def test_which_set_matches_the_codelab_rule() -> None:

@@ -1,0 +1,138 @@
+"""Bad and unusual photos through `flowers label-dir` with a real worker: one row each, the
+job goes on, and photos that can be labelled are labelled as they look."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.decode import MAX_PIXELS
+from tests.conftest import WorkerFactory, flowers_env, run_flowers
+
+pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+
+
+def save(image: Image.Image, path: Path, fmt: str, **options: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt, **options)
+
+
+@pytest.fixture
+def odd_photos(flower_photos: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "odd"
+    root.mkdir()
+    source = sorted((flower_photos / "daisy").iterdir())[3]
+    photo = Image.open(source).convert("RGB")
+    shutil.copy(source, root / "original.jpg")
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "truncated.jpg").write_bytes(source.read_bytes()[:1200])
+    (root / "text.jpg").write_text("I am a text file\n")
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(200)
+    save(rgba, root / "alpha.png", "PNG")
+    frames = [photo.convert("P"), photo.rotate(10).convert("P")]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
+    save(photo.convert("P"), root / "palette.gif", "GIF")
+    save(photo.convert("CMYK"), root / "cmyk.jpg", "JPEG")
+    grey16 = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    save(Image.fromarray(grey16), root / "grey16.png", "PNG")
+    save(photo.convert("L"), root / "grey.jpg", "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: turn 90 degrees clockwise to view
+    save(photo.transpose(Image.Transpose.ROTATE_90), root / "exif_rotated.jpg", "JPEG",
+         exif=exif.tobytes(), quality=95)
+    side = int(MAX_PIXELS**0.5) + 100
+    save(Image.new("1", (side, side)), root / "bomb.png", "PNG")
+    save(photo.resize((8660, 5774)), root / "fifty_megapixels.jpg", "JPEG", quality=80)
+    (root / "loop.jpg").symlink_to("loop.jpg")
+    os.symlink(source, os.path.join(os.fsencode(root), b"caf\xe9.jpg"))
+    return root
+
+
+def read_rows(path: Path) -> dict[bytes, list[str]]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        rows = list(csv.reader(handle))
+    return {os.fsencode(row[0]): row for row in rows[1:]}
+
+
+def test_each_bad_photo_is_one_row_and_the_rest_are_labelled(
+    redis_url: str, start_workers: WorkerFactory, odd_photos: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "odd.csv"
+    doomed = odd_photos / "deleted_before_labelling.jpg"
+    shutil.copy(odd_photos / "original.jpg", doomed)
+    queued = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                         "--output", str(output), "--no-wait", "--chunk-size", "4", env=env)
+    assert queued.returncode == 0, queued.stderr
+    doomed.unlink()  # enqueued, not yet labelled: no worker runs yet
+    worker = start_workers(1)
+    deadline = time.monotonic() + 180
+    while not output.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rows = read_rows(output)
+    assert worker.poll() is None
+    assert len(rows) == 16
+    errors = {name.decode(errors="replace"): row[-1] for name, row in rows.items() if row[-1]}
+    assert errors.keys() == {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png", "loop.jpg",
+                             "deleted_before_labelling.jpg"}
+    assert errors["zero.jpg"] == "empty file (0 bytes)"
+    assert "decompression bomb" in errors["bomb.png"]
+    assert "symbolic links" in errors["loop.jpg"]
+    assert "not found" in errors["deleted_before_labelling.jpg"]
+    for name, row in rows.items():
+        assert (row[-1] == "") == (row[1] != ""), name
+
+    original = rows[b"original.jpg"]
+    assert rows[b"caf\xe9.jpg"][1:] == original[1:], "a non-UTF-8 name is labelled like any other"
+    assert rows[b"exif_rotated.jpg"][1] == original[1], "EXIF rotation is applied"
+    assert abs(float(rows[b"exif_rotated.jpg"][2]) - float(original[2])) < 0.05
+    for name in (b"grey16.png", b"grey.jpg"):
+        assert rows[name][2:-1:2] == rows[b"grey.jpg"][2:-1:2] or \
+            abs(float(rows[name][2]) - float(rows[b"grey.jpg"][2])) < 0.02, name
+
+
+def test_broken_files_do_not_fail_training(
+    flower_photos: Path, tmp_path: Path, weights_dir: Path
+) -> None:
+    from models.retrain import RetrainRequest, retrain
+    from tests.conftest import SMALL_NETWORK, copy_subset
+
+    root = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "tulips"], 6)
+    (root / "daisy" / "zero.jpg").write_bytes(b"")
+    (root / "tulips" / "only_text.png").write_text("text")
+    buffer = io.BytesIO()
+    Image.new("RGBA", (40, 40), (255, 0, 0, 128)).save(buffer, "PNG")
+    (root / "tulips" / "alpha.PNG").write_bytes(buffer.getvalue())
+    summary = retrain(RetrainRequest(photo_dir=str(root), output=str(tmp_path / "b"),
+                                     architecture=SMALL_NETWORK, how_many_training_steps=20),
+                      tmp_path / "home", weights_dir)
+    assert {item["path"] for item in summary["skipped"]} == {"daisy/zero.jpg",
+                                                            "tulips/only_text.png"}
+    assert summary["photos"] == 15
+
+
+def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
+    odd_photos: Path, trained_bundle: tuple[Path, Any], tmp_path: Path
+) -> None:
+    env = flowers_env(tmp_path, None, None)
+    inside = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                         "--output", str(odd_photos / "out.csv"), env=env)
+    assert inside.returncode == 2 and "inside the photo folder" in inside.stderr
+    top0 = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                       "--output", str(tmp_path / "o.csv"), "--top-k", "0", env=env)
+    assert top0.returncode == 2 and "--top-k" in top0.stderr
+    not_bundle = run_flowers("label-dir", str(odd_photos), "--model", str(odd_photos),
+                             "--output", str(tmp_path / "o.csv"), env=env)
+    assert not_bundle.returncode == 1 and "not a model bundle" in not_bundle.stderr
+    assert "Traceback" not in inside.stderr + top0.stderr + not_bundle.stderr
