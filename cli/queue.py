@@ -16,17 +16,17 @@ import redis
 from cli.progress import ProgressLine
 from models.errors import JobFailedError, QueueUnavailableError
 from worker.embedded import LocalCluster, local_cluster
-from worker.jobs import FINAL_STATES, JobStore
+from worker.jobs import FINAL_STATES, JobStore, patient_client
 from worker.settings import Settings, redact_url
 
 POLL_SECONDS = 0.25
 
 
 def connect(url: str) -> redis.Redis:
-    """A Redis client that has answered a PING, or `QueueUnavailableError` saying why not."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    """A Redis client that rides out restarts, once Redis has answered a first PING quickly;
+    or `QueueUnavailableError` saying why it did not."""
     try:
-        client.ping()
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10).ping()
     except redis.AuthenticationError:
         raise QueueUnavailableError(
             f"Redis at {redact_url(url)} refused the password in FLOWERS_BROKER_URL: fix it"
@@ -44,7 +44,7 @@ def connect(url: str) -> redis.Redis:
             f"cannot reach Redis at {redact_url(url)} (FLOWERS_BROKER_URL): {reason}; "
             "start Redis there or fix the URL"
         ) from None
-    return client
+    return patient_client(url)
 
 
 @dataclass

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -113,7 +115,35 @@ def wait_until_ready(log_path: Path, process: subprocess.Popen[bytes], timeout: 
     raise RuntimeError(f"worker not ready after {timeout}s:\n{log_path.read_text()}")
 
 
-WorkerFactory = Callable[[int], subprocess.Popen[bytes]]
+@dataclass
+class RunningWorker:
+    """A `flowers worker` started by a test: its main process and its log."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pool_pids(self) -> list[int]:
+        """The prefork pool's processes: children of the main process."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def kill(self) -> None:
+        """SIGKILL to the whole worker, main process and pool."""
+        os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+WorkerFactory = Callable[..., RunningWorker]
 
 
 @pytest.fixture
@@ -123,13 +153,16 @@ def start_workers(
     """Starts real `flowers worker` processes (prefork) on the test's Redis; stops them after."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(concurrency: int) -> subprocess.Popen[bytes]:
+    def start(concurrency: int, broker_url: str | None = None,
+              **env_overrides: str) -> RunningWorker:
+        """`concurrency` pool processes; FLOWERS_* overrides as keyword arguments."""
         log_path = tmp_path / f"worker-{len(started)}.log"
-        env = flowers_env(flowers_home, redis_url, weights_dir)
-        process = start_worker(redis_url, concurrency, log_path, env=env)
+        url = broker_url or redis_url
+        env = {**flowers_env(flowers_home, url, weights_dir), **env_overrides}
+        process = start_worker(url, concurrency, log_path, env=env)
         started.append(process)
         wait_until_ready(log_path, process)
-        return process
+        return RunningWorker(process, log_path)
 
     yield start
     for process in started:
@@ -137,7 +170,7 @@ def start_workers(
 
 
 @pytest.fixture
-def worker_process(start_workers: WorkerFactory) -> subprocess.Popen[bytes]:
+def worker_process(start_workers: WorkerFactory) -> RunningWorker:
     """One real `flowers worker` with one pool process on the test's Redis."""
     return start_workers(1)
 

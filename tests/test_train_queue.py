@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from models.bundle import load_bundle
 from models.decode import load_image
-from tests.conftest import SMALL_NETWORK, flowers_env, run_flowers
+from tests.conftest import SMALL_NETWORK, RunningWorker, flowers_env, run_flowers
 
 pytestmark = pytest.mark.queue
 
@@ -21,7 +20,7 @@ TRAIN_ARGS = ("--architecture", SMALL_NETWORK, "--how-many-training-steps", "300
 
 
 def test_train_through_redis_and_a_worker(
-    redis_url: str, worker_process: subprocess.Popen[bytes], photo_subset: Path,
+    redis_url: str, worker_process: RunningWorker, photo_subset: Path,
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
     env = flowers_env(flowers_home, redis_url, weights_dir)
@@ -84,7 +83,7 @@ def test_train_without_a_broker_runs_a_local_cluster(
 
 
 def test_failure_on_the_worker_reaches_the_cli(
-    redis_url: str, worker_process: subprocess.Popen[bytes], photo_subset: Path,
+    redis_url: str, worker_process: RunningWorker, photo_subset: Path,
     flowers_home: Path, tmp_path: Path,
 ) -> None:
     env = flowers_env(flowers_home, redis_url, tmp_path / "no-weights-here")

@@ -15,6 +15,8 @@ import uuid
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from models.errors import JobNotFoundError
 
@@ -50,6 +52,15 @@ redis.call('HSET', KEYS[1], 'chunks_total', ARGV[1], 'total', ARGV[2])
 if tonumber(ARGV[1]) == redis.call('SCARD', KEYS[2]) then return 1 end
 return 0
 """
+
+
+def patient_client(url: str) -> redis.Redis:
+    """A Redis client that rides out a restart: it retries for about two minutes."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=3, socket_timeout=30,
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.25), 30),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 class JobStore:

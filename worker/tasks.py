@@ -12,14 +12,13 @@ import time
 from functools import cache
 from typing import Any
 
-import redis
 from celery import Task
 
 from models.errors import FlowersError
 from worker import results
 from worker.app import app, settings
 from worker.confine import check_allowed, photo_guard
-from worker.jobs import FINAL_STATES, JobStore, ProgressReporter
+from worker.jobs import FINAL_STATES, JobStore, ProgressReporter, patient_client
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 @cache
 def job_store() -> JobStore:
     """This process's connection to the job records (made lazily, after the fork)."""
-    return JobStore(redis.Redis.from_url(app.conf.broker_url))
+    return JobStore(patient_client(app.conf.broker_url))
 
 
 def _prepare_process() -> None:

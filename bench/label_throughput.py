@@ -1,0 +1,377 @@
+"""`flowers label-dir` speed: end to end through Redis and workers vs the model-only limit.
+
+Measured side by side in one run, per architecture (MobileNetV2 224 with real weights; then
+InceptionV3 trained with `--weights none`, its weights not being available here), on the same
+bundle, batch size and number of processes P (default: one per usable core):
+
+a. model only: P spawned processes, each `configure_tensorflow(cores // P)`, `load_bundle`,
+   `batch_runner`, its share of the photos decoded beforehand, one warm-up batch; they start
+   together at a barrier; aggregate photos/s = all photos / (last end - first start);
+b. pipeline, no queue: the same processes, right after (a) and again from a barrier, run what
+   a `flowers.label_chunk` task runs in-process (`label_photos` on each chunk of paths,
+   `format_row`, `write_part`), so (b) vs (a) is decoding and rows, (c) vs (b) the queue;
+c. end to end: a real redis-server and a fresh `flowers worker --concurrency P`, then
+   `flowers label-dir TREE --model BUNDLE --output OUT.csv` in a new process; TREE holds
+   `--photos-count` symlinks to the real photos (each photo at least twice). The time is the
+   job record's `updated - created` once it has succeeded (first enqueue to last row, merge
+   included) and also the CLI's wall time. Two variants on the same worker: cold (its pool
+   processes import TensorFlow and load the bundle inside the timed run) then warm (the cold
+   run loaded the bundle in every pool process, which the record's `loads:<pid>` confirms).
+
+(a), (b) and (c) alternate `--repeats` times, so a noisy machine slows them alike; the best of
+each is compared and the per-repeat ratios shown. Below the 0.90 target it prints where the time
+goes: CPU per photo of (a) and (b), decoding alone, task occupancy of the worker's processes
+rebuilt from its log, model load times, the final merge.
+
+`--part old` times the old way: a fresh `flowers label IMG --model BUNDLE` per photo (as the
+codelab's label_image.py), against the best warm end-to-end rate. `--part memory|enqueue` are
+in bench/label_memory.py (worker RSS over 10,000 photos; enqueueing 100,000 paths).
+
+Run from the repository root (small smoke run first, then the full one):
+
+    .venv/bin/python bench/label_throughput.py --part all --photos-count 300 --repeats 1 \
+        --architectures mobilenet_v2 --old-photos 2 --memory-photos 500 --enqueue-paths 2000
+    .venv/bin/python bench/label_throughput.py --part all
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import label_cluster as lc
+import label_memory
+import numpy as np
+
+from worker.settings import usable_cores
+
+TARGET_E2E = 0.90
+TARGET_OLD = 500.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="all",
+                        choices=["throughput", "old", "memory", "enqueue", "all"])
+    parser.add_argument("--photos", type=Path, default=Path("/work/shared/data/flower_photos"))
+    parser.add_argument(
+        "--weights-dir", type=Path,
+        default=Path(os.environ.get("FLOWERS_WEIGHTS_DIR")
+                     or lc.REPO.parent / "shared/weights/keras"),
+    )
+    parser.add_argument("--architectures", default="mobilenet_v2,inception_v3",
+                        help="comma-separated; inception_v3 is trained with --weights none")
+    parser.add_argument("--photos-count", type=int, default=3000,
+                        help="photos per end-to-end run (MobileNetV2)")
+    parser.add_argument("--inception-photos", type=int, default=1500,
+                        help="photos per run for inception_v3 (about 20x slower)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--inception-repeats", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=usable_cores(),
+                        help="worker processes, as `flowers worker --concurrency P`")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=128)
+    parser.add_argument("--old-photos", type=int, default=5)
+    parser.add_argument("--memory-photos", type=int, default=10_000)
+    parser.add_argument("--enqueue-paths", type=int, default=100_000)
+    parser.add_argument("--bundles", type=Path, default=None,
+                        help="folder to keep bundles in and reuse (default: temporary)")
+    return parser.parse_args(argv)
+
+
+def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int,
+                    batch_size: int, parts_dir: str, barrier: Any, results: Any) -> None:
+    """One spawned process: load, decode its share, then (a) model only and (b) pipeline."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    clock = time.perf_counter
+    started = clock()
+    from models.runtime import configure_tensorflow
+
+    configure_tensorflow(threads)
+    import tensorflow  # noqa: F401 - timed here, as a task's first call imports it
+
+    imported = clock()
+    from models.bundle import load_bundle
+    from models.decode import load_image
+    from models.networks import batch_runner
+    from models.predict import label_photos
+    from worker import results as parts
+
+    loaded = load_bundle(Path(bundle))
+    runner = batch_runner(loaded.model)
+    load_done = clock()
+    size, names = loaded.input_size, loaded.class_names
+    cpu = time.process_time()
+    pixels = [np.stack([load_image(Path(p), size) for p in chunk]) for chunk in paths]
+    decode_cpu = time.process_time() - cpu
+    traced = clock()
+    runner(pixels[0][:batch_size])
+    warm = clock() - traced
+    count = sum(len(chunk) for chunk in paths)
+    figures: dict[str, Any] = {
+        "rank": rank, "import": imported - started, "load": load_done - imported,
+        "first_batch": warm, "decode_cpu": decode_cpu, "photos": count,
+    }
+    barrier.wait()
+    cpu, figures["a_start"] = time.process_time(), time.monotonic()
+    for chunk in pixels:
+        for start in range(0, len(chunk), batch_size):
+            runner(chunk[start:start + batch_size])
+    figures["a_end"], figures["a_cpu"] = time.monotonic(), time.process_time() - cpu
+    del pixels
+    barrier.wait()
+    cpu, figures["b_start"] = time.process_time(), time.monotonic()
+    for index, chunk in enumerate(paths):
+        rows = [parts.format_row(Path(p).name, row.labels, row.error, 3)
+                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), runner, names,
+                                                      size, 3, batch_size=batch_size),
+                                  strict=True)]
+        parts.write_part(Path(parts_dir), "bench", rank * 100_000 + index, rows)
+    figures["b_end"], figures["b_cpu"] = time.monotonic(), time.process_time() - cpu
+    results.put(figures)
+
+
+def run_in_processes(bundle: Path, tree: Path, args: argparse.Namespace, work: Path
+                     ) -> dict[str, Any]:
+    """Legs (a) and (b) in P spawned processes; chunk i goes to process i % P."""
+    names = [str(p) for p in lc.real_photos(tree)]
+    chunks = [names[i:i + args.chunk_size] for i in range(0, len(names), args.chunk_size)]
+    processes = args.processes
+    threads = max(1, usable_cores() // processes)
+    parts_dir = work / "pipeline.parts"
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir(parents=True)
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(processes), context.Queue()
+    children = [context.Process(target=measure_process, args=(
+        rank, str(bundle), chunks[rank::processes], threads, args.batch_size, str(parts_dir),
+        barrier, queue)) for rank in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        figures = [queue.get(timeout=3600) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.terminate()
+    from worker import results as parts
+
+    started = time.perf_counter()
+    merged = parts.merge_parts(parts_dir, work / "pipeline.csv", 3)
+    merge = time.perf_counter() - started
+    total = sum(f["photos"] for f in figures)
+    assert merged["rows"] == total and not merged["errors"], merged
+    span = {leg: max(f[f"{leg}_end"] for f in figures) - min(f[f"{leg}_start"] for f in figures)
+            for leg in ("a", "b")}
+    return {"photos": total, "a": span["a"], "b": span["b"], "merge": merge,
+            "a_cpu": sum(f["a_cpu"] for f in figures), "b_cpu": sum(f["b_cpu"] for f in figures),
+            "decode_cpu": sum(f["decode_cpu"] for f in figures),
+            "import": max(f["import"] for f in figures), "load": max(f["load"] for f in figures),
+            "first_batch": max(f["first_batch"] for f in figures), "threads": threads}
+
+
+def occupancy(intervals: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    """Seconds of [start, end] during which 0, 1, 2, ... tasks were running."""
+    events = sorted([(max(a, start), 1) for a, _ in intervals] +
+                    [(min(b, end), -1) for _, b in intervals])
+    seconds = [0.0] * (len(intervals) + 1)
+    running, last = 0, start
+    for moment, step in events:
+        seconds[running] += max(0.0, moment - last)
+        last = max(last, moment)
+        running += step
+    seconds[running] += max(0.0, end - last)
+    return seconds[:max(2, max((i for i, s in enumerate(seconds) if s > 0), default=1) + 1)]
+
+
+def label_dir_run(cluster: lc.Cluster, tree: Path, bundle: Path, args: argparse.Namespace,
+                  output: Path) -> dict[str, Any]:
+    """One timed `flowers label-dir` against the running worker; figures from its job record."""
+    with lc.watching(cluster.log_path) as watch:
+        finished = lc.run_flowers(
+            ["label-dir", str(tree), "--model", str(bundle), "--output", str(output),
+             "--chunk-size", str(args.chunk_size), "--batch-size", str(args.batch_size)],
+            cluster.env, cluster.work)
+        time.sleep(0.5)  # the last task logs its line after the job is marked succeeded
+    if finished.returncode:
+        raise RuntimeError(f"label-dir failed ({finished.returncode}): {finished.stderr[-2000:]}")
+    record = cluster.job(cluster.job_id(finished))
+    assert record["state"] == "succeeded", record
+    rows = output.read_text().count("\n") - 1
+    assert rows == int(record["total"]), (rows, record["total"])
+    created, updated = float(record["created"]), float(record["updated"])
+    intervals = watch.task_intervals()
+    loads = {k.split(":")[1]: int(v) for k, v in record.items() if k.startswith("loads:")}
+    loaded_at = [seen - created for seen, line in watch.lines if "loaded bundle" in line]
+    return {"photos": rows, "record": updated - created, "cli": finished.wall,
+            "pickup": float(record.get("started", created)) - created,
+            "tasks": len(intervals), "busy": sum(b - a for a, b in intervals),
+            "occupancy": occupancy(intervals, created, updated), "loads": loads,
+            "loaded_at": loaded_at, "cli_cpu": finished.cpu}
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:7.1f} photos/s ({seconds:6.1f} s)"
+
+
+def describe_e2e(name: str, run: dict[str, Any]) -> str:
+    shares = " / ".join(f"{s:.1f}" for s in run["occupancy"])
+    loads = ", ".join(f"pid {pid}: {n}" for pid, n in sorted(run["loads"].items()))
+    text = (f"    ({name}) record {rate(run['photos'], run['record'])} | CLI wall "
+            f"{rate(run['photos'], run['cli'])}\n"
+            f"        first task started {run['pickup']:.2f} s after created; {run['tasks']} "
+            f"tasks, {run['busy']:.1f} task-s; s with 0/1/2.. tasks running: {shares}; "
+            f"bundle loads per process: {loads}")
+    if run["loaded_at"]:
+        text += "; loaded at " + ", ".join(f"{t:.1f} s" for t in run["loaded_at"])
+    return text
+
+
+def bench_architecture(architecture: str, bundle: Path, args: argparse.Namespace, work: Path,
+                       count: int, repeats: int) -> dict[str, Any]:
+    tree = lc.link_tree(lc.real_photos(args.photos), work / f"tree-{architecture}", count)
+    print(f"\n== {architecture}: {count} photos (symlinks to {args.photos}), P={args.processes} "
+          f"processes x {max(1, usable_cores() // args.processes)} TensorFlow threads, "
+          f"batch {args.batch_size}, chunk {args.chunk_size}, {repeats} repeats")
+    legs: dict[str, list[dict[str, Any]]] = {"mem": [], "cold": [], "warm": []}
+    with lc.cluster(work / f"cluster-{architecture}", args.weights_dir) as cluster:
+        for repeat in range(repeats):
+            memory = run_in_processes(bundle, tree, args, work)
+            legs["mem"].append(memory)
+            print(f"repeat {repeat + 1}:\n    (a) model only      {rate(count, memory['a'])} "
+                  f"CPU {memory['a_cpu']:.1f} s\n    (b) pipeline, no queue "
+                  f"{rate(count, memory['b'])} CPU {memory['b_cpu']:.1f} s; merge of the "
+                  f"parts {memory['merge']:.2f} s")
+            cluster.start_worker(args.processes)
+            for variant in ("cold", "warm"):
+                output = work / f"out-{architecture}-{repeat}-{variant}.csv"
+                run = label_dir_run(cluster, tree, bundle, args, output)
+                legs[variant].append(run)
+                output.unlink()
+                print(describe_e2e(f"c {variant}", run))
+                print(f"        c/a speed {memory['a'] / run['record']:.3f}")
+            assert all(n == 1 for n in legs["warm"][-1]["loads"].values()), "warm run loaded"
+            cluster.stop_workers()
+    return summarise(architecture, legs, count)
+
+
+def summarise(architecture: str, legs: dict[str, list[dict[str, Any]]], count: int
+              ) -> dict[str, Any]:
+    best_a = min(m["a"] for m in legs["mem"])
+    best_b = min(m["b"] for m in legs["mem"])
+    best = {v: min(legs[v], key=lambda run: run["record"]) for v in ("cold", "warm")}
+    print(f"\n-- {architecture} summary (best of each; model-only limit = best (a))")
+    print(f"(a) model only:          {rate(count, best_a)}")
+    print(f"(b) pipeline, no queue:  {rate(count, best_b)}  b/a {best_a / best_b:.3f}")
+    ratios = {}
+    for variant, run in best.items():
+        ratios[variant] = best_a / run["record"]
+        per_repeat = ", ".join(f"{m['a'] / r['record']:.3f}"
+                               for m, r in zip(legs["mem"], legs[variant], strict=True))
+        print(f"(c) end to end, {variant}: record {rate(count, run['record'])}, CLI wall "
+              f"{rate(count, run['cli'])}; c/a {ratios[variant]:.3f} (CLI wall: "
+              f"{best_a / run['cli']:.3f}; per repeat {per_repeat}) target >= {TARGET_E2E}: "
+              f"{'met' if ratios[variant] >= TARGET_E2E else 'NOT met'}")
+    if min(ratios.values()) < TARGET_E2E:
+        where_time_goes(legs, best, count)
+    return {"count": count, "model_only": best_a, "warm": best["warm"], "cold": best["cold"]}
+
+
+def where_time_goes(legs: dict[str, list[dict[str, Any]]], best: dict[str, dict[str, Any]],
+                    count: int) -> None:
+    mem = min(legs["mem"], key=lambda m: m["a"])
+    per = {k: 1000 * mem[k] / count for k in ("a_cpu", "b_cpu", "decode_cpu")}
+    cores = usable_cores()
+    print("\n-- where the time goes")
+    print(f"CPU per photo: network (a) {per['a_cpu']:.1f} ms, pipeline (b) {per['b_cpu']:.1f} "
+          f"ms, decoding alone (one thread) {per['decode_cpu']:.1f} ms; cores busy: (a) "
+          f"{mem['a_cpu'] / mem['a']:.2f}, (b) {mem['b_cpu'] / mem['b']:.2f} of {cores}")
+    bound = per["a_cpu"] / (per["a_cpu"] + per["decode_cpu"])
+    print(f"with all cores busy, decoding alone caps (b)/(a) and (c)/(a) at about "
+          f"{bound:.3f} (network CPU / (network + decode CPU))")
+    warm = best["warm"]
+    print(f"warm end to end vs pipeline: {mem['b']:.1f} s -> {warm['record']:.1f} s; "
+          f"s with 0/1/2.. tasks running: {' / '.join(f'{s:.1f}' for s in warm['occupancy'])}"
+          f"; first task {warm['pickup']:.2f} s after created; final merge (timed on (b)'s "
+          f"parts) {mem['merge']:.2f} s; CLI wall - record {warm['cli'] - warm['record']:.2f} s")
+    cold = best["cold"]
+    print(f"cold - warm: {cold['record'] - warm['record']:.1f} s; per process (from (a), "
+          f"{cores} at once): import TensorFlow {mem['import']:.1f} s, load_bundle "
+          f"{mem['load']:.1f} s, first batch (trace) {mem['first_batch']:.1f} s; worker log: "
+          f"bundle loaded {', '.join(f'{t:.1f}' for t in cold['loaded_at'])} s after created")
+
+
+def bench_old(bundle: Path, args: argparse.Namespace, work: Path, warm: dict[str, Any]) -> None:
+    photos = lc.real_photos(args.photos)
+    step = max(1, len(photos) // args.old_photos)
+    chosen = photos[::step][:args.old_photos]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWERS_")}
+    env.update(FLOWERS_WEIGHTS_DIR=str(args.weights_dir), FLOWERS_HOME=str(work / "old-home"),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    print(f"\n== old way: a fresh `flowers label IMG --model BUNDLE` per photo, "
+          f"{len(chosen)} photos")
+    seconds = []
+    for photo in chosen:
+        finished = lc.run_flowers(["label", str(photo), "--model", str(bundle)], env, work)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        seconds.append(finished.wall)
+        top = finished.stdout.splitlines()[1].strip() if finished.stdout else "?"
+        print(f"{photo.parent.name}/{photo.name}: {finished.wall:.2f} s, CPU "
+              f"{finished.cpu:.2f} s, peak RSS {finished.max_rss_mb:.0f} MB, top: {top}")
+    old_rate = len(seconds) / sum(seconds)
+    print(f"old way: {old_rate:.3f} photos/s ({sum(seconds) / len(seconds):.2f} s a photo)")
+    for variant in ("warm", "cold"):
+        run = warm[variant]
+        new_rate = run["photos"] / run["record"]
+        print(f"end to end ({variant}, best) / old: {new_rate:.1f} / {old_rate:.3f} = "
+              f"{new_rate / old_rate:.0f}x; target >= {TARGET_OLD:g}x: "
+              f"{'met' if new_rate / old_rate >= TARGET_OLD else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so clean-up below still runs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING)
+    print(f"bench/label_throughput.py {datetime.now(UTC).isoformat(timespec='seconds')} "
+          f"argv: {' '.join(sys.argv[1:]) or '(defaults)'}; {usable_cores()} usable cores, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    architectures = args.architectures.split(",")
+    with tempfile.TemporaryDirectory(prefix="flowers-bench-label-") as tmp:
+        work = Path(tmp)
+        bundles = args.bundles or work / "bundles"
+        bundle = {}
+        needed = architectures if args.part in ("throughput", "all") else ["mobilenet_v2"]
+        for arch in needed:
+            weights = "imagenet" if arch != "inception_v3" else "none"
+            bundle[arch] = lc.make_bundle(arch, weights, args.photos, bundles / arch, work,
+                                          args.weights_dir)
+        best: dict[str, Any] = {}
+        if args.part in ("throughput", "old", "all"):
+            for arch in architectures if args.part != "old" else ["mobilenet_v2"]:
+                inception = arch == "inception_v3"
+                best[arch] = bench_architecture(
+                    arch, bundle[arch], args, work,
+                    args.inception_photos if inception else args.photos_count,
+                    args.inception_repeats if inception else args.repeats)
+        if args.part in ("old", "all"):
+            bench_old(bundle["mobilenet_v2"], args, work, best["mobilenet_v2"])
+        if args.part in ("memory", "all"):
+            label_memory.bench_memory(bundle["mobilenet_v2"], args, work)
+        if args.part in ("enqueue", "all"):
+            label_memory.bench_enqueue(bundle["mobilenet_v2"], args, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Faults during real jobs: killed workers, Redis restarts, a killed CLI, two bundles at once.
+
+Each test fails if a row is lost or doubled. Real Redis, real worker processes, real photos.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from tests.conftest import (
+    REPO,
+    SMALL_NETWORK,
+    WorkerFactory,
+    copy_subset,
+    flowers_env,
+    run_flowers,
+)
+from worker.embedded import RedisServer, free_port, start_redis
+
+pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+
+# The persistence settings of docker-compose.yml's redis service.
+PERSISTENT = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "3600 1 300 100")
+
+
+@pytest.fixture
+def photos(flower_photos: Path, tmp_path: Path) -> Path:
+    return copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses", "tulips"], 16)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def read_paths(output: Path) -> list[str]:
+    with open(output, newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert all(row[1] and not row[-1] for row in rows), "every photo labelled"
+    return [row[0] for row in rows]
+
+
+def assert_complete(output: Path, photos: Path) -> None:
+    expected = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg"))
+    assert read_paths(output) == expected, "exactly one row per photo"
+
+
+def label_args(photos: Path, bundle: Path, output: Path, *extra: str) -> tuple[str, ...]:
+    return ("label-dir", str(photos), "--model", str(bundle), "--output", str(output),
+            "--chunk-size", "4", "--batch-size", "2", *extra)
+
+
+def parts_written(output: Path) -> int:
+    return len(list(output.with_name(output.name + ".parts").glob("part-*.csv")))
+
+
+def test_pool_process_killed_mid_chunk(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    worker = start_workers(1)
+    assert run_flowers(*label_args(photos, trained_bundle[0], output, "--no-wait"),
+                       env=env).returncode == 0
+    wait_for(lambda: parts_written(output) >= 2, what="two chunks")
+    (child,) = worker.pool_pids()
+    os.kill(child, signal.SIGKILL)
+    wait_for(output.exists, what="the output")
+    assert_complete(output, photos)
+    assert "WorkerLostError" in worker.log() or "SIGKILL" in worker.log()
+    assert worker.poll() is None and worker.pool_pids() != [child]
+
+
+def test_whole_worker_killed_and_another_started_later(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    first = start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
+    assert run_flowers(*label_args(photos, trained_bundle[0], output, "--no-wait"),
+                       env=env).returncode == 0
+    wait_for(lambda: parts_written(output) >= 2, what="two chunks")
+    first.kill()
+    assert not output.exists()
+    time.sleep(1)
+    start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
+    wait_for(output.exists, what="the output after the unacknowledged chunk came back")
+    assert_complete(output, photos)
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
+    """Starts (and restarts, on the same port) a redis-server with compose's persistence."""
+    port = free_port()
+    servers: list[RedisServer] = []
+
+    def start(keep_data: bool = True) -> RedisServer:
+        directory = tmp_path / ("redis-data" if keep_data else f"redis-empty-{len(servers)}")
+        servers.append(start_redis(directory, port, *PERSISTENT))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_redis_restarted_mid_job_keeps_the_job(
+    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
+    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server = persistent_redis(True)
+    env = flowers_env(flowers_home, server.url, weights_dir)
+    output = tmp_path / "out.csv"
+    start_workers(1, broker_url=server.url, FLOWERS_VISIBILITY_TIMEOUT="10")
+    assert run_flowers(*label_args(photos, trained_bundle[0], output, "--no-wait"),
+                       env=env).returncode == 0
+    wait_for(lambda: parts_written(output) >= 2, what="two chunks")
+    server.stop()
+    time.sleep(2)
+    persistent_redis(True)
+    wait_for(output.exists, what="the output after Redis came back")
+    assert_complete(output, photos)
+
+
+def test_redis_restarted_empty_then_the_rerun_finishes(
+    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
+    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server = persistent_redis(True)
+    env = flowers_env(flowers_home, server.url, weights_dir)
+    output = tmp_path / "out.csv"
+    start_workers(1, broker_url=server.url)
+    args = label_args(photos, trained_bundle[0], output)
+    assert run_flowers(*args, "--no-wait", env=env).returncode == 0
+    wait_for(lambda: parts_written(output) >= 3, what="three chunks")
+    server.stop()
+    persistent_redis(False)  # the same address, its data lost
+    time.sleep(1)
+    parts = output.with_name(output.name + ".parts")
+    before = sum(p.read_bytes().count(b"\n") for p in parts.glob("part-*.csv"))
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    match = re.search(r"resuming: (\d+) photos already labelled, (\d+) to go", rerun.stderr)
+    assert match, rerun.stderr
+    done, to_go = int(match[1]), int(match[2])
+    assert done >= before >= 12 and done + to_go == 48, "only the missing photos relabelled"
+    assert_complete(output, photos)
+
+
+def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    worker = start_workers(1)
+    output = tmp_path / "bundle"
+    queued = run_flowers("train", str(photos), "--output", str(output), "--architecture",
+                         SMALL_NETWORK, "--bottleneck-batch-size", "2",
+                         "--how-many-training-steps", "50", "--no-wait", env=env)
+    job_id = queued.stdout.strip()
+    cache = flowers_home / "bottlenecks"
+    wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8, what="some cache entries")
+    (child,) = worker.pool_pids()
+    os.kill(child, signal.SIGKILL)
+    record: dict[str, Any] = {}
+
+    def finished() -> bool:
+        record.update(json.loads(run_flowers("status", job_id, "--json", env=env).stdout))
+        return record["state"] in ("succeeded", "failed")
+
+    wait_for(finished, what="the redelivered retrain")
+    assert record["state"] == "succeeded", record
+    reused = record["result"]["bottleneck_cache_hits"]
+    assert reused >= 8 and reused + record["result"]["bottlenecks_computed"] == 48
+    for entry in cache.rglob("*.npy"):
+        assert np.load(entry).shape == (256,), f"torn cache entry {entry}"
+
+
+def test_cli_killed_while_waiting(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    start_workers(1)
+    cli = subprocess.Popen([sys.executable, "-m", "cli", *label_args(photos, trained_bundle[0],
+                                                                     output)],
+                           env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: parts_written(output) >= 1, what="the first chunk")
+    cli.kill()
+    cli.wait()
+    wait_for(output.exists, what="the output without its CLI")
+    assert_complete(output, photos)
+    (key,) = [k for k in redis.Redis.from_url(redis_url).keys("flowers:job:*")
+              if k.count(b":") == 2]
+    status = run_flowers("status", key.decode().split(":")[2], env=env)
+    assert "label succeeded" in status.stdout and str(output) in status.stdout
+
+
+def test_two_jobs_with_two_bundles_on_the_same_workers(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    from models.retrain import RetrainRequest, retrain
+
+    two_classes = tmp_path / "two"
+    for name in ("daisy", "tulips"):
+        shutil.copytree(photos / name, two_classes / name)
+    other = tmp_path / "other-bundle"
+    retrain(RetrainRequest(photo_dir=str(two_classes), output=str(other),
+                           architecture=SMALL_NETWORK, how_many_training_steps=50),
+            tmp_path / "home2", weights_dir)
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    start_workers(2)
+    outputs = {trained_bundle[0]: tmp_path / "a.csv", other: tmp_path / "b.csv"}
+    for bundle, output in outputs.items():
+        assert run_flowers(*label_args(photos, bundle, output, "--no-wait"),
+                           env=env).returncode == 0
+    for output in outputs.values():
+        wait_for(output.exists, what=str(output))
+        assert_complete(output, photos)
+    with open(outputs[other], newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert {row[1] for row in rows[1:]} <= {"daisy", "tulips"}
+    with open(outputs[trained_bundle[0]], newline="") as handle:
+        assert "roses" in {row[1] for row in list(csv.reader(handle))[1:]}
