@@ -34,7 +34,13 @@ def configure(app: Celery, settings: Settings, broker_url: str) -> None:
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            # A task unacknowledged this long (its worker died) goes back on the queue...
+            "visibility_timeout": settings.visibility_timeout,
+            # ...found by a sweep every few seconds, not kombu's default of ~100 s.
+            "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 6)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
