@@ -25,11 +25,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from models import dataset
@@ -205,6 +206,16 @@ class Cluster:
     def stop_workers(self) -> None:
         while self.workers:
             stop_worker(self.workers.pop())
+
+    def worker_cpu(self) -> float:
+        """CPU seconds used so far by the newest worker: its main process and its pool."""
+        main = psutil.Process(self.workers[-1].pid)
+        total = 0.0
+        for process in [main, *main.children()]:
+            with suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     def job(self, job_id: str) -> dict[str, str]:
         raw = self.client.hgetall(KEY_PREFIX + job_id)

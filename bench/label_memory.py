@@ -52,7 +52,8 @@ def bench_memory(bundle: Path, args: argparse.Namespace, work: Path) -> None:
     tree = lc.link_tree(lc.real_photos(args.photos), work / "memory-tree", count)
     print(f"\n== memory: {count} photos (tree of symlinks made in "
           f"{time.perf_counter() - started:.1f} s), one `flowers worker --concurrency "
-          f"{args.processes}`, MobileNetV2 bundle, RSS sampled every {SAMPLE_SECONDS:g} s")
+          f"{args.processes}`, MobileNetV2 bundle, batch {args.batch_size}, chunk "
+          f"{args.chunk_size}, RSS sampled every {SAMPLE_SECONDS:g} s")
     with lc.cluster(work / "cluster-memory", args.weights_dir) as cluster:
         worker = cluster.start_worker(args.processes)
         main = psutil.Process(worker.pid)
@@ -61,7 +62,8 @@ def bench_memory(bundle: Path, args: argparse.Namespace, work: Path) -> None:
               ", ".join(f"pid {pid} {rss / MB:.0f} MB" for pid, rss in sorted(idle.items())))
         finished = lc.run_flowers(
             ["label-dir", str(tree), "--model", str(bundle), "--output",
-             str(work / "memory.csv"), "--no-wait", "--chunk-size", str(args.chunk_size)],
+             str(work / "memory.csv"), "--no-wait", "--chunk-size", str(args.chunk_size),
+             "--batch-size", str(args.batch_size)],
             cluster.env, cluster.work)
         assert finished.returncode == 0, finished.stderr[-2000:]
         job_id = cluster.job_id(finished)

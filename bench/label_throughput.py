@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-photos", type=int, default=1500,
                         help="photos per run for inception_v3 (about 20x slower)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--inception-repeats", type=int, default=1)
+    parser.add_argument("--inception-repeats", type=int, default=2)
     parser.add_argument("--processes", type=int, default=usable_cores(),
                         help="worker processes, as `flowers worker --concurrency P`")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -198,12 +198,14 @@ def occupancy(intervals: list[tuple[float, float]], start: float, end: float) ->
 def label_dir_run(cluster: lc.Cluster, tree: Path, bundle: Path, args: argparse.Namespace,
                   output: Path) -> dict[str, Any]:
     """One timed `flowers label-dir` against the running worker; figures from its job record."""
+    cpu = cluster.worker_cpu()
     with lc.watching(cluster.log_path) as watch:
         finished = lc.run_flowers(
             ["label-dir", str(tree), "--model", str(bundle), "--output", str(output),
              "--chunk-size", str(args.chunk_size), "--batch-size", str(args.batch_size)],
             cluster.env, cluster.work)
         time.sleep(0.5)  # the last task logs its line after the job is marked succeeded
+    cpu = cluster.worker_cpu() - cpu
     if finished.returncode:
         raise RuntimeError(f"label-dir failed ({finished.returncode}): {finished.stderr[-2000:]}")
     record = cluster.job(cluster.job_id(finished))
@@ -218,7 +220,7 @@ def label_dir_run(cluster: lc.Cluster, tree: Path, bundle: Path, args: argparse.
             "pickup": float(record.get("started", created)) - created,
             "tasks": len(intervals), "busy": sum(b - a for a, b in intervals),
             "occupancy": occupancy(intervals, created, updated), "loads": loads,
-            "loaded_at": loaded_at, "cli_cpu": finished.cpu}
+            "loaded_at": loaded_at, "cli_cpu": finished.cpu, "cpu": cpu}
 
 
 def rate(count: int, seconds: float) -> str:
@@ -229,7 +231,8 @@ def describe_e2e(name: str, run: dict[str, Any]) -> str:
     shares = " / ".join(f"{s:.1f}" for s in run["occupancy"])
     loads = ", ".join(f"pid {pid}: {n}" for pid, n in sorted(run["loads"].items()))
     text = (f"    ({name}) record {rate(run['photos'], run['record'])} | CLI wall "
-            f"{rate(run['photos'], run['cli'])}\n"
+            f"{rate(run['photos'], run['cli'])} | worker CPU {run['cpu']:.1f} s, cores busy "
+            f"{run['cpu'] / run['record']:.2f}\n"
             f"        first task started {run['pickup']:.2f} s after created; {run['tasks']} "
             f"tasks, {run['busy']:.1f} task-s; s with 0/1/2.. tasks running: {shares}; "
             f"bundle loads per process: {loads}")
@@ -250,9 +253,10 @@ def bench_architecture(architecture: str, bundle: Path, args: argparse.Namespace
             memory = run_in_processes(bundle, tree, args, work)
             legs["mem"].append(memory)
             print(f"repeat {repeat + 1}:\n    (a) model only      {rate(count, memory['a'])} "
-                  f"CPU {memory['a_cpu']:.1f} s\n    (b) pipeline, no queue "
-                  f"{rate(count, memory['b'])} CPU {memory['b_cpu']:.1f} s; merge of the "
-                  f"parts {memory['merge']:.2f} s")
+                  f"CPU {memory['a_cpu']:.1f} s, cores busy {memory['a_cpu'] / memory['a']:.2f}"
+                  f"\n    (b) pipeline, no queue {rate(count, memory['b'])} CPU "
+                  f"{memory['b_cpu']:.1f} s, cores busy {memory['b_cpu'] / memory['b']:.2f}; "
+                  f"merge of the parts {memory['merge']:.2f} s")
             cluster.start_worker(args.processes)
             for variant in ("cold", "warm"):
                 output = work / f"out-{architecture}-{repeat}-{variant}.csv"

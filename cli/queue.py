@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -27,16 +28,16 @@ def connect(url: str) -> redis.Redis:
     or `QueueUnavailableError` saying why it did not."""
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10).ping()
-    except redis.AuthenticationError:
-        raise QueueUnavailableError(
-            f"Redis at {redact_url(url)} refused the password in FLOWERS_BROKER_URL: fix it"
-        ) from None
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "AUTH" in str(exc).upper():
+    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError):
+        if urlsplit(url).password is None:
             raise QueueUnavailableError(
                 f"Redis at {redact_url(url)} needs a password: put it in FLOWERS_BROKER_URL "
                 "(redis://:PASSWORD@HOST:PORT/0)"
             ) from None
+        raise QueueUnavailableError(
+            f"Redis at {redact_url(url)} refused the password in FLOWERS_BROKER_URL: fix it"
+        ) from None
+    except redis.ResponseError as exc:
         raise QueueUnavailableError(f"Redis at {redact_url(url)} answered: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         reason = str(exc).replace(url, redact_url(url)).rstrip(".")

@@ -90,6 +90,8 @@ def start_redis(directory: Path, port: int | None = None, *extra: str) -> RedisS
             try:
                 client.ping()
                 return server
+            except (redis.AuthenticationError, redis.ResponseError):  # up, wants a password
+                return server
             except redis.ConnectionError:
                 time.sleep(0.05)
         server.stop()
