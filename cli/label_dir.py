@@ -18,7 +18,7 @@ from cli.progress import ProgressLine, format_seconds
 from cli.queue import Queue, open_queue
 from models.bundle import read_manifest
 from models.dataset import check_photo_dir, walk_images
-from models.errors import UsageError
+from models.errors import DatasetError, UsageError
 from worker import results
 
 DEFAULT_CHUNK_SIZE = 128
@@ -68,6 +68,11 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     """Label every photo below PHOTO_DIR with a bundle, into one CSV sorted by path."""
     settings = obj.settings
     root = check_photo_dir(photo_dir)
+    if next(walk_images(root), None) is None:
+        raise DatasetError(
+            f"{root} holds no photos (.jpg .jpeg .png .gif .bmp, hidden files skipped): "
+            "check the folder"
+        )
     bundle = bundle.resolve()
     manifest = read_manifest(bundle)
     output = check_output(output, root, overwrite)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import redis
 
 from cli.progress import ProgressLine
-from models.errors import JobFailedError, QueueUnavailableError
+from models.errors import JobFailedError, JobNotFoundError, QueueUnavailableError
 from worker.embedded import LocalCluster, local_cluster
 from worker.jobs import FINAL_STATES, JobStore, patient_client
 from worker.settings import Settings, redact_url
@@ -77,7 +77,13 @@ class Queue:
     def wait(self, job_id: str, line: ProgressLine) -> dict[str, Any]:
         """Polls the job until it ends, drawing progress; raises `JobFailedError` on failure."""
         while True:
-            record = self.jobs.get(job_id)
+            try:
+                record = self.jobs.get(job_id)
+            except JobNotFoundError:
+                raise JobFailedError(
+                    f"job {job_id} vanished from Redis (restarted without its data?); "
+                    "run the same command again: it resumes from what was done"
+                ) from None
             line.show(record)
             if record["state"] in FINAL_STATES:
                 break

@@ -102,28 +102,25 @@ def discover(root: Path) -> Dataset:
     class_dirs = sorted(
         entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
     )
-    class_names: list[str] = []
-    photos: list[Photo] = []
-    for class_dir in class_dirs:
-        files = list(walk_images(class_dir))
-        if not files:
-            log.warning("class folder %s holds no images; skipping it", class_dir)
-            continue
-        if len(files) < MIN_PHOTOS_PER_CLASS:
-            log.warning(
-                "class %r has only %d photos; at least %d are advised",
-                class_dir.name, len(files), MIN_PHOTOS_PER_CLASS,
-            )
-        label = len(class_names)
-        class_names.append(class_dir.name)
-        photos.extend(Photo(path, label) for path in files)
-    if len(class_names) < 2:
-        found = f"only class {class_names[0]!r}" if class_names else "no class folders with images"
+    found = {class_dir.name: list(walk_images(class_dir)) for class_dir in class_dirs}
+    classes = {name: files for name, files in found.items() if files}
+    if len(classes) < 2:
+        what = f"only class {next(iter(classes))!r}" if classes else "no class folders with images"
         raise DatasetError(
-            f"{root} has {found}: training needs at least two sub-folders of photos, "
+            f"{root} has {what}: training needs at least two sub-folders of photos, "
             "one per class (for example daisy/ and roses/)"
         )
-    return Dataset(root, tuple(class_names), tuple(photos))
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        log.warning("skipping %d class folders with no images: %s", len(empty), shown)
+    photos: list[Photo] = []
+    for label, (name, files) in enumerate(classes.items()):
+        if len(files) < MIN_PHOTOS_PER_CLASS:
+            log.warning("class %r has only %d photos; at least %d are advised",
+                        name, len(files), MIN_PHOTOS_PER_CLASS)
+        photos.extend(Photo(path, label) for path in files)
+    return Dataset(root, tuple(classes), tuple(photos))
 
 
 def which_set(file_name: str, validation_percentage: float, testing_percentage: float) -> str:

@@ -136,3 +136,48 @@ def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
                              "--output", str(tmp_path / "o.csv"), env=env)
     assert not_bundle.returncode == 1 and "not a model bundle" in not_bundle.stderr
     assert "Traceback" not in inside.stderr + top0.stderr + not_bundle.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "file", "no_classes", "one_class",
+                                  "ten_thousand_empty"])
+def test_bad_photo_folders_are_one_clear_line(case: str, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    if case == "file":
+        root.write_bytes(b"x")
+    elif case != "missing":
+        root.mkdir()
+    if case == "no_classes":
+        (root / "loose.jpg").write_bytes(b"x")
+    if case == "one_class":
+        (root / "daisy").mkdir()
+        (root / "daisy" / "a.jpg").write_bytes(b"x")
+    if case == "ten_thousand_empty":
+        for i in range(10_000):
+            (root / f"class{i:05d}").mkdir()
+    env = flowers_env(tmp_path, None, None)
+    for command in (["train", str(root)],
+                    ["label-dir", str(root), "--model", str(tmp_path), "--output",
+                     str(tmp_path / "o.csv")]):
+        result = run_flowers(*command, env=env)
+        if command[0] == "label-dir" and case in ("no_classes", "one_class"):
+            # Labelling needs no classes: these photos are fine, the bundle is not.
+            assert result.returncode == 1 and "not a model bundle" in result.stderr
+            continue
+        assert result.returncode == 2, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and str(root) in lines[0]
+
+
+def test_a_class_with_one_photo_trains_with_a_warning(
+    flower_photos: Path, tmp_path: Path, weights_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models.retrain import RetrainRequest, retrain
+    from tests.conftest import SMALL_NETWORK, copy_subset
+
+    root = copy_subset(flower_photos, tmp_path / "photos", ["daisy"], 12)
+    copy_subset(flower_photos, root, ["roses"], 1)
+    summary = retrain(RetrainRequest(photo_dir=str(root), output=str(tmp_path / "b"),
+                                     architecture=SMALL_NETWORK, how_many_training_steps=20),
+                      tmp_path / "home", weights_dir)
+    assert summary["photos"] == 13
+    assert "class 'roses' has only 1 photos" in caplog.text
