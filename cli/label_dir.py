@@ -85,10 +85,16 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     parts_dir = results.parts_dir_for(output)
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
                 "k": k, "bundle": str(bundle)}
-    if overwrite:
-        output.unlink(missing_ok=True)
-    results.prepare_parts(parts_dir, identity, overwrite)
-    done = results.done_paths(parts_dir)
+    try:
+        if overwrite:
+            output.unlink(missing_ok=True)
+        results.prepare_parts(parts_dir, identity, overwrite)
+        done = results.done_paths(parts_dir)
+    except OSError as exc:
+        raise UsageError(
+            f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
+            "choose a writable folder"
+        ) from None
     with open_queue(settings, local_processes=settings.processes()) as queue:
         job_id = queue.jobs.create_job(
             kind="label", request={**identity, "output": str(output)},

@@ -132,10 +132,13 @@ def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
     top0 = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
                        "--output", str(tmp_path / "o.csv"), "--top-k", "0", env=env)
     assert top0.returncode == 2 and "--top-k" in top0.stderr
+    unwritable = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                             "--output", "/proc/flowers.csv", env=env)
+    assert unwritable.returncode == 2 and "/proc/flowers.csv: cannot write" in unwritable.stderr
     not_bundle = run_flowers("label-dir", str(odd_photos), "--model", str(odd_photos),
                              "--output", str(tmp_path / "o.csv"), env=env)
     assert not_bundle.returncode == 1 and "not a model bundle" in not_bundle.stderr
-    assert "Traceback" not in inside.stderr + top0.stderr + not_bundle.stderr
+    assert "Traceback" not in inside.stderr + top0.stderr + not_bundle.stderr + unwritable.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "no_classes", "one_class",
