@@ -78,6 +78,12 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+def job_ids(url: str) -> list[str]:
+    """Ids of the job records on the Redis at `url`."""
+    keys = redis.Redis.from_url(url, decode_responses=True).keys("flowers:job:*")
+    return [str(key).split(":")[2] for key in keys if str(key).count(":") == 2]
+
+
 @pytest.fixture
 def flowers_home(tmp_path: Path) -> Path:
     home = tmp_path / "home"

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.bottlenecks import BatchRunner, BottleneckCache, compute_bottlenecks
+from models.bottlenecks import (
+    BatchRunner,
+    BottleneckCache,
+    BottleneckResult,
+    compute_bottlenecks,
+)
 from models.networks import batch_runner, build_base_network, get_spec
 from tests.conftest import SMALL_NETWORK
 
@@ -22,7 +28,9 @@ def never() -> BatchRunner:
     raise AssertionError("the network ran although every photo was cached")
 
 
-def run(paths: list[Path], cache: BottleneckCache, make_runner=never):  # type: ignore[no-untyped-def]
+def run(
+    paths: list[Path], cache: BottleneckCache, make_runner: Callable[[], BatchRunner] = never
+) -> BottleneckResult:
     spec = get_spec(SMALL_NETWORK)
     return compute_bottlenecks(paths, spec.input_size, spec.bottleneck_size, cache, make_runner,
                                batch_size=4)

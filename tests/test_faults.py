@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 
 from tests.conftest import (
     REPO,
@@ -28,6 +27,7 @@ from tests.conftest import (
     WorkerFactory,
     copy_subset,
     flowers_env,
+    job_ids,
     run_flowers,
 )
 from worker.embedded import RedisServer, free_port, start_redis
@@ -213,9 +213,8 @@ def test_cli_killed_while_waiting(
     cli.wait()
     wait_for(output.exists, what="the output without its CLI")
     assert_complete(output, photos)
-    (key,) = [k for k in redis.Redis.from_url(redis_url).keys("flowers:job:*")
-              if k.count(b":") == 2]
-    status = run_flowers("status", key.decode().split(":")[2], env=env)
+    (job_id,) = job_ids(redis_url)
+    status = run_flowers("status", job_id, env=env)
     assert "label succeeded" in status.stdout and str(output) in status.stdout
 
 

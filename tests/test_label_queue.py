@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import WorkerFactory, flowers_env, run_flowers
+from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers
 
 pytestmark = pytest.mark.queue
 
@@ -58,8 +58,8 @@ def parse_label_output(text: str) -> dict[str, list[str]]:
 
 
 def job_record(url: str, job_id: str) -> dict[str, Any]:
-    raw = redis.Redis.from_url(url).hgetall(f"flowers:job:{job_id}")
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    client = redis.Redis.from_url(url, decode_responses=True)
+    return {str(k): str(v) for k, v in client.hgetall(f"flowers:job:{job_id}").items()}
 
 
 def test_label_dir_with_two_worker_processes(
@@ -112,8 +112,7 @@ def test_label_dir_with_two_worker_processes(
                 assert abs(float(theirs) - float(ours)) <= 2e-6
 
     # Both pool processes labelled chunks, and each loaded the bundle exactly once.
-    (job_id,) = [key.decode().split(":")[2] for key in
-                 redis.Redis.from_url(redis_url).keys("flowers:job:*") if key.count(b":") == 2]
+    (job_id,) = job_ids(redis_url)
     record = job_record(redis_url, job_id)
     chunks = {k: int(v) for k, v in record.items() if k.startswith("chunks:")}
     loads = {k: int(v) for k, v in record.items() if k.startswith("loads:")}
