@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -18,12 +19,13 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from models.errors import JobNotFoundError
+from models.errors import FlowersError, JobNotFoundError
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowers:job:"
 TTL_SECONDS = 7 * 24 * 3600
+FINISH_CLAIM_SECONDS = 300
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 # Records a finished chunk once; returns 1 when it was the job's last one.
@@ -115,14 +117,24 @@ class JobStore:
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
         return bool(self.client.eval(_ENQUEUED, 2, *keys, chunks, images))
 
+    def fail(self, job_id: str, error: Exception) -> None:
+        """Marks a job failed with the error's message (and its exit code, for the CLI)."""
+        if isinstance(error, FlowersError):
+            message, exit_code = str(error), error.exit_code
+        else:
+            message, exit_code = f"{type(error).__name__}: {error}", 1
+        self.update(job_id, state="failed", message=message, exit_code=exit_code)
+
     def supersede(self, job_id: str, successor: str) -> None:
         """Cancels an unfinished job whose parts a rerun (`successor`) took over."""
         if self.client.exists(self._key(job_id)) and self.state(job_id) not in FINAL_STATES:
             self.update(job_id, state="cancelled", message=f"superseded by job {successor}")
 
     def claim_finish(self, job_id: str) -> bool:
-        """True for exactly one caller: the one that assembles the job's output."""
-        return bool(self.client.set(self._key(job_id) + ":finish", 1, nx=True, ex=TTL_SECONDS))
+        """True for one caller at a time: the one that assembles the job's output. The claim
+        lapses after FINISH_CLAIM_SECONDS, in case its holder died while merging."""
+        key = self._key(job_id) + ":finish"
+        return bool(self.client.set(key, os.getpid(), nx=True, ex=FINISH_CLAIM_SECONDS))
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.client.hgetall(self._key(job_id))

@@ -18,7 +18,13 @@ from models.errors import FlowersError
 from worker import results
 from worker.app import app, settings
 from worker.confine import check_allowed, photo_guard
-from worker.jobs import FINAL_STATES, JobStore, ProgressReporter, patient_client
+from worker.jobs import (
+    FINAL_STATES,
+    FINISH_CLAIM_SECONDS,
+    JobStore,
+    ProgressReporter,
+    patient_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +67,11 @@ def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
         )
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
-        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        store.fail(job_id, exc)
         return {"error": str(exc)}
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        store.update(job_id, state="failed", message=f"{type(exc).__name__}: {exc}", exit_code=1)
+        store.fail(job_id, exc)
         raise
     store.update(job_id, state="succeeded", phase="done", result=summary)
     return summary
@@ -86,7 +92,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         root = check_allowed(chunk["photo_dir"], roots, "photo folder")
         bundle = check_allowed(chunk["bundle"], roots, "bundle")
     except FlowersError as exc:
-        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        store.fail(job_id, exc)
         return {"error": str(exc)}
     if store.state(job_id) in FINAL_STATES or not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
@@ -111,11 +117,11 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
     except FlowersError as exc:
         log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
-        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        store.fail(job_id, exc)
         return {"error": str(exc)}
     except Exception as exc:
         log.exception("job %s chunk %s failed", job_id, chunk.get("index"))
-        store.update(job_id, state="failed", message=f"{type(exc).__name__}: {exc}", exit_code=1)
+        store.fail(job_id, exc)
         raise
     errors = sum(1 for row in rows if row[-1])
     if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, os.getpid(), cache.loads):
@@ -127,14 +133,18 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
 def finish_label(job_id: str) -> dict[str, Any]:
     """Merges a finished labelling job's parts into its output (once, whoever calls it)."""
     store = job_store()
-    if store.state(job_id) in FINAL_STATES or not store.claim_finish(job_id):
+    if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}
+    if not store.claim_finish(job_id):
+        # Another worker is merging, or died merging: look again once its claim lapses.
+        finish_label.apply_async(args=[job_id], countdown=FINISH_CLAIM_SECONDS + 5)
+        return {"deferred": True}
     record = store.get(job_id)
     try:
         parts_dir = check_allowed(record["parts_dir"], settings.allowed_roots, "output")
         output = check_allowed(record["output"], settings.allowed_roots, "output")
     except FlowersError as exc:
-        store.update(job_id, state="failed", message=str(exc), exit_code=exc.exit_code)
+        store.fail(job_id, exc)
         return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
