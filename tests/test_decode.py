@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,36 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         read_bytes(tmp_path / "gone.jpg")
     with pytest.raises(ImageDecodeError, match="folder"):
         read_bytes(tmp_path)
+
+
+def test_unreadable_file_names_the_permission_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, which reads any file: simulate what a user without rights gets.
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(b"x")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ImageDecodeError, match="permission denied; make it readable"):
+        read_bytes(path)
+
+
+def test_a_50_megapixel_jpeg_decodes_in_bounded_memory(tmp_path: Path) -> None:
+    """JPEGs decode at a reduced scale: far less memory than the 150 MB of full-size pixels."""
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (8660, 5774), (30, 120, 60)).save(big, quality=80)
+    code = (
+        "import resource, sys; from pathlib import Path; from models.decode import load_image; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "pixels = load_image(Path(sys.argv[1]), 224); "
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "print(pixels.shape, (after - before) // 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    shape, grown_mb = out.stdout.rsplit(" ", 1)
+    assert shape == "(224, 224, 3)"
+    assert int(grown_mb) < 40, f"decoding grew the process by {grown_mb} MB"
