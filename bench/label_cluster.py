@@ -10,7 +10,8 @@ Not a benchmark itself; `bench/label_throughput.py` and `bench/label_memory.py` 
 - `run_flowers`: one `flowers ...` command in a fresh process, its wall time, CPU seconds and
   peak RSS taken from `os.wait4` for that child alone;
 - `LogWatch`: stamps each new worker log line with the time it appeared (the log lines carry no
-  times), so task intervals can be rebuilt from Celery's "succeeded in Xs" lines.
+  times), so task intervals can be rebuilt from Celery's "succeeded in Xs" lines, and
+  `occupancy` says how long 0, 1, 2, ... tasks were running.
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ class LogWatch:
         return next((seen for seen, line in self.lines if text in line), None)
 
 
+def occupancy(intervals: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    """Seconds of [start, end] during which 0, 1, 2, ... tasks were running."""
+    events = sorted([(max(a, start), 1) for a, _ in intervals] +
+                    [(min(b, end), -1) for _, b in intervals])
+    seconds = [0.0] * (len(intervals) + 1)
+    running, last = 0, start
+    for moment, step in events:
+        seconds[running] += max(0.0, moment - last)
+        last = max(last, moment)
+        running += step
+    seconds[running] += max(0.0, end - last)
+    return seconds[:max(2, max((i for i, s in enumerate(seconds) if s > 0), default=1) + 1)]
+
+
 @contextmanager
 def watching(path: Path) -> Iterator[LogWatch]:
     watch = LogWatch(path)
@@ -208,10 +223,10 @@ class Cluster:
             stop_worker(self.workers.pop())
 
     def worker_cpu(self) -> float:
-        """CPU seconds used so far by the newest worker: its main process and its pool."""
+        """CPU seconds used so far by the newest worker (main process and pool) and Redis."""
         main = psutil.Process(self.workers[-1].pid)
         total = 0.0
-        for process in [main, *main.children()]:
+        for process in [main, *main.children(), psutil.Process(self.server.process.pid)]:
             with suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
                 total += times.user + times.system

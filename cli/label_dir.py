@@ -19,6 +19,7 @@ from cli.queue import Queue, open_queue
 from models.bundle import read_manifest
 from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
+from models.predict import LABEL_BATCH_SIZE
 from worker import results
 
 DEFAULT_CHUNK_SIZE = 128
@@ -57,7 +58,8 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
               help="Labels per photo (at most the number of classes).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Photos per task.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=LABEL_BATCH_SIZE,
+              show_default=True,
               help="Photos per network call on the worker.")
 @click.option("--overwrite", is_flag=True, help="Start over: drop earlier rows and output.")
 @click.option("--wait/--no-wait", default=True, show_default=True,

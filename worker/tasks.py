@@ -15,6 +15,7 @@ from typing import Any
 from celery import Task
 
 from models.errors import FlowersError
+from models.predict import LABEL_BATCH_SIZE
 from worker import results
 from worker.app import app, settings
 from worker.confine import check_allowed, photo_guard
@@ -110,7 +111,8 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
             results.format_row(name, row.labels, row.error, k)
             for name, row in zip(names, label_photos(
                 (root / name for name in names), model.run, model.class_names,
-                model.input_size, k, batch_size=int(chunk.get("batch_size", 64)),
+                model.input_size, k,
+                batch_size=int(chunk.get("batch_size") or LABEL_BATCH_SIZE),
                 guard=photo_guard(roots),
             ), strict=True)
         ]
