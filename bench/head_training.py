@@ -41,7 +41,7 @@ TARGET_SECONDS = 10.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default=networks.DEFAULT_ARCHITECTURE)
-    parser.add_argument("--photos", type=Path, default=Path("/work/shared/data/flower_photos"))
+    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/flower_photos")
     parser.add_argument(
         "--weights-dir", type=Path,
         default=Path(os.environ.get("FLOWERS_WEIGHTS_DIR") or REPO.parent / "shared/weights/keras"),

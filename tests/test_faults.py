@@ -124,18 +124,26 @@ def persistent_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
         server.stop()
 
 
+def label_until_parts(
+    server: RedisServer, start_workers: WorkerFactory, args: tuple[str, ...],
+    env: dict[str, str], output: Path, parts: int, **worker_env: str,
+) -> None:
+    """A worker on `server` labels `args --no-wait` until `parts` chunks are written."""
+    start_workers(1, broker_url=server.url, **worker_env)
+    assert run_flowers(*args, "--no-wait", env=env).returncode == 0
+    wait_for(lambda: parts_written(output) >= parts, what=f"{parts} chunks")
+
+
 def test_redis_restarted_mid_job_keeps_the_job(
     persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
     photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
     tmp_path: Path,
 ) -> None:
     server = persistent_redis(True)
-    env = flowers_env(flowers_home, server.url, weights_dir)
     output = tmp_path / "out.csv"
-    start_workers(1, broker_url=server.url, FLOWERS_VISIBILITY_TIMEOUT="10")
-    assert run_flowers(*label_args(photos, trained_bundle[0], output, "--no-wait"),
-                       env=env).returncode == 0
-    wait_for(lambda: parts_written(output) >= 2, what="two chunks")
+    label_until_parts(server, start_workers, label_args(photos, trained_bundle[0], output),
+                      flowers_env(flowers_home, server.url, weights_dir), output, 2,
+                      FLOWERS_VISIBILITY_TIMEOUT="10")
     server.stop()
     time.sleep(2)
     persistent_redis(True)
@@ -151,10 +159,8 @@ def test_redis_restarted_empty_then_the_rerun_finishes(
     server = persistent_redis(True)
     env = flowers_env(flowers_home, server.url, weights_dir)
     output = tmp_path / "out.csv"
-    start_workers(1, broker_url=server.url)
     args = label_args(photos, trained_bundle[0], output)
-    assert run_flowers(*args, "--no-wait", env=env).returncode == 0
-    wait_for(lambda: parts_written(output) >= 3, what="three chunks")
+    label_until_parts(server, start_workers, args, env, output, 3)
     server.stop()
     persistent_redis(False)  # the same address, its data lost
     time.sleep(1)
