@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import (
     REPO,
     SMALL_NETWORK,
+    RunningWorker,
     WorkerFactory,
     copy_subset,
     flowers_env,
@@ -72,16 +73,25 @@ def parts_written(output: Path) -> int:
     return len(list(output.with_name(output.name + ".parts").glob("part-*.csv")))
 
 
+def label_until_parts(
+    broker_url: str, start_workers: WorkerFactory, args: tuple[str, ...],
+    env: dict[str, str], output: Path, parts: int, **worker_env: str,
+) -> RunningWorker:
+    """A new worker labels `args --no-wait` until `parts` chunks are written; returns it."""
+    worker = start_workers(1, broker_url=broker_url, **worker_env)
+    assert run_flowers(*args, "--no-wait", env=env).returncode == 0
+    wait_for(lambda: parts_written(output) >= parts, what=f"{parts} chunks")
+    return worker
+
+
 def test_pool_process_killed_mid_chunk(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
-    env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "out.csv"
-    worker = start_workers(1)
-    assert run_flowers(*label_args(photos, trained_bundle[0], output, "--no-wait"),
-                       env=env).returncode == 0
-    wait_for(lambda: parts_written(output) >= 2, what="two chunks")
+    worker = label_until_parts(redis_url, start_workers,
+                               label_args(photos, trained_bundle[0], output),
+                               flowers_env(flowers_home, redis_url, weights_dir), output, 2)
     (child,) = worker.pool_pids()
     os.kill(child, signal.SIGKILL)
     wait_for(output.exists, what="the output")
@@ -94,12 +104,11 @@ def test_whole_worker_killed_and_another_started_later(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
-    env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "out.csv"
-    first = start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
-    assert run_flowers(*label_args(photos, trained_bundle[0], output, "--no-wait"),
-                       env=env).returncode == 0
-    wait_for(lambda: parts_written(output) >= 2, what="two chunks")
+    first = label_until_parts(redis_url, start_workers,
+                              label_args(photos, trained_bundle[0], output),
+                              flowers_env(flowers_home, redis_url, weights_dir), output, 2,
+                              FLOWERS_VISIBILITY_TIMEOUT="5")
     first.kill()
     assert not output.exists()
     time.sleep(1)
@@ -124,16 +133,6 @@ def persistent_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
         server.stop()
 
 
-def label_until_parts(
-    server: RedisServer, start_workers: WorkerFactory, args: tuple[str, ...],
-    env: dict[str, str], output: Path, parts: int, **worker_env: str,
-) -> None:
-    """A worker on `server` labels `args --no-wait` until `parts` chunks are written."""
-    start_workers(1, broker_url=server.url, **worker_env)
-    assert run_flowers(*args, "--no-wait", env=env).returncode == 0
-    wait_for(lambda: parts_written(output) >= parts, what=f"{parts} chunks")
-
-
 def test_redis_restarted_mid_job_keeps_the_job(
     persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
     photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
@@ -141,7 +140,7 @@ def test_redis_restarted_mid_job_keeps_the_job(
 ) -> None:
     server = persistent_redis(True)
     output = tmp_path / "out.csv"
-    label_until_parts(server, start_workers, label_args(photos, trained_bundle[0], output),
+    label_until_parts(server.url, start_workers, label_args(photos, trained_bundle[0], output),
                       flowers_env(flowers_home, server.url, weights_dir), output, 2,
                       FLOWERS_VISIBILITY_TIMEOUT="10")
     server.stop()
@@ -160,7 +159,7 @@ def test_redis_restarted_empty_then_the_rerun_finishes(
     env = flowers_env(flowers_home, server.url, weights_dir)
     output = tmp_path / "out.csv"
     args = label_args(photos, trained_bundle[0], output)
-    label_until_parts(server, start_workers, args, env, output, 3)
+    label_until_parts(server.url, start_workers, args, env, output, 3)
     server.stop()
     persistent_redis(False)  # the same address, its data lost
     time.sleep(1)
