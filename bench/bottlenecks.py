@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from data_options import add_data_options  # bench/ is on sys.path
 
 from models import batching, dataset, networks
 from models.bottlenecks import (
@@ -56,7 +57,6 @@ from models.bottlenecks import (
 )
 from models.decode import decode_image, read_bytes
 
-REPO = Path(__file__).resolve().parents[1]
 COLD_TARGET = 0.85
 WARM_TARGET = 20.0
 
@@ -64,11 +64,7 @@ WARM_TARGET = 20.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default=networks.DEFAULT_ARCHITECTURE)
-    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/flower_photos")
-    parser.add_argument(
-        "--weights-dir", type=Path,
-        default=Path(os.environ.get("FLOWERS_WEIGHTS_DIR") or REPO.parent / "shared/weights/keras"),
-    )
+    add_data_options(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="photos to use (default: all)")
     parser.add_argument("--repeats", type=int, default=2)

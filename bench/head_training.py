@@ -29,23 +29,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from data_options import add_data_options  # bench/ is on sys.path
 
 from models import dataset, networks
 from models.bottlenecks import BatchRunner, BottleneckCache, compute_bottlenecks
 from models.head import HeadConfig, train_head
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 10.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default=networks.DEFAULT_ARCHITECTURE)
-    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/flower_photos")
-    parser.add_argument(
-        "--weights-dir", type=Path,
-        default=Path(os.environ.get("FLOWERS_WEIGHTS_DIR") or REPO.parent / "shared/weights/keras"),
-    )
+    add_data_options(parser)
     parser.add_argument("--home", type=Path, default=None,
                         help="bottleneck cache folder, kept between runs (default: temporary)")
     parser.add_argument("--limit", type=int, default=None, help="photos to use (default: all)")

@@ -59,6 +59,7 @@ from typing import Any
 import label_cluster as lc
 import label_memory
 import numpy as np
+from data_options import add_data_options  # bench/ is on sys.path
 
 from worker.settings import usable_cores
 
@@ -70,12 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="all",
                         choices=["throughput", "old", "memory", "enqueue", "all"])
-    parser.add_argument("--photos", type=Path, default=Path("/work/shared/data/flower_photos"))
-    parser.add_argument(
-        "--weights-dir", type=Path,
-        default=Path(os.environ.get("FLOWERS_WEIGHTS_DIR")
-                     or lc.REPO.parent / "shared/weights/keras"),
-    )
+    add_data_options(parser)
     parser.add_argument("--architectures", default="mobilenet_v2,inception_v3",
                         help="comma-separated; inception_v3 is trained with --weights none")
     parser.add_argument("--photos-count", type=int, default=3000,

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import label_cluster as lc  # bench/ is on sys.path when a script here runs
 import psutil
+from data_options import add_data_options  # bench/ is on sys.path
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 MB = 1e6
 
 
@@ -64,9 +63,7 @@ def tiny_photos(source: Path, dest: Path, count: int = 50) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=100_000)
-    parser.add_argument("--photos", type=Path, default=SHARED / "data" / "flower_photos")
-    parser.add_argument("--weights-dir", type=Path, default=Path(
-        os.environ.get("FLOWERS_WEIGHTS_DIR") or SHARED / "weights" / "keras"))
+    add_data_options(parser)
     parser.add_argument("--architecture", default="mobilenet_0.25_128")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--chunk-size", type=int, default=512)
