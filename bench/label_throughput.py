@@ -61,6 +61,7 @@ import label_memory
 import numpy as np
 from data_options import add_data_options  # bench/ is on sys.path
 
+from models.predict import LABEL_BATCH_SIZE
 from worker.settings import usable_cores
 
 TARGET_E2E = 0.90
@@ -82,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-repeats", type=int, default=2)
     parser.add_argument("--processes", type=int, default=usable_cores(),
                         help="worker processes, as `flowers worker --concurrency P`")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=LABEL_BATCH_SIZE,
+                        help="as label-dir's default")
     parser.add_argument("--chunk-size", type=int, default=128)
     parser.add_argument("--what-if-batch-size", type=int, default=None,
                         help="also a warm run with label-dir --batch-size N, each repeat")

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli.context import CliContext
-from models.bundle import read_manifest
+from models.bundle import decoding_mismatch, read_manifest
 
 
 @click.command()
@@ -22,7 +22,9 @@ from models.bundle import read_manifest
 @click.pass_obj
 def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int) -> None:
     """Print the top labels and confidences of each IMAGE."""
-    read_manifest(bundle)  # a clear error before TensorFlow starts
+    manifest = read_manifest(bundle)  # a clear error before TensorFlow starts
+    if warning := decoding_mismatch(bundle.resolve(), manifest):
+        click.echo(f"warning: {warning}", err=True)
     from models.bundle import load_bundle
     from models.networks import batch_runner
     from models.predict import label_photos

@@ -7,8 +7,8 @@ Paths already labelled in OUTPUT.parts (an interrupted run) are skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from itertools import islice
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import click
@@ -16,13 +16,16 @@ import click
 from cli.context import CliContext
 from cli.progress import ProgressLine, format_seconds
 from cli.queue import Queue, open_queue
-from models.bundle import read_manifest
+from models.bundle import decoding_mismatch, read_manifest
 from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
 from models.predict import LABEL_BATCH_SIZE
 from worker import results
 
 DEFAULT_CHUNK_SIZE = 128
+# The last this-many chunks' worth of photos are cut into ever smaller chunks (down to one
+# batch), so the workers finish together instead of one running the last big chunk alone.
+TAIL_CHUNKS = 8
 
 
 def relative_names(root: Path, skip: set[str]) -> Iterator[str]:
@@ -31,6 +34,23 @@ def relative_names(root: Path, skip: set[str]) -> Iterator[str]:
         name = path.relative_to(root).as_posix()
         if name not in skip:
             yield name
+
+
+def chunked(names: Iterable[str], chunk_size: int, smallest: int) -> Iterator[list[str]]:
+    """`names` in chunks of `chunk_size`, except the tail: the last `TAIL_CHUNKS` chunks' worth
+    go out in chunks of an eighth of what is left, never under `smallest` (guided scheduling).
+
+    Holds at most `TAIL_CHUNKS + 1` chunks of names, however many there are.
+    """
+    window = chunk_size * TAIL_CHUNKS
+    held: deque[str] = deque()
+    for name in names:
+        held.append(name)
+        if len(held) == window + chunk_size:
+            yield [held.popleft() for _ in range(chunk_size)]
+    while held:
+        size = min(len(held), chunk_size, max(smallest, -(-len(held) // TAIL_CHUNKS)))
+        yield [held.popleft() for _ in range(size)]
 
 
 def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
@@ -78,6 +98,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     bundle = bundle.resolve()
     manifest = read_manifest(bundle)
     output = check_output(output, root, overwrite)
+    if warning := decoding_mismatch(bundle, manifest):
+        click.echo(f"warning: {warning}", err=True)
     if not settings.broker_url and not wait:
         raise UsageError(
             "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
@@ -125,15 +147,14 @@ def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_di
                    identity: dict[str, object], names: Iterator[str], chunk_size: int,
                    batch_size: int) -> int:
     """Sends one `flowers.label_chunk` task per chunk of names; returns the photos enqueued."""
-    index = chunks = images = 0
-    while chunk := list(islice(names, chunk_size)):
+    chunks = images = 0
+    for index, chunk in enumerate(chunked(names, chunk_size, min(chunk_size, batch_size))):
         queue.send("flowers.label_chunk", {
             "job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),
             "parts_dir": str(parts_dir), "index": index, "paths": chunk,
             "top_k": identity["k"], "batch_size": batch_size,
         })
-        index += 1
-        chunks += 1
+        chunks = index + 1
         images += len(chunk)
         queue.jobs.update(job_id, total=images)
     if queue.jobs.enqueued(job_id, chunks, images):

@@ -124,7 +124,7 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), bottleneck_size), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     result = BottleneckResult(vectors=vectors, kept=[])
-    threads = decode_threads or batching.decode_threads()
+    threads = decode_threads or max(1, batching.decode_threads())  # the pool also writes entries
     done = 0
     writes: list[Future[None]] = []
     if progress is not None:

@@ -136,6 +136,18 @@ class LoadedBundle:
         return int(self.manifest["input_size"][0])
 
 
+def decoding_mismatch(bundle: Path, manifest: dict[str, Any]) -> str | None:
+    """A warning if the bundle was trained on photos decoded otherwise than they are now."""
+    from models.decode import PREPROCESS_VERSION
+
+    made = (manifest.get("preprocessing") or {}).get("version")
+    if made == PREPROCESS_VERSION:
+        return None
+    return (f"{bundle} was trained on photos decoded as {made!r}, this flowers decodes them as "
+            f"{PREPROCESS_VERSION!r}: labels may be slightly less accurate than its report says; "
+            "retrain it (cached bottlenecks are recomputed) to match")
+
+
 def load_bundle(bundle: Path) -> LoadedBundle:
     """Loads a bundle in Keras safe mode; raises `BundleError` if any part is missing or corrupt."""
     import keras

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +69,14 @@ def label_photos(
     """Labels photos in input order, streaming: one row per path.
 
     `guard`, if given, may refuse a photo before it is read, with a reason for its row.
+    `threads` decode beside the network (default `batching.decode_threads()`; 0: between
+    batches, in this thread).
     """
     k = max(1, min(k, len(class_names)))
-    with ThreadPoolExecutor(threads or batching.decode_threads(),
-                            thread_name_prefix="decode") as pool:
+    threads = batching.decode_threads() if threads is None else threads
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="decode")
+                                   ) if threads else None
         batches = batching.prepared_batches(
             paths, batch_size, pool, lambda path: (path, _load(path, input_size, guard))
         )

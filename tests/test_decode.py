@@ -35,6 +35,27 @@ def test_jpeg_is_resized_to_a_square_rgb_array(flower_photos: Path) -> None:
     assert 20 < pixels.mean() < 235
 
 
+def stripes(size: tuple[int, int], vertical: bool) -> Image.Image:
+    """Alternating one-pixel black and white stripes."""
+    ramp = np.arange(size[0] if vertical else size[1]) % 2 * 255
+    grey = np.tile(ramp, (size[1], 1)) if vertical else np.tile(ramp[:, None], (1, size[0]))
+    return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+
+
+def test_shrinking_averages_areas_and_growing_interpolates() -> None:
+    # Halving 1-pixel stripes averages each pair: flat grey, no aliasing.
+    shrunk = decode_image(encode(stripes((16, 16), vertical=True), "PNG"), 8)
+    assert np.all(np.abs(shrunk.astype(int) - 128) <= 1)
+    # Growing 2 pixels to 8 passes through grey between black and white, not in blocks.
+    grown = decode_image(encode(stripes((2, 2), vertical=True), "PNG"), 8)
+    assert len(np.unique(grown[0, :, 0])) > 3
+    # Each axis by its own direction: shrinking across, growing down.
+    mixed = decode_image(encode(stripes((16, 2), vertical=True), "PNG"), 8)
+    assert np.all(np.abs(mixed.astype(int) - 128) <= 1)
+    mixed = decode_image(encode(stripes((16, 2), vertical=False), "PNG"), 8)
+    assert len(np.unique(mixed[:, 0, 0])) > 3 and np.ptp(mixed[0, :, 0]) <= 1
+
+
 def test_png_alpha_is_composited_over_white() -> None:
     image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     pixels = decode_image(encode(image, "PNG"), 4)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from models import batching, runtime
 from models.predict import label_photos, top_k
 
 
@@ -15,7 +17,10 @@ def test_top_k_orders_by_confidence_and_caps_k() -> None:
     assert [n for n, _ in top_k(probabilities, ["a", "b", "c"], 5)] == ["b", "c", "a"]
 
 
-def test_rows_keep_input_order_with_errors_in_place(flower_photos: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [0, 2], ids=["decoded between batches", "decode pool"])
+def test_rows_keep_input_order_with_errors_in_place(
+    flower_photos: Path, tmp_path: Path, threads: int
+) -> None:
     photos = sorted((flower_photos / "daisy").iterdir())[:5]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"text")
@@ -28,9 +33,21 @@ def test_rows_keep_input_order_with_errors_in_place(flower_photos: Path, tmp_pat
         # A stand-in network: class 1 for every photo.
         return np.tile([0.2, 0.7, 0.1], (len(batch), 1))
 
-    rows = list(label_photos(paths, runner, ["x", "y", "z"], 32, k=5, batch_size=3))
+    rows = list(label_photos(paths, runner, ["x", "y", "z"], 32, k=5, batch_size=3,
+                             threads=threads))
     assert [row.path for row in rows] == paths
     assert rows[1].error.startswith("not an image") and rows[1].labels == []
     assert "not found" in rows[-1].error
     assert rows[0].labels == [("y", 0.7), ("x", 0.2), ("z", 0.1)]
     assert sum(seen_batches) == 5 and max(seen_batches) <= 3
+
+
+def test_a_single_threaded_network_decodes_between_its_batches(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "_configured_threads", 1)
+    assert batching.decode_threads() == 0
+    monkeypatch.setattr(runtime, "_configured_threads", 8)
+    assert batching.decode_threads() == 2
+    monkeypatch.setattr(runtime, "_configured_threads", 2)
+    assert batching.decode_threads() == 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from models.bundle import read_manifest
+from models.bundle import decoding_mismatch, read_manifest
 from models.predict import Runner
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class ModelCache:
                             batch_runner(loaded.model))
         self.loads += 1
         log.info("process %d loaded bundle %s (%s)", os.getpid(), path, key[1])
+        if warning := decoding_mismatch(path, manifest):
+            log.warning(warning)
         self.entries[key] = model
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)

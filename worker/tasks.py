@@ -1,18 +1,21 @@
 """Thin Celery tasks: JSON in (paths, names, numbers), job records out; the pipeline does the work.
 
-Each task imports the pipeline (and so TensorFlow) inside the worker process when it first runs,
-after the prefork pool has forked.
+The pipeline (and so TensorFlow) is imported inside each worker process after the prefork pool
+has forked: a new pool process starts importing it in a background thread, so a task that comes
+later finds it ready and one that comes sooner waits for that import, not for a second one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from functools import cache
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_process_init
 
 from models.errors import FlowersError
 from models.predict import LABEL_BATCH_SIZE
@@ -40,6 +43,20 @@ def _prepare_process() -> None:
     from models.runtime import configure_tensorflow
 
     configure_tensorflow(settings.threads_per_process())
+
+
+def _warm_up() -> None:
+    try:
+        _prepare_process()
+        import keras  # noqa: F401 - loading a bundle needs it; the import takes a second
+    except Exception:  # a task importing the same thing reports the problem properly
+        log.exception("process %d could not import TensorFlow ahead of its tasks", os.getpid())
+
+
+@worker_process_init.connect
+def _start_warm_up(**_: Any) -> None:
+    """Runs in each new pool process, which must answer Celery within seconds: import aside."""
+    threading.Thread(target=_warm_up, name="flowers-warm-up", daemon=True).start()
 
 
 @app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
