@@ -27,14 +27,15 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int) -
         click.echo(f"warning: {warning}", err=True)
     from models.bundle import load_bundle
     from models.networks import batch_runner
-    from models.predict import label_photos
+    from models.predict import LABEL_BATCH_SIZE, label_photos
     from models.runtime import configure_tensorflow
 
     configure_tensorflow(obj.settings.threads_per_process())
     loaded = load_bundle(bundle)
     failed = 0
+    # A few photos run as one batch of their own size: short batches are padded to full ones.
     rows = label_photos(images, batch_runner(loaded.model), loaded.class_names,
-                        loaded.input_size, top_k)
+                        loaded.input_size, top_k, batch_size=min(LABEL_BATCH_SIZE, len(images)))
     for row in rows:
         click.echo(str(row.path))
         if row.error:

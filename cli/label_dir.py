@@ -36,20 +36,23 @@ def relative_names(root: Path, skip: set[str]) -> Iterator[str]:
             yield name
 
 
-def chunked(names: Iterable[str], chunk_size: int, smallest: int) -> Iterator[list[str]]:
+def chunked(names: Iterable[str], chunk_size: int, batch_size: int) -> Iterator[list[str]]:
     """`names` in chunks of `chunk_size`, except the tail: the last `TAIL_CHUNKS` chunks' worth
-    go out in chunks of an eighth of what is left, never under `smallest` (guided scheduling).
+    go out in chunks of an eighth of what is left (guided scheduling), rounded up to whole
+    batches, so that only the very last chunk has a partial batch.
 
     Holds at most `TAIL_CHUNKS + 1` chunks of names, however many there are.
     """
     window = chunk_size * TAIL_CHUNKS
+    step = min(batch_size, chunk_size)
     held: deque[str] = deque()
     for name in names:
         held.append(name)
         if len(held) == window + chunk_size:
             yield [held.popleft() for _ in range(chunk_size)]
     while held:
-        size = min(len(held), chunk_size, max(smallest, -(-len(held) // TAIL_CHUNKS)))
+        share = -(-len(held) // TAIL_CHUNKS)
+        size = min(len(held), chunk_size, -(-share // step) * step)
         yield [held.popleft() for _ in range(size)]
 
 
@@ -148,7 +151,7 @@ def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_di
                    batch_size: int) -> int:
     """Sends one `flowers.label_chunk` task per chunk of names; returns the photos enqueued."""
     chunks = images = 0
-    for index, chunk in enumerate(chunked(names, chunk_size, min(chunk_size, batch_size))):
+    for index, chunk in enumerate(chunked(names, chunk_size, batch_size)):
         queue.send("flowers.label_chunk", {
             "job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),
             "parts_dir": str(parts_dir), "index": index, "paths": chunk,

@@ -47,6 +47,20 @@ def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tup
 Guard = Callable[[Path], str | None]
 
 
+def run_padded(runner: Runner, pixels: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """The network's outputs for `pixels`, run as one batch of exactly `batch_size` (zeros fill a
+    short one).
+
+    TensorFlow keeps working memory for every batch shape it has run: short batches (a job's
+    last, or one with unreadable photos) of varying sizes made a worker grow by 50 MB.
+    """
+    batch = np.stack(pixels)
+    if len(batch) < batch_size:
+        batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]),
+                                                dtype=batch.dtype)])
+    return runner(batch)[:len(pixels)]
+
+
 def _load(path: Path, size: int, guard: Guard | None = None) -> np.ndarray | str:
     if guard is not None and (refusal := guard(path)):
         return refusal
@@ -81,8 +95,8 @@ def label_photos(
             paths, batch_size, pool, lambda path: (path, _load(path, input_size, guard))
         )
         for batch in batches:
-            decoded = [(path, item) for path, item in batch if isinstance(item, np.ndarray)]
-            outputs = runner(np.stack([item for _, item in decoded])) if decoded else None
+            decoded = [item for _, item in batch if isinstance(item, np.ndarray)]
+            outputs = run_padded(runner, decoded, batch_size) if decoded else None
             row = 0
             for path, item in batch:
                 if isinstance(item, str):

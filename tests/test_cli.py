@@ -98,6 +98,7 @@ def test_label_dir_cuts_the_tail_into_smaller_chunks_and_holds_few_names() -> No
     sizes = [len(chunk) for chunk in chunks]
     assert sizes[:15] == [128] * 15
     assert sizes[15:] == sorted(sizes[15:], reverse=True) and min(sizes[:-1]) == 16
+    assert all(size % 16 == 0 for size in sizes[:-1]), "only the last chunk ends a batch short"
     assert sum(sizes[15:]) == 3000 - 15 * 128 and sizes[-1] <= 16
     assert [len(c) for c in chunked(names(33), 4, 4)] == [4] * 8 + [1]
     assert list(chunked(names(0), 128, 16)) == []
