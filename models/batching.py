@@ -45,7 +45,7 @@ def decode_threads() -> int:
     Decoding a photo costs about a tenth of a MobileNetV2 forward pass; more threads than that
     only take cores from the network they feed. A worker runs one single-threaded process per
     core, so every core is already busy: a decoding thread beside the network only adds
-    switching and cache misses, about 1.5 ms of CPU a photo on two cores
+    switching and cache misses, 0.4 to 1.5 ms of CPU a photo on two cores
     (bench/results-issue3.txt).
     """
     from models.runtime import tensorflow_threads

@@ -197,3 +197,20 @@ def test_label_dir_without_a_broker_runs_a_local_cluster(
     again = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
                         "--output", str(output), env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_pool_processes_import_tensorflow_before_their_first_task(
+    start_workers: WorkerFactory
+) -> None:
+    worker = start_workers(2)
+
+    def loaded_tensorflow(pid: int) -> bool:
+        return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+    deadline = time.monotonic() + 120
+    while not (worker.pool_pids() and all(map(loaded_tensorflow, worker.pool_pids()))):
+        assert time.monotonic() < deadline, "pool processes did not import TensorFlow"
+        time.sleep(0.2)
+    assert len(worker.pool_pids()) == 2
+    assert "Task flowers." not in worker.log(), "no task was sent"
+    assert not loaded_tensorflow(worker.pid), "the main process forks: it must stay free of it"
