@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.bundle import load_bundle, read_manifest
-from models.decode import load_image
+from models.bundle import decoding_mismatch, load_bundle, read_manifest
+from models.decode import PREPROCESS_VERSION, load_image
 from models.errors import BundleError
 from tests.conftest import SMALL_NETWORK
 
@@ -112,3 +112,16 @@ def test_custom_code_is_refused_by_safe_mode(
     keras.Model(pixels, evil).save(copy / "model.keras")
     with pytest.raises(BundleError, match="Lambda"):
         load_bundle(copy)
+
+
+def test_a_bundle_from_another_decoding_version_gets_a_warning(
+    trained_bundle: tuple[Path, dict[str, Any]]
+) -> None:
+    path, _ = trained_bundle
+    manifest = read_manifest(path)
+    assert decoding_mismatch(path, manifest) is None
+    manifest["preprocessing"]["version"] = "rgb8-exif-bilinear-squash-v1"
+    warning = decoding_mismatch(path, manifest)
+    assert warning is not None
+    assert "rgb8-exif-bilinear-squash-v1" in warning and PREPROCESS_VERSION in warning
+    assert "retrain" in warning
