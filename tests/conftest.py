@@ -110,6 +110,16 @@ def run_flowers(
                           text=True, timeout=timeout, cwd=REPO)
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = "",
+             interval: float = 0.1) -> None:
+    """Polls `condition` every `interval` s; fails the test if it is not true within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
 def wait_until_ready(log_path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

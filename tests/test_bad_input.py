@@ -7,7 +7,6 @@ import csv
 import io
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from models.decode import MAX_PIXELS
-from tests.conftest import WorkerFactory, flowers_env, run_flowers
+from tests.conftest import WorkerFactory, flowers_env, run_flowers, wait_for
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -77,9 +76,7 @@ def test_each_bad_photo_is_one_row_and_the_rest_are_labelled(
     assert queued.returncode == 0, queued.stderr
     doomed.unlink()  # enqueued, not yet labelled: no worker runs yet
     worker = start_workers(1)
-    deadline = time.monotonic() + 180
-    while not output.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for(output.exists, timeout=180, what="the output", interval=0.5)
     rows = read_rows(output)
     assert worker.poll() is None
     assert len(rows) == 16

@@ -30,6 +30,7 @@ from tests.conftest import (
     flowers_env,
     job_ids,
     run_flowers,
+    wait_for,
 )
 from worker.embedded import RedisServer, free_port, start_redis
 
@@ -42,14 +43,6 @@ PERSISTENT = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "360
 @pytest.fixture
 def photos(flower_photos: Path, tmp_path: Path) -> Path:
     return copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses", "tulips"], 16)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def read_paths(output: Path) -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers
+from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers, wait_for
 
 pytestmark = pytest.mark.queue
 
@@ -135,9 +134,8 @@ def test_resume_after_the_workers_are_killed(
     assert queued.returncode == 0, queued.stderr
     job_id = queued.stdout.strip()
     parts = tmp_path / "labels.csv.parts"
-    deadline = time.monotonic() + 120
-    while len(list(parts.glob("part-*.csv"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 3, timeout=120, what="3 chunks",
+             interval=0.05)
     worker.kill()
     done_before = len(list(parts.glob("part-*.csv")))
     assert 3 <= done_before < 11, "interrupted mid-way"
@@ -207,10 +205,8 @@ def test_pool_processes_import_tensorflow_before_their_first_task(
     def loaded_tensorflow(pid: int) -> bool:
         return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
 
-    deadline = time.monotonic() + 120
-    while not (worker.pool_pids() and all(map(loaded_tensorflow, worker.pool_pids()))):
-        assert time.monotonic() < deadline, "pool processes did not import TensorFlow"
-        time.sleep(0.2)
+    wait_for(lambda: bool(worker.pool_pids()) and all(map(loaded_tensorflow, worker.pool_pids())),
+             timeout=120, what="pool processes to import TensorFlow", interval=0.2)
     assert len(worker.pool_pids()) == 2
     assert "Task flowers." not in worker.log(), "no task was sent"
     assert not loaded_tensorflow(worker.pid), "the main process forks: it must stay free of it"

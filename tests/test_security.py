@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import WorkerFactory, copy_subset, flowers_env, run_flowers
+from tests.conftest import WorkerFactory, copy_subset, flowers_env, run_flowers, wait_for
 from worker.app import app, configure
 from worker.embedded import RedisServer, start_redis
 from worker.settings import Settings
@@ -39,9 +38,8 @@ def test_a_pickled_message_runs_no_code(
     configure(app, Settings.from_env({}), redis_url)
     app.send_task("flowers.label_chunk", args=[Exploit(marker)], serializer="pickle",
                   queue="flowers")
-    deadline = time.monotonic() + 20
-    while "untrusted content" not in worker_process.log() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: "untrusted content" in worker_process.log(), timeout=20,
+             what="the worker to refuse the message", interval=0.2)
     assert "untrusted content" in worker_process.log()
     assert not marker.exists()
     assert worker_process.poll() is None
@@ -67,9 +65,7 @@ def test_redis_password_is_used_and_never_shown(
                          "--output", str(output), "--no-wait", env=env)
     assert queued.returncode == 0, queued.stderr
     job_id = queued.stdout.strip()
-    deadline = time.monotonic() + 120
-    while not output.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(output.exists, timeout=120, what="the output", interval=0.2)
     with open(output, newline="") as handle:
         assert len(list(csv.reader(handle))) == 6
     status = run_flowers("status", job_id, "--json", env=env)
