@@ -146,8 +146,9 @@ def retrain(
         "bottleneck_size": spec.bottleneck_size,
         "preprocessing": {
             "decode": "EXIF orientation applied; converted to 8-bit RGB (alpha over white)",
-            "resize": f"squashed to {spec.input_size}x{spec.input_size}: area average on a "
-                      "shrinking axis, bilinear on a growing one",
+            "resize": f"squashed to {spec.input_size}x{spec.input_size}: nearest pixels on an "
+                      "axis shrinking under 3x, block averages first on one shrinking 3x or more, "
+                      "bilinear on a growing one",
             "scaling": f"inside the model: x * {spec.scale:.10g} + {spec.offset:g}",
             "version": PREPROCESS_VERSION,
         },

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.decode import MAX_PIXELS, decode_image, load_image, read_bytes
+from models.decode import MAX_PIXELS, block_factor, decode_image, load_image, read_bytes
 from models.errors import ImageDecodeError
 
 
@@ -42,17 +42,30 @@ def stripes(size: tuple[int, int], vertical: bool) -> Image.Image:
     return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
 
 
-def test_shrinking_averages_areas_and_growing_interpolates() -> None:
-    # Halving 1-pixel stripes averages each pair: flat grey, no aliasing.
-    shrunk = decode_image(encode(stripes((16, 16), vertical=True), "PNG"), 8)
+def test_shrinking_under_threefold_takes_nearest_pixels() -> None:
+    # A ramp of 16 grey levels halved: every value is one of the ramp's own, none blended.
+    levels = np.arange(0, 256, 16, dtype=np.uint8)
+    ramp = Image.fromarray(np.tile(levels, (16, 1))).convert("RGB")
+    shrunk = decode_image(encode(ramp, "PNG"), 8)
+    assert set(np.unique(shrunk)) <= set(levels.tolist())
+    assert len(np.unique(shrunk[0, :, 0])) == 8
+
+
+def test_shrinking_threefold_or_more_averages_blocks_first() -> None:
+    # One-pixel stripes shrunk fourfold: each block of four holds two black and two white.
+    shrunk = decode_image(encode(stripes((32, 32), vertical=True), "PNG"), 8)
     assert np.all(np.abs(shrunk.astype(int) - 128) <= 1)
+    assert [block_factor(n, 224) for n in (223, 224, 671, 672, 895, 896)] == [1, 1, 1, 3, 3, 4]
+
+
+def test_growing_interpolates_and_each_axis_goes_its_own_way() -> None:
     # Growing 2 pixels to 8 passes through grey between black and white, not in blocks.
     grown = decode_image(encode(stripes((2, 2), vertical=True), "PNG"), 8)
     assert len(np.unique(grown[0, :, 0])) > 3
-    # Each axis by its own direction: shrinking across, growing down.
-    mixed = decode_image(encode(stripes((16, 2), vertical=True), "PNG"), 8)
+    # Shrinking across, growing down.
+    mixed = decode_image(encode(stripes((32, 2), vertical=True), "PNG"), 8)
     assert np.all(np.abs(mixed.astype(int) - 128) <= 1)
-    mixed = decode_image(encode(stripes((16, 2), vertical=False), "PNG"), 8)
+    mixed = decode_image(encode(stripes((32, 2), vertical=False), "PNG"), 8)
     assert len(np.unique(mixed[:, 0, 0])) > 3 and np.ptp(mixed[0, :, 0]) <= 1
 
 
