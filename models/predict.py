@@ -1,7 +1,8 @@
 """Photo paths and a loaded bundle in, each photo's top-k labels with confidences out.
 
-Photos are decoded by a thread pool one batch ahead of the network, which runs once per batch.
-A photo that cannot be read gets a row with its reason and no labels; the others go on.
+The network runs once per batch. Photos are decoded one batch ahead by a thread pool, or between
+batches when the network has one thread (see `batching.decode_threads`). A photo that cannot be
+read gets a row with its reason and no labels; the others go on.
 """
 
 from __future__ import annotations
