@@ -35,12 +35,9 @@ def per_axis(filter_: Image.Resampling) -> Squash:
     """The given filter where an axis shrinks, bilinear where it grows (the earlier versions)."""
 
     def squash(image: Image.Image, size: int) -> Image.Image:
-        width, height = image.size
-        across = filter_ if width >= size else Image.Resampling.BILINEAR
-        down = filter_ if height >= size else Image.Resampling.BILINEAR
-        if across == down:
-            return image.resize((size, size), across)
-        return image.resize((size, height), across).resize((size, size), down)
+        across = filter_ if image.width >= size else Image.Resampling.BILINEAR
+        down = filter_ if image.height >= size else Image.Resampling.BILINEAR
+        return decode.resize_axes(image, size, across, down)
 
     return squash
 

@@ -79,17 +79,20 @@ def block_factor(source: int, target: int) -> int:
     return source // target if source >= BLOCK_AVERAGE_FROM * target else 1
 
 
-def squash(image: Image.Image, size: int) -> Image.Image:
-    """`image` resized to size x size, each axis by how much it shrinks or grows."""
-    width, height = image.size
-    blocks = (block_factor(width, size), block_factor(height, size))
-    if blocks != (1, 1):
-        image = image.reduce(blocks)
-        width, height = image.size
-    across, down = _filter(width, size), _filter(height, size)
+def resize_axes(image: Image.Image, size: int, across: Image.Resampling,
+                down: Image.Resampling) -> Image.Image:
+    """`image` resized to size x size: its width with filter `across`, its height with `down`."""
     if across == down:
         return image.resize((size, size), across)
-    return image.resize((size, height), across).resize((size, size), down)
+    return image.resize((size, image.height), across).resize((size, size), down)
+
+
+def squash(image: Image.Image, size: int) -> Image.Image:
+    """`image` resized to size x size, each axis by how much it shrinks or grows."""
+    blocks = (block_factor(image.width, size), block_factor(image.height, size))
+    if blocks != (1, 1):
+        image = image.reduce(blocks)
+    return resize_axes(image, size, _filter(image.width, size), _filter(image.height, size))
 
 
 def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
