@@ -5,8 +5,9 @@ InceptionV3 trained with `--weights none`, its weights not being available here)
 bundle, batch size and number of processes P (default: one per usable core):
 
 a. model only: P spawned processes, each `configure_tensorflow(cores // P)`, `load_bundle`,
-   `batch_runner`, its share of the photos decoded beforehand, one warm-up batch; they start
-   together at a barrier; aggregate photos/s = all photos / (last end - first start);
+   `batch_runner`, an equal share of the photos (within one) decoded beforehand, one warm-up
+   batch; they start together at a barrier; aggregate photos/s = all photos / (last end - first
+   start);
 b. pipeline, no queue: the same processes, right after (a) and again from a barrier, run what
    a `flowers.label_chunk` task runs in-process (`label_photos` on each chunk of paths,
    `format_row`, `write_part`), so (b) vs (a) is decoding and rows, (c) vs (b) the queue;
@@ -152,10 +153,13 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
 
 def run_in_processes(bundle: Path, tree: Path, args: argparse.Namespace, work: Path
                      ) -> dict[str, Any]:
-    """Legs (a) and (b) in P spawned processes; chunk i goes to process i % P."""
+    """Legs (a) and (b) in P spawned processes, each with an equal share of the photos (within
+    one), cut into chunks: so the limit (a) never waits for one process's larger share."""
     names = [str(p) for p in lc.real_photos(tree)]
-    chunks = [names[i:i + args.chunk_size] for i in range(0, len(names), args.chunk_size)]
     processes = args.processes
+    shares = [names[rank::processes] for rank in range(processes)]
+    chunks = [[share[i:i + args.chunk_size] for i in range(0, len(share), args.chunk_size)]
+              for share in shares]
     threads = max(1, usable_cores() // processes)
     parts_dir = work / "pipeline.parts"
     shutil.rmtree(parts_dir, ignore_errors=True)
@@ -163,7 +167,7 @@ def run_in_processes(bundle: Path, tree: Path, args: argparse.Namespace, work: P
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(processes), context.Queue()
     children = [context.Process(target=measure_process, args=(
-        rank, str(bundle), chunks[rank::processes], threads, args.batch_size, str(parts_dir),
+        rank, str(bundle), chunks[rank], threads, args.batch_size, str(parts_dir),
         barrier, queue)) for rank in range(processes)]
     for child in children:
         child.start()
