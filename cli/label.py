@@ -1,7 +1,8 @@
 """`flowers label IMAGE... --model BUNDLE`: label a few photos in this process, no queue.
 
 What the codelab's label_image.py did, minus the hand-typed preprocessing: the bundle's
-manifest and model carry it. This is the one command that loads TensorFlow itself.
+manifest and model carry it. It runs the bundle on LiteRT (no TensorFlow) unless `--runtime
+keras` or the bundle lacks model.tflite; then it is the one command that loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import click
 
 from cli.context import CliContext
 from models.bundle import decoding_mismatch, read_manifest
+from models.runners import RUNTIMES, choose_runtime
 
 
 @click.command()
@@ -19,23 +21,29 @@ from models.bundle import decoding_mismatch, read_manifest
 @click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
               help="Bundle folder written by flowers train.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="What runs the bundle; default FLOWERS_RUNTIME, else litert.")
 @click.pass_obj
-def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int) -> None:
+def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
+          runtime: str | None) -> None:
     """Print the top labels and confidences of each IMAGE."""
-    manifest = read_manifest(bundle)  # a clear error before TensorFlow starts
-    if warning := decoding_mismatch(bundle.resolve(), manifest):
+    bundle = bundle.resolve()
+    manifest = read_manifest(bundle)  # a clear error before any runtime starts
+    if warning := decoding_mismatch(bundle, manifest):
         click.echo(f"warning: {warning}", err=True)
-    from models.bundle import load_bundle
-    from models.networks import batch_runner
+    choice = choose_runtime(bundle, manifest, runtime or obj.settings.runtime)
+    if choice.warning:
+        click.echo(f"note: {choice.warning}", err=True)
     from models.predict import LABEL_BATCH_SIZE, label_photos
-    from models.runtime import configure_tensorflow
+    from models.runners import open_runner
 
-    configure_tensorflow(obj.settings.threads_per_process())
-    loaded = load_bundle(bundle)
-    failed = 0
     # A few photos run as one batch of their own size: short batches are padded to full ones.
-    rows = label_photos(images, batch_runner(loaded.model), loaded.class_names,
-                        loaded.input_size, top_k, batch_size=min(LABEL_BATCH_SIZE, len(images)))
+    batch_size = min(LABEL_BATCH_SIZE, len(images))
+    runner = open_runner(bundle, manifest, choice.runtime, obj.settings.threads_per_process(),
+                         batch_size, quiet=True)
+    failed = 0
+    rows = label_photos(images, runner, list(manifest["class_names"]),
+                        int(manifest["input_size"][0]), top_k, batch_size=batch_size)
     for row in rows:
         click.echo(str(row.path))
         if row.error:

@@ -38,9 +38,10 @@ def prepared_batches(
         yield [future.result() for future in pending]
 
 
-def decode_threads() -> int:
-    """Threads for decoding beside the network: a quarter of its threads; 0 for a network on
-    one thread, which should decode between its batches instead.
+def decode_threads(network_threads: int | None = None) -> int:
+    """Threads for decoding beside a network on `network_threads` threads (default: those
+    TensorFlow was given): a quarter of them; 0 for a network on one thread, which should
+    decode between its batches instead.
 
     Decoding a photo costs about a tenth of a MobileNetV2 forward pass; more threads than that
     only take cores from the network they feed. A worker runs one single-threaded process per
@@ -50,5 +51,5 @@ def decode_threads() -> int:
     """
     from models.runtime import tensorflow_threads
 
-    threads = tensorflow_threads()
+    threads = network_threads or tensorflow_threads()
     return 0 if threads == 1 else max(1, threads // 4)

@@ -2,6 +2,8 @@
 
     BUNDLE/model.keras     the Keras model: 0-255 RGB pixels in, class probabilities out
                            (the network's own scaling is a layer inside it)
+    BUNDLE/model.tflite    the same model for LiteRT (format 2 on): uint8 pixels in,
+                           probabilities out; what labelling runs
     BUNDLE/labels.txt      one class name a line, in output order (as the codelab wrote it)
     BUNDLE/manifest.json   architecture, input size, preprocessing, classes, training
                            arguments, split, skipped photos, metrics, versions, creation time
@@ -31,11 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: model.tflite beside model.keras, listed in the manifest's "models". Format 1 bundles
+# (model.keras only) still load and label, on Keras.
+FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
+TFLITE_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
 SPLIT_FILE = "split.json"
+# The manifest's description of model.tflite.
+TFLITE_ENTRY = {"file": TFLITE_FILE, "input": "uint8 RGB pixels, 0-255 (N, size, size, 3)",
+                "output": "class probabilities (N, classes)", "quantization": "none (float32)"}
 REPORT_FILE = "report.png"
 
 
@@ -50,15 +58,20 @@ def save_bundle(
     split: dict[str, list[str]],
     write_report: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Writes the bundle into a temporary sibling folder, then renames it to `output`.
+    """Writes the bundle (the Keras model and its LiteRT conversion) into a temporary sibling
+    folder, then renames it to `output`; fills the manifest's "models".
 
     A reader sees the old bundle or the new one, never a half-written one.
     """
+    from models.litert import to_tflite
+
     output = Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
         model.save(staging / MODEL_FILE)
+        (staging / TFLITE_FILE).write_bytes(to_tflite(model))
+        manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
         (staging / LABELS_FILE).write_text("".join(f"{name}\n" for name in manifest["class_names"]))
         (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
         if write_report is not None:
@@ -84,6 +97,26 @@ def _replace_folder(staging: Path, output: Path) -> None:
     os.replace(output, retired)
     os.replace(staging, output)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def keras_model_file(bundle: Path, manifest: dict[str, Any]) -> Path | None:
+    """The bundle's Keras model file, or None for a bundle without one (an imported graph)."""
+    models = manifest.get("models")
+    name = models.get("keras") if isinstance(models, dict) else MODEL_FILE
+    return bundle / name if name and (bundle / name).is_file() else None
+
+
+def add_tflite(bundle: Path, tflite: bytes) -> None:
+    """Adds (or replaces) model.tflite in an existing bundle and lists it in the manifest, each
+    file renamed into place; the manifest's format version becomes the current one."""
+    from models.atomic import write_atomically, write_text_atomically
+
+    manifest = read_manifest(bundle)
+    write_atomically(bundle / TFLITE_FILE, lambda handle: handle.write(tflite))
+    manifest["format_version"] = FORMAT_VERSION
+    models = manifest.get("models") if isinstance(manifest.get("models"), dict) else None
+    manifest["models"] = {**(models or {"keras": MODEL_FILE}), "tflite": TFLITE_ENTRY}
+    write_text_atomically(bundle / MANIFEST_FILE, json.dumps(manifest, indent=2))
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:

@@ -55,3 +55,7 @@ class JobNotFoundError(FlowersError):
 
 class JobFailedError(FlowersError):
     """Raised when a job ends in failure on a worker."""
+
+
+class ExportError(FlowersError):
+    """Raised when a bundle cannot be converted or exported in the format asked for."""

@@ -1,8 +1,8 @@
 """Photo paths and a loaded bundle in, each photo's top-k labels with confidences out.
 
-The network runs once per batch. Photos are decoded one batch ahead by a thread pool, or between
-batches when the network has one thread (see `batching.decode_threads`). A photo that cannot be
-read gets a row with its reason and no labels; the others go on.
+The runner (models.runners) gets one batch at a time. Photos are decoded one batch ahead by a
+thread pool, or between batches when the network has one thread (see `batching.decode_threads`).
+A photo that cannot be read gets a row with its reason and no labels; the others go on.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
-# Photos per network call when labelling. TensorFlow keeps the activation memory of the largest
-# batch it has run: 16 keeps a MobileNetV2 worker process near 0.93 GB (64: 1.7 GB) and was
-# faster on two cores as well (bench/results-issue3.txt).
+# Photos decoded per group and handed to the runner at once. For Keras it is also the network's
+# batch: TensorFlow keeps the activation memory of the largest batch it has run, and 16 kept a
+# MobileNetV2 worker process near 0.93 GB (64: 1.7 GB) and was faster on two cores as well
+# (bench/results-issue3.txt). LiteRT runs its own batch size inside (models.runners).
 LABEL_BATCH_SIZE = 16
 
 
@@ -46,20 +47,6 @@ def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tup
 
 
 Guard = Callable[[Path], str | None]
-
-
-def run_padded(runner: Runner, pixels: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """The network's outputs for `pixels`, run as one batch of exactly `batch_size` (zeros fill a
-    short one).
-
-    TensorFlow keeps working memory for every batch shape it has run: short batches (a job's
-    last, or one with unreadable photos) of varying sizes made a worker grow by 50 MB.
-    """
-    batch = np.stack(pixels)
-    if len(batch) < batch_size:
-        batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]),
-                                                dtype=batch.dtype)])
-    return runner(batch)[:len(pixels)]
 
 
 def _load(path: Path, size: int, guard: Guard | None = None) -> np.ndarray | str:
@@ -97,7 +84,7 @@ def label_photos(
         )
         for batch in batches:
             decoded = [item for _, item in batch if isinstance(item, np.ndarray)]
-            outputs = run_padded(runner, decoded, batch_size) if decoded else None
+            outputs = runner(np.stack(decoded)) if decoded else None
             row = 0
             for path, item in batch:
                 if isinstance(item, str):

@@ -21,7 +21,7 @@ def test_retrain_writes_a_self_describing_bundle(
 ) -> None:
     path, summary = trained_bundle
     assert sorted(p.name for p in path.iterdir()) == [
-        "labels.txt", "manifest.json", "model.keras", "report.png", "split.json"]
+        "labels.txt", "manifest.json", "model.keras", "model.tflite", "report.png", "split.json"]
     assert (path / "labels.txt").read_text() == "daisy\nroses\ntulips\n"
     manifest = read_manifest(path)
     assert manifest["architecture"] == SMALL_NETWORK

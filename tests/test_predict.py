@@ -39,9 +39,9 @@ def test_rows_keep_input_order_with_errors_in_place(
     assert rows[1].error.startswith("not an image") and rows[1].labels == []
     assert "not found" in rows[-1].error
     assert rows[0].labels == [("y", 0.7), ("x", 0.2), ("z", 0.1)]
-    # Batches: [0, broken, 1] (two photos, padded to 3), [2, 3, 4], [gone] (no photo, no call):
-    # every call runs a whole batch, so the network sees one shape.
-    assert seen_batches == [3, 3]
+    # Batches: [0, broken, 1] (two photos: padding is the runner's business), [2, 3, 4], [gone]
+    # (no photo, no call).
+    assert seen_batches == [2, 3]
 
 
 def test_a_single_threaded_network_decodes_between_its_batches(
@@ -53,3 +53,4 @@ def test_a_single_threaded_network_decodes_between_its_batches(
     assert batching.decode_threads() == 2
     monkeypatch.setattr(runtime, "_configured_threads", 2)
     assert batching.decode_threads() == 1
+    assert batching.decode_threads(network_threads=1) == 0  # a LiteRT process on one thread

@@ -2,6 +2,7 @@
 
 The key is the bundle's resolved path and its manifest's `bundle_id`, so a bundle retrained in
 place is loaded afresh, and two jobs with two bundles can share the same workers.
+Which backend runs a bundle (LiteRT or Keras) is `models.runners`' choice, from the manifest.
 Created lazily inside the worker process, after the fork.
 """
 
@@ -15,7 +16,8 @@ from functools import cache
 from pathlib import Path
 
 from models.bundle import decoding_mismatch, read_manifest
-from models.predict import Runner
+from models.predict import LABEL_BATCH_SIZE
+from models.runners import Runner, open_runner
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,15 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Keeps up to `capacity` bundles in memory; counts loads (one per bundle per process)."""
+    """Keeps up to `capacity` bundles in memory; counts loads (one per bundle per process).
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    `runtime` and `threads`: what every bundle is run on here (see `models.runners`).
+    """
+
+    def __init__(self, runtime: str = "litert", threads: int = 1,
+                 capacity: int = CAPACITY) -> None:
+        self.runtime = runtime
+        self.threads = threads
         self.capacity = capacity
         self.entries: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self.loads = 0
@@ -47,14 +55,12 @@ class ModelCache:
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        from models.bundle import load_bundle
-        from models.networks import batch_runner
-
-        loaded = load_bundle(path)
-        model = LoadedModel(key[1], loaded.class_names, loaded.input_size,
-                            batch_runner(loaded.model))
+        run = open_runner(path, manifest, self.runtime, self.threads, LABEL_BATCH_SIZE)
+        model = LoadedModel(key[1], list(manifest["class_names"]),
+                            int(manifest["input_size"][0]), run)
         self.loads += 1
-        log.info("process %d loaded bundle %s (%s)", os.getpid(), path, key[1])
+        log.info("process %d loaded bundle %s (%s) on %s", os.getpid(), path, key[1],
+                 getattr(run, "runtime", "?"))
         if warning := decoding_mismatch(path, manifest):
             log.warning(warning)
         self.entries[key] = model
@@ -65,5 +71,7 @@ class ModelCache:
 
 @cache
 def model_cache() -> ModelCache:
-    """This process's cache."""
-    return ModelCache()
+    """This process's cache, running bundles on the runtime and threads of the settings."""
+    from worker.app import settings
+
+    return ModelCache(settings.runtime, settings.threads_per_process())

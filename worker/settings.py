@@ -9,6 +9,8 @@ FLOWERS_VISIBILITY_TIMEOUT  seconds before Redis hands an unacknowledged task to
 FLOWERS_WORKER_CONCURRENCY  processes of `flowers worker` (0: one per core this process may use)
 FLOWERS_TF_THREADS          TensorFlow threads per worker process (0: cores / processes)
 FLOWERS_QUEUE               the Celery queue tasks go to (flowers)
+FLOWERS_RUNTIME             what labelling runs a bundle on: litert (default: model.tflite,
+                            no TensorFlow in the process) or keras (model.keras)
 FLOWERS_ALLOWED_ROOTS       folders (separated by ':') that tasks may read and write; a task
                             naming anything else is refused (unset: no confinement)
 """
@@ -20,6 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+# What labelling can run a bundle on (models.runners.RUNTIMES, repeated so that reading the
+# settings imports nothing of the pipeline).
+RUNTIMES = ("litert", "keras")
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,16 @@ class Settings:
     worker_concurrency: int = 0
     tf_threads: int = 0
     queue: str = "flowers"
+    runtime: str = "litert"
     allowed_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         weights_dir = env.get("FLOWERS_WEIGHTS_DIR")
+        runtime = (env.get("FLOWERS_RUNTIME") or "litert").lower()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"FLOWERS_RUNTIME={runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         return cls(
             broker_url=env.get("FLOWERS_BROKER_URL") or None,
             home=Path(env.get("FLOWERS_HOME") or Path.home() / ".flowers").expanduser(),
@@ -47,6 +57,7 @@ class Settings:
             worker_concurrency=int(env.get("FLOWERS_WORKER_CONCURRENCY") or 0),
             tf_threads=int(env.get("FLOWERS_TF_THREADS") or 0),
             queue=env.get("FLOWERS_QUEUE") or "flowers",
+            runtime=runtime,
             allowed_roots=tuple(
                 Path(root).expanduser().resolve()
                 for root in (env.get("FLOWERS_ALLOWED_ROOTS") or "").split(os.pathsep)
@@ -59,7 +70,8 @@ class Settings:
         return self.worker_concurrency if self.worker_concurrency > 0 else usable_cores()
 
     def threads_per_process(self) -> int:
-        """TensorFlow threads for one worker process, so processes share the cores evenly."""
+        """Network threads (LiteRT's or TensorFlow's) for one worker process, so processes
+        share the cores evenly."""
         if self.tf_threads > 0:
             return self.tf_threads
         return max(1, usable_cores() // self.processes())

@@ -1,14 +1,18 @@
 """Thin Celery tasks: JSON in (paths, names, numbers), job records out; the pipeline does the work.
 
-The pipeline (and so TensorFlow) is imported inside each worker process after the prefork pool
-has forked: a new pool process starts importing it in a background thread, so a task that comes
-later finds it ready and one that comes sooner waits for that import, not for a second one.
+A pool process that labels never imports TensorFlow: it runs bundles on LiteRT
+(`models.runners`), and a new pool process imports LiteRT and the decoder in a background thread
+as it starts, so its first chunk finds them ready. TensorFlow comes in only with the Keras
+runtime (FLOWERS_RUNTIME=keras, or a bundle without model.tflite). Training runs in a process of
+its own that the retrain task starts and waits for (`worker.train_process`), so its TensorFlow
+memory is gone when it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from functools import cache
@@ -19,14 +23,13 @@ from celery.signals import worker_process_init
 
 from models.errors import FlowersError
 from models.predict import LABEL_BATCH_SIZE
-from worker import results
+from worker import results, train_process
 from worker.app import app, settings
 from worker.confine import check_allowed, photo_guard
 from worker.jobs import (
     FINAL_STATES,
     FINISH_CLAIM_SECONDS,
     JobStore,
-    ProgressReporter,
     patient_client,
 )
 
@@ -39,18 +42,18 @@ def job_store() -> JobStore:
     return JobStore(patient_client(app.conf.broker_url))
 
 
-def _prepare_process() -> None:
-    from models.runtime import configure_tensorflow
-
-    configure_tensorflow(settings.threads_per_process())
-
-
 def _warm_up() -> None:
     try:
-        _prepare_process()
-        import keras  # noqa: F401 - loading a bundle needs it; the import takes a second
+        import models.predict  # noqa: F401 - the decoder and Pillow
+        if settings.runtime == "keras":
+            from models.runtime import configure_tensorflow
+
+            configure_tensorflow(settings.threads_per_process())
+            import keras  # noqa: F401 - loading a bundle needs it; the import takes a second
+        else:
+            import ai_edge_litert.interpreter  # noqa: F401
     except Exception:  # a task importing the same thing reports the problem properly
-        log.exception("process %d could not import TensorFlow ahead of its tasks", os.getpid())
+        log.exception("process %d could not import its runtime ahead of its tasks", os.getpid())
 
 
 @worker_process_init.connect
@@ -61,38 +64,24 @@ def _start_warm_up(**_: Any) -> None:
 
 @app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
 def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Retrains a head on a photo folder and writes the bundle; see `models.retrain`."""
+    """Retrains a head on a photo folder and writes the bundle, in a process of its own (see
+    `worker.train_process`); returns the summary."""
     job_id = self.request.id
     store = job_store()
     store.update(job_id, state="running", phase="starting", worker=self.request.hostname or "",
                  pid=os.getpid(), started=time.time())
-    try:
-        _prepare_process()
-        from models.retrain import RetrainRequest
-        from models.retrain import retrain as run_retrain
-
-        retrain_request = RetrainRequest.from_dict(request)
-        roots = settings.allowed_roots
-        check_allowed(retrain_request.photo_dir, roots, "photo folder")
-        check_allowed(retrain_request.output or settings.home, roots, "bundle output")
-        if retrain_request.summaries_dir:
-            check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
-        if retrain_request.weights not in ("imagenet", "none"):
-            check_allowed(retrain_request.weights, roots, "weights file")
-        summary = run_retrain(
-            retrain_request, settings.home, settings.weights_dir,
-            progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
-        )
-    except FlowersError as exc:
-        log.error("job %s failed: %s", job_id, exc)
-        store.fail(job_id, exc)
-        return {"error": str(exc)}
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        store.fail(job_id, exc)
-        raise
-    store.update(job_id, state="succeeded", phase="done", result=summary)
-    return summary
+    process = train_process.start(job_id, request, app.conf.broker_url)
+    code = process.wait()
+    record = store.get(job_id)
+    if code in (0, 1) and record.get("state") in FINAL_STATES:
+        return dict(record.get("result") or {"error": record.get("message", "")})
+    how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+           else f"exited with code {code}")
+    message = (f"the training process {how} (out of memory?); see the worker's log, "
+               "then run the same command again: cached bottlenecks are reused")
+    log.error("job %s: %s", job_id, message)
+    store.fail(job_id, FlowersError(message))
+    return {"error": message}
 
 
 @app.task(name="flowers.label_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -116,7 +105,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": True}
     store.start(job_id, phase="labelling", worker=self.request.hostname or "")
     try:
-        _prepare_process()
+        from models.batching import decode_threads
         from models.predict import label_photos
         from worker.model_cache import model_cache
 
@@ -130,7 +119,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
                 (root / name for name in names), model.run, model.class_names,
                 model.input_size, k,
                 batch_size=int(chunk.get("batch_size") or LABEL_BATCH_SIZE),
-                guard=photo_guard(roots),
+                threads=decode_threads(cache.threads), guard=photo_guard(roots),
             ), strict=True)
         ]
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)

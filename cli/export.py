@@ -1,0 +1,53 @@
+"""`flowers export BUNDLE --format tflite|saved_model --output PATH`: the bundle for phones
+(LiteRT, with labels.txt) or servers (a SavedModel for TF Serving); `--in-place` adds
+model.tflite to a bundle made before bundles carried one. Runs here, with TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.context import CliContext
+from models.bundle import read_manifest
+from models.errors import UsageError
+from models.export import FORMATS
+from models.litert import QUANTIZATIONS
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="tflite", show_default=True)
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
+              help="tflite only: float16 halves the file; int8 quarters it, calibrated on the "
+                   "bundle's own training photos.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Folder to create (it must not exist).")
+@click.option("--photos", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the bundle's training photos are now, if they moved (int8).")
+@click.option("--in-place", is_flag=True,
+              help="Add the float32 model.tflite to BUNDLE itself, so labelling runs on LiteRT.")
+@click.pass_obj
+def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output: Path | None,
+           photos: Path | None, in_place: bool) -> None:
+    """Export BUNDLE as a LiteRT model or a TensorFlow SavedModel."""
+    read_manifest(bundle)  # a clear error before TensorFlow starts
+    if in_place:
+        if output is not None or quantize or fmt != "tflite":
+            raise UsageError("--in-place adds the float32 model.tflite to the bundle: it takes "
+                             "no --output, --quantize or --format other than tflite")
+    elif output is None:
+        raise UsageError("flowers export needs --output PATH (or --in-place)")
+    elif output.exists():
+        raise UsageError(f"{output} exists: choose another --output or remove it")
+    from models.export import add_fast_model, export_bundle
+    from models.runtime import configure_tensorflow
+
+    configure_tensorflow(obj.settings.threads_per_process())
+    if in_place:
+        click.echo(f"added {add_fast_model(bundle)}")
+        return
+    assert output is not None
+    written = export_bundle(bundle, fmt, output, quantize, photos)
+    size = sum(path.stat().st_size for path in written.rglob("*") if path.is_file())
+    click.echo(f"wrote {written} ({size / 1e6:.1f} MB)")

@@ -1,0 +1,149 @@
+"""A bundle in, a model for phones or servers out: a LiteRT folder or a TensorFlow SavedModel.
+
+    export_bundle(bundle, "tflite", output)            OUTPUT/model.tflite + OUTPUT/labels.txt
+    export_bundle(bundle, "tflite", output, "int8")    the same, quantized
+    export_bundle(bundle, "saved_model", output)       OUTPUT/ for tf.saved_model.load and TF
+                                                       Serving, labels in OUTPUT/assets
+    add_fast_model(bundle)                             model.tflite added to an older bundle
+
+Every form takes uint8 RGB pixels (N, size, size, 3), 0-255, as decoded, and gives class
+probabilities: the network's scaling is inside. The SavedModel's `serving_default` signature
+also returns the class names. The labels are a `labels.txt` beside the .tflite (what the
+codelab's Android and iOS samples read), not TFLite metadata: the one library that writes that
+metadata (tflite-support) has had no release since 2023. An output is written in a temporary
+sibling folder and renamed into place; one that exists is refused. Needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, load_bundle, read_manifest
+from models.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("tflite", "saved_model")
+# Training photos that calibrate an int8 model: enough to settle every activation's range.
+REPRESENTATIVE_PHOTOS = 200
+
+
+def representative_photos(bundle: Path, manifest: dict[str, Any],
+                          photos: Path | None = None,
+                          count: int = REPRESENTATIVE_PHOTOS) -> list[Path]:
+    """Up to `count` of the bundle's training photos, spread over its classes (round robin);
+    raises `ExportError` naming what is missing."""
+    root = Path(photos or manifest.get("photo_dir") or "")
+    try:
+        training = json.loads((bundle / SPLIT_FILE).read_text())["training"]
+    except (OSError, ValueError, KeyError):
+        raise ExportError(f"int8 needs the bundle's training photos, but {bundle / SPLIT_FILE} "
+                          "is missing or unreadable: export float16 instead") from None
+    found = [root / name for name in training if (root / name).is_file()]
+    if not found:
+        raise ExportError(
+            f"int8 needs the bundle's training photos, and none of the {len(training)} listed "
+            f"in {bundle / SPLIT_FILE} is under {root}: pass --photos PHOTO_DIR"
+        )
+    by_class: dict[str, list[Path]] = {}
+    for path in found:
+        by_class.setdefault(path.parent.name, []).append(path)
+    chosen: list[Path] = []
+    while len(chosen) < count and any(by_class.values()):
+        for paths in by_class.values():
+            if paths and len(chosen) < count:
+                chosen.append(paths.pop(0))
+    return chosen
+
+
+def _batches(paths: list[Path], size: int) -> Iterator[np.ndarray]:
+    from models.decode import load_image
+    from models.errors import ImageDecodeError
+
+    for path in paths:
+        try:
+            yield load_image(path, size)[None]
+        except ImageDecodeError as exc:
+            log.warning("not calibrating on %s: %s", path, exc.reason)
+
+
+def _staged(output: Path) -> Path:
+    if output.exists():
+        raise ExportError(f"{output} exists: choose another --output or remove it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+
+
+def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = None,
+                  photos: Path | None = None) -> Path:
+    """Writes `bundle` as `fmt` to the folder `output` (see the module docstring)."""
+    from models.litert import to_tflite
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if quantize and fmt != "tflite":
+        raise ExportError(f"--quantize applies to tflite only, not {fmt}")
+    bundle = Path(bundle).resolve()
+    output = Path(output).resolve()
+    manifest = read_manifest(bundle)
+    representative = None
+    if quantize == "int8":
+        paths = representative_photos(bundle, manifest, photos)
+        representative = _batches(paths, int(manifest["input_size"][0]))
+    staging = _staged(output)
+    try:
+        loaded = load_bundle(bundle)
+        if fmt == "tflite":
+            (staging / TFLITE_FILE).write_bytes(to_tflite(loaded.model, quantize, representative))
+            shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
+        else:
+            _write_saved_model(loaded.model, loaded.class_names, staging)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %s as %s to %s", bundle, fmt, output)
+    return output
+
+
+def _write_saved_model(model: Any, class_names: list[str], folder: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    size = int(model.input_shape[1])
+    names = tf.constant(class_names)
+
+    def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = model(tf.cast(pixels, tf.float32), training=False)
+        # One row of names per photo: TF Serving's row format wants a batch dimension.
+        classes = tf.tile(names[None], [tf.shape(pixels)[0], 1])
+        return {"probabilities": probabilities, "classes": classes}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default", fn=serve,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")],
+    )
+    archive.write_out(str(folder), verbose=False)
+    (folder / "assets").mkdir(exist_ok=True)
+    (folder / "assets" / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
+
+
+def add_fast_model(bundle: Path) -> Path:
+    """Converts an existing bundle's Keras model and adds it as model.tflite (see
+    `bundle.add_tflite`); returns the file."""
+    from models.bundle import add_tflite
+    from models.litert import to_tflite
+
+    bundle = Path(bundle).resolve()
+    add_tflite(bundle, to_tflite(load_bundle(bundle).model))
+    return bundle / TFLITE_FILE

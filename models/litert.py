@@ -1,0 +1,74 @@
+"""A Keras model in, a LiteRT (.tflite) flatbuffer out: uint8 RGB pixels in, the model's outputs
+out, builtin ops only.
+
+The converted model takes the pixels as uint8 and casts them itself, so a caller (a worker, a
+phone) hands over the decoded photo unchanged and the network's own scaling stays inside the
+model. The batch dimension is left open: a runner fixes it once when it allocates.
+
+`quantize`: None (float32), "float16" (weights stored as float16: half the file, float
+arithmetic) or "int8" (weights and activations as int8, calibrated on `representative`
+batches of real photos; input stays uint8 pixels and output float probabilities).
+Needs TensorFlow: only `flowers train` and `flowers export` call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.errors import ExportError
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("float16", "int8")
+
+
+def uint8_model(model: keras.Model) -> keras.Model:
+    """`model` behind a uint8 (None, size, size, 3) input that it casts to float itself: the
+    one input every exported form (LiteRT, SavedModel) takes."""
+    import keras
+
+    size = int(model.input_shape[1])
+    pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
+    return keras.Model(pixels, model(keras.ops.cast(pixels, "float32")), name="flowers_uint8")
+
+
+def to_tflite(
+    model: keras.Model,
+    quantize: str | None = None,
+    representative: Iterable[np.ndarray] | None = None,
+) -> bytes:
+    """The LiteRT flatbuffer of `model` (see the module docstring); raises `ExportError`."""
+    import tensorflow as tf
+
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ExportError(f"unknown quantization {quantize!r}; choose one of: "
+                          f"{', '.join(QUANTIZATIONS)}")
+    # from_keras_model freezes Keras 3's variables into the flatbuffer; a concrete function
+    # of a tf.function calling the model does not (its weights come out missing).
+    converter = tf.lite.TFLiteConverter.from_keras_model(uint8_model(model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if representative is None:
+            raise ExportError("int8 quantization needs representative photos")
+        batches = list(representative)
+        if not batches:
+            raise ExportError("int8 quantization needs representative photos; none were given")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([batch] for batch in batches)
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:  # the converter raises its own ConverterError and plain ones
+        raise ExportError(
+            f"cannot convert the model to LiteRT ({type(exc).__name__}: {exc}); "
+            "label with FLOWERS_RUNTIME=keras"
+        ) from None

@@ -1,0 +1,175 @@
+"""A bundle folder and a runtime name in, a runner out: uint8 pixel batches in, probabilities out.
+
+    runner = open_runner(bundle, manifest, runtime="litert", threads=1)
+    probabilities = runner(pixels)      # (N, size, size, 3) uint8 -> (N, classes) float32
+
+Two backends, chosen from the bundle's manifest and the runtime asked for:
+- "litert" (default): the bundle's model.tflite in LiteRT's interpreter with the XNNPACK
+  delegate. Its input shape is fixed once at `batch_size` (XNNPACK plans memory per shape);
+  longer batches run in slices and a short one is padded. Imports no TensorFlow.
+- "keras": the bundle's model.keras through one traced `tf.function`, batches padded to a
+  fixed size for the same reason. Imports TensorFlow.
+A bundle without model.tflite (made before bundles carried one), or a platform without LiteRT,
+runs on Keras with one warning that says how to get the fast model. Nothing above this module
+knows which backend runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import BundleError, UsageError
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+RUNTIMES = ("litert", "keras")
+DEFAULT_RUNTIME = "litert"
+
+# Photos per interpreter call. On two cores, one thread per process, a MobileNetV2 photo took
+# 3.8 ms at batch 1 against 5.6 at 16 (bench/label_throughput.py --part runtime): XNNPACK's
+# working set for one photo stays in cache. Keras is the other way round (batches amortise
+# its per-call cost), see models.predict.LABEL_BATCH_SIZE.
+LITERT_BATCH_SIZE = 1
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def pad_to(batch: np.ndarray, size: int) -> np.ndarray:
+    """`batch` with zero photos appended up to `size` rows."""
+    if len(batch) >= size:
+        return batch
+    padding = np.zeros((size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
+    return np.concatenate([batch, padding])
+
+
+class LiteRTRunner:
+    """A .tflite model in LiteRT's interpreter, allocated once for `batch_size` photos."""
+
+    runtime = "litert"
+
+    def __init__(self, model_path: Path, batch_size: int = LITERT_BATCH_SIZE,
+                 threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.batch_size = batch_size
+        try:
+            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"cannot load {model_path} ({exc}): re-export it with "
+                              "flowers export BUNDLE --format tflite --in-place") from None
+        (given,) = self.interpreter.get_input_details()
+        (taken,) = self.interpreter.get_output_details()
+        self.input_size = int(given["shape"][1])
+        self.interpreter.resize_tensor_input(
+            given["index"], [batch_size, self.input_size, self.input_size, 3], strict=True
+        )
+        self.interpreter.allocate_tensors()
+        self.input_index = int(given["index"])
+        self.output_index = int(taken["index"])
+        self.input_dtype = given["dtype"]
+        self.classes = int(taken["shape"][-1])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outputs = np.empty((len(batch), self.classes), dtype=np.float32)
+        invoke = self.interpreter.invoke
+        for start in range(0, len(batch), self.batch_size):
+            piece = batch[start:start + self.batch_size]
+            self.interpreter.set_tensor(
+                self.input_index, pad_to(piece, self.batch_size).astype(self.input_dtype,
+                                                                         copy=False))
+            invoke()
+            outputs[start:start + len(piece)] = self.interpreter.get_tensor(
+                self.output_index)[:len(piece)]
+        return outputs
+
+
+class KerasRunner:
+    """A Keras model through one traced graph, every call padded to `batch_size` photos.
+
+    TensorFlow keeps working memory for every batch shape it has run: short batches of varying
+    sizes made a worker grow by 50 MB, so every call runs the same shape.
+    """
+
+    runtime = "keras"
+
+    def __init__(self, model: Any, batch_size: int) -> None:
+        from models.networks import batch_runner
+
+        self.batch_size = batch_size
+        self.run = batch_runner(model)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            piece = batch[start:start + self.batch_size]
+            outputs.append(self.run(pad_to(piece, self.batch_size))[:len(piece)])
+        return np.concatenate(outputs)
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """Which backend will run a bundle, and the warning to log when it is not the one asked."""
+
+    runtime: str
+    warning: str | None = None
+
+
+def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> RunnerChoice:
+    """The backend for `bundle` given the runtime asked for (see the module docstring)."""
+    from models.bundle import TFLITE_FILE, keras_model_file
+
+    check_runtime(runtime)
+    has_keras = keras_model_file(bundle, manifest) is not None
+    if runtime == "keras" and has_keras:
+        return RunnerChoice("keras")
+    tflite = bundle / TFLITE_FILE
+    if not tflite.is_file():
+        if not has_keras:
+            raise BundleError(f"{bundle} has neither {TFLITE_FILE} nor a Keras model: "
+                              "retrain or re-import it")
+        return RunnerChoice("keras", f"{bundle} has no {TFLITE_FILE} (made before bundles "
+                            "carried one), so it runs on Keras, about 2x slower: add it with "
+                            f"`flowers export {bundle} --format tflite --in-place`")
+    if runtime == "keras":
+        return RunnerChoice("litert", f"{bundle} has no Keras model (an imported bundle): "
+                            "it runs on LiteRT")
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        if not has_keras:
+            raise BundleError(f"{bundle} needs LiteRT, which is not installed here: "
+                              "pip install ai-edge-litert")
+        return RunnerChoice("keras", "LiteRT is not installed here: labelling with Keras, "
+                            "about 2x slower; pip install ai-edge-litert")
+    return RunnerChoice("litert")
+
+
+def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: int,
+                keras_batch_size: int, quiet: bool = False) -> Runner:
+    """A runner for the bundle; logs a warning when it runs on another backend than asked
+    (unless `quiet`: the caller has shown `choose_runtime`'s warning itself)."""
+    from models.bundle import TFLITE_FILE, load_bundle
+
+    choice = choose_runtime(bundle, manifest, runtime)
+    if choice.warning and not quiet:
+        log.warning(choice.warning)
+    if choice.runtime == "litert":
+        runner = LiteRTRunner(bundle / TFLITE_FILE, threads=threads)
+        if runner.classes != len(manifest["class_names"]):
+            raise BundleError(f"{bundle / TFLITE_FILE} has {runner.classes} outputs but the "
+                              f"manifest names {len(manifest['class_names'])} classes")
+        return runner
+    from models.runtime import configure_tensorflow
+
+    configure_tensorflow(threads)
+    return KerasRunner(load_bundle(bundle).model, keras_batch_size)

@@ -1,0 +1,170 @@
+"""LiteRT and Keras runners on a real bundle and real photos; the choice between them; export.
+
+The LiteRT rows must be the Keras rows (probabilities within 1e-5, the same labels), in-process
+and through `label-dir` with real workers; a labelling pool process must never map TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.bundle import FORMAT_VERSION, MANIFEST_FILE, TFLITE_FILE, load_bundle, read_manifest
+from models.decode import load_image
+from models.errors import BundleError, UsageError
+from models.runners import KerasRunner, LiteRTRunner, check_runtime, choose_runtime, pad_to
+from tests.conftest import WorkerFactory, flowers_env, run_flowers
+from tests.test_label_queue import read_csv
+
+pytestmark = pytest.mark.model
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def pixels(flower_photos: Path) -> np.ndarray:
+    """Real photos of every class, decoded for the small network (224 px)."""
+    paths = [photo for name in ("daisy", "dandelion", "roses", "sunflowers", "tulips")
+             for photo in sorted((flower_photos / name).iterdir())[-4:]]
+    return np.stack([load_image(path, 224) for path in paths])
+
+
+def old_format_copy(bundle: Path, target: Path) -> Path:
+    """`bundle` as a format-1 bundle: no model.tflite, no "models" in the manifest."""
+    shutil.copytree(bundle, target)
+    (target / TFLITE_FILE).unlink()
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 1
+    del manifest["models"]
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return target
+
+
+def test_litert_gives_the_keras_probabilities(
+    trained_bundle: tuple[Path, Any], pixels: np.ndarray
+) -> None:
+    bundle, _ = trained_bundle
+    keras_out = KerasRunner(load_bundle(bundle).model, 16)(pixels)
+    litert_out = LiteRTRunner(bundle / TFLITE_FILE)(pixels)
+    assert litert_out.shape == keras_out.shape == (len(pixels), 3)
+    assert np.abs(litert_out - keras_out).max() < TOLERANCE
+    assert (litert_out.argmax(1) == keras_out.argmax(1)).all()
+    assert not np.allclose(litert_out[0], litert_out[-1], atol=1e-3), "photos must differ"
+
+
+def test_runners_slice_long_batches_and_pad_short_ones(
+    trained_bundle: tuple[Path, Any], pixels: np.ndarray
+) -> None:
+    bundle, _ = trained_bundle
+    one_at_a_time = LiteRTRunner(bundle / TFLITE_FILE, batch_size=1)(pixels)
+    fours = LiteRTRunner(bundle / TFLITE_FILE, batch_size=4)
+    assert np.abs(fours(pixels[:6]) - one_at_a_time[:6]).max() < TOLERANCE  # 4 + 2 padded
+    assert pad_to(pixels[:3], 4).shape[0] == 4 and not pad_to(pixels[:3], 4)[3].any()
+    keras_runner = KerasRunner(load_bundle(bundle).model, 8)
+    assert np.abs(keras_runner(pixels[:11]) - one_at_a_time[:11]).max() < TOLERANCE
+
+
+def test_bundles_carry_the_fast_model_and_choose_litert(trained_bundle: tuple[Path, Any]) -> None:
+    bundle, _ = trained_bundle
+    manifest = read_manifest(bundle)
+    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["models"]["tflite"]["file"] == TFLITE_FILE
+    assert choose_runtime(bundle, manifest, "litert").runtime == "litert"
+    assert choose_runtime(bundle, manifest, "keras").runtime == "keras"
+    with pytest.raises(UsageError, match="choose one of: litert, keras"):
+        check_runtime("onnx")
+
+
+def test_an_old_bundle_labels_on_keras_with_a_note_until_exported_in_place(
+    trained_bundle: tuple[Path, Any], flower_photos: Path, tmp_path: Path
+) -> None:
+    bundle = old_format_copy(trained_bundle[0], tmp_path / "old")
+    choice = choose_runtime(bundle, read_manifest(bundle), "litert")
+    assert choice.runtime == "keras"
+    hint = f"flowers export {bundle} --format tflite --in-place"
+    assert choice.warning and hint in choice.warning
+    photo = str(sorted((flower_photos / "roses").iterdir())[0])
+    env = flowers_env(tmp_path / "home", None, None)
+    before = run_flowers("label", photo, "--model", str(bundle), env=env)
+    assert before.returncode == 0, before.stderr
+    assert "note:" in before.stderr and "--in-place" in before.stderr
+
+    added = run_flowers("export", str(bundle), "--in-place", env=env)
+    assert added.returncode == 0, added.stderr
+    manifest = read_manifest(bundle)
+    assert manifest["format_version"] == FORMAT_VERSION and "tflite" in manifest["models"]
+    assert choose_runtime(bundle, manifest, "litert").runtime == "litert"
+    after = run_flowers("label", photo, "--model", str(bundle), env=env)
+    assert after.returncode == 0 and "note:" not in after.stderr, after.stderr
+    # The same top labels, confidences within the printed 6 decimals' rounding.
+    first, second = before.stdout.split(), after.stdout.split()
+    assert first[1::2] == second[1::2]
+    assert all(abs(float(a) - float(b)) <= 2e-6 for a, b in zip(first[2::2], second[2::2],
+                                                                 strict=True))
+
+
+def test_a_bundle_with_neither_model_is_refused(
+    trained_bundle: tuple[Path, Any], tmp_path: Path
+) -> None:
+    bundle = old_format_copy(trained_bundle[0], tmp_path / "empty")
+    (bundle / "model.keras").unlink()
+    with pytest.raises(BundleError, match=r"neither model\.tflite nor a Keras model"):
+        choose_runtime(bundle, read_manifest(bundle), "litert")
+
+
+def tensorflow_mapped(pid: int) -> bool:
+    """Whether process `pid` has TensorFlow's shared libraries in its memory."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "libtensorflow" in maps or "_pywrap_tensorflow" in maps
+
+
+@pytest.mark.queue
+def test_label_dir_rows_on_litert_equal_keras_rows_and_no_tensorflow_is_loaded(
+    redis_url: str, start_workers: WorkerFactory, photo_subset: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    bundle, _ = trained_bundle
+    outputs = {}
+    for runtime in ("litert", "keras"):
+        worker = start_workers(1, FLOWERS_RUNTIME=runtime, FLOWERS_QUEUE=runtime)
+        env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUE": runtime}
+        outputs[runtime] = tmp_path / f"{runtime}.csv"
+        result = run_flowers("label-dir", str(photo_subset), "--model", str(bundle),
+                             "--output", str(outputs[runtime]), "--chunk-size", "16", env=env)
+        assert result.returncode == 0, result.stderr
+        (pool_pid,) = worker.pool_pids()
+        assert tensorflow_mapped(pool_pid) == (runtime == "keras")
+        assert f"on {runtime}" in worker.log()
+    litert_rows, keras_rows = (read_csv(outputs[name]) for name in ("litert", "keras"))
+    assert len(litert_rows) == len(keras_rows) == 1 + 76
+    for fast, reference in zip(litert_rows[1:], keras_rows[1:], strict=True):
+        assert fast[0] == reference[0] and fast[-1] == reference[-1]
+        assert fast[1:-1:2] == reference[1:-1:2], fast[0]  # the same labels, in order
+        for a, b in zip(fast[2:-1:2], reference[2:-1:2], strict=True):
+            assert (a == b == "") or abs(float(a) - float(b)) <= TOLERANCE + 1e-6
+
+
+@pytest.mark.queue
+def test_training_runs_in_its_own_process_and_leaves_the_pool_process_without_tensorflow(
+    redis_url: str, start_workers: WorkerFactory, photo_subset: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    worker = start_workers(1)
+    (pool_pid,) = worker.pool_pids()
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "bundle"
+    trained = run_flowers("train", str(photo_subset), "--output", str(output), "--architecture",
+                          "mobilenet_0.25_224", "--how-many-training-steps", "20", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert (output / TFLITE_FILE).is_file()
+    assert worker.pool_pids() == [pool_pid], "the pool process itself lives on"
+    assert not tensorflow_mapped(pool_pid)
+    labelled = run_flowers("label-dir", str(photo_subset), "--model", str(output), "--output",
+                           str(tmp_path / "labels.csv"), env=env)
+    assert labelled.returncode == 0, labelled.stderr
+    assert not tensorflow_mapped(pool_pid)

@@ -1,0 +1,103 @@
+"""A training job in a process of its own: `python -m worker.train_process JOB_ID` with the
+RetrainRequest as JSON on stdin; progress, failure and the summary go to the job's record.
+
+The `flowers.retrain` task starts this process and waits for it, so TensorFlow (a gigabyte and
+more once a network has trained) lives only as long as the training: the pool process that ran
+the task goes back to labelling with LiteRT, without TensorFlow in its memory. The process dies
+with the pool process that started it (Linux), so a killed worker leaves no orphan training and
+the task's redelivery is the only copy that runs.
+
+Exit codes: 0 trained (the record says succeeded), 1 failed with a reason (the record says
+failed), anything else a crash the task reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from models.errors import FlowersError
+from worker.confine import check_allowed, photo_guard
+from worker.jobs import JobStore, ProgressReporter, patient_client
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "FLOWERS_TRAIN_PARENT"
+
+
+def start(job_id: str, request: dict[str, Any], broker_url: str) -> subprocess.Popen[bytes]:
+    """Starts the training process for `job_id`; its logs go to this process's stderr."""
+    env = dict(os.environ, FLOWERS_BROKER_URL=broker_url, **{PARENT_ENV: str(os.getpid())})
+    process = subprocess.Popen([sys.executable, "-m", "worker.train_process", job_id],
+                               stdin=subprocess.PIPE, env=env)
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(request).encode())
+    process.stdin.close()
+    return process
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to SIGKILL this process when the one that started it dies."""
+    parent = int(os.environ.get(PARENT_ENV) or 0)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: an orphan finishes its training alone
+        return
+    if parent and os.getppid() != parent:  # the parent died before the request above
+        os._exit(3)
+
+
+def train(job_id: str, request: dict[str, Any], settings: Settings, store: JobStore) -> int:
+    """Runs the retraining of `request`, keeping the job's record; returns the exit code."""
+    try:
+        from models.retrain import RetrainRequest, retrain
+        from models.runtime import configure_tensorflow
+
+        configure_tensorflow(settings.threads_per_process())
+        retrain_request = RetrainRequest.from_dict(request)
+        roots = settings.allowed_roots
+        check_allowed(retrain_request.photo_dir, roots, "photo folder")
+        check_allowed(retrain_request.output or settings.home, roots, "bundle output")
+        if retrain_request.summaries_dir:
+            check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
+        if retrain_request.weights not in ("imagenet", "none"):
+            check_allowed(retrain_request.weights, roots, "weights file")
+        summary = retrain(
+            retrain_request, settings.home, settings.weights_dir,
+            progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
+        )
+    except FlowersError as exc:
+        log.error("job %s failed: %s", job_id, exc)
+        store.fail(job_id, exc)
+        return 1
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.fail(job_id, exc)
+        return 1
+    store.update(job_id, state="succeeded", phase="done", result=summary)
+    return 0
+
+
+def main() -> None:
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/train-"
+                        f"{os.getpid()}] %(name)s: %(message)s")
+    job_id = sys.argv[1]
+    request = json.loads(sys.stdin.read())
+    settings = Settings.from_env()
+    assert settings.broker_url is not None, "started by the retrain task with the broker URL"
+    store = JobStore(patient_client(settings.broker_url))
+    store.update(job_id, train_pid=os.getpid())
+    sys.exit(train(job_id, request, settings, store))
+
+
+if __name__ == "__main__":
+    main()
