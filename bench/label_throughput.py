@@ -1,32 +1,32 @@
-"""`flowers label-dir` speed: end to end through Redis and workers vs the model-only limit.
+"""`flowers label-dir` speed: end to end through Redis and workers vs the model-only limits of
+Keras and LiteRT.
 
 Measured side by side in one run, per architecture (MobileNetV2 224 with real weights; then
 InceptionV3 trained with `--weights none`, its weights not being available here), on the same
-bundle, batch size and number of processes P (default: one per usable core):
+bundle and number of processes P (default: one per usable core):
 
-a. model only: P spawned processes, each `configure_tensorflow(cores // P)`, `load_bundle`,
-   `batch_runner`, an equal share of the photos (within one) decoded beforehand, one warm-up
-   batch; they start together at a barrier; aggregate photos/s = all photos / (last end - first
-   start);
-b. pipeline, no queue: the same processes, right after (a) and again from a barrier, run what
-   a `flowers.label_chunk` task runs in-process (`label_photos` on each chunk of paths,
-   `format_row`, `write_part`), so (b) vs (a) is decoding and rows, (c) vs (b) the queue;
-c. end to end: a real redis-server and a fresh `flowers worker --concurrency P`, then
-   `flowers label-dir TREE --model BUNDLE --output OUT.csv` in a new process; TREE holds
-   `--photos-count` symlinks to the real photos (each photo at least twice). The time is the
-   job record's `updated - created` once it has succeeded (first enqueue to last row, merge
+a. Keras model only: P spawned processes, each `configure_tensorflow(cores // P)`,
+   `load_bundle`, `KerasRunner` at `--batch-size`, an equal share of the photos (within one)
+   decoded beforehand, one warm-up batch; they start together at a barrier; aggregate
+   photos/s = all photos / (last end - first start);
+b. LiteRT model only: the same processes and pixels, right after (a) and again from a barrier,
+   with the bundle's model.tflite in `LiteRTRunner` (what labelling runs now);
+c. decode + LiteRT, no queue: the same processes run what a `flowers.label_chunk` task runs
+   in-process (`label_photos` on each chunk of paths with the LiteRT runner, `format_row`,
+   `write_part`), so (c) vs (b) is decoding and rows, (d) vs (c) the queue;
+d. end to end: a real redis-server and a fresh `flowers worker --concurrency P` (LiteRT, the
+   default runtime), then `flowers label-dir TREE --model BUNDLE --output OUT.csv` in a new
+   process; TREE holds `--photos-count` symlinks to the real photos. The time is the job
+   record's `updated - created` once it has succeeded (first enqueue to last row, merge
    included) and also the CLI's wall time. Two variants on the same worker: cold (its pool
-   processes import TensorFlow and load the bundle inside the timed run) then warm (the cold
-   run loaded the bundle in every pool process, which the record's `loads:<pid>` confirms).
+   processes load the bundle inside the timed run) then warm (the cold run loaded the bundle in
+   every pool process, which the record's `loads:<pid>` confirms). The cold run also gives the
+   time from the worker's start to the first labelled row.
 
-(a), (b) and (c) alternate `--repeats` times, so a noisy machine slows them alike; the best of
-each is compared and the per-repeat ratios shown. Other tenants of a shared machine take cores
-from one leg and not the next, so each leg also prints its CPU seconds per photo (for (c): the
-worker's processes, Redis and the CLI) and the ratio of those, which such noise barely moves.
-When a ratio falls below the 0.90 target it prints where the time goes: CPU per photo of (a)
-and (b), decoding alone, task occupancy of the worker's processes rebuilt from its log, model
-load times, the final merge. `--what-if-batch-size N` adds a warm run with
-`label-dir --batch-size N` to each repeat (e.g. to weigh a smaller default against memory);
+Targets: d/a >= 1.8 and d/c >= 0.93 (warm). The legs alternate `--repeats` times, so a noisy
+machine slows them alike; the best of each is compared and the per-repeat ratios shown. Each
+leg also prints its CPU seconds per photo (for (d): the worker's processes, Redis and the CLI).
+`--what-if-batch-size N` adds a warm run with `label-dir --batch-size N` to each repeat;
 `--cold-after S` waits S seconds after the worker is ready before its cold run.
 
 `--part old` times the old way: a fresh `flowers label IMG --model BUNDLE` per photo (as the
@@ -65,7 +65,8 @@ from data_options import add_data_options  # bench/ is on sys.path
 from models.predict import LABEL_BATCH_SIZE
 from worker.settings import usable_cores
 
-TARGET_E2E = 0.90
+TARGET_VS_KERAS = 1.8
+TARGET_VS_PIPELINE = 0.93
 TARGET_OLD = 500.0
 
 
@@ -101,59 +102,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int,
                     batch_size: int, parts_dir: str, barrier: Any, results: Any) -> None:
-    """One spawned process: load, decode its share, then (a) model only and (b) pipeline."""
+    """One spawned process: load, decode its share, then (a) Keras model only, (b) LiteRT model
+    only and (c) decode + LiteRT pipeline, each leg started together at the barrier."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     clock = time.perf_counter
     started = clock()
     from models.runtime import configure_tensorflow
 
     configure_tensorflow(threads)
-    import tensorflow  # noqa: F401 - timed here, as a task's first call imports it
+    import tensorflow  # noqa: F401 - timed here, as a Keras-runtime task's first call imports it
 
     imported = clock()
-    from models.bundle import load_bundle
+    from models.bundle import TFLITE_FILE, load_bundle
     from models.decode import load_image
-    from models.networks import batch_runner
     from models.predict import label_photos
+    from models.runners import KerasRunner, LiteRTRunner
     from worker import results as parts
 
     loaded = load_bundle(Path(bundle))
-    runner = batch_runner(loaded.model)
+    keras_runner = KerasRunner(loaded.model, batch_size)
     load_done = clock()
+    litert_runner = LiteRTRunner(Path(bundle) / TFLITE_FILE, threads=threads)
+    litert_loaded = clock()
     size, names = loaded.input_size, loaded.class_names
     cpu = time.process_time()
     pixels = [np.stack([load_image(Path(p), size) for p in chunk]) for chunk in paths]
     decode_cpu = time.process_time() - cpu
     traced = clock()
-    runner(pixels[0][:batch_size])
+    keras_runner(pixels[0][:batch_size])
     warm = clock() - traced
+    litert_runner(pixels[0][:batch_size])
     count = sum(len(chunk) for chunk in paths)
     figures: dict[str, Any] = {
         "rank": rank, "import": imported - started, "load": load_done - imported,
-        "first_batch": warm, "decode_cpu": decode_cpu, "photos": count,
+        "litert_load": litert_loaded - load_done, "first_batch": warm,
+        "decode_cpu": decode_cpu, "photos": count,
     }
-    barrier.wait()
-    cpu, figures["a_start"] = time.process_time(), time.monotonic()
-    for chunk in pixels:
-        for start in range(0, len(chunk), batch_size):
-            runner(chunk[start:start + batch_size])
-    figures["a_end"], figures["a_cpu"] = time.monotonic(), time.process_time() - cpu
+    for leg, runner in (("a", keras_runner), ("b", litert_runner)):
+        barrier.wait()
+        cpu, figures[f"{leg}_start"] = time.process_time(), time.monotonic()
+        for chunk in pixels:
+            for start in range(0, len(chunk), batch_size):
+                runner(chunk[start:start + batch_size])
+        figures[f"{leg}_end"] = time.monotonic()
+        figures[f"{leg}_cpu"] = time.process_time() - cpu
     del pixels
     barrier.wait()
-    cpu, figures["b_start"] = time.process_time(), time.monotonic()
+    cpu, figures["c_start"] = time.process_time(), time.monotonic()
     for index, chunk in enumerate(paths):
         rows = [parts.format_row(Path(p).name, row.labels, row.error, 3)
-                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), runner, names,
-                                                      size, 3, batch_size=batch_size),
+                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), litert_runner,
+                                                      names, size, 3, batch_size=batch_size,
+                                                      threads=0 if threads == 1 else None),
                                   strict=True)]
         parts.write_part(Path(parts_dir), "bench", rank * 100_000 + index, rows)
-    figures["b_end"], figures["b_cpu"] = time.monotonic(), time.process_time() - cpu
+    figures["c_end"], figures["c_cpu"] = time.monotonic(), time.process_time() - cpu
     results.put(figures)
 
 
 def run_in_processes(bundle: Path, tree: Path, args: argparse.Namespace, work: Path
                      ) -> dict[str, Any]:
-    """Legs (a) and (b) in P spawned processes, each with an equal share of the photos (within
+    """Legs (a), (b) and (c) in P spawned processes, each with an equal share of the photos (within
     one), cut into chunks: so the limit (a) never waits for one process's larger share."""
     names = [str(p) for p in lc.real_photos(tree)]
     processes = args.processes
@@ -185,12 +194,14 @@ def run_in_processes(bundle: Path, tree: Path, args: argparse.Namespace, work: P
     merge = time.perf_counter() - started
     total = sum(f["photos"] for f in figures)
     assert merged["rows"] == total and not merged["errors"], merged
+    legs = ("a", "b", "c")
     span = {leg: max(f[f"{leg}_end"] for f in figures) - min(f[f"{leg}_start"] for f in figures)
-            for leg in ("a", "b")}
-    return {"photos": total, "a": span["a"], "b": span["b"], "merge": merge,
-            "a_cpu": sum(f["a_cpu"] for f in figures), "b_cpu": sum(f["b_cpu"] for f in figures),
+            for leg in legs}
+    return {"photos": total, **span, "merge": merge,
+            **{f"{leg}_cpu": sum(f[f"{leg}_cpu"] for f in figures) for leg in legs},
             "decode_cpu": sum(f["decode_cpu"] for f in figures),
             "import": max(f["import"] for f in figures), "load": max(f["load"] for f in figures),
+            "litert_load": max(f["litert_load"] for f in figures),
             "first_batch": max(f["first_batch"] for f in figures), "threads": threads}
 
 
@@ -213,13 +224,15 @@ def label_dir_run(cluster: lc.Cluster, tree: Path, bundle: Path, args: argparse.
     assert rows == int(record["total"]), (rows, record["total"])
     created, updated = float(record["created"]), float(record["updated"])
     intervals = watch.task_intervals()
+    first_part = min((end for _, end in intervals), default=float("nan"))
     loads = {k.split(":")[1]: int(v) for k, v in record.items() if k.startswith("loads:")}
     loaded_at = [seen - created for seen, line in watch.lines if "loaded bundle" in line]
     return {"photos": rows, "record": updated - created, "cli": finished.wall,
             "pickup": float(record.get("started", created)) - created,
             "tasks": len(intervals), "busy": sum(b - a for a, b in intervals),
             "occupancy": lc.occupancy(intervals, created, updated), "loads": loads,
-            "loaded_at": loaded_at, "cli_cpu": finished.cpu, "cpu": cpu}
+            "loaded_at": loaded_at, "cli_cpu": finished.cpu, "cpu": cpu,
+            "first_part": first_part}
 
 
 def rate(count: int, seconds: float) -> str:
@@ -261,11 +274,13 @@ def bench_architecture(architecture: str, bundle: Path, args: argparse.Namespace
         for repeat in range(repeats):
             memory = run_in_processes(bundle, tree, args, work)
             legs["mem"].append(memory)
-            print(f"repeat {repeat + 1}:\n    (a) model only      {rate(count, memory['a'])} "
-                  f"{cpu_text(memory['a_cpu'], count, memory['a'])}\n    (b) pipeline, no "
-                  f"queue {rate(count, memory['b'])} "
-                  f"{cpu_text(memory['b_cpu'], count, memory['b'])}; merge of the parts "
+            print(f"repeat {repeat + 1}:\n    (a) Keras model only   {rate(count, memory['a'])} "
+                  f"{cpu_text(memory['a_cpu'], count, memory['a'])}\n    (b) LiteRT model only  "
+                  f"{rate(count, memory['b'])} {cpu_text(memory['b_cpu'], count, memory['b'])}"
+                  f"\n    (c) decode + LiteRT    {rate(count, memory['c'])} "
+                  f"{cpu_text(memory['c_cpu'], count, memory['c'])}; merge of the parts "
                   f"{memory['merge']:.2f} s")
+            started = time.time()
             cluster.start_worker(args.processes)
             time.sleep(args.cold_after)
             for number, (variant, batch_size) in enumerate(variants):
@@ -273,9 +288,13 @@ def bench_architecture(architecture: str, bundle: Path, args: argparse.Namespace
                 run = label_dir_run(cluster, tree, bundle, args, output, batch_size)
                 legs[variant].append(run)
                 output.unlink()
-                print(describe_e2e(f"c {variant}", run))
-                print(f"        c/a speed {memory['a'] / run['record']:.3f}; CPU per photo a/c "
-                      f"{memory['a_cpu'] / run['cpu']:.3f}")
+                if number == 0:
+                    run["first_row"] = run["first_part"] - started
+                    print(f"        worker start to first labelled row {run['first_row']:.1f} s")
+                print(describe_e2e(f"d {variant}", run))
+                print(f"        d/a {memory['a'] / run['record']:.3f}; d/c "
+                      f"{memory['c'] / run['record']:.3f}; CPU per photo a/d "
+                      f"{memory['a_cpu'] / run['cpu']:.3f}, c/d {memory['c_cpu'] / run['cpu']:.3f}")
             for variant, _ in variants[1:]:
                 loads = legs[variant][-1]["loads"].values()
                 assert all(n == 1 for n in loads), f"{variant} run loaded the bundle again"
@@ -285,59 +304,35 @@ def bench_architecture(architecture: str, bundle: Path, args: argparse.Namespace
 
 def summarise(architecture: str, legs: dict[str, list[dict[str, Any]]], count: int
               ) -> dict[str, Any]:
-    best_a = min(m["a"] for m in legs["mem"])
-    best_b = min(m["b"] for m in legs["mem"])
-    cpu_a = statistics.median(m["a_cpu"] for m in legs["mem"])
+    best = {leg: min(m[leg] for m in legs["mem"]) for leg in ("a", "b", "c")}
+    cpu = {leg: statistics.median(m[f"{leg}_cpu"] for m in legs["mem"]) for leg in best}
     variants = [v for v in legs if v != "mem"]
-    best = {v: min(legs[v], key=lambda run: run["record"]) for v in variants}
-    print(f"\n-- {architecture} summary (best of each; model-only limit = best (a); CPU per "
-          "photo: median of the repeats)")
-    print(f"(a) model only:          {rate(count, best_a)}, {1000 * cpu_a / count:.1f} ms/photo")
-    cpu_b = statistics.median(m["b_cpu"] for m in legs["mem"])
-    print(f"(b) pipeline, no queue:  {rate(count, best_b)}, {1000 * cpu_b / count:.1f} ms/photo;"
-          f" b/a {best_a / best_b:.3f}, CPU a/b {cpu_a / cpu_b:.3f}")
-    low = False
-    for variant, run in best.items():
-        ratio = best_a / run["record"]
-        per_repeat = [m["a"] / r["record"] for m, r in zip(legs["mem"], legs[variant],
-                                                          strict=True)]
-        low = low or min(per_repeat) < TARGET_E2E
-        cpu_c = statistics.median(r["cpu"] for r in legs[variant])
-        print(f"(c) end to end, {variant}: record {rate(count, run['record'])}, CLI wall "
-              f"{rate(count, run['cli'])}; c/a {ratio:.3f} (CLI wall: "
-              f"{best_a / run['cli']:.3f}; per repeat "
-              f"{', '.join(f'{r:.3f}' for r in per_repeat)}) target >= {TARGET_E2E}: "
-              f"{'met' if ratio >= TARGET_E2E else 'NOT met'}; {1000 * cpu_c / count:.1f} "
-              f"ms/photo, CPU a/c {cpu_a / cpu_c:.3f}")
-    if low:
-        where_time_goes(legs, best, count)
-    return {"count": count, "model_only": best_a, "warm": best["warm"], "cold": best["cold"]}
-
-
-def where_time_goes(legs: dict[str, list[dict[str, Any]]], best: dict[str, dict[str, Any]],
-                    count: int) -> None:
+    runs = {v: min(legs[v], key=lambda run: run["record"]) for v in variants}
+    print(f"\n-- {architecture} summary (best of each; CPU per photo: median of the repeats)")
+    names = {"a": "Keras model only", "b": "LiteRT model only", "c": "decode + LiteRT"}
+    for leg, name in names.items():
+        print(f"({leg}) {name + ':':19} {rate(count, best[leg])}, "
+              f"{1000 * cpu[leg] / count:.1f} ms/photo")
+    print(f"b/a {best['a'] / best['b']:.3f}; c/b {best['b'] / best['c']:.3f}")
+    for variant, run in runs.items():
+        per_a = [m["a"] / r["record"] for m, r in zip(legs["mem"], legs[variant], strict=True)]
+        per_c = [m["c"] / r["record"] for m, r in zip(legs["mem"], legs[variant], strict=True)]
+        cpu_d = statistics.median(r["cpu"] for r in legs[variant])
+        d_a, d_c = best["a"] / run["record"], best["c"] / run["record"]
+        print(f"(d) end to end, {variant}: record {rate(count, run['record'])}, CLI wall "
+              f"{rate(count, run['cli'])}; {1000 * cpu_d / count:.1f} ms/photo")
+        print(f"    d/a {d_a:.3f} (per repeat {', '.join(f'{r:.3f}' for r in per_a)}) target "
+              f">= {TARGET_VS_KERAS}: {'met' if d_a >= TARGET_VS_KERAS else 'NOT met'}; "
+              f"d/c {d_c:.3f} (per repeat {', '.join(f'{r:.3f}' for r in per_c)}) target >= "
+              f"{TARGET_VS_PIPELINE}: {'met' if d_c >= TARGET_VS_PIPELINE else 'NOT met'}")
+    firsts = [r["first_row"] for r in legs["cold"]]
+    print(f"worker start to first labelled row (cold runs): "
+          f"{', '.join(f'{t:.1f}' for t in firsts)} s")
     mem = min(legs["mem"], key=lambda m: m["a"])
-    per = {k: 1000 * mem[k] / count for k in ("a_cpu", "b_cpu", "decode_cpu")}
-    cores = usable_cores()
-    print("\n-- where the time goes")
-    print(f"CPU per photo: network (a) {per['a_cpu']:.1f} ms, pipeline (b) {per['b_cpu']:.1f} "
-          f"ms, decoding alone (one thread) {per['decode_cpu']:.1f} ms; cores busy: (a) "
-          f"{mem['a_cpu'] / mem['a']:.2f}, (b) {mem['b_cpu'] / mem['b']:.2f} of {cores}")
-    bound = per["a_cpu"] / (per["a_cpu"] + per["decode_cpu"])
-    print(f"with all cores busy, decoding alone caps (b)/(a) and (c)/(a) at about "
-          f"{bound:.3f} (network CPU / (network + decode CPU))")
-    warm = best["warm"]
-    print(f"end to end CPU per photo (fastest runs; worker, Redis and CLI): warm "
-          f"{1000 * warm['cpu'] / count:.1f} ms, cold {1000 * best['cold']['cpu'] / count:.1f} ms")
-    print(f"warm end to end vs pipeline: {mem['b']:.1f} s -> {warm['record']:.1f} s; "
-          f"s with 0/1/2.. tasks running: {' / '.join(f'{s:.1f}' for s in warm['occupancy'])}"
-          f"; first task {warm['pickup']:.2f} s after created; final merge (timed on (b)'s "
-          f"parts) {mem['merge']:.2f} s; CLI wall - record {warm['cli'] - warm['record']:.2f} s")
-    cold = best["cold"]
-    print(f"cold - warm: {cold['record'] - warm['record']:.1f} s; per process (from (a), "
-          f"{cores} at once): import TensorFlow {mem['import']:.1f} s, load_bundle "
-          f"{mem['load']:.1f} s, first batch (trace) {mem['first_batch']:.1f} s; worker log: "
-          f"bundle loaded {', '.join(f'{t:.1f}' for t in cold['loaded_at'])} s after created")
+    print(f"per process: import TensorFlow {mem['import']:.1f} s, load_bundle (Keras) "
+          f"{mem['load']:.1f} s, LiteRT interpreter {mem['litert_load']:.2f} s; decoding alone "
+          f"{1000 * mem['decode_cpu'] / count:.2f} ms CPU a photo")
+    return {"count": count, "model_only": best["a"], "warm": runs["warm"], "cold": runs["cold"]}
 
 
 def bench_old(bundle: Path, args: argparse.Namespace, work: Path, warm: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from models.litert import QUANTIZATIONS
 def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output: Path | None,
            photos: Path | None, in_place: bool) -> None:
     """Export BUNDLE as a LiteRT model or a TensorFlow SavedModel."""
-    read_manifest(bundle)  # a clear error before TensorFlow starts
+    manifest = read_manifest(bundle)  # clear errors before TensorFlow starts
     if in_place:
         if output is not None or quantize or fmt != "tflite":
             raise UsageError("--in-place adds the float32 model.tflite to the bundle: it takes "
@@ -40,8 +40,11 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
         raise UsageError("flowers export needs --output PATH (or --in-place)")
     elif output.exists():
         raise UsageError(f"{output} exists: choose another --output or remove it")
-    from models.export import add_fast_model, export_bundle
+    from models.export import add_fast_model, export_bundle, representative_photos
     from models.runtime import configure_tensorflow
+
+    if quantize == "int8":
+        representative_photos(bundle.resolve(), manifest, photos)
 
     configure_tensorflow(obj.settings.threads_per_process())
     if in_place:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, load_bundle, read_manifest
-from models.errors import ExportError
+from models.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,16 @@ def representative_photos(bundle: Path, manifest: dict[str, Any],
                           photos: Path | None = None,
                           count: int = REPRESENTATIVE_PHOTOS) -> list[Path]:
     """Up to `count` of the bundle's training photos, spread over its classes (round robin);
-    raises `ExportError` naming what is missing."""
+    raises `UsageError` naming what is missing."""
     root = Path(photos or manifest.get("photo_dir") or "")
     try:
         training = json.loads((bundle / SPLIT_FILE).read_text())["training"]
     except (OSError, ValueError, KeyError):
-        raise ExportError(f"int8 needs the bundle's training photos, but {bundle / SPLIT_FILE} "
+        raise UsageError(f"int8 needs the bundle's training photos, but {bundle / SPLIT_FILE} "
                           "is missing or unreadable: export float16 instead") from None
     found = [root / name for name in training if (root / name).is_file()]
     if not found:
-        raise ExportError(
+        raise UsageError(
             f"int8 needs the bundle's training photos, and none of the {len(training)} listed "
             f"in {bundle / SPLIT_FILE} is under {root}: pass --photos PHOTO_DIR"
         )
@@ -77,7 +77,7 @@ def _batches(paths: list[Path], size: int) -> Iterator[np.ndarray]:
 
 def _staged(output: Path) -> Path:
     if output.exists():
-        raise ExportError(f"{output} exists: choose another --output or remove it")
+        raise UsageError(f"{output} exists: choose another --output or remove it")
     output.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
 
@@ -88,9 +88,9 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
     from models.litert import to_tflite
 
     if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if quantize and fmt != "tflite":
-        raise ExportError(f"--quantize applies to tflite only, not {fmt}")
+        raise UsageError(f"--quantize applies to tflite only, not {fmt}")
     bundle = Path(bundle).resolve()
     output = Path(output).resolve()
     manifest = read_manifest(bundle)
