@@ -1,8 +1,12 @@
-# The flowers image: CPU TensorFlow, the `flowers` CLI, and by default a worker that serves
-# the Redis queue at FLOWERS_BROKER_URL as a non-root user.
+# The flowers image: the `flowers` CLI, and by default a worker that serves the Redis queue at
+# FLOWERS_BROKER_URL as a non-root user. Two targets:
 #
-#   docker build -t flowers .
+#   docker build -t flowers .                            # full: trains and labels (TensorFlow)
+#   docker build --target label -t flowers:label .       # labels only: LiteRT, no TensorFlow
 #   docker run --rm -e FLOWERS_BROKER_URL=redis://HOST:6379/0 flowers
+#
+# A labelling-only worker that receives a training task fails that job with one line saying so:
+# give training its own FLOWERS_QUEUE served by full workers when a cluster mixes the two.
 #
 # Pretrained weights: files named as Keras names them, baked into FLOWERS_WEIGHTS_DIR from
 # the build-context folder WEIGHTS_DIR (default `weights`; a missing folder is fine).
@@ -20,7 +24,7 @@ ARG WEIGHTS_DIR=weights
 COPY pyproject.toml ${WEIGHTS_DIR}* /weights/
 RUN rm /weights/pyproject.toml
 
-FROM python:3.11-slim
+FROM python:3.11-slim AS label
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -33,8 +37,8 @@ RUN groupadd --gid "${UID}" flowers \
 
 WORKDIR /opt/flowers/src
 
-# Dependencies first, read from pyproject.toml: this slow layer (TensorFlow) is rebuilt only
-# when the dependency list changes, not on every source edit.
+# Dependencies first, read from pyproject.toml: this layer is rebuilt only when the dependency
+# list changes, not on every source edit.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
@@ -60,3 +64,11 @@ USER flowers
 WORKDIR /home/flowers
 
 CMD ["flowers", "worker"]
+
+# The full image (the default target): the labelling image plus training's TensorFlow.
+FROM label AS full
+USER root
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/opt/flowers/src/pyproject.toml', 'rb'))['project']['optional-dependencies']['train']))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+USER flowers

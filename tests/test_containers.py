@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,16 +38,22 @@ def expand(text: str, env: dict[str, str]) -> str:
     return re.sub(pattern, value, text)
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile's last stage, continuation lines joined."""
+def dockerfile_instructions(target: str | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) that build stage `target` (default: the last, what a plain
+    build makes), with those of the stages it is built FROM first; continuation lines joined."""
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     lines = [line.strip() for line in text.splitlines()]
     pairs = [
         (word.upper(), rest.strip())
         for word, _, rest in (line.partition(" ") for line in lines if line and line[0] != "#")
     ]
-    last_from = max(i for i, (word, _) in enumerate(pairs) if word == "FROM")
-    return pairs[last_from:]
+    starts = [i for i, (word, _) in enumerate(pairs) if word == "FROM"]
+    stages: dict[str, list[tuple[str, str]]] = {}
+    for begin, end in zip(starts, [*starts[1:], len(pairs)], strict=True):
+        base, _, name = pairs[begin][1].partition(" AS ")
+        inherited = stages.get(base.strip(), [("FROM", "")])[1:]
+        stages[name.strip() or str(begin)] = [pairs[begin], *inherited, *pairs[begin + 1:end]]
+    return stages[target] if target else list(stages.values())[-1]
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -167,3 +174,17 @@ def test_dockerfile_matches_compose() -> None:
                for word, args in instructions if word == "RUN")
     users = [args for word, args in instructions if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_the_labelling_target_installs_no_tensorflow_and_the_default_target_does() -> None:
+    label, full = dockerfile_instructions("label"), dockerfile_instructions()
+    for instructions in (label, full):
+        assert [word for word, _ in instructions][-2:] in (["WORKDIR", "CMD"], ["RUN", "USER"])
+        assert [args for word, args in instructions if word == "USER"][-1] == "flowers"
+    installs = " ".join(args for word, args in label if word == "RUN")
+    assert "['project']['dependencies']" in installs and "optional-dependencies" not in installs
+    extra = " ".join(args for word, args in full if word == "RUN")
+    assert "['optional-dependencies']['train']" in extra
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("tensorflow") for dep in project["dependencies"])
+    assert any(dep.startswith("tensorflow") for dep in project["optional-dependencies"]["train"])

@@ -10,6 +10,7 @@ memory is gone when it ends.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -68,6 +69,13 @@ def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
     `worker.train_process`); returns the summary."""
     job_id = self.request.id
     store = job_store()
+    if importlib.util.find_spec("tensorflow") is None:
+        message = (f"worker {self.request.hostname} is a labelling-only install (no TensorFlow) "
+                   "and cannot train: install flowers[train] there, or give training its own "
+                   "queue (FLOWERS_QUEUE) served by workers that have it")
+        log.error("job %s: %s", job_id, message)
+        store.fail(job_id, FlowersError(message))
+        return {"error": message}
     store.update(job_id, state="running", phase="starting", worker=self.request.hostname or "",
                  pid=os.getpid(), started=time.time())
     process = train_process.start(job_id, request, app.conf.broker_url)
