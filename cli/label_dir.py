@@ -115,6 +115,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     try:
         if overwrite:
             output.unlink(missing_ok=True)
+            results.job_record_for(output).unlink(missing_ok=True)
         results.prepare_parts(parts_dir, identity, overwrite)
         done = results.done_paths(parts_dir)
     except OSError as exc:
