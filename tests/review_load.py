@@ -26,6 +26,8 @@ def write_synthetic_results(csv_path: Path, photo_dir: Path, real_photos: Path, 
                             error_every: int = 100, seed: int = 0) -> list[str]:
     """Writes `rows` rows (top 3 of the real photos' classes) to `csv_path`; returns the labels."""
     names = sorted(path.relative_to(real_photos).as_posix() for path in walk_images(real_photos))
+    if not names:
+        raise ValueError(f"no photos below {real_photos} (symlinked folders are not followed)")
     labels = sorted({name.split("/")[0] for name in names})
     photo_dir.mkdir(parents=True, exist_ok=True)
     for copy in range(-(-rows // len(names))):

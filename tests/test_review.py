@@ -14,6 +14,7 @@ import csv
 import html
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -26,8 +27,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from review.selection import select_results
 from tests.conftest import REPO, SMALL_NETWORK, flowers_env, run_flowers
 from tests.review_load import ERROR_REASON, run_measured, write_synthetic_results
+from worker.results import format_row, header
 
 PHONE_WIDTH = 390
 # The size test: a CSV of this many rows must give a page under PAGE_BOUND bytes, the review
@@ -81,6 +84,71 @@ document.getElementById("frame").addEventListener("load", function () {
 });
 </script></body></html>
 """
+
+
+def write_results(path: Path, rows: list[list[str]], k: int = 1) -> Path:
+    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows([header(k), *rows])
+    return path
+
+
+def test_selection_keeps_the_lowest_a_seeded_sample_and_the_errors(tmp_path: Path) -> None:
+    confidences = [i / 100 for i in range(100)]
+    random.Random(1).shuffle(confidences)
+    rows = [format_row(f"{i:03d}.jpg", [("daisy", c)], "", 1) for i, c in enumerate(confidences)]
+    rows += [format_row("bad.jpg", [], "empty file (0 bytes)", 1), ["short.jpg", "daisy"]]
+    results_csv = write_results(tmp_path / "r.csv", rows)
+    picked = select_results(results_csv, below=0.5, per_label=8, check_limit=5, seed=3)
+    (section,) = picked.labels
+    assert (section.label, section.count) == ("daisy", 100)
+    assert [row.confidence for row in section.lowest] == [i / 100 for i in range(6)]
+    assert len(section.sample) == 2 and all(row.confidence >= 0.06 for row in section.sample)
+    assert len({row.path for row in section.sample}) == 2
+    again = select_results(results_csv, below=0.5, per_label=8, check_limit=5, seed=3)
+    assert again.labels[0].sample == section.sample
+    assert section.histogram == [10] * 10
+    assert (picked.unsure_count, [row.confidence for row in picked.unsure]) == (
+        50, [i / 100 for i in range(5)])
+    assert [(error.path, error.reason) for error in picked.errors] == [
+        ("bad.jpg", "empty file (0 bytes)"), ("short.jpg", "malformed row: 2 cells, expected 4")]
+    assert (picked.rows, picked.labelled, picked.error_count) == (102, 100, 2)
+
+
+def test_review_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    env = flowers_env(tmp_path, None, None)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("name,size\na.jpg,3\n")
+    result = run_flowers("review", str(notes), "--photos", str(tmp_path), "--output",
+                         str(tmp_path / "p.html"), env=env)
+    assert result.returncode == 2
+    assert "does not start with a flowers results header" in result.stderr
+    no_record = write_results(tmp_path / "r.csv", [format_row("a.jpg", [("x", 0.5)], "", 1)])
+    result = run_flowers("review", str(no_record), "--output", str(tmp_path / "p.html"), env=env)
+    assert result.returncode == 2 and "pass --photos PHOTO_DIR" in result.stderr
+    assert not (tmp_path / "p.html").exists()
+
+
+def test_names_and_labels_are_escaped_and_paths_stay_in_the_photo_folder(
+    flower_photos: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    outside = next((flower_photos / "daisy").iterdir())
+    hostile_label = "<script>alert(1)</script>"
+    rows = [format_row(name, [(hostile_label, 0.4)], "", 1) for name in (
+        f"../{outside.name}", str(outside), f"{HOSTILE_NAME}")]
+    rows.append(format_row(UNDECODABLE_NAME, [], "<b>bold</b> & gone", 1))
+    page = tmp_path / "p.html"
+    result = run_flowers("review", str(write_results(tmp_path / "r.csv", rows)), "--photos",
+                         str(photos), "--output", str(page), env=flowers_env(tmp_path, None, None))
+    assert result.returncode == 0, result.stderr
+    text = page.read_bytes().decode("utf-8")  # valid UTF-8 despite the undecodable name
+    assert "<script" not in text and "<img src=x" not in text and "<b>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; gone" in text
+    assert html.escape(readable(UNDECODABLE_NAME)) in text
+    assert text.count("no thumbnail: not a path inside the photo folder") == 2 * 2  # 2 sections
+    assert "<img " not in text  # nothing outside the folder was read; the hostile name is absent
 
 
 @pytest.fixture(scope="session")
