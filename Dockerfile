@@ -49,6 +49,7 @@ COPY README.md ./
 COPY models ./models
 COPY worker ./worker
 COPY cli ./cli
+COPY review ./review
 RUN pip install . && rm -rf build ./*.egg-info
 
 # Read-only for the worker user: root owns the baked weights.

@@ -6,7 +6,6 @@ Paths already labelled in OUTPUT.parts (an interrupted run) are skipped.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import click
 from cli.context import CliContext
 from cli.progress import ProgressLine, format_seconds
 from cli.queue import Queue, open_queue
+from models.atomic import check_output_file
 from models.bundle import decoding_mismatch, read_manifest
 from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
@@ -60,12 +60,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
     output = output.resolve()
     if output == photo_dir or photo_dir in output.parents:
         raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
-    if output.is_dir():
-        raise UsageError(f"--output {output} is a folder; name a CSV file")
-    if not output.parent.is_dir():
-        raise UsageError(f"--output {output}: folder {output.parent} does not exist; create it")
-    if not os.access(output.parent, os.W_OK):
-        raise UsageError(f"--output {output}: folder {output.parent} is not writable")
+    output = check_output_file(output, "a CSV file")
     if output.exists() and not overwrite:
         raise UsageError(f"--output {output} exists: pass --overwrite to label again")
     return output
@@ -115,6 +110,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     try:
         if overwrite:
             output.unlink(missing_ok=True)
+            results.job_record_for(output).unlink(missing_ok=True)
         results.prepare_parts(parts_dir, identity, overwrite)
         done = results.done_paths(parts_dir)
     except OSError as exc:

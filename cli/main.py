@@ -66,11 +66,13 @@ def _register() -> None:
     from cli.export import export
     from cli.label import label
     from cli.label_dir import label_dir
+    from cli.review import review
     from cli.run_worker import worker
     from cli.status import status
     from cli.train import train
 
-    for command in (architectures, train, label_dir, label, export, status, cancel, worker):
+    for command in (architectures, train, label_dir, label, export, review, status, cancel,
+                    worker):
         cli.add_command(command)
 
 

@@ -11,6 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from models.errors import UsageError
+
+
+def check_output_file(output: Path, kind: str) -> Path:
+    """`output` made absolute, or `UsageError` if it is a folder or its folder is missing or
+    not writable; `kind` names the file to write instead ("a CSV file")."""
+    output = output.resolve()
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder; name {kind}")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: folder {output.parent} does not exist; create it")
+    if not os.access(output.parent, os.W_OK):
+        raise UsageError(f"--output {output}: folder {output.parent} is not writable")
+    return output
+
 
 def write_atomically(
     path: Path, write: Callable[[BinaryIO], object], durable: bool = True

@@ -95,8 +95,9 @@ def squash(image: Image.Image, size: int) -> Image.Image:
     return resize_axes(image, size, _filter(image.width, size), _filter(image.height, size))
 
 
-def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
-    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
+def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> Image.Image:
+    """Decodes image bytes to an 8-bit RGB image with its EXIF orientation applied, or raises
+    `ImageDecodeError`. A JPEG is decoded at the smallest reduced scale still >= `draft_size`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -108,13 +109,13 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
                     f"{width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit "
                     "(possible decompression bomb); shrink the photo to label it"
                 )
-            if isinstance(image, JpegImagePlugin.JpegImageFile):
+            if draft_size and isinstance(image, JpegImagePlugin.JpegImageFile):
                 # Let libjpeg decode at a reduced scale that is still >= the target size.
-                image.draft("RGB", (size, size))
+                image.draft("RGB", (draft_size, draft_size))
             ImageOps.exif_transpose(image, in_place=True)
             image = _to_rgb8(image)
-            image = squash(image, size)
-            return np.asarray(image, dtype=np.uint8)
+            image.load()
+            return image
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -126,6 +127,11 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(name, f"cannot decode ({exc})") from None
+
+
+def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
+    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
+    return np.asarray(squash(open_rgb(data, name, size), size), dtype=np.uint8)
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

@@ -167,6 +167,9 @@ def retrain(
             "test_per_class": metrics["testing"]["per_class"],
             "test_confusion_matrix": metrics["testing"]["confusion_matrix"],
             "misclassified_test_images": misclassified,
+            # The learning curves of report.png: one entry every eval_step_interval steps.
+            "history": [{name: value if np.isfinite(value) else None
+                         for name, value in entry.items()} for entry in trained.history],
         },
         "bottlenecks": {"cache_hits": computed.cache_hits, "computed": computed.computed},
         "versions": _versions(),

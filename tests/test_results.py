@@ -58,3 +58,21 @@ def test_a_rerun_takes_the_parts_over(tmp_path: Path) -> None:
     assert results.claim_parts(parts, "new") == "old"
     assert not results.owns_parts(parts, "old") and results.owns_parts(parts, "new")
     assert results.read_identity(parts)["bundle_id"] == "b1"
+
+
+def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
+    parts, output = tmp_path / "out.csv.parts", tmp_path / "out.csv"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    results.claim_parts(parts, "job1")
+    results.write_part(parts, "job1", 0, [["a.jpg", "", "", "", "", "empty file"],
+                                          results.format_row("b.jpg", [("a", 1.0)], "", 2)])
+    results.merge_parts(parts, output, 2)
+    record = results.read_job_record(output)
+    assert record is not None
+    assert {key: record[key] for key in (*IDENTITY, "job_id", "rows", "errors")} == {
+        **IDENTITY, "job_id": "job1", "rows": 2, "errors": 1}
+    assert record["csv_bytes"] == output.stat().st_size
+    assert record["finished"].startswith("20")
+    with open(output, "a") as handle:  # the CSV changed since: the record no longer holds
+        handle.write("c.jpg,,,,,edited by hand\n")
+    assert results.read_job_record(output) is None

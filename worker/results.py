@@ -12,6 +12,10 @@ row per path, into OUTPUT (renamed into place) and the parts folder is removed. 
 interruption finds the parts, takes the folder over (chunks of the old job then stand down) and
 labels only the photos the parts lack.
 
+Beside the finished OUTPUT, OUTPUT.job.json records how its rows were made: the bundle (path
+and id), photo folder, top-k, job id, when it finished, and the CSV's rows, errors and size in
+bytes (so a reader can tell whether the record still describes the CSV beside it).
+
 CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,error
 """
 
@@ -23,10 +27,11 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.atomic import write_text_atomically
+from models.atomic import write_atomically, write_text_atomically
 from models.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,23 @@ IDENTITY = ("bundle_id", "photo_dir", "top_k")
 
 def parts_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
+
+
+def job_record_for(output: Path) -> Path:
+    """The record of the job that wrote `output`: OUTPUT.job.json beside it."""
+    return output.with_name(output.name + ".job.json")
+
+
+def read_job_record(output: Path) -> dict[str, Any] | None:
+    """The job record beside `output` if it describes the file there now (same size), else None."""
+    try:
+        record = json.loads(job_record_for(output).read_text())
+        size = output.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("csv_bytes") != size:
+        return None
+    return record
 
 
 def header(k: int) -> list[str]:
@@ -129,15 +151,20 @@ def done_paths(parts_dir: Path) -> set[str]:
 
 
 def merge_parts(parts_dir: Path, output: Path, k: int) -> dict[str, int]:
-    """Writes every part's rows, sorted by path and one per path, to `output`; drops the parts."""
+    """Writes every part's rows, sorted by path and one per path, to `output`, and its job
+    record beside it; drops the parts."""
     rows: dict[str, list[str]] = {}
     for part in sorted(parts_dir.glob(PART_GLOB)):
         for row in _read_rows(part):
             if row:
                 rows.setdefault(row[0], row)
     ordered = [rows[path] for path in sorted(rows)]
-    write_text_atomically(output, _csv_text([header(k), *ordered]))
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    data = _csv_text([header(k), *ordered]).encode("utf-8", "surrogateescape")
     errors = sum(1 for row in ordered if row[-1])
+    record = {**read_identity(parts_dir), "rows": len(ordered), "errors": errors,
+              "csv_bytes": len(data), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
+    write_atomically(output, lambda handle: handle.write(data))
+    shutil.rmtree(parts_dir, ignore_errors=True)
     log.info("wrote %s: %d rows, %d errors", output, len(ordered), errors)
     return {"rows": len(ordered), "errors": errors}

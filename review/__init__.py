@@ -1,0 +1,1 @@
+"""Review pages: a labelled CSV or a model bundle in, one self-contained HTML page out."""

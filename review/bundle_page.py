@@ -1,0 +1,91 @@
+"""A model bundle in, its page out: what it is, how it was trained, how well it does, and the
+test photos it got wrong.
+
+Everything comes from the manifest (no TensorFlow): architecture, preprocessing, training
+arguments, split, accuracy per split, per-class precision and recall, the test confusion
+matrix, the learning curves (drawn from the manifest's history; a bundle made before the
+manifest kept it shows its report.png instead) and the misclassified test photos, found under
+the manifest's photo folder or `photo_dir`: per true class at most `per_class`, the most
+confident mistakes first.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from models.bundle import REPORT_FILE, read_manifest
+from review import charts
+from review.page import write_page
+from review.results_page import PageSummary
+from review.thumbnails import make_thumbnails
+
+log = logging.getLogger(__name__)
+
+# Skipped photos listed one by one; beyond them only their count is shown.
+SKIPPED_ROWS = 500
+
+
+def learning_curves(history: list[dict[str, float | None]]) -> list[charts.LineChart]:
+    """Accuracy and cross-entropy against training steps, train and validation."""
+    steps = [float(entry["step"] or 0) for entry in history]
+    return [
+        charts.line_chart(metric.replace("_", "-"), steps,
+                          {subset: [entry.get(f"{subset}_{metric}") for entry in history]
+                           for subset in ("train", "validation")})
+        for metric in ("accuracy", "cross_entropy")
+    ]
+
+
+def report_image(bundle: Path) -> str:
+    """report.png as a data URI, or "" if the bundle has none."""
+    try:
+        return "data:image/png;base64," + base64.b64encode(
+            (bundle / REPORT_FILE).read_bytes()).decode("ascii")
+    except OSError:
+        return ""
+
+
+def misclassified_by_class(manifest: dict[str, Any], per_class: int) -> list[dict[str, Any]]:
+    """The manifest's misclassified test photos: per true class the `per_class` most confident
+    mistakes, classes in the manifest's order."""
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in manifest.get("metrics", {}).get("misclassified_test_images", []):
+        by_class[str(item.get("true"))].append(item)
+    shown = []
+    for name in manifest["class_names"]:
+        items = sorted(by_class.pop(name, []), key=lambda item: -float(item["confidence"]))
+        shown += items[:per_class]
+    return shown
+
+
+def confusion_shades(matrix: list[list[int]]) -> list[list[float]]:
+    """Each cell's share of its row (true class), for shading the matrix."""
+    return [[count / (sum(row) or 1) for count in row] for row in matrix]
+
+
+def write_bundle_page(bundle: Path, output: Path, photo_dir: Path | None,
+                      per_class: int) -> PageSummary:
+    """Writes the page of the bundle at `bundle` to `output`."""
+    bundle = bundle.resolve()
+    manifest = read_manifest(bundle)
+    metrics = manifest.get("metrics", {})
+    root = photo_dir or Path(str(manifest.get("photo_dir", ".")))
+    wrong = misclassified_by_class(manifest, per_class)
+    thumbnails = make_thumbnails(root, (str(item["path"]) for item in wrong))
+    history = metrics.get("history") or []
+    matrix = metrics.get("test_confusion_matrix") or []
+    skipped = manifest.get("skipped", [])
+    page_bytes = write_page(
+        output, "bundle.html", bundle=bundle, manifest=manifest, metrics=metrics,
+        photo_dir=root, curves=learning_curves(history) if history else [],
+        report_uri="" if history else report_image(bundle),
+        matrix=matrix, shades=confusion_shades(matrix), wrong=wrong,
+        wrong_total=len(metrics.get("misclassified_test_images", [])), thumbnails=thumbnails,
+        skipped=skipped[:SKIPPED_ROWS], skipped_total=len(skipped),
+    )
+    return PageSummary(output, page_bytes, sum(manifest.get("split", {}).values()),
+                       len(manifest["class_names"]), len(skipped), len(thumbnails))
