@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -162,27 +163,56 @@ class RunningWorker:
 WorkerFactory = Callable[..., RunningWorker]
 
 
+class StartedWorkers:
+    """The worker processes a test started: each waited for until ready, all stopped after."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def log_path(self) -> Path:
+        return self.logs / f"worker-{len(self.processes)}.log"
+
+    def watch(self, process: subprocess.Popen[bytes], log_path: Path) -> RunningWorker:
+        self.processes.append(process)
+        wait_until_ready(log_path, process)
+        return RunningWorker(process, log_path)
+
+    def run(self, argv: list[str], env: dict[str, str], **popen: Any) -> RunningWorker:
+        """Starts `argv` with exactly `env`, in its own process group, logging to a file."""
+        log_path = self.log_path()
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                       start_new_session=True, **popen)
+        return self.watch(process, log_path)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            stop_worker(process)
+
+
+@pytest.fixture
+def started_workers(tmp_path: Path) -> Iterator[StartedWorkers]:
+    started = StartedWorkers(tmp_path)
+    yield started
+    started.stop_all()
+
+
 @pytest.fixture
 def start_workers(
-    redis_url: str, flowers_home: Path, weights_dir: Path, tmp_path: Path
-) -> Iterator[WorkerFactory]:
+    redis_url: str, flowers_home: Path, weights_dir: Path, started_workers: StartedWorkers
+) -> WorkerFactory:
     """Starts real `flowers worker` processes (prefork) on the test's Redis; stops them after."""
-    started: list[subprocess.Popen[bytes]] = []
 
     def start(concurrency: int, broker_url: str | None = None,
               **env_overrides: str) -> RunningWorker:
         """`concurrency` pool processes; FLOWERS_* overrides as keyword arguments."""
-        log_path = tmp_path / f"worker-{len(started)}.log"
+        log_path = started_workers.log_path()
         url = broker_url or redis_url
         env = {**flowers_env(flowers_home, url, weights_dir), **env_overrides}
-        process = start_worker(url, concurrency, log_path, env=env)
-        started.append(process)
-        wait_until_ready(log_path, process)
-        return RunningWorker(process, log_path)
+        return started_workers.watch(start_worker(url, concurrency, log_path, env=env), log_path)
 
-    yield start
-    for process in started:
-        stop_worker(process)
+    return start
 
 
 @pytest.fixture
