@@ -104,11 +104,12 @@ def flowers_env(home: Path, broker_url: str | None, weights: Path | None) -> dic
 
 
 def run_flowers(
-    *args: str, env: dict[str, str], timeout: float = 300
+    *args: str, env: dict[str, str], timeout: float = 300, **popen: Any
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the `flowers` command line in a fresh process, as a user would."""
+    """Runs the `flowers` command line in a fresh process, as a user would (`popen`: more
+    `subprocess.run` arguments, such as `umask`)."""
     return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+                          text=True, timeout=timeout, cwd=REPO, **popen)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = "",
