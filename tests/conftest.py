@@ -6,7 +6,9 @@ with the reason when it is absent. CI runs with it present and fails if it is no
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,6 +112,22 @@ def run_flowers(
     `subprocess.run` arguments, such as `umask`)."""
     return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, **popen)
+
+
+def resumed_counts(stderr: str) -> tuple[int, int]:
+    """(photos already labelled, photos to go) from a rerun's `resuming:` line."""
+    match = re.search(r"resuming: (\d+) photos already labelled, (\d+) to go", stderr)
+    assert match, stderr
+    return int(match[1]), int(match[2])
+
+
+def part_paths(parts_dir: Path) -> list[str]:
+    """The photo paths of every row in the CSV parts of `parts_dir`, duplicates included."""
+    paths: list[str] = []
+    for part in parts_dir.glob("part-*.csv"):
+        with open(part, newline="") as handle:
+            paths += [row[0] for row in csv.reader(handle) if row]
+    return paths
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = "",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,8 @@ from tests.conftest import (
     copy_subset,
     flowers_env,
     job_ids,
+    part_paths,
+    resumed_counts,
     run_flowers,
     wait_for,
 )
@@ -157,12 +158,10 @@ def test_redis_restarted_empty_then_the_rerun_finishes(
     persistent_redis(False)  # the same address, its data lost
     time.sleep(1)
     parts = output.with_name(output.name + ".parts")
-    before = sum(p.read_bytes().count(b"\n") for p in parts.glob("part-*.csv"))
+    before = len(part_paths(parts))
     rerun = run_flowers(*args, env=env)
     assert rerun.returncode == 0, rerun.stderr
-    match = re.search(r"resuming: (\d+) photos already labelled, (\d+) to go", rerun.stderr)
-    assert match, rerun.stderr
-    done, to_go = int(match[1]), int(match[2])
+    done, to_go = resumed_counts(rerun.stderr)
     assert done >= before >= 12 and done + to_go == 48, "only the missing photos relabelled"
     assert_complete(output, photos)
 

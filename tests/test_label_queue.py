@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers, wait_for
+from tests.conftest import (
+    WorkerFactory,
+    flowers_env,
+    job_ids,
+    part_paths,
+    resumed_counts,
+    run_flowers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.queue
 
@@ -142,13 +150,19 @@ def test_resume_after_the_workers_are_killed(
     assert not output.exists()
     redis.Redis.from_url(redis_url).delete("flowers")  # the old job's queued chunks are lost too
 
+    labelled = part_paths(parts)
+    assert len(labelled) == len(set(labelled)), "no photo labelled twice before the kill"
+
     start_workers(1)
     rerun = run_flowers(*args, env=env)
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming:" in rerun.stderr
+    done, to_go = resumed_counts(rerun.stderr)
+    assert done == len(labelled) and done + to_go == 33, "done + to go = all"
     rows = read_csv(output)[1:]
     paths = [row[0] for row in rows]
     assert len(paths) == len(set(paths)) == 33 and paths == sorted(paths)
+    (rerun_id,) = set(job_ids(redis_url)) - {job_id}
+    assert job_record(redis_url, rerun_id)["done"] == str(to_go), "the rerun labelled only those"
     status = run_flowers("status", job_id, env=env)
     assert "cancelled" in status.stdout and "superseded" in status.stdout
 
