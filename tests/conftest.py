@@ -6,7 +6,9 @@ with the reason when it is absent. CI runs with it present and fails if it is no
 
 from __future__ import annotations
 
+import base64
 import csv
+import json
 import os
 import re
 import shutil
@@ -79,6 +81,18 @@ def redis_url(redis_server: RedisServer) -> str:
     """The session's Redis, flushed for this test."""
     redis.Redis(port=redis_server.port).flushall()
     return redis_server.url
+
+
+def chunks_in_flight(broker_url: str) -> list[tuple[str, dict[str, Any]]]:
+    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
+    messages kombu keeps in Redis' `unacked` hash until the task ends."""
+    taken = []
+    for raw in redis.Redis.from_url(broker_url).hvals("unacked"):
+        message = json.loads(raw)[0]
+        if message["headers"]["task"] == "flowers.label_chunk":
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            taken.append((str(message["headers"]["id"]), args[0]))
+    return taken
 
 
 def job_ids(url: str) -> list[str]:

@@ -5,7 +5,6 @@ Each test fails if a row is lost or doubled. Real Redis, real worker processes, 
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import os
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 
 from tests.compose_file import redis_arguments
 from tests.conftest import (
@@ -28,6 +26,7 @@ from tests.conftest import (
     SMALL_NETWORK,
     RunningWorker,
     WorkerFactory,
+    chunks_in_flight,
     copy_subset,
     flowers_env,
     job_ids,
@@ -80,18 +79,6 @@ def label_until_parts(
     assert run_flowers(*args, "--no-wait", env=env).returncode == 0
     wait_for(lambda: parts_written(output) >= parts, what=f"{parts} chunks")
     return worker
-
-
-def chunks_in_flight(broker_url: str) -> list[tuple[str, dict[str, Any]]]:
-    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
-    messages kombu keeps in Redis' `unacked` hash until the task ends."""
-    taken = []
-    for raw in redis.Redis.from_url(broker_url).hvals("unacked"):
-        message = json.loads(raw)[0]
-        if message["headers"]["task"] == "flowers.label_chunk":
-            args = json.loads(base64.b64decode(message["body"]))[0]
-            taken.append((str(message["headers"]["id"]), args[0]))
-    return taken
 
 
 def test_pool_process_killed_mid_chunk(

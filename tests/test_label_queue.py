@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from cli.main import cli
 from tests.conftest import (
     WorkerFactory,
     flowers_env,
@@ -167,7 +169,49 @@ def test_resume_after_the_workers_are_killed(
     assert "cancelled" in status.stdout and "superseded" in status.stdout
 
 
-def test_rows_of_another_bundle_are_refused_and_cancel_drops_queued_chunks(
+def test_cancel_mid_way_drops_queued_chunks_keeps_rows_and_a_rerun_finishes(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(collection), "--model", str(trained_bundle[0]), "--output",
+            str(output), "--chunk-size", "2", "--batch-size", "1")
+    worker = start_workers(1)
+    queued = run_flowers(*args, "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    parts = tmp_path / "labels.csv.parts"
+    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 2, what="2 chunks", interval=0.05)
+    # In-process, the same command without a new interpreter's start-up: the job is short.
+    cancelled = CliRunner().invoke(cli, ["cancel", job_id], env=env)
+    assert cancelled.exit_code == 0 and "cancelled after" in cancelled.output, cancelled.output
+    at_cancel = set(parts.glob("part-*.csv"))
+
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.llen("flowers") == 0 and client.hlen("unacked") == 0,
+             what="every chunk delivered and acknowledged", interval=0.2)
+    written = set(parts.glob("part-*.csv"))
+    chunks = int(job_record(redis_url, job_id)["chunks_total"])
+    assert at_cancel <= written and len(written - at_cancel) <= 1, \
+        "only the chunk running at the cancel may still finish"
+    assert len(written) < chunks, "cancelled mid-way"
+    assert worker.log().count("{'skipped': True}") == chunks - len(written), \
+        "every chunk after the cancel stood down"
+    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
+        "cancelled"
+    assert not output.exists()
+    kept = part_paths(parts)
+    assert len(kept) == len(set(kept)) >= len(written), "the rows written stay"
+
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert resumed_counts(rerun.stderr) == (len(kept), 33 - len(kept))
+    paths = [row[0] for row in read_csv(output)[1:]]
+    assert len(paths) == len(set(paths)) == 33 and set(kept) <= set(paths)
+
+
+def test_rows_of_another_bundle_are_refused(
     redis_url: str, collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path,
     weights_dir: Path, tmp_path: Path,
 ) -> None:
@@ -176,11 +220,7 @@ def test_rows_of_another_bundle_are_refused_and_cancel_drops_queued_chunks(
     output = tmp_path / "labels.csv"
     args = ("label-dir", str(collection), "--model", str(bundle), "--output", str(output))
     queued = run_flowers(*args, "--no-wait", env=env)  # no worker: the chunks stay queued
-    job_id = queued.stdout.strip()
-    cancelled = run_flowers("cancel", job_id, env=env)
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
-        "cancelled"
+    assert queued.returncode == 0, queued.stderr
 
     other = tmp_path / "other-bundle"
     shutil.copytree(bundle, other)
