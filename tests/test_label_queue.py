@@ -264,3 +264,26 @@ def test_pool_processes_import_tensorflow_before_their_first_task(
     assert len(worker.pool_pids()) == 2
     assert "Task flowers." not in worker.log(), "no task was sent"
     assert not loaded_tensorflow(worker.pid), "the main process forks: it must stay free of it"
+
+
+def test_two_queues_two_workers_no_crossing(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """FLOWERS_QUEUE: a job sent to one queue is labelled only by the workers serving it."""
+    workers = {queue: start_workers(1, FLOWERS_QUEUE=queue) for queue in ("alpha", "beta")}
+    outputs = {queue: tmp_path / f"{queue}.csv" for queue in workers}
+    jobs = {}
+    for queue, output in outputs.items():
+        env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUE": queue}
+        queued = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
+                             "--output", str(output), "--chunk-size", "8", "--no-wait", env=env)
+        assert queued.returncode == 0, queued.stderr
+        jobs[queue] = queued.stdout.strip()
+    for queue, output in outputs.items():
+        wait_for(output.exists, what=f"the output of queue {queue}")
+        assert len(read_csv(output)) == 34
+        labelled_by = {key.split(":")[1] for key in job_record(redis_url, jobs[queue])
+                       if key.startswith("chunks:")}
+        assert labelled_by == {str(pid) for pid in workers[queue].pool_pids()}, queue
+        assert f"queue '{queue}'" in workers[queue].log()
