@@ -287,3 +287,23 @@ def test_two_queues_two_workers_no_crossing(
                        if key.startswith("chunks:")}
         assert labelled_by == {str(pid) for pid in workers[queue].pool_pids()}, queue
         assert f"queue '{queue}'" in workers[queue].log()
+
+
+def test_label_dir_warns_about_a_bundle_of_another_decoding_version(
+    redis_url: str, collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path,
+    tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, None)
+    older = tmp_path / "older-bundle"
+    shutil.copytree(trained_bundle[0], older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["preprocessing"]["version"] = "rgb8-old-decoding-v0"
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    for bundle, warned in ((trained_bundle[0], False), (older, True)):
+        queued = run_flowers("label-dir", str(collection), "--model", str(bundle), "--output",
+                             str(tmp_path / f"{bundle.name}.csv"), "--no-wait", env=env)
+        assert queued.returncode == 0, queued.stderr
+        warnings = [line for line in queued.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == warned, queued.stderr
+    assert f"{older} was trained on photos decoded as 'rgb8-old-decoding-v0'" in warnings[0]
+    assert "retrain it" in warnings[0]
