@@ -13,9 +13,9 @@ from worker.settings import Settings, redact_url
 
 
 @click.command()
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
+@click.option("--concurrency", "-c", type=click.IntRange(min=0), default=None,
               envvar="FLOWERS_WORKER_CONCURRENCY",
-              help="Worker processes; default: one per core.")
+              help="Worker processes; 0 (the default): one per usable core.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--hostname", "-n", default=None, help="Node name; default: flowers-PID@HOST.")
@@ -34,7 +34,7 @@ def worker(obj: CliContext, concurrency: int | None, loglevel: str, hostname: st
             "to know which queue to serve"
         )
     connect(broker_url)
-    if concurrency:
+    if concurrency is not None:
         # The pool's processes read their share of the cores from the same settings.
         os.environ["FLOWERS_WORKER_CONCURRENCY"] = str(concurrency)
         settings = Settings.from_env()

@@ -1,17 +1,38 @@
 """Files written whole or not at all: a temporary file in the same folder, then a rename.
 
 Readers (other workers, a resumed job) see the old file or the new one, never a torn one.
+Temporary files and folders are made with the umask's permissions, as `open` and `mkdir` make
+them, not `tempfile`'s owner-only 0600/0700: the CLI and the workers may be different users
+(compose's workers run as uid 1000), and what one writes the other must read.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from models.errors import UsageError
+
+Made = TypeVar("Made")
+
+
+def _beside(path: Path, make: Callable[[Path], Made]) -> tuple[Path, Made]:
+    """`make` called on a new hidden name beside `path`, retried while the name is taken."""
+    while True:
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return candidate, make(candidate)
+        except FileExistsError:
+            continue
+
+
+def temporary_folder_beside(path: Path) -> Path:
+    """A new empty folder beside `path` (mode 0777 less the umask), to be renamed to `path`."""
+    folder, _ = _beside(path, lambda name: os.mkdir(name, 0o777))
+    return folder
 
 
 def check_output_file(output: Path, kind: str) -> Path:
@@ -32,10 +53,12 @@ def write_atomically(
 ) -> None:
     """Calls `write` on a temporary file beside `path`, then renames it to `path`.
 
-    `durable` syncs the data to disk before the rename, so the file also survives a power cut;
-    a cache that can recompute its entries may skip that cost.
+    The file gets mode 0666 less the umask. `durable` syncs the data to disk before the
+    rename, so the file also survives a power cut; a cache that can recompute its entries may
+    skip that cost.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    tmp_name, fd = _beside(path, lambda name: os.open(name, flags, 0o666))
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -44,7 +67,7 @@ def write_atomically(
                 os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_name.unlink(missing_ok=True)
         raise
 
 

@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.atomic import temporary_folder_beside
 from models.errors import BundleError
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def save_bundle(
 
     output = Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    staging = temporary_folder_beside(output)
     try:
         model.save(staging / MODEL_FILE)
         (staging / TFLITE_FILE).write_bytes(to_tflite(model))

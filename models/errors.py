@@ -45,6 +45,10 @@ class PathNotAllowedError(FlowersError):
     """Raised when a task names a path outside the worker's FLOWERS_ALLOWED_ROOTS."""
 
 
+class SharedFileError(FlowersError):
+    """Raised when a worker may not read or write a file or folder a job shares with the CLI."""
+
+
 class QueueUnavailableError(FlowersError):
     """Raised when Redis cannot be reached or refuses the connection."""
 

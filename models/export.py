@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.atomic import temporary_folder_beside
 from models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, load_bundle, read_manifest
 from models.errors import UsageError
 
@@ -79,7 +79,7 @@ def _staged(output: Path) -> Path:
     if output.exists():
         raise UsageError(f"{output} exists: choose another --output or remove it")
     output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    return temporary_folder_beside(output)
 
 
 def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = None,

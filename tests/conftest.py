@@ -6,7 +6,11 @@ with the reason when it is absent. CI runs with it present and fails if it is no
 
 from __future__ import annotations
 
+import base64
+import csv
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -78,6 +83,18 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+def chunks_in_flight(broker_url: str) -> list[tuple[str, dict[str, Any]]]:
+    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
+    messages kombu keeps in Redis' `unacked` hash until the task ends."""
+    taken = []
+    for raw in redis.Redis.from_url(broker_url).hvals("unacked"):
+        message = json.loads(raw)[0]
+        if message["headers"]["task"] == "flowers.label_chunk":
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            taken.append((str(message["headers"]["id"]), args[0]))
+    return taken
+
+
 def job_ids(url: str) -> list[str]:
     """Ids of the job records on the Redis at `url`."""
     keys = redis.Redis.from_url(url, decode_responses=True).keys("flowers:job:*")
@@ -103,11 +120,28 @@ def flowers_env(home: Path, broker_url: str | None, weights: Path | None) -> dic
 
 
 def run_flowers(
-    *args: str, env: dict[str, str], timeout: float = 300
+    *args: str, env: dict[str, str], timeout: float = 300, **popen: Any
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the `flowers` command line in a fresh process, as a user would."""
+    """Runs the `flowers` command line in a fresh process, as a user would (`popen`: more
+    `subprocess.run` arguments, such as `umask`)."""
     return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+                          text=True, timeout=timeout, cwd=REPO, **popen)
+
+
+def resumed_counts(stderr: str) -> tuple[int, int]:
+    """(photos already labelled, photos to go) from a rerun's `resuming:` line."""
+    match = re.search(r"resuming: (\d+) photos already labelled, (\d+) to go", stderr)
+    assert match, stderr
+    return int(match[1]), int(match[2])
+
+
+def part_paths(parts_dir: Path) -> list[str]:
+    """The photo paths of every row in the CSV parts of `parts_dir`, duplicates included."""
+    paths: list[str] = []
+    for part in parts_dir.glob("part-*.csv"):
+        with open(part, newline="") as handle:
+            paths += [row[0] for row in csv.reader(handle) if row]
+    return paths
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = "",
@@ -162,27 +196,56 @@ class RunningWorker:
 WorkerFactory = Callable[..., RunningWorker]
 
 
+class StartedWorkers:
+    """The worker processes a test started: each waited for until ready, all stopped after."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def log_path(self) -> Path:
+        return self.logs / f"worker-{len(self.processes)}.log"
+
+    def watch(self, process: subprocess.Popen[bytes], log_path: Path) -> RunningWorker:
+        self.processes.append(process)
+        wait_until_ready(log_path, process)
+        return RunningWorker(process, log_path)
+
+    def run(self, argv: list[str], env: dict[str, str], **popen: Any) -> RunningWorker:
+        """Starts `argv` with exactly `env`, in its own process group, logging to a file."""
+        log_path = self.log_path()
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                       start_new_session=True, **popen)
+        return self.watch(process, log_path)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            stop_worker(process)
+
+
+@pytest.fixture
+def started_workers(tmp_path: Path) -> Iterator[StartedWorkers]:
+    started = StartedWorkers(tmp_path)
+    yield started
+    started.stop_all()
+
+
 @pytest.fixture
 def start_workers(
-    redis_url: str, flowers_home: Path, weights_dir: Path, tmp_path: Path
-) -> Iterator[WorkerFactory]:
+    redis_url: str, flowers_home: Path, weights_dir: Path, started_workers: StartedWorkers
+) -> WorkerFactory:
     """Starts real `flowers worker` processes (prefork) on the test's Redis; stops them after."""
-    started: list[subprocess.Popen[bytes]] = []
 
     def start(concurrency: int, broker_url: str | None = None,
               **env_overrides: str) -> RunningWorker:
         """`concurrency` pool processes; FLOWERS_* overrides as keyword arguments."""
-        log_path = tmp_path / f"worker-{len(started)}.log"
+        log_path = started_workers.log_path()
         url = broker_url or redis_url
         env = {**flowers_env(flowers_home, url, weights_dir), **env_overrides}
-        process = start_worker(url, concurrency, log_path, env=env)
-        started.append(process)
-        wait_until_ready(log_path, process)
-        return RunningWorker(process, log_path)
+        return started_workers.watch(start_worker(url, concurrency, log_path, env=env), log_path)
 
-    yield start
-    for process in started:
-        stop_worker(process)
+    return start
 
 
 @pytest.fixture

@@ -57,6 +57,50 @@ def odd_photos(flower_photos: Path, tmp_path: Path) -> Path:
     return root
 
 
+# Each converted photo against the same picture saved as plain 8-bit RGB: (reference, format,
+# largest allowed pixel difference in levels of 255). Lossless pairs must decode to the same
+# pixels; a JPEG pair is compared with an RGB JPEG of the same quality, within a few levels.
+LOSSLESS, JPEG_LEVELS = 0, 8
+
+
+def plain_references(photo: Image.Image) -> dict[str, tuple[Image.Image, str, int]]:
+    white = Image.new("RGBA", photo.size, (255, 255, 255, 255))
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(200)
+    grey = photo.convert("L").convert("RGB")
+    return {
+        "palette.gif": (photo.convert("P").convert("RGB"), "PNG", LOSSLESS),
+        "animated.gif": (photo.convert("P").convert("RGB"), "PNG", LOSSLESS),  # first frame
+        "alpha.png": (Image.alpha_composite(white, rgba).convert("RGB"), "PNG", LOSSLESS),
+        "grey16.png": (grey, "PNG", LOSSLESS),
+        "cmyk.jpg": (photo, "JPEG", JPEG_LEVELS),
+        "grey.jpg": (grey, "JPEG", JPEG_LEVELS),
+    }
+
+
+def save_references(odd_photos: Path, target: Path) -> dict[str, tuple[Path, int]]:
+    """The plain RGB references of `odd_photos`' converted photos, saved in `target`."""
+    photo = Image.open(odd_photos / "original.jpg").convert("RGB")
+    saved = {}
+    for name, (image, fmt, tolerance) in plain_references(photo).items():
+        path = target / f"{name}.plain.{fmt.lower()}"
+        save(image, path, fmt)
+        saved[name] = (path, tolerance)
+    return saved
+
+
+def test_converted_photos_decode_to_the_pixels_of_the_plain_rgb_picture(
+    odd_photos: Path, tmp_path: Path
+) -> None:
+    from models.decode import load_image
+
+    for name, (reference, tolerance) in save_references(odd_photos, tmp_path / "plain").items():
+        converted = load_image(odd_photos / name, 224).astype(int)
+        plain = load_image(reference, 224).astype(int)
+        assert converted.shape == plain.shape == (224, 224, 3), name
+        assert np.abs(converted - plain).max() <= tolerance, name
+
+
 def read_rows(path: Path) -> dict[bytes, list[str]]:
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         rows = list(csv.reader(handle))
@@ -71,6 +115,7 @@ def test_each_bad_photo_is_one_row_and_the_rest_are_labelled(
     output = tmp_path / "odd.csv"
     doomed = odd_photos / "deleted_before_labelling.jpg"
     shutil.copy(odd_photos / "original.jpg", doomed)
+    references = save_references(odd_photos, odd_photos / "plain")
     queued = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
                          "--output", str(output), "--no-wait", "--chunk-size", "4", env=env)
     assert queued.returncode == 0, queued.stderr
@@ -79,7 +124,7 @@ def test_each_bad_photo_is_one_row_and_the_rest_are_labelled(
     wait_for(output.exists, timeout=180, what="the output", interval=0.5)
     rows = read_rows(output)
     assert worker.poll() is None
-    assert len(rows) == 16
+    assert len(rows) == 16 + len(references)
     errors = {name.decode(errors="replace"): row[-1] for name, row in rows.items() if row[-1]}
     assert errors.keys() == {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png", "loop.jpg",
                              "deleted_before_labelling.jpg"}
@@ -94,9 +139,15 @@ def test_each_bad_photo_is_one_row_and_the_rest_are_labelled(
     assert rows[b"caf\xe9.jpg"][1:] == original[1:], "a non-UTF-8 name is labelled like any other"
     assert rows[b"exif_rotated.jpg"][1] == original[1], "EXIF rotation is applied"
     assert abs(float(rows[b"exif_rotated.jpg"][2]) - float(original[2])) < 0.05
-    for name in (b"grey16.png", b"grey.jpg"):
-        assert rows[name][2:-1:2] == rows[b"grey.jpg"][2:-1:2] or \
-            abs(float(rows[name][2]) - float(rows[b"grey.jpg"][2])) < 0.02, name
+    # Converted photos are labelled as their plain RGB pictures: the same labels, and for the
+    # pairs with the same pixels, confidences equal to within the batch's rounding (2e-6).
+    for converted, (reference, tolerance) in references.items():
+        mine = rows[os.fsencode(converted)]
+        plain = rows[os.fsencode(reference.relative_to(odd_photos).as_posix())]
+        if tolerance == LOSSLESS:
+            assert mine[1:-1:2] == plain[1:-1:2], converted
+            for ours, theirs in zip(mine[2:-1:2], plain[2:-1:2], strict=True):
+                assert abs(float(ours) - float(theirs)) <= 2e-6, converted
 
 
 def test_broken_files_do_not_fail_training(

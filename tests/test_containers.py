@@ -5,78 +5,28 @@ Reads both files as text (compose with PyYAML); builds and starts nothing.
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from cli.main import cli
+from tests.compose_file import (
+    COMPOSE,
+    ROOT,
+    SERVICES,
+    WORKER,
+    as_argv,
+    dockerfile_command,
+    dockerfile_env,
+    dockerfile_instructions,
+    expand,
+    worker_environment,
+)
 from worker.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES: dict[str, Any] = COMPOSE["services"]
-WORKER: dict[str, Any] = SERVICES["worker"]
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """`text` with compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}` filled from `env`."""
-
-    def value(match: re.Match[str]) -> str:
-        name, colon, default = match["name"], match["colon"], match["default"] or ""
-        if name in env and (env[name] or not colon):
-            return env[name]
-        return default
-
-    pattern = r"\$\{(?P<name>\w+)(?:(?P<colon>:?)-(?P<default>[^}]*))?\}"
-    return re.sub(pattern, value, text)
-
-
-def dockerfile_instructions(target: str | None = None) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) that build stage `target` (default: the last, what a plain
-    build makes), with those of the stages it is built FROM first; continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    pairs = [
-        (word.upper(), rest.strip())
-        for word, _, rest in (line.partition(" ") for line in lines if line and line[0] != "#")
-    ]
-    starts = [i for i, (word, _) in enumerate(pairs) if word == "FROM"]
-    stages: dict[str, list[tuple[str, str]]] = {}
-    for begin, end in zip(starts, [*starts[1:], len(pairs)], strict=True):
-        base, _, name = pairs[begin][1].partition(" AS ")
-        inherited = stages.get(base.strip(), [("FROM", "")])[1:]
-        stages[name.strip() or str(begin)] = [pairs[begin], *inherited, *pairs[begin + 1:end]]
-    return stages[target] if target else list(stages.values())[-1]
-
-
-def dockerfile_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for word, args in dockerfile_instructions():
-        if word == "ENV":
-            parts = shlex.split(args)
-            if "=" in parts[0]:
-                env.update(part.partition("=")[::2] for part in parts)
-            else:
-                env[parts[0]] = " ".join(parts[1:])
-    return env
-
-
-def as_argv(command: str | list[str]) -> list[str]:
-    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
-
-
-def worker_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    raw = WORKER["environment"]
-    if isinstance(raw, list):
-        raw = dict(item.split("=", 1) for item in raw)
-    return {key: expand(str(value), env or {}) for key, value in raw.items()}
 
 
 def settings_variables() -> set[str]:
@@ -168,8 +118,7 @@ def test_dockerfile_matches_compose() -> None:
     for name in ("FLOWERS_HOME", "FLOWERS_WEIGHTS_DIR"):
         assert env[name] == compose_env[name]
     instructions = dockerfile_instructions()
-    run = [args for word, args in instructions if word in ("CMD", "ENTRYPOINT")]
-    assert [arg for args in run for arg in json.loads(args)] == ["flowers", "worker"]
+    assert dockerfile_command() == ["flowers", "worker"]
     assert any(re.search(r"pip install(\s+-\S+)*\s+\.(\s|$)", args)
                for word, args in instructions if word == "RUN")
     users = [args for word, args in instructions if word == "USER"]

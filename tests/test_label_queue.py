@@ -10,8 +10,18 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 
-from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers, wait_for
+from cli.main import cli
+from tests.conftest import (
+    WorkerFactory,
+    flowers_env,
+    job_ids,
+    part_paths,
+    resumed_counts,
+    run_flowers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.queue
 
@@ -142,18 +152,66 @@ def test_resume_after_the_workers_are_killed(
     assert not output.exists()
     redis.Redis.from_url(redis_url).delete("flowers")  # the old job's queued chunks are lost too
 
+    labelled = part_paths(parts)
+    assert len(labelled) == len(set(labelled)), "no photo labelled twice before the kill"
+
     start_workers(1)
     rerun = run_flowers(*args, env=env)
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming:" in rerun.stderr
+    done, to_go = resumed_counts(rerun.stderr)
+    assert done == len(labelled) and done + to_go == 33, "done + to go = all"
     rows = read_csv(output)[1:]
     paths = [row[0] for row in rows]
     assert len(paths) == len(set(paths)) == 33 and paths == sorted(paths)
+    (rerun_id,) = set(job_ids(redis_url)) - {job_id}
+    assert job_record(redis_url, rerun_id)["done"] == str(to_go), "the rerun labelled only those"
     status = run_flowers("status", job_id, env=env)
     assert "cancelled" in status.stdout and "superseded" in status.stdout
 
 
-def test_rows_of_another_bundle_are_refused_and_cancel_drops_queued_chunks(
+def test_cancel_mid_way_drops_queued_chunks_keeps_rows_and_a_rerun_finishes(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(collection), "--model", str(trained_bundle[0]), "--output",
+            str(output), "--chunk-size", "2", "--batch-size", "1")
+    worker = start_workers(1)
+    queued = run_flowers(*args, "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    parts = tmp_path / "labels.csv.parts"
+    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 2, what="2 chunks", interval=0.05)
+    # In-process, the same command without a new interpreter's start-up: the job is short.
+    cancelled = CliRunner().invoke(cli, ["cancel", job_id], env=env)
+    assert cancelled.exit_code == 0 and "cancelled after" in cancelled.output, cancelled.output
+    at_cancel = set(parts.glob("part-*.csv"))
+
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.llen("flowers") == 0 and client.hlen("unacked") == 0,
+             what="every chunk delivered and acknowledged", interval=0.2)
+    written = set(parts.glob("part-*.csv"))
+    chunks = int(job_record(redis_url, job_id)["chunks_total"])
+    assert at_cancel <= written and len(written - at_cancel) <= 1, \
+        "only the chunk running at the cancel may still finish"
+    assert len(written) < chunks, "cancelled mid-way"
+    assert worker.log().count("{'skipped': True}") == chunks - len(written), \
+        "every chunk after the cancel stood down"
+    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
+        "cancelled"
+    assert not output.exists()
+    kept = part_paths(parts)
+    assert len(kept) == len(set(kept)) >= len(written), "the rows written stay"
+
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert resumed_counts(rerun.stderr) == (len(kept), 33 - len(kept))
+    paths = [row[0] for row in read_csv(output)[1:]]
+    assert len(paths) == len(set(paths)) == 33 and set(kept) <= set(paths)
+
+
+def test_rows_of_another_bundle_are_refused(
     redis_url: str, collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path,
     weights_dir: Path, tmp_path: Path,
 ) -> None:
@@ -162,11 +220,7 @@ def test_rows_of_another_bundle_are_refused_and_cancel_drops_queued_chunks(
     output = tmp_path / "labels.csv"
     args = ("label-dir", str(collection), "--model", str(bundle), "--output", str(output))
     queued = run_flowers(*args, "--no-wait", env=env)  # no worker: the chunks stay queued
-    job_id = queued.stdout.strip()
-    cancelled = run_flowers("cancel", job_id, env=env)
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
-        "cancelled"
+    assert queued.returncode == 0, queued.stderr
 
     other = tmp_path / "other-bundle"
     shutil.copytree(bundle, other)
@@ -210,3 +264,46 @@ def test_pool_processes_import_tensorflow_before_their_first_task(
     assert len(worker.pool_pids()) == 2
     assert "Task flowers." not in worker.log(), "no task was sent"
     assert not loaded_tensorflow(worker.pid), "the main process forks: it must stay free of it"
+
+
+def test_two_queues_two_workers_no_crossing(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """FLOWERS_QUEUE: a job sent to one queue is labelled only by the workers serving it."""
+    workers = {queue: start_workers(1, FLOWERS_QUEUE=queue) for queue in ("alpha", "beta")}
+    outputs = {queue: tmp_path / f"{queue}.csv" for queue in workers}
+    jobs = {}
+    for queue, output in outputs.items():
+        env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUE": queue}
+        queued = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
+                             "--output", str(output), "--chunk-size", "8", "--no-wait", env=env)
+        assert queued.returncode == 0, queued.stderr
+        jobs[queue] = queued.stdout.strip()
+    for queue, output in outputs.items():
+        wait_for(output.exists, what=f"the output of queue {queue}")
+        assert len(read_csv(output)) == 34
+        labelled_by = {key.split(":")[1] for key in job_record(redis_url, jobs[queue])
+                       if key.startswith("chunks:")}
+        assert labelled_by == {str(pid) for pid in workers[queue].pool_pids()}, queue
+        assert f"queue '{queue}'" in workers[queue].log()
+
+
+def test_label_dir_warns_about_a_bundle_of_another_decoding_version(
+    redis_url: str, collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path,
+    tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, None)
+    older = tmp_path / "older-bundle"
+    shutil.copytree(trained_bundle[0], older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["preprocessing"]["version"] = "rgb8-old-decoding-v0"
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    for bundle, warned in ((trained_bundle[0], False), (older, True)):
+        queued = run_flowers("label-dir", str(collection), "--model", str(bundle), "--output",
+                             str(tmp_path / f"{bundle.name}.csv"), "--no-wait", env=env)
+        assert queued.returncode == 0, queued.stderr
+        warnings = [line for line in queued.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == warned, queued.stderr
+    assert f"{older} was trained on photos decoded as 'rgb8-old-decoding-v0'" in warnings[0]
+    assert "retrain it" in warnings[0]

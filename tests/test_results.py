@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,26 @@ def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
     with open(output, "a") as handle:  # the CSV changed since: the record no longer holds
         handle.write("c.jpg,,,,,edited by hand\n")
     assert results.read_job_record(output) is None
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_shared_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
+    """Parts, job file, output and bundle folders: 0666/0777 less the umask, never mkstemp's
+    owner-only 0600, so workers running as another user than the CLI can read them."""
+    from models.atomic import temporary_folder_beside
+
+    previous = os.umask(umask)
+    try:
+        parts = tmp_path / "out.csv.parts"
+        results.prepare_parts(parts, IDENTITY, overwrite=False)
+        results.claim_parts(parts, "job1")
+        results.write_part(parts, "job1", 0, [results.format_row("a.jpg", [], "x", 2)])
+        files = [parts / results.JOB_FILE, results.part_path(parts, "job1", 0)]
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+        folder = temporary_folder_beside(tmp_path / "bundle")
+        results.merge_parts(parts, tmp_path / "out.csv", 2)
+        modes["out.csv"] = stat.S_IMODE((tmp_path / "out.csv").stat().st_mode)
+    finally:
+        os.umask(previous)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask

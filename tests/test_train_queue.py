@@ -11,7 +11,13 @@ import pytest
 
 from models.bundle import load_bundle
 from models.decode import load_image
-from tests.conftest import SMALL_NETWORK, RunningWorker, flowers_env, run_flowers
+from tests.conftest import (
+    SMALL_NETWORK,
+    RunningWorker,
+    WorkerFactory,
+    flowers_env,
+    run_flowers,
+)
 
 pytestmark = pytest.mark.queue
 
@@ -83,14 +89,25 @@ def test_train_without_a_broker_runs_a_local_cluster(
 
 
 def test_failure_on_the_worker_reaches_the_cli(
-    redis_url: str, worker_process: RunningWorker, photo_subset: Path,
-    flowers_home: Path, tmp_path: Path,
+    redis_url: str, start_workers: WorkerFactory, photo_subset: Path, flowers_home: Path,
+    tmp_path: Path,
 ) -> None:
-    env = flowers_env(flowers_home, redis_url, tmp_path / "no-weights-here")
-    env["FLOWERS_WEIGHTS_DIR"] = str(tmp_path / "no-weights-here")
+    """Weights that the worker has neither in FLOWERS_WEIGHTS_DIR nor in Keras' cache, and
+    cannot download (its proxy is a closed port, online or not): the job fails, and the CLI
+    shows the worker's one-line reason."""
+    empty = tmp_path / "no-weights-here"
+    empty.mkdir()
+    closed = "http://127.0.0.1:9"
+    worker = start_workers(1, FLOWERS_WEIGHTS_DIR=str(empty), KERAS_HOME=str(empty),
+                           HTTPS_PROXY=closed, https_proxy=closed, HTTP_PROXY=closed,
+                           http_proxy=closed, NO_PROXY="", no_proxy="")
+    env = flowers_env(flowers_home, redis_url, None)
     result = run_flowers("train", str(photo_subset), "--output", str(tmp_path / "b"),
                          "--architecture", "mobilenet_0.50_128", env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "mobilenet_5_0_128_tf_no_top.h5" in result.stderr
-    assert worker_process.poll() is None, "the worker survives a failed job"
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "weights mobilenet_5_0_128_tf_no_top.h5" in line
+    assert f"not in FLOWERS_WEIGHTS_DIR ({empty})" in line and "could not be downloaded" in line
+    assert not list(empty.rglob("*.h5")), "nothing was downloaded"
+    assert worker.poll() is None, "the worker survives a failed job"

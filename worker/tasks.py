@@ -33,6 +33,7 @@ from worker.jobs import (
     JobStore,
     patient_client,
 )
+from worker.shared_files import WRITE_IN, check_access, check_job_files
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,19 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     """
     job_id = chunk["job_id"]
     store = job_store()
+    if store.state(job_id) in FINAL_STATES:
+        return {"skipped": True}
     try:
         roots = settings.allowed_roots
         parts_dir = check_allowed(chunk["parts_dir"], roots, "output")
         root = check_allowed(chunk["photo_dir"], roots, "photo folder")
         bundle = check_allowed(chunk["bundle"], roots, "bundle")
+        check_job_files(parts_dir)
     except FlowersError as exc:
+        log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
         store.fail(job_id, exc)
         return {"error": str(exc)}
-    if store.state(job_id) in FINAL_STATES or not results.owns_parts(parts_dir, job_id):
+    if not results.owns_parts(parts_dir, job_id):  # a rerun took the parts over
         return {"skipped": True}
     store.start(job_id, phase="labelling", worker=self.request.hostname or "")
     try:
@@ -159,7 +164,10 @@ def finish_label(job_id: str) -> dict[str, Any]:
     try:
         parts_dir = check_allowed(record["parts_dir"], settings.allowed_roots, "output")
         output = check_allowed(record["output"], settings.allowed_roots, "output")
+        check_job_files(parts_dir)
+        check_access(output.parent, WRITE_IN)
     except FlowersError as exc:
+        log.error("job %s failed: %s", job_id, exc)
         store.fail(job_id, exc)
         return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
