@@ -62,14 +62,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from cli.architectures import architectures
+    from cli.cache import cache
     from cli.cancel import cancel
+    from cli.evaluate import evaluate
     from cli.label import label
     from cli.label_dir import label_dir
     from cli.run_worker import worker
     from cli.status import status
     from cli.train import train
 
-    for command in (architectures, train, label_dir, label, status, cancel, worker):
+    for command in (architectures, train, evaluate, label_dir, label, status, cancel,
+                    cache, worker):
         cli.add_command(command)
 
 

@@ -95,8 +95,9 @@ def squash(image: Image.Image, size: int) -> Image.Image:
     return resize_axes(image, size, _filter(image.width, size), _filter(image.height, size))
 
 
-def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
-    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
+def open_photo(data: bytes, draft_size: int, name: str | Path = "<bytes>") -> Image.Image:
+    """Decodes image bytes to an 8-bit RGB image upright by its EXIF orientation, of at least
+    `draft_size` pixels a side where the photo has them; or raises `ImageDecodeError`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -110,11 +111,11 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
                 )
             if isinstance(image, JpegImagePlugin.JpegImageFile):
                 # Let libjpeg decode at a reduced scale that is still >= the target size.
-                image.draft("RGB", (size, size))
+                image.draft("RGB", (draft_size, draft_size))
             ImageOps.exif_transpose(image, in_place=True)
             image = _to_rgb8(image)
-            image = squash(image, size)
-            return np.asarray(image, dtype=np.uint8)
+            image.load()
+            return image
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -125,6 +126,15 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
             "not an image Pillow can identify (corrupt, or not a photo)"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(name, f"cannot decode ({exc})") from None
+
+
+def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
+    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
+    image = open_photo(data, size, name)
+    try:
+        return np.asarray(squash(image, size), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
         raise ImageDecodeError(name, f"cannot decode ({exc})") from None
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -59,15 +60,33 @@ def _start_warm_up(**_: Any) -> None:
     threading.Thread(target=_warm_up, name="flowers-warm-up", daemon=True).start()
 
 
-@app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
-def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Retrains a head on a photo folder and writes the bundle; see `models.retrain`."""
-    job_id = self.request.id
+def _run_job(task: Task, run: Callable[[JobStore, str], dict[str, Any]]) -> dict[str, Any]:
+    """Runs one whole-job task (train, evaluate): its record moves from running to succeeded,
+    or failed with the reason."""
+    job_id = task.request.id
     store = job_store()
-    store.update(job_id, state="running", phase="starting", worker=self.request.hostname or "",
+    store.update(job_id, state="running", phase="starting", worker=task.request.hostname or "",
                  pid=os.getpid(), started=time.time())
     try:
         _prepare_process()
+        summary = run(store, job_id)
+    except FlowersError as exc:
+        log.error("job %s failed: %s", job_id, exc)
+        store.fail(job_id, exc)
+        return {"error": str(exc)}
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.fail(job_id, exc)
+        raise
+    store.update(job_id, state="succeeded", phase="done", result=summary)
+    return summary
+
+
+@app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
+def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+    """Retrains a network's top on a photo folder and writes the bundle; see `models.retrain`."""
+
+    def run(store: JobStore, job_id: str) -> dict[str, Any]:
         from models.retrain import RetrainRequest
         from models.retrain import retrain as run_retrain
 
@@ -79,20 +98,33 @@ def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
             check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
         if retrain_request.weights not in ("imagenet", "none"):
             check_allowed(retrain_request.weights, roots, "weights file")
-        summary = run_retrain(
+        return run_retrain(
             retrain_request, settings.home, settings.weights_dir,
             progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
         )
-    except FlowersError as exc:
-        log.error("job %s failed: %s", job_id, exc)
-        store.fail(job_id, exc)
-        return {"error": str(exc)}
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        store.fail(job_id, exc)
-        raise
-    store.update(job_id, state="succeeded", phase="done", result=summary)
-    return summary
+
+    return _run_job(self, run)
+
+
+@app.task(name="flowers.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
+def evaluate(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+    """Cross-validates recipes on a photo folder; see `models.evaluate`."""
+
+    def run(store: JobStore, job_id: str) -> dict[str, Any]:
+        from models.evaluate import EvaluateRequest
+        from models.evaluate import evaluate as run_evaluate
+
+        evaluate_request = EvaluateRequest.from_dict(request)
+        roots = settings.allowed_roots
+        check_allowed(evaluate_request.training.photo_dir, roots, "photo folder")
+        if evaluate_request.training.weights not in ("imagenet", "none"):
+            check_allowed(evaluate_request.training.weights, roots, "weights file")
+        return run_evaluate(
+            evaluate_request, settings.home, settings.weights_dir,
+            progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
+        )
+
+    return _run_job(self, run)
 
 
 @app.task(name="flowers.label_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
