@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # Called with (steps done, steps in all, latest history entry).
 StepProgress = Callable[[int, int, dict[str, float]], None]
 PREDICT_BATCH = 128
+# Layers that end a block, so the network can be cut after them.
+SPLIT_POINTS = re.compile(r"block_\d+_add|conv_pw_\d+_relu|mixed\d+")
 
 
 @dataclass
@@ -64,9 +67,9 @@ def build_split_network(spec: networks.NetworkSpec, weights: str | None,
     application = networks.build_application(spec, weights, weights_dir)
     names = [layer.name for layer in application.layers]
     if split_layer not in names:
-        shown = ", ".join(name for name in names if name.endswith(("_add", "_relu", "mixed")))
+        shown = ", ".join(name for name in names if SPLIT_POINTS.fullmatch(name))
         raise UsageError(f"{spec.name} has no layer {split_layer!r} to split at; "
-                         f"layers include: {shown[:600]}")
+                         f"split points between blocks: {shown}")
     cut = application.get_layer(split_layer).output
     pixels = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="pixels")
     inner = keras.Model(application.input, cut)
