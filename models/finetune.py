@@ -90,6 +90,7 @@ class TrainedTop:
     flip_average: bool
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
+    _graph: Any = None  # the classifier traced once, on first use
 
     def probabilities(self, activations: np.ndarray) -> np.ndarray:
         """Probabilities from (N, views, *shape) activations: view 0, averaged with view 1
@@ -107,7 +108,15 @@ class TrainedTop:
         return np.concatenate(parts)
 
     def _classify(self, x: np.ndarray) -> Any:
-        return self.final(self.network.top(x, training=False), training=False)
+        if self._graph is None:
+            import tensorflow as tf
+
+            @tf.function(input_signature=[tf.TensorSpec([None, *self.network.shape], tf.float32)])
+            def classify(batch: tf.Tensor) -> tf.Tensor:
+                return self.final(self.network.top(batch, training=False), training=False)
+
+            self._graph = classify
+        return self._graph(x)
 
 
 def _accuracy_and_loss(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
