@@ -80,6 +80,7 @@ def evaluate(
             weights_dir, home, settings.bottleneck_batch_size,
             progress=lambda done, total: progress(phase, done, total, {}), guard=guard,  # noqa: B023
         )
+        feature_seconds = round(time.perf_counter() - feature_start, 3)
         kept = [photos[i] for i in features.kept]
         if kept_paths is None:
             kept_paths = {photo.path for photo in kept}
@@ -92,7 +93,7 @@ def evaluate(
                       for photo, fold in zip(kept, fold_of, strict=True)}
         results[recipe] = _cross_validate(features, kept, fold_of, request.folds, settings,
                                           data.class_names, progress)
-        results[recipe]["feature_seconds"] = round(time.perf_counter() - feature_start, 3)
+        results[recipe]["feature_seconds"] = feature_seconds
         del features
     return {
         "photo_dir": str(data.root),
