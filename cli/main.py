@@ -62,7 +62,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from cli.architectures import architectures
+    from cli.cache import cache
     from cli.cancel import cancel
+    from cli.evaluate import evaluate
     from cli.export import export
     from cli.label import label
     from cli.label_dir import label_dir
@@ -71,8 +73,8 @@ def _register() -> None:
     from cli.status import status
     from cli.train import train
 
-    for command in (architectures, train, label_dir, label, export, review, status, cancel,
-                    worker):
+    for command in (architectures, train, evaluate, label_dir, label, export, review, status,
+                    cancel, cache, worker):
         cli.add_command(command)
 
 

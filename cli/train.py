@@ -10,9 +10,11 @@ import click
 from cli.context import CliContext
 from cli.progress import ProgressLine
 from cli.queue import open_queue
+from cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
 from models.dataset import check_percentages, discover
 from models.errors import UsageError
 from models.networks import DEFAULT_ARCHITECTURE, get_spec
+from models.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
 from models.retrain import RetrainRequest
 
 
@@ -24,10 +26,19 @@ from models.retrain import RetrainRequest
               help="Bundle folder to write; default: the worker's FLOWERS_HOME/bundles/ARCH.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
-@click.option("--how-many-training-steps", type=int, default=4000, show_default=True)
-@click.option("--train-batch-size", type=int, default=100, show_default=True)
-@click.option("--learning-rate", type=float, default=0.01, show_default=True)
-@click.option("--eval-step-interval", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+              help="fine-tune: the top of the network on cached activations of augmented views; "
+                   "codelab: the codelab's softmax layer on frozen features.")
+@fine_tune_options
+@click.option("--how-many-training-steps", type=int, default=4000, show_default=True,
+              help="codelab: training steps.")
+@click.option("--train-batch-size", type=int, default=None,
+              help=f"Default: 100 for codelab, {FINE_TUNE_DEFAULTS.batch_size} for fine-tune.")
+@click.option("--learning-rate", type=float, default=None,
+              help=f"Default: 0.01 for codelab, {FINE_TUNE_DEFAULTS.learning_rate:g} for "
+                   "fine-tune (Adam, cosine decay).")
+@click.option("--eval-step-interval", type=click.IntRange(min=1), default=10, show_default=True,
+              help="codelab: steps between evaluations.")
 @click.option("--validation-percentage", type=float, default=10.0, show_default=True)
 @click.option("--testing-percentage", type=float, default=10.0, show_default=True)
 @click.option("--summaries-dir", type=click.Path(path_type=Path), default=None,
@@ -38,18 +49,22 @@ from models.retrain import RetrainRequest
 @click.option("--print-misclassified-test-images", is_flag=True)
 @click.pass_obj
 def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | None,
-          weights: str, how_many_training_steps: int, train_batch_size: int,
-          learning_rate: float, eval_step_interval: int, validation_percentage: float,
+          weights: str, recipe: str, epochs: int, views: int, flip_average: bool,
+          split_layer: str | None, how_many_training_steps: int, train_batch_size: int | None,
+          learning_rate: float | None, eval_step_interval: int, validation_percentage: float,
           testing_percentage: float, summaries_dir: Path | None, bottleneck_batch_size: int,
           wait: bool, print_misclassified_test_images: bool) -> None:
-    """Retrain the last layer of an ImageNet network on PHOTO_DIR (one sub-folder per class)."""
+    """Retrain the top of an ImageNet network on PHOTO_DIR (one sub-folder per class)."""
     settings = obj.settings
     spec = get_spec(architecture)
     for name, value in (("--how-many-training-steps", how_many_training_steps),
                         ("--train-batch-size", train_batch_size),
                         ("--learning-rate", learning_rate)):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise UsageError(f"{name} {value} must be positive")
+    fine_tune = fine_tune_recipe(epochs, views, flip_average, split_layer, learning_rate,
+                                 train_batch_size)
+    codelab = recipe == CODELAB
     check_percentages(validation_percentage, testing_percentage)
     data = discover(photo_dir)
     if output is not None:
@@ -66,16 +81,19 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
             "without it the local cluster lives only while the command waits"
         )
     request = RetrainRequest(
-        photo_dir=str(data.root), output=str(output) if output else None, architecture=spec.name,
+        photo_dir=str(data.root), output=str(output) if output else None, recipe=recipe,
+        fine_tune=fine_tune, architecture=spec.name,
         weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
-        how_many_training_steps=how_many_training_steps, train_batch_size=train_batch_size,
-        learning_rate=learning_rate, eval_step_interval=eval_step_interval,
+        how_many_training_steps=how_many_training_steps,
+        train_batch_size=(train_batch_size or 100) if codelab else 100,
+        learning_rate=(learning_rate or 0.01) if codelab else 0.01,
+        eval_step_interval=eval_step_interval,
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
         summaries_dir=str(summaries_dir.resolve()) if summaries_dir else None,
         bottleneck_batch_size=bottleneck_batch_size,
     )
     with open_queue(settings, local_processes=1) as queue:
-        click.echo(f"training {spec.name} on {len(data.photos)} photos in "
+        click.echo(f"training {spec.name} ({recipe}) on {len(data.photos)} photos in "
                    f"{len(data.class_names)} classes: {', '.join(data.class_names)}", err=True)
         job_id = queue.submit("flowers.retrain", "train", request.to_dict())
         if not wait:
@@ -97,11 +115,12 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         f"train {_percent(summary['train_accuracy'])})"
     )
     click.echo(f"bundle: {summary['bundle']}")
+    cache = summary["cache"]
+    unit = "views" if cache["kind"] == "activations" else "photos"
     click.echo(
         f"{summary['photos']} photos: {split['training']} training, {split['validation']} "
-        f"validation, {split['testing']} testing; bottlenecks {summary['bottlenecks_computed']} "
-        f"computed, {summary['bottleneck_cache_hits']} from cache; "
-        f"{summary['seconds']['total']:.1f} s"
+        f"validation, {split['testing']} testing; {cache['kind']} of {cache['computed']} {unit} "
+        f"computed, {cache['cache_hits']} from cache; {summary['seconds']['total']:.1f} s"
     )
     skipped = summary["skipped"]
     if skipped:

@@ -39,6 +39,24 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def load_entry(path: Path) -> np.ndarray | None:
+    """A cached array, or None when absent or unreadable (then it is recomputed)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("ignoring unreadable cache entry %s: %s", path, exc)
+        return None
+
+
+def store_entry(path: Path, array: np.ndarray) -> None:
+    """Writes a cache entry atomically; not synced to disk: a lost entry is just recomputed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda handle: np.save(handle, array, allow_pickle=False),
+                     durable=False)
+
+
 class BottleneckCache:
     """Bottleneck vectors on disk, one `.npy` file per photo content and network."""
 
@@ -50,22 +68,11 @@ class BottleneckCache:
 
     def load(self, digest: str) -> np.ndarray | None:
         """The cached vector, or None when absent or unreadable (then it is recomputed)."""
-        path = self.bottleneck_path(digest)
-        try:
-            return np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable cache entry %s: %s", path, exc)
-            return None
+        return load_entry(self.bottleneck_path(digest))
 
     def store(self, digest: str, vector: np.ndarray) -> None:
         """Writes an entry atomically; not synced to disk: a lost entry is just recomputed."""
-        path = self.bottleneck_path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(
-            path, lambda handle: np.save(handle, vector, allow_pickle=False), durable=False
-        )
+        store_entry(self.bottleneck_path(digest), vector)
 
 
 @dataclass

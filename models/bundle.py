@@ -185,6 +185,8 @@ def load_bundle(bundle: Path) -> LoadedBundle:
     """Loads a bundle in Keras safe mode; raises `BundleError` if any part is missing or corrupt."""
     import keras
 
+    import models.layers  # noqa: F401 - registers the layers a fine-tuned bundle holds
+
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)
     labels_path = bundle / LABELS_FILE

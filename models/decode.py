@@ -131,7 +131,11 @@ def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> 
 
 def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
     """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
-    return np.asarray(squash(open_rgb(data, name, size), size), dtype=np.uint8)
+    image = open_rgb(data, name, size)
+    try:
+        return np.asarray(squash(image, size), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(name, f"cannot decode ({exc})") from None
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

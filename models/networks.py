@@ -41,6 +41,10 @@ class NetworkSpec:
     # The scaling the network was trained with, applied inside the model: x * scale + offset.
     scale: float = 1 / 127.5
     offset: float = -1.0
+    # Where the fine-tune recipe cuts the network: activations below it are cached, layers
+    # above it are trained. About two thirds of the way up, where the features are still 14x14
+    # (17x17 then 8x8 for InceptionV3) and most of the computation is already done.
+    split_layer: str = "block_12_add"
 
     def describe(self) -> str:
         return f"{self.family} alpha={self.alpha:g} input={self.input_size}px"
@@ -58,6 +62,7 @@ def _mobilenet_v1(alpha_text: str, size: int) -> NetworkSpec:
         bottleneck_size=int(1024 * alpha),
         weights_file=weights_file,
         weights_url=KERAS_BASE_URL + "mobilenet/" + weights_file,
+        split_layer="conv_pw_11_relu",
     )
 
 
@@ -86,6 +91,7 @@ def _build_registry() -> dict[str, NetworkSpec]:
             bottleneck_size=2048,
             weights_file=inception_file,
             weights_url=KERAS_BASE_URL + "inception_v3/" + inception_file,
+            split_layer="mixed8",
         )
     ]
     for alpha_text in ("1.0", "0.75", "0.50", "0.25"):
@@ -141,20 +147,17 @@ def _application(spec: NetworkSpec) -> Any:
     }[spec.family]
 
 
-def build_base_network(
-    name: str, weights: str | None = WEIGHTS_IMAGENET, weights_dir: Path | None = None
+def build_application(
+    spec: NetworkSpec, weights: str | None = WEIGHTS_IMAGENET, weights_dir: Path | None = None
 ) -> keras.Model:
-    """A Keras model from 0-255 RGB pixels (N, size, size, 3) to bottlenecks (N, features)."""
-    import keras
-
-    spec = get_spec(name)
+    """The Keras application without its top: [-1, 1] pixels in, pooled features out."""
     resolved = resolve_weights(spec, weights, weights_dir)
     shape = (spec.input_size, spec.input_size, 3)
     kwargs: dict[str, Any] = {"include_top": False, "pooling": "avg", "input_shape": shape}
     if spec.family != "inception_v3":
         kwargs["alpha"] = spec.alpha
     try:
-        base = _application(spec)(weights=resolved, **kwargs)
+        application = _application(spec)(weights=resolved, **kwargs)
     except Exception as exc:
         if resolved != WEIGHTS_IMAGENET:
             raise
@@ -164,10 +167,27 @@ def build_base_network(
             f"downloaded ({type(exc).__name__}: {exc}); fetch {spec.weights_url} and put it in "
             "FLOWERS_WEIGHTS_DIR, or pass --weights none for random weights"
         ) from None
-    pixels = keras.Input(shape=shape, name="pixels")
-    scaled = keras.layers.Rescaling(spec.scale, offset=spec.offset, name="scale_to_unit")(pixels)
-    bottleneck = base(scaled)
     log.info("built %s (%s, weights=%s)", spec.name, spec.describe(), resolved)
+    return application
+
+
+def scaling_layer(spec: NetworkSpec) -> keras.layers.Layer:
+    """The layer that maps 0-255 pixels to the network's value range."""
+    import keras
+
+    return keras.layers.Rescaling(spec.scale, offset=spec.offset, name="scale_to_unit")
+
+
+def build_base_network(
+    name: str, weights: str | None = WEIGHTS_IMAGENET, weights_dir: Path | None = None
+) -> keras.Model:
+    """A Keras model from 0-255 RGB pixels (N, size, size, 3) to bottlenecks (N, features)."""
+    import keras
+
+    spec = get_spec(name)
+    base = build_application(spec, weights, weights_dir)
+    pixels = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="pixels")
+    bottleneck = base(scaling_layer(spec)(pixels))
     return keras.Model(pixels, bottleneck, name=f"{spec.name.replace('.', '_')}_base")
 
 

@@ -14,6 +14,7 @@ def write_report(
     confusion: list[list[int]],
     class_names: list[str] | tuple[str, ...],
     title: str,
+    x_label: str = "training step",
 ) -> None:
     """Draws accuracy and cross-entropy curves and the test confusion matrix into one PNG."""
     import matplotlib
@@ -26,7 +27,7 @@ def write_report(
     for axes, metric in ((acc_axes, "accuracy"), (loss_axes, "cross_entropy")):
         for subset in ("train", "validation"):
             axes.plot(steps, [entry[f"{subset}_{metric}"] for entry in history], label=subset)
-        axes.set_xlabel("training step")
+        axes.set_xlabel(x_label)
         axes.set_title(metric.replace("_", "-"))
         axes.grid(alpha=0.3)
         axes.legend()

@@ -1,7 +1,8 @@
 """A retraining request in, a model bundle and a summary out: the whole training pipeline.
 
-scan (discover, stable split) -> bottlenecks (cache, batched network) -> train the softmax
-head -> evaluate -> export the bundle (network + head + scaling, labels, manifest, report).
+scan (discover, stable split) -> features (bottlenecks for the codelab recipe, activations of
+augmented views for fine-tune; cached, batched network) -> train -> evaluate -> export the
+bundle (network + classifier + scaling, labels, manifest, report).
 Progress is reported through a callback as (phase, done, total, details).
 """
 
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from models import bottlenecks, bundle, dataset, head, networks, report
+from models import bundle, dataset, head, networks, report, training
 from models.decode import PREPROCESS_VERSION
 from models.errors import DatasetError
+from models.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ class RetrainRequest:
 
     photo_dir: str
     output: str | None = None  # None: FLOWERS_HOME/bundles/ARCHITECTURE on the worker
+    recipe: str = DEFAULT_RECIPE
+    # The fine-tune recipe's settings; the codelab recipe uses the flags below instead.
+    fine_tune: FineTuneRecipe = dataclasses.field(default_factory=FineTuneRecipe)
     architecture: str = networks.DEFAULT_ARCHITECTURE
     weights: str = networks.WEIGHTS_IMAGENET
     how_many_training_steps: int = 4000
@@ -50,7 +55,22 @@ class RetrainRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrainRequest:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        values = {key: value for key, value in data.items() if key in names}
+        values["fine_tune"] = FineTuneRecipe.from_dict(values.get("fine_tune"))
+        return cls(**values)
+
+    def head_config(self) -> head.HeadConfig:
+        """The codelab recipe's settings."""
+        return head.HeadConfig(
+            steps=self.how_many_training_steps, batch_size=self.train_batch_size,
+            learning_rate=self.learning_rate, eval_step_interval=self.eval_step_interval,
+        )
+
+    def recipe_settings(self) -> dict[str, Any]:
+        """The chosen recipe's name and settings, as the manifest records them."""
+        if self.recipe == CODELAB:
+            return {"name": CODELAB, **dataclasses.asdict(self.head_config())}
+        return {"name": self.recipe, **self.fine_tune.to_dict()}
 
 
 def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:
@@ -82,60 +102,46 @@ def retrain(
     progress("scanning", len(photos), len(photos), {"classes": list(data.class_names)})
     timings["scan"] = time.perf_counter() - started
 
-    base: list[Any] = []
-
-    def make_runner() -> bottlenecks.BatchRunner:
-        base.append(networks.build_base_network(spec.name, request.weights, weights_dir))
-        return networks.batch_runner(base[0])
-
+    check_recipe(request.recipe)
+    phase = "bottlenecks" if request.recipe == CODELAB else "activations"
     phase_start = time.perf_counter()
-    computed = bottlenecks.compute_bottlenecks(
-        [photo.path for photo in photos],
-        spec.input_size,
-        spec.bottleneck_size,
-        bottlenecks.BottleneckCache(home, spec.name),
-        make_runner,
-        batch_size=request.bottleneck_batch_size,
-        progress=lambda done, total: progress("bottlenecks", done, total, {}),
-        guard=guard,
+    features = training.compute_features(
+        request.recipe, request.fine_tune, spec, [photo.path for photo in photos],
+        request.weights, weights_dir, home, request.bottleneck_batch_size,
+        progress=lambda done, total: progress(phase, done, total, {}), guard=guard,
     )
-    timings["bottlenecks"] = time.perf_counter() - phase_start
-    kept = [photos[i] for i in computed.kept]
+    timings[phase] = time.perf_counter() - phase_start
+    kept = [photos[i] for i in features.kept]
     labels = np.array([photo.label for photo in kept], dtype=np.int64)
     split = dataset.stable_split(kept, request.validation_percentage, request.testing_percentage)
     index_of = {photo.path: row for row, photo in enumerate(kept)}
     rows = {name: [index_of[photo.path] for photo in split[name]] for name in dataset.SETS}
     if not rows["training"]:
         raise DatasetError(f"{data.root}: no readable photos fell into the training set")
-    x = {name: computed.vectors[rows[name]] for name in dataset.SETS}
-    y = {name: labels[rows[name]] for name in dataset.SETS}
 
     phase_start = time.perf_counter()
-    config = head.HeadConfig(
-        steps=request.how_many_training_steps,
-        batch_size=request.train_batch_size,
-        learning_rate=request.learning_rate,
-        eval_step_interval=request.eval_step_interval,
-    )
-    trained = head.train_head(
-        x["training"], y["training"], x["validation"], y["validation"], len(data.class_names),
-        config, progress=lambda done, total, entry: progress("training", done, total, entry),
+    fitted = training.fit(
+        features, labels, rows["training"], rows["validation"], len(data.class_names),
+        request.head_config(), request.fine_tune,
+        progress=lambda done, total, entry: progress("training", done, total, entry),
     )
     timings["training"] = time.perf_counter() - phase_start
+    probabilities = {name: fitted.probabilities(rows[name]) for name in dataset.SETS}
     metrics = {
-        name: head.evaluate(trained, x[name], y[name], data.class_names) for name in dataset.SETS
+        name: head.metrics(probabilities[name], labels[rows[name]], data.class_names)
+        for name in dataset.SETS
     }
-    misclassified = _misclassified(trained, kept, rows["testing"], computed.vectors, data)
+    misclassified = _misclassified(probabilities["testing"], kept, rows["testing"], data)
     if request.summaries_dir:
-        head.write_summaries(trained.history, Path(request.summaries_dir))
+        head.write_summaries(fitted.history, Path(request.summaries_dir))
 
     progress("export", 0, 1, {})
     phase_start = time.perf_counter()
-    model = _full_model(base[0] if base else None, spec, request, weights_dir, trained)
+    model = fitted.export()
     relative = lambda photo: photo.path.relative_to(data.root).as_posix()  # noqa: E731
     skipped = [
         {"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
-        for path, reason in computed.skipped
+        for path, reason in features.skipped
     ]
     manifest: dict[str, Any] = {
         "format_version": bundle.FORMAT_VERSION,
@@ -154,6 +160,7 @@ def retrain(
         },
         "class_names": list(data.class_names),
         "output_layer": "final_result",
+        "recipe": {**request.recipe_settings(), **fitted.details},
         "training_arguments": request.to_dict(),
         "photo_dir": str(data.root),
         "split": {name: len(rows[name]) for name in dataset.SETS},
@@ -167,11 +174,11 @@ def retrain(
             "test_per_class": metrics["testing"]["per_class"],
             "test_confusion_matrix": metrics["testing"]["confusion_matrix"],
             "misclassified_test_images": misclassified,
-            # The learning curves of report.png: one entry every eval_step_interval steps.
+            # The learning curves of report.png: per eval step (codelab) or per epoch.
             "history": [{name: value if np.isfinite(value) else None
-                         for name, value in entry.items()} for entry in trained.history],
+                         for name, value in entry.items()} for entry in fitted.history],
         },
-        "bottlenecks": {"cache_hits": computed.cache_hits, "computed": computed.computed},
+        phase: features.cache,
         "versions": _versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
@@ -179,9 +186,10 @@ def retrain(
     output = bundle.save_bundle(
         target, model, manifest, split_files,
         write_report=lambda path: report.write_report(
-            path, trained.history, metrics["testing"]["confusion_matrix"], data.class_names,
-            f"{spec.name} on {data.root.name}: test accuracy "
+            path, fitted.history, metrics["testing"]["confusion_matrix"], data.class_names,
+            f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
             f"{_percent(metrics['testing']['accuracy'])}",
+            x_label="training step" if request.recipe == CODELAB else "epoch",
         ),
     )
     timings["export"] = time.perf_counter() - phase_start
@@ -197,8 +205,8 @@ def retrain(
         "validation_accuracy": metrics["validation"]["accuracy"],
         "test_accuracy": metrics["testing"]["accuracy"],
         "skipped": skipped,
-        "bottleneck_cache_hits": computed.cache_hits,
-        "bottlenecks_computed": computed.computed,
+        "recipe": request.recipe,
+        "cache": {"kind": phase, **features.cache},
         "seconds": {name: round(value, 3) for name, value in timings.items()},
     }
 
@@ -208,12 +216,8 @@ def _percent(value: object) -> str:
 
 
 def _misclassified(
-    trained: head.TrainedHead, kept: list[dataset.Photo], test_rows: list[int],
-    vectors: np.ndarray, data: dataset.Dataset,
+    probs: np.ndarray, kept: list[dataset.Photo], test_rows: list[int], data: dataset.Dataset,
 ) -> list[dict[str, Any]]:
-    if not test_rows:
-        return []
-    probs = trained.probabilities(vectors[test_rows])
     wrong = []
     for row, p in zip(test_rows, probs, strict=True):
         photo = kept[row]
@@ -226,21 +230,6 @@ def _misclassified(
                 "confidence": round(float(p[guess]), 6),
             })
     return wrong
-
-
-def _full_model(
-    base: Any, spec: networks.NetworkSpec, request: RetrainRequest,
-    weights_dir: Path | None, trained: head.TrainedHead,
-) -> Any:
-    """The base network (built now if the cache spared it) topped with the trained softmax."""
-    import keras
-
-    if base is None:
-        base = networks.build_base_network(spec.name, request.weights, weights_dir)
-    final = keras.layers.Dense(trained.bias.shape[0], activation="softmax", name="final_result")
-    probabilities = final(base.output)
-    final.set_weights([trained.kernel, trained.bias])
-    return keras.Model(base.input, probabilities, name=f"flowers_{spec.name.replace('.', '_')}")
 
 
 def _versions() -> dict[str, str]:

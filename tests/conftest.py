@@ -263,7 +263,8 @@ def trained_bundle(
 
     output = tmp_path_factory.mktemp("bundles") / "small"
     request = RetrainRequest(photo_dir=str(photo_subset), output=str(output),
-                             architecture=SMALL_NETWORK, how_many_training_steps=300,
+                             architecture=SMALL_NETWORK, recipe="codelab",
+                             how_many_training_steps=300,
                              validation_percentage=20, testing_percentage=20)
     summary = retrain(request, tmp_path_factory.mktemp("home"), weights_dir)
     return output, summary

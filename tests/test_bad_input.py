@@ -163,7 +163,8 @@ def test_broken_files_do_not_fail_training(
     Image.new("RGBA", (40, 40), (255, 0, 0, 128)).save(buffer, "PNG")
     (root / "tulips" / "alpha.PNG").write_bytes(buffer.getvalue())
     summary = retrain(RetrainRequest(photo_dir=str(root), output=str(tmp_path / "b"),
-                                     architecture=SMALL_NETWORK, how_many_training_steps=20),
+                                     architecture=SMALL_NETWORK, recipe="codelab",
+                             how_many_training_steps=20),
                       tmp_path / "home", weights_dir)
     assert {item["path"] for item in summary["skipped"]} == {"daisy/zero.jpg",
                                                             "tulips/only_text.png"}
@@ -228,7 +229,8 @@ def test_a_class_with_one_photo_trains_with_a_warning(
     root = copy_subset(flower_photos, tmp_path / "photos", ["daisy"], 12)
     copy_subset(flower_photos, root, ["roses"], 1)
     summary = retrain(RetrainRequest(photo_dir=str(root), output=str(tmp_path / "b"),
-                                     architecture=SMALL_NETWORK, how_many_training_steps=20),
+                                     architecture=SMALL_NETWORK, recipe="codelab",
+                             how_many_training_steps=20),
                       tmp_path / "home", weights_dir)
     assert summary["photos"] == 13
     assert "class 'roses' has only 1 photos" in caplog.text

@@ -211,10 +211,10 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     worker = start_workers(1)
     output = tmp_path / "bundle"
     queued = run_flowers("train", str(photos), "--output", str(output), "--architecture",
-                         SMALL_NETWORK, "--bottleneck-batch-size", "2",
-                         "--how-many-training-steps", "50", "--no-wait", env=env)
+                         SMALL_NETWORK, "--bottleneck-batch-size", "4", "--views", "2",
+                         "--epochs", "1", "--no-wait", env=env)
     job_id = queued.stdout.strip()
-    cache = flowers_home / "bottlenecks"
+    cache = flowers_home / "activations"
     wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8, what="some cache entries")
     (child,) = worker.pool_pids()
     os.kill(child, signal.SIGKILL)
@@ -226,10 +226,10 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
 
     wait_for(finished, what="the redelivered retrain")
     assert record["state"] == "succeeded", record
-    reused = record["result"]["bottleneck_cache_hits"]
-    assert reused >= 8 and reused + record["result"]["bottlenecks_computed"] == 48
+    reused = record["result"]["cache"]["cache_hits"]
+    assert reused >= 8 and reused + record["result"]["cache"]["computed"] == 48 * 2
     for entry in cache.rglob("*.npy"):
-        assert np.load(entry).shape == (256,), f"torn cache entry {entry}"
+        assert np.load(entry).shape == (14, 14, 128), f"torn cache entry {entry}"
 
 
 def test_cli_killed_while_waiting(
@@ -263,7 +263,8 @@ def test_two_jobs_with_two_bundles_on_the_same_workers(
         shutil.copytree(photos / name, two_classes / name)
     other = tmp_path / "other-bundle"
     retrain(RetrainRequest(photo_dir=str(two_classes), output=str(other),
-                           architecture=SMALL_NETWORK, how_many_training_steps=50),
+                           architecture=SMALL_NETWORK, recipe="codelab",
+                             how_many_training_steps=50),
             tmp_path / "home2", weights_dir)
     env = flowers_env(flowers_home, redis_url, weights_dir)
     start_workers(2)

@@ -251,19 +251,26 @@ def test_label_dir_without_a_broker_runs_a_local_cluster(
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-def test_pool_processes_import_tensorflow_before_their_first_task(
-    start_workers: WorkerFactory
+@pytest.mark.parametrize("runtime", ["litert", "keras"])
+def test_pool_processes_import_their_runtime_before_their_first_task(
+    start_workers: WorkerFactory, runtime: str
 ) -> None:
-    worker = start_workers(2)
+    """LiteRT (the default) before any task, and never TensorFlow; Keras' TensorFlow when
+    FLOWERS_RUNTIME=keras. The main process forks: it stays free of both."""
+    worker = start_workers(2, FLOWERS_RUNTIME=runtime)
+    library = "libtensorflow" if runtime == "keras" else "_pywrap_litert_interpreter_wrapper"
 
-    def loaded_tensorflow(pid: int) -> bool:
-        return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    def mapped(pid: int, name: str) -> bool:
+        return name in Path(f"/proc/{pid}/maps").read_text()
 
-    wait_for(lambda: bool(worker.pool_pids()) and all(map(loaded_tensorflow, worker.pool_pids())),
-             timeout=120, what="pool processes to import TensorFlow", interval=0.2)
+    wait_for(lambda: bool(worker.pool_pids()) and all(mapped(pid, library)
+                                                      for pid in worker.pool_pids()),
+             timeout=120, what=f"pool processes to import {runtime}", interval=0.2)
     assert len(worker.pool_pids()) == 2
     assert "Task flowers." not in worker.log(), "no task was sent"
-    assert not loaded_tensorflow(worker.pid), "the main process forks: it must stay free of it"
+    if runtime == "litert":
+        assert not any(mapped(pid, "libtensorflow") for pid in worker.pool_pids())
+    assert not mapped(worker.pid, "libtensorflow") and not mapped(worker.pid, library)
 
 
 def test_two_queues_two_workers_no_crossing(

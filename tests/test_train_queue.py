@@ -21,7 +21,8 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.queue
 
-TRAIN_ARGS = ("--architecture", SMALL_NETWORK, "--how-many-training-steps", "300",
+TRAIN_ARGS = ("--architecture", SMALL_NETWORK, "--recipe", "codelab",
+              "--how-many-training-steps", "300",
               "--validation-percentage", "20", "--testing-percentage", "20")
 
 
@@ -69,7 +70,7 @@ def test_train_through_redis_and_a_worker(
     # Same photos again, waiting this time: every bottleneck comes from the shared cache.
     again = run_flowers("train", str(photo_subset), "--output", str(output), *TRAIN_ARGS, env=env)
     assert again.returncode == 0, again.stderr
-    assert "0 computed, 75 from cache" in again.stdout
+    assert "bottlenecks of 0 photos computed, 75 from cache" in again.stdout
     assert f"bundle: {output}" in again.stdout
     assert "roses/not_a_photo.jpg: not an image" in again.stdout
     assert load_bundle(output).manifest["bundle_id"] != bundle.manifest["bundle_id"]

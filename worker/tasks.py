@@ -64,33 +64,45 @@ def _start_warm_up(**_: Any) -> None:
     threading.Thread(target=_warm_up, name="flowers-warm-up", daemon=True).start()
 
 
-@app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
-def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Retrains a head on a photo folder and writes the bundle, in a process of its own (see
-    `worker.train_process`); returns the summary."""
-    job_id = self.request.id
+def _run_in_own_process(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Runs a whole-job task (train, evaluate) in a process of its own (see
+    `worker.train_process`) and waits for it; its record moves from running to succeeded, or
+    failed with the reason."""
+    job_id = task.request.id
     store = job_store()
     if importlib.util.find_spec("tensorflow") is None:
-        message = (f"worker {self.request.hostname} is a labelling-only install (no TensorFlow) "
-                   "and cannot train: install flowers[train] there, or give training its own "
+        message = (f"worker {task.request.hostname} is a labelling-only install (no TensorFlow) "
+                   f"and cannot {kind}: install flowers[train] there, or give training its own "
                    "queue (FLOWERS_QUEUE) served by workers that have it")
         log.error("job %s: %s", job_id, message)
         store.fail(job_id, FlowersError(message))
         return {"error": message}
-    store.update(job_id, state="running", phase="starting", worker=self.request.hostname or "",
+    store.update(job_id, state="running", phase="starting", worker=task.request.hostname or "",
                  pid=os.getpid(), started=time.time())
-    process = train_process.start(job_id, request, app.conf.broker_url)
+    process = train_process.start(kind, job_id, request, app.conf.broker_url)
     code = process.wait()
     record = store.get(job_id)
     if code in (0, 1) and record.get("state") in FINAL_STATES:
         return dict(record.get("result") or {"error": record.get("message", "")})
     how = (f"was killed by {signal.Signals(-code).name}" if code < 0
            else f"exited with code {code}")
-    message = (f"the training process {how} (out of memory?); see the worker's log, "
-               "then run the same command again: cached bottlenecks are reused")
+    message = (f"the {kind} process {how} (out of memory?); see the worker's log, then run the "
+               "same command again: cached bottlenecks and activations are reused")
     log.error("job %s: %s", job_id, message)
     store.fail(job_id, FlowersError(message))
     return {"error": message}
+
+
+@app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
+def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+    """Retrains a network's top on a photo folder and writes the bundle; see `models.retrain`."""
+    return _run_in_own_process(self, "retrain", request)
+
+
+@app.task(name="flowers.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
+def evaluate(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+    """Cross-validates recipes on a photo folder; see `models.evaluate`."""
+    return _run_in_own_process(self, "evaluate", request)
 
 
 @app.task(name="flowers.label_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)

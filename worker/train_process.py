@@ -1,11 +1,12 @@
-"""A training job in a process of its own: `python -m worker.train_process JOB_ID` with the
-RetrainRequest as JSON on stdin; progress, failure and the summary go to the job's record.
+"""A training job in a process of its own: `python -m worker.train_process KIND JOB_ID` with the
+request (a RetrainRequest for "retrain", an EvaluateRequest for "evaluate") as JSON on stdin;
+progress, failure and the summary go to the job's record.
 
-The `flowers.retrain` task starts this process and waits for it, so TensorFlow (a gigabyte and
-more once a network has trained) lives only as long as the training: the pool process that ran
-the task goes back to labelling with LiteRT, without TensorFlow in its memory. The process dies
-with the pool process that started it (Linux), so a killed worker leaves no orphan training and
-the task's redelivery is the only copy that runs.
+The `flowers.retrain` and `flowers.evaluate` tasks start this process and wait for it, so
+TensorFlow (gigabytes once a network has trained) lives only as long as the training: the
+pool process that ran the task goes back to labelling with LiteRT, without TensorFlow in its
+memory. The process dies with the pool process that started it (Linux), so a killed worker
+leaves no orphan training and the task's redelivery is the only copy that runs.
 
 Exit codes: 0 trained (the record says succeeded), 1 failed with a reason (the record says
 failed), anything else a crash the task reports.
@@ -31,10 +32,11 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "FLOWERS_TRAIN_PARENT"
 
 
-def start(job_id: str, request: dict[str, Any], broker_url: str) -> subprocess.Popen[bytes]:
-    """Starts the training process for `job_id`; its logs go to this process's stderr."""
+def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str
+          ) -> subprocess.Popen[bytes]:
+    """Starts the `kind` process for `job_id`; its logs go to this process's stderr."""
     env = dict(os.environ, FLOWERS_BROKER_URL=broker_url, **{PARENT_ENV: str(os.getpid())})
-    process = subprocess.Popen([sys.executable, "-m", "worker.train_process", job_id],
+    process = subprocess.Popen([sys.executable, "-m", "worker.train_process", kind, job_id],
                                stdin=subprocess.PIPE, env=env)
     assert process.stdin is not None
     process.stdin.write(json.dumps(request).encode())
@@ -55,25 +57,46 @@ def _die_with_parent() -> None:
         os._exit(3)
 
 
-def train(job_id: str, request: dict[str, Any], settings: Settings, store: JobStore) -> int:
-    """Runs the retraining of `request`, keeping the job's record; returns the exit code."""
+def _retrain(request: dict[str, Any], settings: Settings, store: JobStore,
+             job_id: str) -> dict[str, Any]:
+    from models.retrain import RetrainRequest, retrain
+
+    retrain_request = RetrainRequest.from_dict(request)
+    roots = settings.allowed_roots
+    check_allowed(retrain_request.photo_dir, roots, "photo folder")
+    check_allowed(retrain_request.output or settings.home, roots, "bundle output")
+    if retrain_request.summaries_dir:
+        check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
+    if retrain_request.weights not in ("imagenet", "none"):
+        check_allowed(retrain_request.weights, roots, "weights file")
+    return retrain(retrain_request, settings.home, settings.weights_dir,
+                   progress=ProgressReporter(store, job_id), guard=photo_guard(roots))
+
+
+def _evaluate(request: dict[str, Any], settings: Settings, store: JobStore,
+              job_id: str) -> dict[str, Any]:
+    from models.evaluate import EvaluateRequest, evaluate
+
+    evaluate_request = EvaluateRequest.from_dict(request)
+    roots = settings.allowed_roots
+    check_allowed(evaluate_request.training.photo_dir, roots, "photo folder")
+    if evaluate_request.training.weights not in ("imagenet", "none"):
+        check_allowed(evaluate_request.training.weights, roots, "weights file")
+    return evaluate(evaluate_request, settings.home, settings.weights_dir,
+                    progress=ProgressReporter(store, job_id), guard=photo_guard(roots))
+
+
+JOBS = {"retrain": _retrain, "evaluate": _evaluate}
+
+
+def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
+            store: JobStore) -> int:
+    """Runs the `kind` job of `request`, keeping the job's record; returns the exit code."""
     try:
-        from models.retrain import RetrainRequest, retrain
         from models.runtime import configure_tensorflow
 
         configure_tensorflow(settings.threads_per_process())
-        retrain_request = RetrainRequest.from_dict(request)
-        roots = settings.allowed_roots
-        check_allowed(retrain_request.photo_dir, roots, "photo folder")
-        check_allowed(retrain_request.output or settings.home, roots, "bundle output")
-        if retrain_request.summaries_dir:
-            check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
-        if retrain_request.weights not in ("imagenet", "none"):
-            check_allowed(retrain_request.weights, roots, "weights file")
-        summary = retrain(
-            retrain_request, settings.home, settings.weights_dir,
-            progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
-        )
+        summary = JOBS[kind](request, settings, store, job_id)
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
         store.fail(job_id, exc)
@@ -90,13 +113,13 @@ def main() -> None:
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/train-"
                         f"{os.getpid()}] %(name)s: %(message)s")
-    job_id = sys.argv[1]
+    kind, job_id = sys.argv[1:3]
     request = json.loads(sys.stdin.read())
     settings = Settings.from_env()
     assert settings.broker_url is not None, "started by the retrain task with the broker URL"
     store = JobStore(patient_client(settings.broker_url))
     store.update(job_id, train_pid=os.getpid())
-    sys.exit(train(job_id, request, settings, store))
+    sys.exit(run_job(kind, job_id, request, settings, store))
 
 
 if __name__ == "__main__":

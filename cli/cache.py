@@ -1,0 +1,39 @@
+"""`flowers cache`: the bottleneck and activation caches' size per network, and clearing them."""
+
+from __future__ import annotations
+
+import click
+
+from cli.context import CliContext
+from models.cache_disk import KINDS, clear, usage
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB"
+
+
+@click.command()
+@click.option("--clear", "do_clear", is_flag=True, help="Remove the cached entries.")
+@click.option("--kind", type=click.Choice(KINDS), default=None,
+              help="Only this kind of cache (default: both).")
+@click.option("--network", default=None, help="Only this network's entries.")
+@click.pass_obj
+def cache(obj: CliContext, do_clear: bool, kind: str | None, network: str | None) -> None:
+    """Show (or --clear) the caches in FLOWERS_HOME: entries and disk use per network and kind."""
+    home = obj.settings.home
+    kinds = (kind,) if kind else KINDS
+    if do_clear:
+        freed = clear(home, kinds, network)
+        click.echo(f"cleared {_size(freed)} from {home}")
+        return
+    rows = [item for item in usage(home)
+            if item.kind in kinds and (network is None or item.network == network)]
+    if not rows:
+        click.echo(f"no cached entries in {home}")
+        return
+    click.echo(f"{'kind':<12} {'network':<24} {'entries':>8} {'size':>10}")
+    for item in rows:
+        click.echo(f"{item.kind:<12} {item.network:<24} {item.entries:>8} "
+                   f"{_size(item.size_bytes):>10}")
+    click.echo(f"{'total':<12} {'':<24} {sum(i.entries for i in rows):>8} "
+               f"{_size(sum(i.size_bytes for i in rows)):>10}")

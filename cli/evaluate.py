@@ -1,0 +1,94 @@
+"""`flowers evaluate`: k-fold cross-validation of recipes through the queue, printed and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.context import CliContext
+from cli.progress import ProgressLine
+from cli.queue import open_queue
+from cli.recipe_options import fine_tune_options, fine_tune_recipe
+from models.atomic import write_text_atomically
+from models.dataset import check_percentages, discover
+from models.errors import UsageError
+from models.evaluate import EvaluateRequest
+from models.networks import DEFAULT_ARCHITECTURE, get_spec
+from models.recipe import RECIPES
+from models.retrain import RetrainRequest
+
+
+@click.command()
+@click.argument("photo_dir", type=click.Path(path_type=Path))
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--recipe", "recipes", type=click.Choice(RECIPES), multiple=True,
+              help="A recipe to evaluate; repeat for several (default: all, side by side).")
+@click.option("--architecture", "-a", default=DEFAULT_ARCHITECTURE, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True,
+              help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
+@fine_tune_options
+@click.option("--learning-rate", type=float, default=None,
+              help="fine-tune: Adam's initial learning rate (default: the recipe's).")
+@click.option("--how-many-training-steps", type=click.IntRange(min=1), default=4000,
+              show_default=True, help="codelab: training steps.")
+@click.option("--validation-percentage", type=float, default=10.0, show_default=True,
+              help="Share of each training fold held out to choose the epoch.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("evaluation.json"),
+              show_default=True, help="Write the figures here as JSON.")
+@click.pass_obj
+def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, ...],
+             architecture: str, weights: str, epochs: int, views: int, flip_average: bool,
+             split_layer: str | None, learning_rate: float | None,
+             how_many_training_steps: int, validation_percentage: float, output: Path) -> None:
+    """Cross-validate training recipes on PHOTO_DIR (stratified k-fold) and compare them."""
+    spec = get_spec(architecture)
+    if learning_rate is not None and learning_rate <= 0:
+        raise UsageError(f"--learning-rate {learning_rate} must be positive")
+    check_percentages(validation_percentage, 0)
+    data = discover(photo_dir)
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
+    training = RetrainRequest(
+        photo_dir=str(data.root), architecture=spec.name,
+        weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+        fine_tune=fine_tune_recipe(epochs, views, flip_average, split_layer, learning_rate, None),
+        how_many_training_steps=how_many_training_steps,
+        validation_percentage=validation_percentage, testing_percentage=0.0,
+    )
+    request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES)
+    with open_queue(obj.settings, local_processes=1) as queue:
+        click.echo(f"{folds}-fold cross-validation of {', '.join(request.recipes)} with "
+                   f"{spec.name} on {len(data.photos)} photos in {len(data.class_names)} classes",
+                   err=True)
+        job_id = queue.submit("flowers.evaluate", "evaluate", request.to_dict())
+        record = queue.wait(job_id, ProgressLine())
+    result = record["result"]
+    print_figures(result)
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(output, json.dumps(result, indent=2) + "\n")
+    click.echo(f"figures: {output}")
+
+
+def print_figures(result: dict[str, Any]) -> None:
+    """One line per recipe: mean +- std top-1, per-class recall, then each fold's accuracy."""
+    classes: list[str] = result["classes"]
+    width = max(12, *(len(name) + 2 for name in classes))
+    click.echo(f"{result['folds']}-fold cross-validation, {result['architecture']}, "
+               f"{result['photos']} photos")
+    click.echo(f"{'recipe':<12}{'top-1 mean +- std':<20}"
+               + "".join(f"{name:>{width}}" for name in classes))
+    for name, figures in result["recipes"].items():
+        recall = figures["per_class_recall"]
+        click.echo(f"{name:<12}{figures['mean_accuracy']:.3f} +- {figures['std_accuracy']:.3f}"
+                   f"{'':<6}" + "".join(f"{recall.get(c, float('nan')):>{width}.3f}"
+                                       for c in classes))
+    for name, figures in result["recipes"].items():
+        folds = " ".join(f"{accuracy:.3f}" for accuracy in figures["fold_accuracy"])
+        seconds = figures["seconds"] + figures["feature_seconds"]
+        click.echo(f"{name} folds: {folds} ({seconds:.0f} s)")
+    if result["skipped"]:
+        click.echo(f"skipped {len(result['skipped'])} photos that could not be read")

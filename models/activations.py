@@ -1,0 +1,176 @@
+"""Photo paths in, the network's activations at its split layer for each view out, cached.
+
+Like the bottleneck cache, an entry is keyed by the SHA-256 of the photo's bytes (a renamed
+photo hits, an edited one misses) and lives under everything else that decides its values:
+
+    FLOWERS_HOME/activations/NETWORK/WEIGHTS/SPLIT_LAYER/DECODING/VIEWS/ab/abcd...-K.npy
+
+one float16 `.npy` file per photo and view number K (14x14x96 at MobileNetV2's `block_12_add`
+is 37 KB a view). Entries are written atomically as their batch finishes, so a killed run
+resumes from what it wrote; an unreadable or misshapen entry is recomputed. The network's bottom
+is built only on the first miss, so a warm cache never runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import batching
+from models.bottlenecks import BatchRunner, Progress, content_hash, load_entry, store_entry
+from models.decode import PREPROCESS_VERSION, read_bytes
+from models.errors import ImageDecodeError
+from models.views import decode_views, views_key
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS_DIR = "activations"
+
+
+def weights_tag(weights: str | None) -> str:
+    """The cache folder name for a weights choice: imagenet, none, or the file's content hash."""
+    if weights is None or weights in ("imagenet", "none"):
+        return weights or "none"
+    return "file-" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+
+
+class ActivationCache:
+    """Split-layer activations on disk, one float16 `.npy` file per photo content and view."""
+
+    def __init__(self, root: Path, network: str, weights: str, split_layer: str,
+                 crop_area: tuple[float, float]) -> None:
+        self.root = (Path(root) / ACTIVATIONS_DIR / network / weights / split_layer
+                     / PREPROCESS_VERSION / views_key(crop_area))
+
+    def activation_path(self, digest: str, view: int) -> Path:
+        return self.root / digest[:2] / f"{digest}-{view}.npy"
+
+    def load(self, digest: str, view: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The cached activations, or None when absent, unreadable or of another shape."""
+        path = self.activation_path(digest, view)
+        array = load_entry(path)
+        if array is not None and (array.shape != shape or array.dtype != np.float16):
+            log.warning("ignoring cache entry %s of shape %s", path, array.shape)
+            return None
+        return array
+
+    def store(self, digest: str, view: int, array: np.ndarray) -> None:
+        store_entry(self.activation_path(digest, view), array)
+
+
+@dataclass
+class _Prepared:
+    """One photo after the thread pool: cached views, and the pixels of the missing ones."""
+
+    digest: str = ""
+    cached: dict[int, np.ndarray] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    pixels: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass
+class ActivationResult:
+    """(photos, views, *shape) float16 for the photos that could be read, and the rest."""
+
+    activations: np.ndarray
+    kept: list[int]  # indices into the input paths, one per row of `activations`
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    cache_hits: int = 0  # views
+    computed: int = 0  # views
+    seconds: float = 0.0
+
+
+def _prepare(path: Path, size: int, views: int, shape: tuple[int, ...], cache: ActivationCache,
+             crop_area: tuple[float, float], guard: Callable[[Path], str | None] | None,
+             ) -> _Prepared:
+    if guard is not None and (refusal := guard(path)):
+        return _Prepared(error=refusal)
+    try:
+        data = read_bytes(path)
+        item = _Prepared(content_hash(data))
+        for view in range(views):
+            array = cache.load(item.digest, view, shape)
+            if array is None:
+                item.missing.append(view)
+            else:
+                item.cached[view] = array
+        if item.missing:
+            item.pixels = decode_views(data, size, item.missing, item.digest, crop_area, path)
+        return item
+    except ImageDecodeError as exc:
+        return _Prepared(error=exc.reason)
+
+
+def compute_activations(
+    paths: Sequence[Path],
+    input_size: int,
+    shape: tuple[int, ...],
+    views: int,
+    cache: ActivationCache,
+    make_runner: Callable[[], BatchRunner],
+    crop_area: tuple[float, float],
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    guard: Callable[[Path], str | None] | None = None,
+) -> ActivationResult:
+    """Activations of `views` views of each photo, from the cache where possible."""
+    started = time.perf_counter()
+    runner: BatchRunner | None = None
+    activations = np.zeros((len(paths), views, *shape), dtype=np.float16)
+    ok = np.zeros(len(paths), dtype=bool)
+    result = ActivationResult(activations=activations, kept=[])
+    threads = max(1, batching.decode_threads())  # the pool also writes entries
+    photos_per_batch = max(1, batch_size // views)
+    done = 0
+    writes: list[Future[None]] = []
+    if progress is not None:
+        progress(0, len(paths))
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        prepare = lambda path: _prepare(  # noqa: E731
+            path, input_size, views, shape, cache, crop_area, guard
+        )
+        for batch in batching.prepared_batches(paths, photos_per_batch, pool, prepare):
+            misses: list[tuple[int, str, int]] = []
+            pixels: list[np.ndarray] = []
+            for offset, item in enumerate(batch):
+                index = done + offset
+                if item.error is not None:
+                    result.skipped.append((paths[index], item.error))
+                    continue
+                ok[index] = True
+                for view, array in item.cached.items():
+                    activations[index, view] = array
+                result.cache_hits += len(item.cached)
+                if item.pixels is not None:
+                    misses += [(index, item.digest, view) for view in item.missing]
+                    pixels.append(item.pixels)
+            if misses:
+                runner = runner or make_runner()
+                computed = runner(np.concatenate(pixels)).astype(np.float16)
+                for (index, digest, view), array in zip(misses, computed, strict=True):
+                    activations[index, view] = array
+                    # Written by the pool while the network runs the next batch.
+                    writes.append(pool.submit(cache.store, digest, view, array))
+                result.computed += len(misses)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(paths))
+        for write in writes:
+            try:
+                write.result()
+            except OSError as exc:
+                log.warning("could not write an activation cache entry: %s", exc)
+    result.kept = [int(i) for i in np.flatnonzero(ok)]
+    result.activations = activations if ok.all() else activations[ok]
+    result.seconds = time.perf_counter() - started
+    for path, reason in result.skipped:
+        log.warning("skipped %s: %s", path, reason)
+    return result

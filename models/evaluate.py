@@ -1,0 +1,153 @@
+"""An evaluate request in, k-fold cross-validated accuracy of each recipe out.
+
+Each recipe's features are computed once for all photos (from the caches), then for each fold
+the recipe trains on the other folds (less a validation share picked by the split's own file
+name rule, for the choice of epoch) and is scored on the fold, exactly as `flowers train` would
+train and export it. The result gives each recipe's mean and standard deviation (ddof=1) of
+the folds' top-1 accuracy, each fold's accuracy, and per-class recall over all the folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import dataset, folds, head, networks, training
+from models.errors import DatasetError
+from models.recipe import RECIPES, check_recipe
+from models.retrain import RetrainRequest
+
+log = logging.getLogger(__name__)
+
+PhaseProgress = Callable[[str, int, int, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateRequest:
+    """What `flowers evaluate` asks for; JSON-serialisable, so it travels as a task argument.
+
+    `training` carries the photo folder, architecture, weights and every recipe setting; its
+    `recipe` is replaced by each of `recipes` in turn.
+    """
+
+    training: RetrainRequest
+    folds: int = 5
+    recipes: tuple[str, ...] = RECIPES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"training": self.training.to_dict(), "folds": self.folds,
+                "recipes": list(self.recipes)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluateRequest:
+        return cls(RetrainRequest.from_dict(data["training"]), int(data.get("folds", 5)),
+                   tuple(data.get("recipes") or RECIPES))
+
+
+def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:
+    return None
+
+
+def evaluate(
+    request: EvaluateRequest, home: Path, weights_dir: Path | None = None,
+    progress: PhaseProgress = _quiet, guard: Callable[[Path], str | None] | None = None,
+) -> dict[str, Any]:
+    """Cross-validates each recipe of `request` on its photo folder; returns the figures."""
+    started = time.perf_counter()
+    base = request.training
+    for recipe in request.recipes:
+        check_recipe(recipe)
+    spec = networks.get_spec(base.architecture)
+    data = dataset.discover(Path(base.photo_dir))
+    photos = list(data.photos)
+    folds.stratified_folds(photos, request.folds)  # refuse too many folds before any work
+    results: dict[str, Any] = {}
+    kept_paths: set[Path] | None = None
+    assignment: dict[str, int] = {}
+    skipped: list[dict[str, str]] = []
+    for recipe in request.recipes:
+        settings = dataclasses.replace(base, recipe=recipe)
+        phase = f"{recipe}: features"
+        feature_start = time.perf_counter()
+        features = training.compute_features(
+            recipe, settings.fine_tune, spec, [photo.path for photo in photos], settings.weights,
+            weights_dir, home, settings.bottleneck_batch_size,
+            progress=lambda done, total: progress(phase, done, total, {}), guard=guard,  # noqa: B023
+        )
+        feature_seconds = round(time.perf_counter() - feature_start, 3)
+        kept = [photos[i] for i in features.kept]
+        if kept_paths is None:
+            kept_paths = {photo.path for photo in kept}
+            skipped = [{"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
+                       for path, reason in features.skipped]
+        elif kept_paths != {photo.path for photo in kept}:
+            raise DatasetError(f"{data.root}: photos changed while they were evaluated; rerun")
+        fold_of = folds.stratified_folds(kept, request.folds)
+        assignment = {photo.path.relative_to(data.root).as_posix(): fold
+                      for photo, fold in zip(kept, fold_of, strict=True)}
+        results[recipe] = _cross_validate(features, kept, fold_of, request.folds, settings,
+                                          data.class_names, progress)
+        results[recipe]["feature_seconds"] = feature_seconds
+        del features
+    return {
+        "photo_dir": str(data.root),
+        "architecture": spec.name,
+        "folds": request.folds,
+        "classes": list(data.class_names),
+        "photos": len(assignment),
+        "skipped": skipped,
+        "recipes": results,
+        "fold_of": assignment,
+        "request": request.to_dict(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _cross_validate(
+    features: training.Features, kept: list[dataset.Photo], fold_of: list[int], k: int,
+    settings: RetrainRequest, class_names: tuple[str, ...], progress: PhaseProgress,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    labels = np.array([photo.label for photo in kept], dtype=np.int64)
+    predicted = np.zeros(len(kept), dtype=np.int64)
+    accuracies: list[float] = []
+    details: list[dict[str, Any]] = []
+    for fold in range(k):
+        test_rows = [row for row, f in enumerate(fold_of) if f == fold]
+        rest = [row for row, f in enumerate(fold_of) if f != fold]
+        val_rows = [row for row in rest if dataset.which_set(
+            kept[row].path.name, settings.validation_percentage, 0) == "validation"]
+        val_set = set(val_rows)
+        train_rows = [row for row in rest if row not in val_set]
+        phase = f"{settings.recipe}: fold {fold + 1}/{k}"
+        fitted = training.fit(
+            features, labels, train_rows, val_rows, len(class_names), settings.head_config(),
+            settings.fine_tune,
+            progress=lambda done, total, entry: progress(phase, done, total, entry),  # noqa: B023
+        )
+        probs = fitted.probabilities(test_rows)
+        predicted[test_rows] = probs.argmax(axis=1)
+        scored = head.metrics(probs, labels[test_rows], class_names)
+        accuracies.append(float(scored["accuracy"]))
+        details.append({"fold": fold, "train": len(train_rows), "validation": len(val_rows),
+                        "test": len(test_rows), "accuracy": scored["accuracy"],
+                        "seconds": round(fitted.seconds, 3), **fitted.details})
+        log.info("%s: accuracy %.3f", phase, scored["accuracy"])
+    recall = {name: float(np.mean(predicted[labels == i] == i))
+              for i, name in enumerate(class_names) if np.any(labels == i)}
+    return {
+        "settings": settings.recipe_settings(),
+        "mean_accuracy": float(np.mean(accuracies)),
+        "std_accuracy": float(np.std(accuracies, ddof=1)),
+        "fold_accuracy": accuracies,
+        "per_class_recall": recall,
+        "fold_details": details,
+        "cache": features.cache,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,41 @@
+"""Photos in, a stratified k-fold assignment out: each photo in exactly one fold.
+
+Within each class, photos are ordered by a SHA-1 of their file name (the split's own rule, so
+the folds do not depend on where the photos live or in what order they were found) and dealt
+to the folds in turn: every fold gets each class's photos to within one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+
+from models.dataset import Photo
+from models.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def _order_key(photo: Photo) -> tuple[str, str]:
+    name = os.path.basename(photo.path)
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest(), str(photo.path)
+
+
+def stratified_folds(photos: Sequence[Photo], folds: int) -> list[int]:
+    """The fold (0 to folds - 1) of each photo, in the order given."""
+    if folds < 2:
+        raise UsageError(f"--folds {folds} must be at least 2")
+    smallest = min((sum(1 for p in photos if p.label == label)
+                    for label in {p.label for p in photos}), default=0)
+    if smallest < folds:
+        raise UsageError(f"--folds {folds} is more than the {smallest} photos of the smallest "
+                         "class: every fold needs a photo of every class; use fewer folds")
+    assignment = [0] * len(photos)
+    for label in sorted({photo.label for photo in photos}):
+        members = sorted((i for i, p in enumerate(photos) if p.label == label),
+                         key=lambda i: _order_key(photos[i]))
+        for rank, index in enumerate(members):
+            assignment[index] = rank % folds
+    return assignment

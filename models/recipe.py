@@ -1,0 +1,78 @@
+"""Training recipes by name, and the fine-tune recipe's settings as one frozen dataclass.
+
+    codelab    the codelab's softmax layer on frozen pooled features (`models/head.py`)
+    fine-tune  the top of the network (from its registry split layer up) fine-tuned on cached
+               activations of augmented views, topped with dropout and an L2 softmax
+               (`models/finetune.py`); the default
+
+The defaults were chosen by 5-fold cross-validation on the 1,500 shared flower photos
+(`flowers evaluate`, bench/results-issue12.txt), never by the shared test split. A bundle's
+manifest records the recipe and every setting, so a run can be repeated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from models.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+CODELAB = "codelab"
+FINE_TUNE = "fine-tune"
+RECIPES = (FINE_TUNE, CODELAB)
+DEFAULT_RECIPE = FINE_TUNE
+
+
+def check_recipe(name: str) -> str:
+    """`name` if it is a recipe, else `UsageError` listing the recipes."""
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneRecipe:
+    """How the fine-tune recipe trains; every field is recorded in the bundle's manifest."""
+
+    # Where the network is cut: None takes the registry's split layer for the architecture.
+    split_layer: str | None = None
+    # Views cached and trained on per photo: as-is, mirrored, then random resized crops.
+    views: int = 6
+    # Random crops cover this fraction of the photo's area (aspect ratio 3/4 to 4/3).
+    crop_area: tuple[float, float] = (0.35, 1.0)
+    epochs: int = 4
+    # Adam's initial learning rate, decayed to zero over the epochs on a cosine.
+    learning_rate: float = 3e-4
+    batch_size: int = 32
+    dropout: float = 0.2
+    l2: float = 1e-4
+    label_smoothing: float = 0.1
+    # Average the probabilities on a photo and its mirror image, inside the exported model.
+    flip_average: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.crop_area
+        for name, ok in (("views", self.views >= 1), ("epochs", self.epochs >= 1),
+                         ("learning rate", self.learning_rate > 0),
+                         ("batch size", self.batch_size >= 1),
+                         ("dropout", 0 <= self.dropout < 1), ("l2", self.l2 >= 0),
+                         ("label smoothing", 0 <= self.label_smoothing < 1),
+                         ("crop area", 0 < low <= high <= 1)):
+            if not ok:
+                raise UsageError(f"fine-tune {name} {getattr(self, name.replace(' ', '_'))!r} "
+                                 "is out of range")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> FineTuneRecipe:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in (data or {}).items() if key in names}
+        if "crop_area" in values:
+            values["crop_area"] = tuple(values["crop_area"])
+        return cls(**values)

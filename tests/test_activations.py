@@ -1,0 +1,81 @@
+"""The activation cache: content-addressed, one entry per view, recomputed when corrupt."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.activations import ActivationCache, ActivationResult, compute_activations
+from models.bottlenecks import BatchRunner
+from models.finetune import SplitNetwork
+from models.views import crop_box, decode_views
+from tests.conftest import SMALL_NETWORK, copy_subset
+
+CROPS = (0.35, 1.0)
+
+
+@pytest.fixture(scope="module")
+def bottom(weights_dir: Path) -> SplitNetwork:
+    from models import finetune, networks
+
+    spec = networks.get_spec(SMALL_NETWORK)
+    return finetune.build_split_network(spec, "imagenet", weights_dir, spec.split_layer)
+
+
+def test_second_run_renamed_photos_and_a_corrupt_entry(
+    bottom: SplitNetwork, flower_photos: Path, tmp_path: Path
+) -> None:
+    from models import networks
+
+    photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses"], 3)
+    paths = sorted(photos.rglob("*.jpg"))
+    cache = ActivationCache(tmp_path / "home", SMALL_NETWORK, "imagenet", bottom.split_layer,
+                            CROPS)
+    builds: list[int] = []
+
+    def make_runner() -> BatchRunner:
+        builds.append(1)
+        return networks.batch_runner(bottom.bottom)
+
+    def run(paths: list[Path]) -> ActivationResult:
+        return compute_activations(paths, 224, bottom.shape, 3, cache, make_runner, CROPS,
+                                   batch_size=6)
+
+    first = run(paths)
+    assert (first.computed, first.cache_hits) == (18, 0)
+    assert first.activations.shape == (6, 3, 14, 14, 128)
+    assert first.activations.dtype == np.float16
+    assert len(list(cache.root.rglob("*.npy"))) == 18
+
+    second = run(paths)
+    assert (second.computed, second.cache_hits, len(builds)) == (0, 18, 1)
+    np.testing.assert_array_equal(second.activations, first.activations)
+
+    renamed = photos / "daisy" / "renamed.jpg"
+    shutil.move(paths[0], renamed)
+    digest_path = next(cache.root.rglob("*-1.npy"))
+    digest_path.write_bytes(b"not an array")
+    third = run([renamed, *paths[1:]])
+    assert (third.computed, third.cache_hits) == (1, 17)
+    np.testing.assert_allclose(third.activations.astype(np.float32),
+                               first.activations.astype(np.float32), atol=1e-2)
+    assert np.load(digest_path).shape == (14, 14, 128)
+
+
+def test_views_are_the_photo_its_mirror_and_seeded_crops(flower_photos: Path) -> None:
+    from models.bottlenecks import content_hash
+    from models.decode import decode_image
+
+    data = next((flower_photos / "tulips").glob("*.jpg")).read_bytes()
+    digest = content_hash(data)
+    views = decode_views(data, 96, [0, 1, 2, 3], digest, CROPS)
+    np.testing.assert_array_equal(views[0], decode_image(data, 96))
+    np.testing.assert_array_equal(views[1], views[0][:, ::-1])
+    again = decode_views(data, 96, [3, 2], digest, CROPS)
+    np.testing.assert_array_equal(again[0], views[3])
+    assert not np.array_equal(views[2], views[3])
+    (left, top, right, bottom), _ = crop_box(500, 400, digest, 2, CROPS)
+    assert 0.35 * 0.99 <= (right - left) * (bottom - top) / (500 * 400) <= 1.0

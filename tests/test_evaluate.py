@@ -1,0 +1,70 @@
+"""`flowers evaluate`: stratified folds, through a real local cluster, printed and as JSON;
+and `flowers cache` over the caches it filled."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from models.dataset import Photo
+from models.errors import UsageError
+from models.folds import stratified_folds
+from tests.conftest import SMALL_NETWORK, copy_subset, flowers_env, run_flowers
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_photo() -> None:
+    photos = [Photo(Path(f"/p/c{label}/{i}.jpg"), label) for label in range(3)
+              for i in range(10 + label)]
+    fold_of = stratified_folds(photos, 4)
+    assert len(fold_of) == len(photos) and set(fold_of) == {0, 1, 2, 3}
+    for label in range(3):
+        counts = Counter(f for f, p in zip(fold_of, photos, strict=True) if p.label == label)
+        assert max(counts.values()) - min(counts.values()) <= 1
+    moved = [Photo(Path("/elsewhere") / p.path.name, p.label) for p in reversed(photos)]
+    assert stratified_folds(moved, 4) == list(reversed(fold_of))
+    with pytest.raises(UsageError, match="more than the 10 photos"):
+        stratified_folds(photos, 11)
+
+
+@pytest.mark.queue
+def test_evaluate_three_folds_then_the_cache(
+    flower_photos: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses", "tulips"], 12)
+    env = flowers_env(flowers_home, None, weights_dir)
+    output = tmp_path / "figures.json"
+    result = run_flowers("evaluate", str(photos), "--folds", "3", "--architecture",
+                         SMALL_NETWORK, "--views", "2", "--epochs", "1",
+                         "--how-many-training-steps", "50", "--output", str(output), env=env)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["folds"] == 3 and set(figures["recipes"]) == {"fine-tune", "codelab"}
+    fold_of = figures["fold_of"]
+    assert len(fold_of) == 36 and sorted(fold_of) == sorted(
+        p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg"))
+    by_class = Counter((name.split("/")[0], fold) for name, fold in fold_of.items())
+    assert set(by_class.values()) == {4}, "each fold holds 4 photos of each class"
+    for name, recipe in figures["recipes"].items():
+        line = re.search(rf"^{name} +(\d\.\d+) \+- (\d\.\d+) +(.*)$", result.stdout, re.M)
+        assert line, result.stdout
+        assert float(line[1]) == pytest.approx(recipe["mean_accuracy"], abs=5e-4)
+        assert float(line[2]) == pytest.approx(recipe["std_accuracy"], abs=5e-4)
+        recalls = [float(value) for value in line[3].split()]
+        assert recalls == pytest.approx(
+            [recipe["per_class_recall"][c] for c in ("daisy", "roses", "tulips")], abs=5e-4)
+        assert [d["test"] for d in recipe["fold_details"]] == [12, 12, 12]
+        assert all(d["train"] + d["validation"] == 24 for d in recipe["fold_details"])
+    assert figures["recipes"]["fine-tune"]["cache"] == {"cache_hits": 0, "computed": 72}
+
+    shown = run_flowers("cache", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^bottlenecks +{re.escape(SMALL_NETWORK)} +36 ", shown.stdout, re.M)
+    assert re.search(rf"^activations +{re.escape(SMALL_NETWORK)} +72 ", shown.stdout, re.M)
+    cleared = run_flowers("cache", "--clear", "--kind", "activations", env=env)
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout
+    after = run_flowers("cache", env=env).stdout
+    assert "activations" not in after and re.search(r"^bottlenecks .* 36 ", after, re.M)

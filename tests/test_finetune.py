@@ -1,0 +1,122 @@
+"""The fine-tune recipe: split networks from the registry, a trained bundle that loads in safe
+mode, averages over the mirror image inside itself and converts to LiteRT with builtin ops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.decode import load_image
+from tests.conftest import SMALL_NETWORK, copy_subset
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(flower_photos: Path, weights_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
+    """A fine-tuned bundle of the small network on 20 photos of each of three classes."""
+    from models.recipe import FineTuneRecipe
+    from models.retrain import RetrainRequest, retrain
+
+    photos = copy_subset(flower_photos, tmp_path_factory.mktemp("photos"),
+                         ["daisy", "roses", "tulips"], 20)
+    output = tmp_path_factory.mktemp("bundles") / "fine"
+    request = RetrainRequest(photo_dir=str(photos), output=str(output), architecture=SMALL_NETWORK,
+                             fine_tune=FineTuneRecipe(views=2, epochs=2), validation_percentage=20,
+                             testing_percentage=20)
+    summary = retrain(request, tmp_path_factory.mktemp("home"), weights_dir)
+    return output, summary, photos
+
+
+def test_the_bundle_names_its_recipe_and_loads_in_safe_mode(
+    fine_tuned: tuple[Path, dict[str, Any], Path],
+) -> None:
+    from models.bundle import load_bundle
+
+    output, summary, photos = fine_tuned
+    bundle = load_bundle(output)
+    recipe = bundle.manifest["recipe"]
+    assert recipe["name"] == "fine-tune"
+    assert recipe["split_layer"] == "conv_pw_11_relu"
+    assert recipe["activation_shape"] == [14, 14, 128]
+    assert (recipe["views"], recipe["epochs"], recipe["flip_average"]) == (2, 2, True)
+    assert 1 <= recipe["best_epoch"] <= 2
+    assert bundle.manifest["activations"] == {"cache_hits": 0, "computed": 120}
+    assert summary["cache"] == {"kind": "activations", "cache_hits": 0, "computed": 120}
+    # The bundle gives the probabilities the training run scored its test photos with.
+    split = json.loads((output / "split.json").read_text())
+    pixels = np.stack([load_image(photos / name, 224) for name in split["testing"]])
+    probabilities = bundle.model.predict(pixels.astype(np.float32), verbose=0)
+    truth = [bundle.class_names.index(name.split("/")[0]) for name in split["testing"]]
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == truth))
+    assert accuracy == pytest.approx(bundle.manifest["metrics"]["test_accuracy"])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # Flip averaging is inside the model: a photo and its mirror image get the same answer.
+    mirrored = bundle.model.predict(pixels[:, :, ::-1].astype(np.float32), verbose=0)
+    np.testing.assert_allclose(mirrored, probabilities, atol=1e-5)
+    assert (output / "report.png").stat().st_size > 0
+
+
+def test_the_bundle_converts_to_litert_with_builtin_ops(
+    fine_tuned: tuple[Path, dict[str, Any], Path],
+) -> None:
+    import tensorflow as tf
+
+    from models.bundle import load_bundle
+
+    bundle = load_bundle(fine_tuned[0])
+    converter = tf.lite.TFLiteConverter.from_keras_model(bundle.model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    (entry,) = interpreter.get_input_details()
+    pixels = load_image(fine_tuned[2] / "daisy" / sorted(
+        p.name for p in (fine_tuned[2] / "daisy").iterdir())[0], 224)[None].astype(np.float32)
+    interpreter.set_tensor(entry["index"], pixels)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(lite, bundle.model.predict(pixels, verbose=0), atol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "layer", "shape", "features"), [
+    ("inception_v3", "mixed8", (8, 8, 1280), 2048),
+    ("mobilenet_v2", "block_12_add", (14, 14, 96), 1280),
+    ("mobilenet_1.0_224", "conv_pw_11_relu", (14, 14, 512), 1024),
+])
+def test_each_family_names_a_split_layer(name: str, layer: str, shape: tuple[int, ...],
+                                         features: int) -> None:
+    from models import finetune, networks
+
+    spec = networks.get_spec(name)
+    assert spec.split_layer == layer
+    network = finetune.build_split_network(spec, "none", None, layer)
+    assert network.shape == shape
+    assert tuple(network.bottom.output_shape[1:]) == shape
+    assert tuple(network.top.output_shape[1:]) == (features,)
+
+
+def test_an_unknown_split_layer_lists_real_ones() -> None:
+    from models import finetune, networks
+    from models.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"no layer 'block_99_add'.*block_12_add"):
+        finetune.build_split_network(networks.get_spec("mobilenet_v2_0.35_96"), "none", None,
+                                     "block_99_add")
+
+
+def test_inception_v3_fine_tunes_and_exports_with_random_weights() -> None:
+    from models import finetune, networks
+    from models.recipe import FineTuneRecipe
+
+    spec = networks.get_spec("inception_v3")
+    network = finetune.build_split_network(spec, "none", None, spec.split_layer)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 2, *network.shape)).astype(np.float16)
+    trained = finetune.train_top(network, x, np.array([0, 1, 0, 1]), x[:2], np.array([0, 1]), 2,
+                                 FineTuneRecipe(epochs=1, batch_size=4))
+    model = finetune.export_model(trained)
+    assert model.input_shape == (None, 299, 299, 3) and model.output_shape == (None, 2)
+    assert len(trained.history) == 1
