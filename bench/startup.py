@@ -10,7 +10,9 @@ start (Popen) to the first CSV part in OUTPUT.parts/ (polled every 20 ms). Each 
 with its own runtime: before, Keras (its pool processes import TensorFlow); after, LiteRT. The
 bundle is the same model: before gets a format-1 copy without model.tflite, which it can read.
 train: `flowers train PHOTOS --architecture mobilenet_v2` with an empty FLOWERS_HOME (no cached
-bottlenecks), the whole command's wall time (its local Redis and worker included).
+bottlenecks), the whole command's wall time (its local Redis and worker included); after runs
+it with `--recipe codelab`, the training before had (the fine-tune default is timed by
+bench/train_timing.py).
 The sides alternate `--repeats` times.
 
     .venv/bin/python bench/startup.py --before /tmp/before --bundle bundles/flowers-v1
@@ -89,14 +91,14 @@ def first_row(checkout: Path, bundle: Path, tree: Path, work: Path, args: argpar
         server.stop()
 
 
-def cold_train(checkout: Path, work: Path, args: argparse.Namespace) -> float:
+def cold_train(checkout: Path, work: Path, args: argparse.Namespace, *extra: str) -> float:
     run = Path(tempfile.mkdtemp(dir=work))
     env = side_env(checkout, run / "home", args.weights_dir)
     started = time.perf_counter()
     finished = subprocess.run(
         [sys.executable, "-m", "cli", "train", str(args.photos), "--architecture",
-         "mobilenet_v2", "--output", str(run / "bundle")], env=env, capture_output=True,
-        text=True, cwd=run)
+         "mobilenet_v2", "--output", str(run / "bundle"), *extra], env=env,
+        capture_output=True, text=True, cwd=run)
     seconds = time.perf_counter() - started
     assert finished.returncode == 0, finished.stderr[-2000:]
     return seconds
@@ -130,7 +132,9 @@ def main() -> None:
         if args.part in ("train", "all"):
             for _ in range(args.repeats):
                 for side in ("before", "after"):
-                    seconds = cold_train(checkouts[side], work, args)
+                    # The same training on both sides: the codelab recipe, which "before" had.
+                    extra = ("--recipe", "codelab") if side == "after" else ()
+                    seconds = cold_train(checkouts[side], work, args, *extra)
                     figures["train"].setdefault(side, []).append(seconds)
                     print(f"cold train, {side}: {seconds:.1f} s", flush=True)
         for part, sides in figures.items():
