@@ -64,23 +64,38 @@ def shared_inputs(shared_root: Path, flower_photos: Path, trained_bundle: tuple[
 
 
 def as_user(user: pwd.struct_passwd, stage: Path) -> list[str]:
-    """A command prefix that runs a command as `user`, able to run this Python even where it
-    lives in a folder private to root (pyenv's /root/.pyenv): in a private mount namespace,
-    that folder shows only the interpreter's own tree, through `stage`. Nothing else changes."""
+    """A command prefix that runs a command as `user`, able to run this Python and this
+    checkout even where they live in folders private to root (pyenv's /root/.pyenv, a CI
+    clone in a `mktemp -d` folder): in a private mount namespace, each such folder shows only
+    the interpreter's or the checkout's own tree, through a view under `stage`."""
     drop = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
             "--"]
-    prefix = Path(sys.base_prefix).resolve()
-    private = next((folder for folder in reversed(prefix.parents)
-                    if not folder.stat().st_mode & stat.S_IXOTH), None)
-    if private is None:
+    binds: list[str] = []
+    overlays: dict[Path, Path] = {}
+    for number, source in enumerate((Path(sys.base_prefix).resolve(), REPO.resolve())):
+        private = next((folder for folder in reversed(source.parents)
+                        if not folder.stat().st_mode & stat.S_IXOTH), None)
+        if private is None:
+            continue
+        view_root = overlays.setdefault(private, stage / f"view-{number}")
+        view = view_root / source.relative_to(private)
+        view.mkdir(parents=True)
+        for folder in (view, *view.relative_to(view_root).parents):
+            (view_root / folder).chmod(0o755)
+        binds += [str(source), str(view)]
+    if not overlays:
         return drop
-    view = stage / prefix.relative_to(private)
-    view.mkdir(parents=True)
-    for folder in (view, *view.relative_to(stage).parents):
-        (stage / folder).chmod(0o755)
-    mounts = 'mount --bind "$1" "$2" && mount --rbind "$3" "$4" && shift 4 && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh",
-            str(prefix), str(view), str(stage), str(private), *drop]
+    for private, view_root in overlays.items():
+        binds += [str(view_root), str(private)]
+    # Pairs (source, target): the trees into their views first, then the views over the
+    # private folders (rbind, so the trees mounted inside come along).
+    script = ('count=$(( $1 )); shift; i=0; while [ $i -lt "$count" ]; do '
+              'mount --bind "$1" "$2" && shift 2 && i=$((i + 1)) || exit 1; done; '
+              'while [ "$1" != "--" ]; do mount --rbind "$1" "$2" && shift 2 || exit 1; done; '
+              'shift; exec "$@"')
+    bound = len(binds) // 2 - len(overlays)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(bound), *binds, "--", *drop]
 
 
 @pytest.fixture
