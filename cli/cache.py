@@ -15,7 +15,7 @@ def _size(size_bytes: int) -> str:
 @click.command()
 @click.option("--clear", "do_clear", is_flag=True, help="Remove the cached entries.")
 @click.option("--kind", type=click.Choice(KINDS), default=None,
-              help="Only this kind of cache (default: both).")
+              help="Only this kind of cache (default: all).")
 @click.option("--network", default=None, help="Only this network's entries.")
 @click.pass_obj
 def cache(obj: CliContext, do_clear: bool, kind: str | None, network: str | None) -> None:

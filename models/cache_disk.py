@@ -2,6 +2,7 @@
 
     FLOWERS_HOME/bottlenecks/NETWORK/...   pooled features, codelab recipe (float32)
     FLOWERS_HOME/activations/NETWORK/...   split-layer activations per view, fine-tune (float16)
+    FLOWERS_HOME/litert/NETWORK/...        the photo stage's networks converted for LiteRT
 
 Needs no TensorFlow: it only walks and removes files.
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-KINDS = ("bottlenecks", "activations")
+KINDS = ("bottlenecks", "activations", "litert")
+ENTRY_SUFFIX = {"bottlenecks": ".npy", "activations": ".npy", "litert": ".tflite"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ def usage(home: Path) -> list[CacheUsage]:
             entries = size = 0
             for folder, _, files in os.walk(root / network):
                 for name in files:
-                    if name.endswith(".npy"):
+                    if name.endswith(ENTRY_SUFFIX[kind]):
                         entries += 1
                         size += (Path(folder) / name).stat().st_size
             found.append(CacheUsage(kind, network, entries, size))

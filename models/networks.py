@@ -45,6 +45,10 @@ class NetworkSpec:
     # above it are trained. About two thirds of the way up, where the features are still 14x14
     # (17x17 then 8x8 for InceptionV3) and most of the computation is already done.
     split_layer: str = "block_12_add"
+    # Whether the photo stage runs the network on LiteRT (models/converted.py): about twice as
+    # fast for the MobileNets' depthwise convolutions, no faster for InceptionV3
+    # (bench/feature_runtime.py).
+    litert_photo_stage: bool = True
 
     def describe(self) -> str:
         return f"{self.family} alpha={self.alpha:g} input={self.input_size}px"
@@ -92,6 +96,7 @@ def _build_registry() -> dict[str, NetworkSpec]:
             weights_file=inception_file,
             weights_url=KERAS_BASE_URL + "inception_v3/" + inception_file,
             split_layer="mixed8",
+            litert_photo_stage=False,
         )
     ]
     for alpha_text in ("1.0", "0.75", "0.50", "0.25"):

@@ -79,10 +79,11 @@ class LiteRTRunner:
         self.input_index = int(given["index"])
         self.output_index = int(taken["index"])
         self.input_dtype = given["dtype"]
-        self.classes = int(taken["shape"][-1])
+        self.output_shape = tuple(int(d) for d in taken["shape"][1:])
+        self.classes = self.output_shape[-1]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        outputs = np.empty((len(batch), self.classes), dtype=np.float32)
+        outputs = np.empty((len(batch), *self.output_shape), dtype=np.float32)
         invoke = self.interpreter.invoke
         for start in range(0, len(batch), self.batch_size):
             piece = batch[start:start + self.batch_size]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models import activations, bottlenecks, finetune, head, networks
+from models import activations, bottlenecks, converted, finetune, head, networks, runtime
 from models.recipe import CODELAB, FineTuneRecipe
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,18 @@ class Features:
     initial_weights: list[Any] = field(default_factory=list)
 
 
+def photo_stage_runner(model: Any, spec: networks.NetworkSpec, weights: str, home: Path,
+                       part: str) -> bottlenecks.BatchRunner:
+    """What runs `model` (a feature network of `spec`) on the photo stage's batches: its
+    LiteRT conversion, cached in `home`, where that is faster, else Keras."""
+    if spec.litert_photo_stage:
+        path = converted.converted_path(home, spec.name, activations.weights_tag(weights), part)
+        runner = converted.litert_runner(model, path, runtime.tensorflow_threads())
+        if runner is not None:
+            return runner
+    return networks.batch_runner(model)
+
+
 def compute_features(
     recipe: str, fine_tune: FineTuneRecipe, spec: networks.NetworkSpec, paths: Sequence[Path],
     weights: str, weights_dir: Path | None, home: Path, batch_size: int,
@@ -54,7 +66,7 @@ def compute_features(
     if recipe == CODELAB:
         def make_runner() -> bottlenecks.BatchRunner:
             built.append(networks.build_base_network(spec.name, weights, weights_dir))
-            return networks.batch_runner(built[0])
+            return photo_stage_runner(built[0], spec, weights, home, "pooled")
 
         found = bottlenecks.compute_bottlenecks(
             paths, spec.input_size, spec.bottleneck_size,
@@ -72,7 +84,8 @@ def compute_features(
                                         split_layer, fine_tune.crop_area)
     computed = activations.compute_activations(
         paths, spec.input_size, network.shape, fine_tune.views, cache,
-        lambda: networks.batch_runner(network.bottom), fine_tune.crop_area,
+        lambda: photo_stage_runner(network.bottom, spec, weights, home, split_layer),
+        fine_tune.crop_area,
         batch_size=batch_size, progress=progress, guard=guard,
     )
     return Features(recipe, spec, weights, weights_dir, computed.activations, computed.kept,

@@ -79,3 +79,34 @@ def test_views_are_the_photo_its_mirror_and_seeded_crops(flower_photos: Path) ->
     assert not np.array_equal(views[2], views[3])
     (left, top, right, bottom), _ = crop_box(500, 400, digest, 2, CROPS)
     assert 0.35 * 0.99 <= (right - left) * (bottom - top) / (500 * 400) <= 1.0
+
+
+def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
+    bottom: SplitNetwork, flower_photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models import networks, training
+    from models.decode import load_image
+    from models.runners import LiteRTRunner
+
+    spec = networks.get_spec(SMALL_NETWORK)
+    assert spec.litert_photo_stage
+    paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["daisy"], 4).rglob("*.jpg"))
+    pixels = np.stack([load_image(path, 224) for path in paths])
+    home = tmp_path / "home"
+    runner = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
+    assert isinstance(runner, LiteRTRunner)
+    (converted,) = (home / "litert").rglob("model.tflite")
+    assert converted.relative_to(home).parts[:4] == (
+        "litert", SMALL_NETWORK, "imagenet", "conv_pw_11_relu")
+    expected = networks.batch_runner(bottom.bottom)(pixels)
+    np.testing.assert_allclose(runner(pixels), expected, atol=1e-3 * np.abs(expected).max())
+    # Cached: a second runner reuses the file; a damaged one is converted again.
+    stamp = converted.stat().st_mtime_ns
+    training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
+    assert converted.stat().st_mtime_ns == stamp
+    converted.write_bytes(b"not a flatbuffer")
+    again = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
+    assert "reconverting" in caplog.text
+    np.testing.assert_allclose(again(pixels), expected, atol=1e-3 * np.abs(expected).max())
+    # InceptionV3 gains nothing on LiteRT: its photo stage stays on Keras.
+    assert not networks.get_spec("inception_v3").litert_photo_stage

@@ -7,7 +7,8 @@ FLOWERS_WEIGHTS_DIR         folder of pretrained weight files under the names Ke
 FLOWERS_VISIBILITY_TIMEOUT  seconds before Redis hands an unacknowledged task to another
                             worker (3600; keep it above the longest task)
 FLOWERS_WORKER_CONCURRENCY  processes of `flowers worker` (0: one per core this process may use)
-FLOWERS_TF_THREADS          TensorFlow threads per worker process (0: cores / processes)
+FLOWERS_TF_THREADS          network threads per worker process (0: cores / processes;
+                            a training process: all cores)
 FLOWERS_QUEUE               the Celery queue tasks go to (flowers)
 FLOWERS_RUNTIME             what labelling runs a bundle on: litert (default: model.tflite,
                             no TensorFlow in the process) or keras (model.keras)
@@ -75,6 +76,12 @@ class Settings:
         if self.tf_threads > 0:
             return self.tf_threads
         return max(1, usable_cores() // self.processes())
+
+    def training_threads(self) -> int:
+        """TensorFlow threads of a training (or evaluating) process: every usable core. The pool
+        process that started it only waits, and training, unlike a labelling chunk, cannot
+        be shared out between pool processes."""
+        return self.tf_threads if self.tf_threads > 0 else usable_cores()
 
 
 def usable_cores() -> int:

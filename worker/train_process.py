@@ -95,7 +95,7 @@ def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
     try:
         from models.runtime import configure_tensorflow
 
-        configure_tensorflow(settings.threads_per_process())
+        configure_tensorflow(settings.training_threads())
         summary = JOBS[kind](request, settings, store, job_id)
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)

@@ -1,0 +1,66 @@
+"""A feature network in (the codelab's pooled base network, or fine-tune's bottom below the
+split layer), a LiteRT runner of it out, its conversion cached in FLOWERS_HOME.
+
+    FLOWERS_HOME/litert/NETWORK/WEIGHTS/PART/CONVERSION/model.tflite
+
+PART is "pooled" or the split layer, WEIGHTS the cache tag of the weights (imagenet, none, or
+the file's content hash), CONVERSION the version of this module's conversion. The flatbuffer is
+converted once per key by whoever needs it first, written to a temporary file and renamed into
+place, so parallel trainings never read a torn one. The photo stage of `flowers train` then
+runs it photo by photo with XNNPACK, where a MobileNet is about twice as fast as through Keras
+(`bench/feature_runtime.py`); a network where it is not (InceptionV3) stays on Keras, as does
+every network when LiteRT is missing or the conversion fails (one warning).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from models.atomic import write_atomically
+from models.errors import ExportError
+
+if TYPE_CHECKING:
+    import keras
+
+    from models.bottlenecks import BatchRunner
+
+log = logging.getLogger(__name__)
+
+LITERT_DIR = "litert"
+CONVERSION_VERSION = "v1"
+MODEL_FILE = "model.tflite"
+
+
+def converted_path(home: Path, network: str, weights_tag: str, part: str) -> Path:
+    return Path(home) / LITERT_DIR / network / weights_tag / part / CONVERSION_VERSION / MODEL_FILE
+
+
+def litert_runner(model: keras.Model, path: Path, threads: int) -> BatchRunner | None:
+    """A LiteRT runner of `model` (uint8 pixels in, its outputs out as float32), converted to
+    `path` unless already there; None (and a warning) when LiteRT cannot run it here."""
+    from models.errors import BundleError
+    from models.runners import LiteRTRunner
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        log.warning("LiteRT is not installed here: the photo stage runs on Keras")
+        return None
+    if not path.is_file():
+        from models.litert import to_tflite
+
+        try:
+            flatbuffer = to_tflite(model)
+        except ExportError as exc:
+            log.warning("the photo stage runs on Keras: %s", exc)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda handle: handle.write(flatbuffer), durable=False)
+        log.info("converted %s for LiteRT: %s (%.1f MB)", model.name, path, len(flatbuffer) / 1e6)
+    try:
+        return LiteRTRunner(path, batch_size=1, threads=threads)
+    except BundleError as exc:  # not a flatbuffer LiteRT reads (a damaged cache): redo it
+        log.warning("reconverting %s: %s", path, exc)
+        path.unlink(missing_ok=True)
+        return litert_runner(model, path, threads)
