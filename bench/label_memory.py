@@ -10,7 +10,7 @@ memory: a tree of `--memory-photos` symlinks to the real photos, a real redis-se
 ~2 s it samples the RSS of each pool process (the worker's main process' children, via psutil)
 and the job record's `done`; it prints RSS against photos done, each process' peak, and the
 growth from the 2,000-photo mark (or a fifth of the job, if smaller) to the end.
-Targets: peak <= 1.0 GB (10^9 bytes) a process, and no growth.
+Targets: peak <= 200 MB a pool process (LiteRT, no TensorFlow), and no growth.
 
 enqueue: a tree of `--enqueue-paths` symlinks (folders of 1,000), then `flowers label-dir
 --no-wait` against a fresh redis-server with NO worker attached: the CLI's wall and CPU time,
@@ -30,7 +30,7 @@ import psutil
 
 from worker.jobs import KEY_PREFIX
 
-TARGET_RSS_BYTES = 1.0e9
+TARGET_RSS_BYTES = 200e6
 SAMPLE_SECONDS = 2.0
 MB = 1e6
 

@@ -6,6 +6,8 @@ BatchNorm frozen, then dropout and a softmax with an L2 penalty; Adam with its l
 a cosine to zero over the epochs, label smoothing, every view of every training photo once an
 epoch in a shuffled order. After each epoch the validation photos (view 0, and its mirror when
 flip averaging) are scored; the weights of the best epoch are kept (ties go to the later one).
+An epoch's training accuracy and cross-entropy are those of its own batches as they trained
+(every view, dropout on), as Keras reports them.
 The top's layers are the application's own, so the exported model is the whole network with
 the trained weights in place: pixels in, probabilities out, mirror averaging inside.
 """
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 # Called with (steps done, steps in all, latest history entry).
 StepProgress = Callable[[int, int, dict[str, float]], None]
 PREDICT_BATCH = 128
+# Training steps run in one call of the traced function: the same steps in the same order, but
+# Keras' per-call work (callbacks, logs) once per 8 steps, which made training ~1.2x faster here.
+STEPS_PER_EXECUTION = 8
 # Layers that end a block, so the network can be cut after them.
 SPLIT_POINTS = re.compile(r"block_\d+_add|conv_pw_\d+_relu|mixed\d+")
 
@@ -153,6 +158,11 @@ def train_top(
     trainer.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        # Scored as the epoch trains (every view, dropout on), as Keras reports it: scoring
+        # the training set again after each epoch cost a tenth of the training time.
+        steps_per_execution=STEPS_PER_EXECUTION,
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.CategoricalCrossentropy(name="cross_entropy")],
     )
 
     def batch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -166,9 +176,10 @@ def train_top(
     best: tuple[float, list[Any]] | None = None
     for epoch in range(recipe.epochs):
         done_before = epoch * steps_per_epoch
-        callback = _StepCallback(progress, done_before, total)
-        trainer.fit(data, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[callback])
-        train_acc, train_loss = _accuracy_and_loss(trained.probabilities(x_train), y_train)
+        callback = _StepCallback(progress, done_before, steps_per_epoch, total)
+        fitted = trainer.fit(data, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                             callbacks=[callback]).history
+        train_acc, train_loss = fitted["accuracy"][-1], fitted["cross_entropy"][-1]
         val_acc, val_loss = _accuracy_and_loss(trained.probabilities(x_val), y_val)
         entry = {"step": float(epoch + 1), "train_accuracy": train_acc,
                  "train_cross_entropy": train_loss, "validation_accuracy": val_acc,
@@ -188,16 +199,19 @@ def train_top(
 
 
 class _StepCallback:
-    """Reports training steps to `progress` every few batches (a Keras callback by duck type)."""
+    """Reports training steps to `progress` after each call of `STEPS_PER_EXECUTION` steps (a
+    Keras callback by duck type). Keras names a call by its last step, even past the epoch's
+    end on the last call, hence the clamp."""
 
-    def __new__(cls, progress: StepProgress | None, done_before: int, total: int) -> Any:
+    def __new__(cls, progress: StepProgress | None, done_before: int, steps_per_epoch: int,
+                total: int) -> Any:
         import keras
 
         class Callback(keras.callbacks.Callback):
             def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-                if progress is not None and batch % 20 == 0:
+                if progress is not None:
                     loss = float((logs or {}).get("loss", math.nan))
-                    progress(done_before + batch + 1, total, {"loss": loss})
+                    progress(done_before + min(batch + 1, steps_per_epoch), total, {"loss": loss})
 
         return Callback()
 
