@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # Called with (steps done, steps in all, latest history entry).
 StepProgress = Callable[[int, int, dict[str, float]], None]
 PREDICT_BATCH = 128
-# Training steps run in one call of the traced function: the same steps in the same order, but
-# Keras' per-call work (callbacks, logs) once per 8 steps, which made training ~1.2x faster here.
+# Training steps run in one call of the traced function: the same steps in the same order, with
+# Keras' per-call work (callbacks, logs) once per 8 steps instead of after every step.
 STEPS_PER_EXECUTION = 8
 # Layers that end a block, so the network can be cut after them.
 SPLIT_POINTS = re.compile(r"block_\d+_add|conv_pw_\d+_relu|mixed\d+")
