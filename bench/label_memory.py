@@ -58,7 +58,7 @@ def bench_memory(bundle: Path, args: argparse.Namespace, work: Path) -> None:
         worker = cluster.start_worker(args.processes)
         main = psutil.Process(worker.pid)
         idle = sample_workers(main)
-        print("pool processes before the job (importing TensorFlow in the background): " +
+        print("pool processes before the job (their runtime warmed up, no TensorFlow): " +
               ", ".join(f"pid {pid} {rss / MB:.0f} MB" for pid, rss in sorted(idle.items())))
         finished = lc.run_flowers(
             ["label-dir", str(tree), "--model", str(bundle), "--output",
