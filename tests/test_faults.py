@@ -35,6 +35,7 @@ from tests.conftest import (
     resumed_counts,
     run_flowers,
     wait_for,
+    wait_for_job,
 )
 from worker.embedded import RedisServer, free_port, start_redis
 from worker.results import part_path
@@ -219,13 +220,7 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8, what="some cache entries")
     (child,) = worker.pool_pids()
     os.kill(child, signal.SIGKILL)
-    record: dict[str, Any] = {}
-
-    def finished() -> bool:
-        record.update(json.loads(run_flowers("status", job_id, "--json", env=env).stdout))
-        return record["state"] in ("succeeded", "failed")
-
-    wait_for(finished, what="the redelivered retrain")
+    record = wait_for_job(job_id, env, "the redelivered retrain")
     assert record["state"] == "succeeded", record
     reused = record["result"]["cache"]["cache_hits"]
     assert reused >= 8 and reused + record["result"]["cache"]["computed"] == 48 * 2

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from tests.conftest import (
     job_ids,
     run_flowers,
     wait_for,
+    wait_for_job,
 )
 
 pytestmark = pytest.mark.queue
@@ -175,13 +175,7 @@ def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
     os.kill(exporting, signal.SIGKILL)
     assert read_manifest(bundle)["bundle_id"] == old["bundle_id"], "the old bundle stays"
     assert load_bundle(bundle).class_names == ["daisy", "tulips"]
-    record: dict[str, Any] = {}
-
-    def finished() -> bool:
-        record.update(json.loads(run_flowers("status", job_id, "--json", env=env).stdout))
-        return record["state"] in ("succeeded", "failed")
-
-    wait_for(finished, what="the redone training")
+    record = wait_for_job(job_id, env, "the redone training")
     assert record["state"] == "succeeded", record
     assert trainer.log().count(f"flowers.retrain[{job_id}] received") == 2, "redone"
     new = read_manifest(bundle)
