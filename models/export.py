@@ -149,6 +149,11 @@ def _write_saved_model(model: Any, class_names: list[str], folder: Path) -> None
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")],
     )
     archive.write_out(str(folder), verbose=False)
+    _write_label_assets(folder, class_names)
+
+
+def _write_label_assets(folder: Path, class_names: list[str]) -> None:
+    """labels.txt in a SavedModel's assets folder, for those who read the classes from a file."""
     (folder / "assets").mkdir(exist_ok=True)
     (folder / "assets" / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
 
@@ -187,8 +192,7 @@ def _write_graph_saved_model(function: Any, class_names: list[str], size: int,
     module = tf.Module()
     module.serve = serve
     tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
-    (folder / "assets").mkdir(exist_ok=True)
-    (folder / "assets" / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
+    _write_label_assets(folder, class_names)
 
 
 def add_fast_model(bundle: Path) -> Path:
