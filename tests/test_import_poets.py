@@ -134,13 +134,18 @@ def test_codelab_resize_is_tensorflow_1_resize_bilinear(flower_photos: Path) -> 
         assert np.abs(codelab_bilinear(pixels, 128) - expected).max() <= 0.5
 
 
-def test_status_and_label_say_what_an_imported_bundle_can_do(
-        poets_bundle: Path, flower_photos: Path) -> None:
+def test_status_label_and_review_say_what_an_imported_bundle_is(
+        poets_bundle: Path, flower_photos: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     described = runner.invoke(cli, ["status", str(poets_bundle)])
     assert described.exit_code == 0, described.output
     assert "imported from" in described.output and "has no metrics" in described.output
     assert "can: flowers label, flowers label-dir, flowers export" in described.output
+    page = runner.invoke(cli, ["review", str(poets_bundle), "--output",
+                               str(tmp_path / "bundle.html")])
+    assert page.exit_code == 0, page.output
+    text = (tmp_path / "bundle.html").read_text()
+    assert "resize_bilinear" in text and "records no learning curves" in text
     daisy = sorted((flower_photos / "daisy").iterdir())[0]
     labelled = runner.invoke(cli, ["label", str(daisy), "--model", str(poets_bundle)])
     assert labelled.exit_code == 0, labelled.output
