@@ -12,14 +12,14 @@ from pathlib import Path
 import click
 
 from cli.context import CliContext
-from models.bundle import decoding_mismatch, read_manifest
+from models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
 from models.runners import RUNTIMES, choose_runtime
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
-              help="Bundle folder written by flowers train.")
+              help="Bundle folder written by flowers train or flowers import-poets.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="What runs the bundle; default FLOWERS_RUNTIME, else litert.")
@@ -31,6 +31,8 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     manifest = read_manifest(bundle)  # a clear error before any runtime starts
     if warning := decoding_mismatch(bundle, manifest):
         click.echo(f"warning: {warning}", err=True)
+    if note := imported_note(manifest):
+        click.echo(f"note: {note}", err=True)
     choice = choose_runtime(bundle, manifest, runtime or obj.settings.runtime)
     if choice.warning:
         click.echo(f"note: {choice.warning}", err=True)
@@ -43,7 +45,8 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
                          batch_size, quiet=True)
     failed = 0
     rows = label_photos(images, runner, list(manifest["class_names"]),
-                        int(manifest["input_size"][0]), top_k, batch_size=batch_size)
+                        int(manifest["input_size"][0]), top_k, batch_size=batch_size,
+                        resize=resize_method(manifest))
     for row in rows:
         click.echo(str(row.path))
         if row.error:

@@ -16,7 +16,7 @@ from cli.context import CliContext
 from cli.progress import ProgressLine, format_seconds
 from cli.queue import Queue, open_queue
 from models.atomic import check_output_file
-from models.bundle import decoding_mismatch, read_manifest
+from models.bundle import decoding_mismatch, imported_note, read_manifest
 from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
 from models.predict import LABEL_BATCH_SIZE
@@ -69,7 +69,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
 @click.command("label-dir")
 @click.argument("photo_dir", type=click.Path(path_type=Path))
 @click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
-              help="Bundle folder written by flowers train.")
+              help="Bundle folder written by flowers train or flowers import-poets.")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
               help="CSV file to write.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
@@ -98,6 +98,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     output = check_output(output, root, overwrite)
     if warning := decoding_mismatch(bundle, manifest):
         click.echo(f"warning: {warning}", err=True)
+    if note := imported_note(manifest):
+        click.echo(f"note: {note}", err=True)
     if not settings.broker_url and not wait:
         raise UsageError(
             "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "

@@ -66,6 +66,7 @@ def _register() -> None:
     from cli.cancel import cancel
     from cli.evaluate import evaluate
     from cli.export import export
+    from cli.import_poets import import_poets
     from cli.label import label
     from cli.label_dir import label_dir
     from cli.review import review
@@ -73,8 +74,8 @@ def _register() -> None:
     from cli.status import status
     from cli.train import train
 
-    for command in (architectures, train, evaluate, label_dir, label, export, review, status,
-                    cancel, cache, worker):
+    for command in (architectures, train, evaluate, import_poets, label_dir, label, export,
+                    review, status, cancel, cache, worker):
         cli.add_command(command)
 
 

@@ -1,16 +1,50 @@
-"""`flowers status JOB_ID`: the state and progress of any job on FLOWERS_BROKER_URL."""
+"""`flowers status JOB_ID`: the state and progress of any job on FLOWERS_BROKER_URL;
+`flowers status BUNDLE`: what a bundle is and what can be done with it (no Redis needed)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import click
 
 from cli.context import CliContext
 from cli.progress import describe
 from cli.queue import connect
-from models.errors import UsageError
+from models.bundle import MANIFEST_FILE, imported_from, imported_note, read_manifest
+from models.errors import FlowersError, UsageError
 from worker.jobs import JobStore
+
+
+def _bundle_lines(bundle: Path, manifest: dict[str, Any]) -> list[str]:
+    lines = [f"bundle {bundle}: {manifest['architecture']}, {len(manifest['class_names'])} "
+             f"classes ({', '.join(manifest['class_names'][:8])}), made {manifest.get('created')}"]
+    imported = imported_from(manifest)
+    if imported is None:
+        accuracy = (manifest.get("metrics") or {}).get("test_accuracy")
+        lines.append(f"  trained by flowers train, test accuracy {accuracy}")
+        return lines
+    lines.append(f"  imported from {imported.get('graph_file')} (sha256 "
+                 f"{imported.get('graph_sha256')})")
+    lines.append(f"  input {imported.get('input_tensor')} {imported.get('input_size')}, "
+                 f"pixels scaled {(manifest.get('preprocessing') or {}).get('scaling')}")
+    lines.append("  can: flowers label, flowers label-dir, flowers export (tflite float32 or "
+                 "float16, saved_model)")
+    for what, why in (manifest.get("not_included") or {}).items():
+        lines.append(f"  has no {what.replace('_', ' ')}: {why}")
+    return lines
+
+
+def _bundle_note(record: dict[str, Any]) -> str | None:
+    """The imported-bundle note of a label job's bundle, if it still reads."""
+    bundle = (record.get("request") or {}).get("bundle")
+    if not bundle:
+        return None
+    try:
+        return imported_note(read_manifest(Path(bundle)))
+    except FlowersError:
+        return None
 
 
 @click.command()
@@ -18,11 +52,20 @@ from worker.jobs import JobStore
 @click.option("--json", "as_json", is_flag=True, help="Print the whole job record as JSON.")
 @click.pass_obj
 def status(obj: CliContext, job_id: str, as_json: bool) -> None:
-    """Show the state and progress of job JOB_ID."""
+    """Show the state and progress of job JOB_ID, or what bundle folder JOB_ID is."""
+    if (Path(job_id) / MANIFEST_FILE).is_file():
+        manifest = read_manifest(Path(job_id))
+        if as_json:
+            click.echo(json.dumps(manifest, indent=2))
+            return
+        for line in _bundle_lines(Path(job_id).resolve(), manifest):
+            click.echo(line)
+        return
     url = obj.settings.broker_url
     if url is None:
         raise UsageError(
-            "flowers status reads jobs on a cluster: set FLOWERS_BROKER_URL to its Redis"
+            "flowers status reads jobs on a cluster: set FLOWERS_BROKER_URL to its Redis "
+            "(or pass a bundle folder to describe it)"
         )
     record = JobStore(connect(url)).get(job_id)
     if as_json:
@@ -38,3 +81,5 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
         click.echo(f"  bundle {result['bundle']}, test accuracy {result['test_accuracy']}")
     if isinstance(result, dict) and "output" in result:
         click.echo(f"  {result['rows']} rows, {result['errors']} errors: {result['output']}")
+    if note := _bundle_note(record):
+        click.echo(f"  note: {note}")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.atomic import temporary_folder_beside
-from models.errors import BundleError
+from models.errors import BundleError, GraphGivenAsBundleError
 
 if TYPE_CHECKING:
     import keras
@@ -65,17 +65,28 @@ def save_bundle(
     """
     from models.litert import to_tflite
 
+    def fill(staging: Path) -> None:
+        model.save(staging / MODEL_FILE)
+        (staging / TFLITE_FILE).write_bytes(to_tflite(model))
+        manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
+        (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
+        if write_report is not None:
+            write_report(staging / REPORT_FILE)
+
+    return write_bundle_folder(output, manifest, fill)
+
+
+def write_bundle_folder(output: Path, manifest: dict[str, Any],
+                        fill: Callable[[Path], None]) -> Path:
+    """Writes a bundle whole or not at all: `fill` writes its model files into a temporary
+    sibling folder (and may complete `manifest`), then labels.txt and the manifest are added
+    and the folder is renamed to `output`, replacing an older bundle there."""
     output = Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_folder_beside(output)
     try:
-        model.save(staging / MODEL_FILE)
-        (staging / TFLITE_FILE).write_bytes(to_tflite(model))
-        manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
+        fill(staging)
         (staging / LABELS_FILE).write_text("".join(f"{name}\n" for name in manifest["class_names"]))
-        (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
-        if write_report is not None:
-            write_report(staging / REPORT_FILE)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _replace_folder(staging, output)
     except BaseException:
@@ -119,6 +130,24 @@ def add_tflite(bundle: Path, tflite: bytes) -> None:
     write_text_atomically(bundle / MANIFEST_FILE, json.dumps(manifest, indent=2))
 
 
+def looks_like_graph_def(path: Path) -> bool:
+    """Whether `path` is named or starts like a serialized GraphDef (its first field is a
+    NodeDef whose first field is the node's name), read without TensorFlow."""
+    if path.suffix in (".pb", ".pbtxt"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    if len(head) < 4 or head[0] != 0x0A:  # field 1 (node), length-delimited
+        return False
+    after_length = 1
+    while after_length < 6 and head[after_length] & 0x80:  # the node's length, a varint
+        after_length += 1
+    return head[after_length + 1:after_length + 2] == b"\n"  # NodeDef field 1 (name)
+
+
 def read_manifest(bundle: Path) -> dict[str, Any]:
     """The bundle's manifest, checked for the fields labelling needs; raises `BundleError`."""
     bundle = Path(bundle)
@@ -127,6 +156,11 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
             f"model bundle {bundle} does not exist: pass the --output of flowers train"
         )
     if not bundle.is_dir():
+        if looks_like_graph_def(bundle):
+            raise GraphGivenAsBundleError(
+                f"{bundle} is a TensorFlow graph (the codelab's retrained_graph.pb?), not a "
+                f"model bundle: import it first with `flowers import-poets {bundle} --labels "
+                "retrained_labels.txt --output BUNDLE`, then pass --model BUNDLE")
         raise BundleError(f"{bundle} is a file, not a model bundle folder")
     path = bundle / MANIFEST_FILE
     try:
@@ -169,15 +203,48 @@ class LoadedBundle:
         return int(self.manifest["input_size"][0])
 
 
+def resize_method(manifest: dict[str, Any]) -> str:
+    """How labelling resizes photos for this bundle (`models.decode.RESIZES`): what the
+    manifest's preprocessing names, else flowers' own (bundles made by flowers train)."""
+    from models.decode import RESIZE_FLOWERS, RESIZES
+
+    method = (manifest.get("preprocessing") or {}).get("resize_method", RESIZE_FLOWERS)
+    if method not in RESIZES:
+        raise BundleError(f"the manifest's resize_method {method!r} is none this flowers knows "
+                          f"({', '.join(RESIZES)}): upgrade flowers")
+    return str(method)
+
+
+def imported_from(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's "imported" record for a bundle made by `flowers import-poets`, or None."""
+    imported = manifest.get("imported")
+    return imported if isinstance(imported, dict) else None
+
+
+def imported_note(manifest: dict[str, Any]) -> str | None:
+    """For a bundle made by `flowers import-poets`: one line saying what it is and what can
+    and cannot be done with it; None for a bundle of `flowers train`."""
+    imported = imported_from(manifest)
+    if imported is None:
+        return None
+    lacks = ", ".join(name.replace("_", " ") for name in manifest.get("not_included") or {})
+    return (f"{manifest['architecture']} imported from the codelab's "
+            f"{Path(str(imported.get('graph_file', 'graph'))).name} (sha256 "
+            f"{str(imported.get('graph_sha256', '?'))[:12]}): it labels (label, label-dir) and "
+            f"exports like any bundle, but has no {lacks or 'training record'}; to retrain, "
+            "run flowers train on your photos")
+
+
 def decoding_mismatch(bundle: Path, manifest: dict[str, Any]) -> str | None:
     """A warning if the bundle was trained on photos decoded otherwise than they are now."""
-    from models.decode import PREPROCESS_VERSION
+    from models.decode import PREPROCESS_VERSIONS
 
     made = (manifest.get("preprocessing") or {}).get("version")
-    if made == PREPROCESS_VERSION:
+    now = PREPROCESS_VERSIONS[resize_method(manifest)]
+    if made == now:
         return None
     return (f"{bundle} was trained on photos decoded as {made!r}, this flowers decodes them as "
-            f"{PREPROCESS_VERSION!r}: labels may be slightly less accurate than its report says; "
+            f"{now!r}: labels may be slightly less accurate than its report says; "
             "retrain it (cached bottlenecks are recomputed) to match")
 
 

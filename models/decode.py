@@ -9,6 +9,11 @@ grows is interpolated bilinearly, where nearest pixels would be blocky. Taking n
 costs a quarter of an area average (0.12 against 0.49 ms a flower photo), and on the 1,500 flower
 photos the heads trained on MobileNetV2 features of either were equally accurate
 (bench/resize_accuracy.py). Scaling to the network's value range happens inside the model.
+
+A bundle imported from the codelab (`flowers import-poets`) was trained on photos resized the
+codelab's way instead, and labels them so (`resize="codelab"`): the whole photo (a JPEG at full
+scale) resized by TensorFlow 1's `resize_bilinear` (no antialiasing, no half-pixel centres),
+rounded to 8 bits. Its manifest names the resize; the rest of decoding is the same.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever decoding changes what pixels a photo gives: bottleneck cache keys include it.
 PREPROCESS_VERSION = "rgb8-exif-nearest-or-bilinear-squash-v3"
+# How photos are squashed to the network's input, by the name a manifest records.
+RESIZE_FLOWERS = "flowers"
+RESIZE_CODELAB = "codelab"
+RESIZES = (RESIZE_FLOWERS, RESIZE_CODELAB)
+# The decoding version of each resize (a bundle records the one it was trained on).
+PREPROCESS_VERSIONS = {RESIZE_FLOWERS: PREPROCESS_VERSION,
+                       RESIZE_CODELAB: "rgb8-exif-codelab-tf1-bilinear-v1"}
 # A photo above this many pixels is refused before its pixels are decoded (decompression bombs).
 MAX_PIXELS = 120_000_000
 
@@ -129,8 +141,37 @@ def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> 
         raise ImageDecodeError(name, f"cannot decode ({exc})") from None
 
 
-def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
-    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`."""
+def _bilinear_weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TensorFlow 1's legacy bilinear sampling along one axis: for each output pixel, the two
+    source pixels and the weight of the second (float32, as its kernel computes them)."""
+    position = np.arange(target, dtype=np.float32) * (np.float32(source) / np.float32(target))
+    lower = np.floor(position)
+    upper = np.minimum(np.ceil(position), source - 1)
+    return lower.astype(np.intp), upper.astype(np.intp), position - lower
+
+
+def codelab_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 pixels resized to (size, size, 3) as the codelab's retrain.py and
+    label_image.py did (`tf.image.resize_bilinear` of TensorFlow 1 on float pixels), rounded
+    back to uint8."""
+    top, bottom, down = _bilinear_weights(pixels.shape[0], size)
+    left, right, across = _bilinear_weights(pixels.shape[1], size)
+    image = pixels.astype(np.float32)
+    across = across[None, :, None]
+    upper_row, lower_row = image[top], image[bottom]
+    upper = upper_row[:, left] + (upper_row[:, right] - upper_row[:, left]) * across
+    lower = lower_row[:, left] + (lower_row[:, right] - lower_row[:, left]) * across
+    resized = upper + (lower - upper) * down[:, None, None]
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+def decode_image(data: bytes, size: int, name: str | Path = "<bytes>",
+                 resize: str = RESIZE_FLOWERS) -> np.ndarray:
+    """Decodes image bytes to a (size, size, 3) uint8 array, or raises `ImageDecodeError`.
+
+    `resize`: one of `RESIZES` (see the module docstring)."""
+    if resize == RESIZE_CODELAB:
+        return codelab_bilinear(np.asarray(open_rgb(data, name), dtype=np.uint8), size)
     image = open_rgb(data, name, size)
     try:
         return np.asarray(squash(image, size), dtype=np.uint8)
@@ -138,6 +179,6 @@ def decode_image(data: bytes, size: int, name: str | Path = "<bytes>") -> np.nda
         raise ImageDecodeError(name, f"cannot decode ({exc})") from None
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
+def load_image(path: Path, size: int, resize: str = RESIZE_FLOWERS) -> np.ndarray:
     """Reads and decodes one photo file; see `decode_image`."""
-    return decode_image(read_bytes(path), size, path)
+    return decode_image(read_bytes(path), size, path, resize)

@@ -41,6 +41,12 @@ class BundleError(FlowersError):
     """Raised when a model bundle is missing, incomplete, corrupt or of an unknown format."""
 
 
+class GraphGivenAsBundleError(BundleError):
+    """Raised when a TensorFlow graph file (a codelab model) is given where a bundle is expected."""
+
+    exit_code = 2
+
+
 class PathNotAllowedError(FlowersError):
     """Raised when a task names a path outside the worker's FLOWERS_ALLOWED_ROOTS."""
 

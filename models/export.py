@@ -11,7 +11,10 @@ probabilities: the network's scaling is inside. The SavedModel's `serving_defaul
 also returns the class names. The labels are a `labels.txt` beside the .tflite (what the
 codelab's Android and iOS samples read), not TFLite metadata: the one library that writes that
 metadata (tflite-support) has had no release since 2023. An output is written in a temporary
-sibling folder and renamed into place; one that exists is refused. Needs TensorFlow.
+sibling folder and renamed into place; one that exists is refused. A bundle imported from the
+codelab (`models.poets_import`) has no Keras model: its float model.tflite is copied, and other
+forms are converted again from the graph it keeps (int8 needs training photos it does not
+list). Needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from models.atomic import temporary_folder_beside
-from models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, load_bundle, read_manifest
+from models.bundle import (
+    LABELS_FILE,
+    SPLIT_FILE,
+    TFLITE_FILE,
+    imported_from,
+    load_bundle,
+    read_manifest,
+)
 from models.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -100,6 +110,11 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
         representative = _batches(paths, int(manifest["input_size"][0]))
     staging = _staged(output)
     try:
+        if imported_from(manifest):
+            _export_imported(bundle, manifest, fmt, staging, quantize)
+            staging.rename(output)
+            log.info("exported %s as %s to %s", bundle, fmt, output)
+            return output
         loaded = load_bundle(bundle)
         if fmt == "tflite":
             (staging / TFLITE_FILE).write_bytes(to_tflite(loaded.model, quantize, representative))
@@ -134,16 +149,64 @@ def _write_saved_model(model: Any, class_names: list[str], folder: Path) -> None
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")],
     )
     archive.write_out(str(folder), verbose=False)
+    _write_label_assets(folder, class_names)
+
+
+def _write_label_assets(folder: Path, class_names: list[str]) -> None:
+    """labels.txt in a SavedModel's assets folder, for those who read the classes from a file."""
     (folder / "assets").mkdir(exist_ok=True)
     (folder / "assets" / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
 
 
+def _export_imported(bundle: Path, manifest: dict[str, Any], fmt: str, staging: Path,
+                     quantize: str | None) -> None:
+    """Writes an imported codelab bundle as `fmt` into `staging`, from the graph it keeps."""
+    from models.poets_import import graph_function, graph_to_tflite, reopen_graph
+
+    if fmt == "tflite" and quantize is None:
+        shutil.copy(bundle / TFLITE_FILE, staging / TFLITE_FILE)
+    elif fmt == "tflite":
+        (staging / TFLITE_FILE).write_bytes(
+            graph_to_tflite(reopen_graph(bundle, manifest), quantize))
+    else:
+        graph = reopen_graph(bundle, manifest)
+        _write_graph_saved_model(graph_function(graph), list(manifest["class_names"]),
+                                 graph.input_size, staging)
+        return
+    shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
+
+
+def _write_graph_saved_model(function: Any, class_names: list[str], size: int,
+                             folder: Path) -> None:
+    """A SavedModel of an imported graph with the same `serving_default` signature as a
+    trained bundle's: uint8 `pixels` in, `probabilities` and `classes` out."""
+    import tensorflow as tf
+
+    names = tf.constant(class_names)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
+    def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        classes = tf.tile(names[None], [tf.shape(pixels)[0], 1])
+        return {"probabilities": function(pixels), "classes": classes}
+
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+    _write_label_assets(folder, class_names)
+
+
 def add_fast_model(bundle: Path) -> Path:
-    """Converts an existing bundle's Keras model and adds it as model.tflite (see
-    `bundle.add_tflite`); returns the file."""
+    """Converts an existing bundle's Keras model (an imported bundle: its graph) and adds it as
+    model.tflite (see `bundle.add_tflite`); returns the file."""
     from models.bundle import add_tflite
     from models.litert import to_tflite
 
     bundle = Path(bundle).resolve()
+    manifest = read_manifest(bundle)
+    if imported_from(manifest):
+        from models.poets_import import graph_to_tflite, reopen_graph
+
+        add_tflite(bundle, graph_to_tflite(reopen_graph(bundle, manifest)))
+        return bundle / TFLITE_FILE
     add_tflite(bundle, to_tflite(load_bundle(bundle).model))
     return bundle / TFLITE_FILE

@@ -8,14 +8,15 @@ model. The batch dimension is left open: a runner fixes it once when it allocate
 `quantize`: None (float32), "float16" (weights stored as float16: half the file, float
 arithmetic) or "int8" (weights and activations as int8, calibrated on `representative`
 batches of real photos; input stays uint8 pixels and output float probabilities).
-Needs TensorFlow: only `flowers train` and `flowers export` call it.
+`convert` runs any converter so (an imported codelab graph's, `models.poets_import`).
+Needs TensorFlow: only `flowers train`, `flowers export` and `flowers import-poets` call it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,12 +48,21 @@ def to_tflite(
     """The LiteRT flatbuffer of `model` (see the module docstring); raises `ExportError`."""
     import tensorflow as tf
 
+    # from_keras_model freezes Keras 3's variables into the flatbuffer; a concrete function
+    # of a tf.function calling the model does not (its weights come out missing).
+    return convert(tf.lite.TFLiteConverter.from_keras_model(uint8_model(model)), quantize,
+                   representative)
+
+
+def convert(converter: Any, quantize: str | None = None,
+            representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """Runs a `tf.lite.TFLiteConverter` (of any source) with builtin ops only and the
+    quantization asked for; raises `ExportError`."""
+    import tensorflow as tf
+
     if quantize not in (None, *QUANTIZATIONS):
         raise ExportError(f"unknown quantization {quantize!r}; choose one of: "
                           f"{', '.join(QUANTIZATIONS)}")
-    # from_keras_model freezes Keras 3's variables into the flatbuffer; a concrete function
-    # of a tf.function calling the model does not (its weights come out missing).
-    converter = tf.lite.TFLiteConverter.from_keras_model(uint8_model(model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from models import batching
-from models.decode import load_image
+from models.decode import RESIZE_FLOWERS, load_image
 from models.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tup
 Guard = Callable[[Path], str | None]
 
 
-def _load(path: Path, size: int, guard: Guard | None = None) -> np.ndarray | str:
+def _load(path: Path, size: int, guard: Guard | None, resize: str) -> np.ndarray | str:
     if guard is not None and (refusal := guard(path)):
         return refusal
     try:
-        return load_image(path, size)
+        return load_image(path, size, resize)
     except ImageDecodeError as exc:
         return exc.reason
 
@@ -67,10 +67,12 @@ def label_photos(
     batch_size: int = LABEL_BATCH_SIZE,
     threads: int | None = None,
     guard: Guard | None = None,
+    resize: str = RESIZE_FLOWERS,
 ) -> Iterator[LabelRow]:
     """Labels photos in input order, streaming: one row per path.
 
     `guard`, if given, may refuse a photo before it is read, with a reason for its row.
+    `resize`: how photos are squashed to the input (the bundle's, `bundle.resize_method`).
     `threads` decode beside the network (default `batching.decode_threads()`; 0: between
     batches, in this thread).
     """
@@ -80,7 +82,7 @@ def label_photos(
         pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="decode")
                                    ) if threads else None
         batches = batching.prepared_batches(
-            paths, batch_size, pool, lambda path: (path, _load(path, input_size, guard))
+            paths, batch_size, pool, lambda path: (path, _load(path, input_size, guard, resize))
         )
         for batch in batches:
             decoded = [item for _, item in batch if isinstance(item, np.ndarray)]

@@ -179,7 +179,7 @@ def retrain(
                          for name, value in entry.items()} for entry in fitted.history],
         },
         phase: features.cache,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
     target = Path(request.output) if request.output else home / "bundles" / spec.name
@@ -232,7 +232,8 @@ def _misclassified(
     return wrong
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Python, TensorFlow, Keras and flowers versions, as manifests record them."""
     from importlib import metadata
 
     import keras

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FLOWERS_SHARED_DIR") or REPO.parent / "shared")
 PHOTOS = SHARED / "data" / "flower_photos"
 KERAS_WEIGHTS = SHARED / "weights" / "keras"
+# The codelab's own graphs: a retrained_graph.pb made by its retrain.py, and its base network.
+CODELAB_WEIGHTS = SHARED / "weights" / "codelab"
 # MobileNet v1 0.25 at 224 px: real ImageNet weights, 218k parameters, fast on two cores.
 SMALL_NETWORK = "mobilenet_0.25_224"
 
@@ -49,6 +51,13 @@ def flower_photos() -> Path:
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     return _require(KERAS_WEIGHTS, "the pretrained Keras weights")
+
+
+@pytest.fixture(scope="session")
+def codelab_weights() -> Path:
+    """The codelab's graphs: poets_retrained/retrained_graph.pb (+ labels) and its base graph."""
+    return _require(CODELAB_WEIGHTS / "poets_retrained" / "retrained_graph.pb",
+                    "the codelab's retrained graph").parent.parent
 
 
 def copy_subset(source: Path, target: Path, classes: list[str], per_class: int) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from models.bundle import decoding_mismatch, read_manifest
+from models.bundle import decoding_mismatch, read_manifest, resize_method
 from models.predict import LABEL_BATCH_SIZE
 from models.runners import Runner, open_runner
 
@@ -26,12 +26,14 @@ CAPACITY = 2
 
 @dataclass
 class LoadedModel:
-    """What labelling needs from a bundle: its identity, classes, input size and a runner."""
+    """What labelling needs from a bundle: its identity, classes, input size, how photos are
+    resized for it, and a runner."""
 
     bundle_id: str
     class_names: list[str]
     input_size: int
     run: Runner
+    resize: str
 
 
 class ModelCache:
@@ -57,7 +59,7 @@ class ModelCache:
             return self.entries[key]
         run = open_runner(path, manifest, self.runtime, self.threads, LABEL_BATCH_SIZE)
         model = LoadedModel(key[1], list(manifest["class_names"]),
-                            int(manifest["input_size"][0]), run)
+                            int(manifest["input_size"][0]), run, resize_method(manifest))
         self.loads += 1
         log.info("process %d loaded bundle %s (%s) on %s", os.getpid(), path, key[1],
                  getattr(run, "runtime", "?"))

@@ -144,6 +144,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
                 model.input_size, k,
                 batch_size=int(chunk.get("batch_size") or LABEL_BATCH_SIZE),
                 threads=decode_threads(cache.threads), guard=photo_guard(roots),
+                resize=model.resize,
             ), strict=True)
         ]
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
