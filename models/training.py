@@ -44,12 +44,17 @@ class Features:
     initial_weights: list[Any] = field(default_factory=list)
 
 
+# Converting a MobileNet for LiteRT takes ~15 s here, about what LiteRT saves over Keras on
+# 2,000 photos: fewer network passes than this run on Keras unless the conversion is cached.
+CONVERT_FROM_PASSES = 2000
+
+
 def photo_stage_runner(model: Any, spec: networks.NetworkSpec, weights: str, home: Path,
-                       part: str) -> bottlenecks.BatchRunner:
-    """What runs `model` (a feature network of `spec`) on the photo stage's batches: its
-    LiteRT conversion, cached in `home`, where that is faster, else Keras."""
-    if spec.litert_photo_stage:
-        path = converted.converted_path(home, spec.name, activations.weights_tag(weights), part)
+                       part: str, passes: int = CONVERT_FROM_PASSES) -> bottlenecks.BatchRunner:
+    """What runs `model` (a feature network of `spec`) on the photo stage's batches, about
+    `passes` times: its LiteRT conversion, cached in `home`, where that is faster, else Keras."""
+    path = converted.converted_path(home, spec.name, activations.weights_tag(weights), part)
+    if spec.litert_photo_stage and (passes >= CONVERT_FROM_PASSES or path.is_file()):
         runner = converted.litert_runner(model, path, runtime.tensorflow_threads())
         if runner is not None:
             return runner
@@ -66,7 +71,7 @@ def compute_features(
     if recipe == CODELAB:
         def make_runner() -> bottlenecks.BatchRunner:
             built.append(networks.build_base_network(spec.name, weights, weights_dir))
-            return photo_stage_runner(built[0], spec, weights, home, "pooled")
+            return photo_stage_runner(built[0], spec, weights, home, "pooled", len(paths))
 
         found = bottlenecks.compute_bottlenecks(
             paths, spec.input_size, spec.bottleneck_size,
@@ -84,7 +89,8 @@ def compute_features(
                                         split_layer, fine_tune.crop_area)
     computed = activations.compute_activations(
         paths, spec.input_size, network.shape, fine_tune.views, cache,
-        lambda: photo_stage_runner(network.bottom, spec, weights, home, split_layer),
+        lambda: photo_stage_runner(network.bottom, spec, weights, home, split_layer,
+                                   len(paths) * fine_tune.views),
         fine_tune.crop_area,
         batch_size=batch_size, progress=progress, guard=guard,
     )

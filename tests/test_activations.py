@@ -93,6 +93,10 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["daisy"], 4).rglob("*.jpg"))
     pixels = np.stack([load_image(path, 224) for path in paths])
     home = tmp_path / "home"
+    # A small stage is not worth converting: Keras, and nothing written.
+    small = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu",
+                                        passes=training.CONVERT_FROM_PASSES - 1)
+    assert not isinstance(small, LiteRTRunner) and not (home / "litert").exists()
     runner = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
     assert isinstance(runner, LiteRTRunner)
     (converted,) = (home / "litert").rglob("model.tflite")
@@ -102,8 +106,9 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     np.testing.assert_allclose(runner(pixels), expected, atol=1e-3 * np.abs(expected).max())
     # Cached: a second runner reuses the file; a damaged one is converted again.
     stamp = converted.stat().st_mtime_ns
-    training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
-    assert converted.stat().st_mtime_ns == stamp
+    cached = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home,
+                                         "conv_pw_11_relu", passes=1)
+    assert isinstance(cached, LiteRTRunner) and converted.stat().st_mtime_ns == stamp
     converted.write_bytes(b"not a flatbuffer")
     again = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
     assert "reconverting" in caplog.text

@@ -64,8 +64,8 @@ def test_evaluate_three_folds_then_the_cache(
     assert shown.returncode == 0, shown.stderr
     assert re.search(rf"^bottlenecks +{re.escape(SMALL_NETWORK)} +36 ", shown.stdout, re.M)
     assert re.search(rf"^activations +{re.escape(SMALL_NETWORK)} +72 ", shown.stdout, re.M)
-    # The photo stage's two networks (pooled base, bottom below the split), converted once.
-    assert re.search(rf"^litert +{re.escape(SMALL_NETWORK)} +2 ", shown.stdout, re.M)
+    # 36 photos are too few network passes to be worth converting for LiteRT.
+    assert not re.search(r"^litert ", shown.stdout, re.M)
     cleared = run_flowers("cache", "--clear", "--kind", "activations", env=env)
     assert cleared.returncode == 0 and "cleared" in cleared.stdout
     after = run_flowers("cache", env=env).stdout
