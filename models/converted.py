@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.atomic import write_atomically
-from models.errors import ExportError
+from models.errors import BundleError, ExportError
 
 if TYPE_CHECKING:
     import keras
@@ -41,26 +41,25 @@ def converted_path(home: Path, network: str, weights_tag: str, part: str) -> Pat
 def litert_runner(model: keras.Model, path: Path, threads: int) -> BatchRunner | None:
     """A LiteRT runner of `model` (uint8 pixels in, its outputs out as float32), converted to
     `path` unless already there; None (and a warning) when LiteRT cannot run it here."""
-    from models.errors import BundleError
     from models.runners import LiteRTRunner
 
     if importlib.util.find_spec("ai_edge_litert") is None:
         log.warning("LiteRT is not installed here: the photo stage runs on Keras")
         return None
-    if not path.is_file():
-        from models.litert import to_tflite
-
+    if path.is_file():
         try:
-            flatbuffer = to_tflite(model)
-        except ExportError as exc:
-            log.warning("the photo stage runs on Keras: %s", exc)
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda handle: handle.write(flatbuffer), durable=False)
-        log.info("converted %s for LiteRT: %s (%.1f MB)", model.name, path, len(flatbuffer) / 1e6)
+            return LiteRTRunner(path, batch_size=1, threads=threads)
+        except BundleError as exc:  # not a flatbuffer LiteRT reads (a damaged cache): redo it
+            log.warning("reconverting %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+    from models.litert import to_tflite
+
     try:
-        return LiteRTRunner(path, batch_size=1, threads=threads)
-    except BundleError as exc:  # not a flatbuffer LiteRT reads (a damaged cache): redo it
-        log.warning("reconverting %s: %s", path, exc)
-        path.unlink(missing_ok=True)
-        return litert_runner(model, path, threads)
+        flatbuffer = to_tflite(model)
+    except ExportError as exc:
+        log.warning("the photo stage runs on Keras: %s", exc)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda handle: handle.write(flatbuffer), durable=False)
+    log.info("converted %s for LiteRT: %s (%.1f MB)", model.name, path, len(flatbuffer) / 1e6)
+    return LiteRTRunner(path, batch_size=1, threads=threads)

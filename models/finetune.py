@@ -158,9 +158,9 @@ def train_top(
     trainer.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        steps_per_execution=STEPS_PER_EXECUTION,
         # Scored as the epoch trains (every view, dropout on), as Keras reports it: scoring
         # the training set again after each epoch cost a tenth of the training time.
-        steps_per_execution=STEPS_PER_EXECUTION,
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.CategoricalCrossentropy(name="cross_entropy")],
     )

@@ -49,11 +49,12 @@ class Features:
 CONVERT_FROM_PASSES = 2000
 
 
-def photo_stage_runner(model: Any, spec: networks.NetworkSpec, weights: str, home: Path,
+def photo_stage_runner(model: Any, spec: networks.NetworkSpec, weights_tag: str, home: Path,
                        part: str, passes: int = CONVERT_FROM_PASSES) -> bottlenecks.BatchRunner:
-    """What runs `model` (a feature network of `spec`) on the photo stage's batches, about
-    `passes` times: its LiteRT conversion, cached in `home`, where that is faster, else Keras."""
-    path = converted.converted_path(home, spec.name, activations.weights_tag(weights), part)
+    """What runs `model` (a feature network of `spec`, weights named by `weights_tag`) on the
+    photo stage's batches, about `passes` times: its LiteRT conversion, cached in `home`,
+    where that is faster, else Keras."""
+    path = converted.converted_path(home, spec.name, weights_tag, part)
     if spec.litert_photo_stage and (passes >= CONVERT_FROM_PASSES or path.is_file()):
         runner = converted.litert_runner(model, path, runtime.tensorflow_threads())
         if runner is not None:
@@ -68,10 +69,11 @@ def compute_features(
 ) -> Features:
     """Bottlenecks (codelab) or activations of `fine_tune.views` views (fine-tune) of `paths`."""
     built: list[Any] = []
+    tag = activations.weights_tag(weights)
     if recipe == CODELAB:
         def make_runner() -> bottlenecks.BatchRunner:
             built.append(networks.build_base_network(spec.name, weights, weights_dir))
-            return photo_stage_runner(built[0], spec, weights, home, "pooled", len(paths))
+            return photo_stage_runner(built[0], spec, tag, home, "pooled", len(paths))
 
         found = bottlenecks.compute_bottlenecks(
             paths, spec.input_size, spec.bottleneck_size,
@@ -85,11 +87,10 @@ def compute_features(
 
     split_layer = finetune.split_layer_of(spec, fine_tune)
     network = finetune.build_split_network(spec, weights, weights_dir, split_layer)
-    cache = activations.ActivationCache(home, spec.name, activations.weights_tag(weights),
-                                        split_layer, fine_tune.crop_area)
+    cache = activations.ActivationCache(home, spec.name, tag, split_layer, fine_tune.crop_area)
     computed = activations.compute_activations(
         paths, spec.input_size, network.shape, fine_tune.views, cache,
-        lambda: photo_stage_runner(network.bottom, spec, weights, home, split_layer,
+        lambda: photo_stage_runner(network.bottom, spec, tag, home, split_layer,
                                    len(paths) * fine_tune.views),
         fine_tune.crop_area,
         batch_size=batch_size, progress=progress, guard=guard,
