@@ -110,9 +110,11 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
                 "k": k, "bundle": str(bundle)}
     try:
+        overwritten = None
         if overwrite:
             output.unlink(missing_ok=True)
             results.job_record_for(output).unlink(missing_ok=True)
+            overwritten = results.read_identity(parts_dir).get("job_id")
         results.prepare_parts(parts_dir, identity, overwrite)
         done = results.done_paths(parts_dir)
     except OSError as exc:
@@ -125,7 +127,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             kind="label", request={**identity, "output": str(output)},
             output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
         )
-        previous = results.claim_parts(parts_dir, job_id)
+        previous = results.claim_parts(parts_dir, job_id) or overwritten
         if previous:
             queue.jobs.supersede(previous, job_id)
         enqueued = enqueue_chunks(queue, job_id, root, bundle, parts_dir, identity,

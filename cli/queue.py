@@ -5,6 +5,7 @@ The CLI never imports task code: it sends task names with JSON arguments and rea
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from models.errors import JobFailedError, JobNotFoundError, QueueUnavailableErro
 from worker.embedded import LocalCluster, local_cluster
 from worker.jobs import FINAL_STATES, JobStore, patient_client
 from worker.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 
@@ -73,6 +76,8 @@ class Queue:
             task_name, args=[argument], task_id=task_id, queue=self.settings.queue,
             retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5},
         )
+        log.debug("sent %s to queue %r on %s", task_name, self.settings.queue,
+                  redact_url(self.broker_url))
 
     def wait(self, job_id: str, line: ProgressLine) -> dict[str, Any]:
         """Polls the job until it ends, drawing progress; raises `JobFailedError` on failure."""

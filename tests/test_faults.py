@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from tests.compose_file import redis_arguments
 from tests.conftest import (
@@ -34,6 +35,7 @@ from tests.conftest import (
     resumed_counts,
     run_flowers,
     wait_for,
+    wait_for_job,
 )
 from worker.embedded import RedisServer, free_port, start_redis
 from worker.results import part_path
@@ -218,13 +220,7 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8, what="some cache entries")
     (child,) = worker.pool_pids()
     os.kill(child, signal.SIGKILL)
-    record: dict[str, Any] = {}
-
-    def finished() -> bool:
-        record.update(json.loads(run_flowers("status", job_id, "--json", env=env).stdout))
-        return record["state"] in ("succeeded", "failed")
-
-    wait_for(finished, what="the redelivered retrain")
+    record = wait_for_job(job_id, env, "the redelivered retrain")
     assert record["state"] == "succeeded", record
     reused = record["result"]["cache"]["cache_hits"]
     assert reused >= 8 and reused + record["result"]["cache"]["computed"] == 48 * 2
@@ -281,3 +277,32 @@ def test_two_jobs_with_two_bundles_on_the_same_workers(
     assert {row[1] for row in rows[1:]} <= {"daisy", "tulips"}
     with open(outputs[trained_bundle[0]], newline="") as handle:
         assert "roses" in {row[1] for row in list(csv.reader(handle))[1:]}
+
+
+def test_worker_killed_while_merging_the_claim_lapses_and_the_job_completes(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """The worker that merges holds the job's finish claim; killed mid-merge (held there by a
+    part that blocks on reading, as a hung disk would), its claim lapses after the visibility
+    timeout and the other worker merges: one row per photo, no output before."""
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    queued = run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr  # no worker yet: the chunks stay queued
+    job_id = queued.stdout.strip()
+    hung_part = part_path(output.with_name(output.name + ".parts"), job_id, 99_999)
+    os.mkfifo(hung_part)
+    workers = [start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="10") for _ in range(2)]
+    client = redis.Redis.from_url(redis_url)
+    claim = f"flowers:job:{job_id}:finish"
+    wait_for(lambda: client.exists(claim) == 1, what="a worker merging", interval=0.02)
+    merging = int(client.get(claim) or 0)
+    (holder,) = [worker for worker in workers if merging in worker.pool_pids()]
+    holder.kill()
+    assert not output.exists(), "killed before the output was written"
+    hung_part.unlink()
+    wait_for(output.exists, timeout=60, what="the output, merged once the claim lapsed")
+    assert_complete(output, photos)
+    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
+        "succeeded"

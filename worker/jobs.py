@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowers:job:"
 TTL_SECONDS = 7 * 24 * 3600
-FINISH_CLAIM_SECONDS = 300
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 # Records a finished chunk once; returns 1 when it was the job's last one.
@@ -130,11 +129,16 @@ class JobStore:
         if self.client.exists(self._key(job_id)) and self.state(job_id) not in FINAL_STATES:
             self.update(job_id, state="cancelled", message=f"superseded by job {successor}")
 
-    def claim_finish(self, job_id: str) -> bool:
+    def claim_finish(self, job_id: str, seconds: int) -> bool:
         """True for one caller at a time: the one that assembles the job's output. The claim
-        lapses after FINISH_CLAIM_SECONDS, in case its holder died while merging."""
+        lapses after `seconds` (the visibility timeout: a merge is part of a task, which must
+        end within it), in case its holder died while merging."""
         key = self._key(job_id) + ":finish"
-        return bool(self.client.set(key, os.getpid(), nx=True, ex=FINISH_CLAIM_SECONDS))
+        return bool(self.client.set(key, os.getpid(), nx=True, ex=seconds))
+
+    def finish_claim_left(self, job_id: str) -> int:
+        """Seconds until the claim of `claim_finish` lapses (0 if none is held)."""
+        return max(0, int(self.client.ttl(self._key(job_id) + ":finish")))
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.client.hgetall(self._key(job_id))

@@ -29,7 +29,6 @@ from worker.app import app, settings
 from worker.confine import check_allowed, photo_guard
 from worker.jobs import (
     FINAL_STATES,
-    FINISH_CLAIM_SECONDS,
     JobStore,
     patient_client,
 )
@@ -169,9 +168,9 @@ def finish_label(job_id: str) -> dict[str, Any]:
     store = job_store()
     if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}
-    if not store.claim_finish(job_id):
+    if not store.claim_finish(job_id, settings.visibility_timeout):
         # Another worker is merging, or died merging: look again once its claim lapses.
-        finish_label.apply_async(args=[job_id], countdown=FINISH_CLAIM_SECONDS + 5)
+        finish_label.apply_async(args=[job_id], countdown=store.finish_claim_left(job_id) + 1)
         return {"deferred": True}
     record = store.get(job_id)
     try:
