@@ -252,8 +252,15 @@ def test_compose_services_label_a_folder_and_survive_a_killed_worker(
     podman("kill", workers[0])
     assert not output.exists(), "killed mid-job"
 
-    wait_for(output.exists, timeout=120, what="the output after the killed worker's chunks "
-             "came back", interval=0.5)
+    try:
+        wait_for(output.exists, timeout=120, what="the output after the killed worker's "
+                 "chunks came back", interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\njob: {client.hgetall(f'flowers:job:{job_id}')}\n"
+            f"queued: {client.llen('flowers')}, unacked: {client.hlen('unacked')}, parts: "
+            f"{len(list(parts.glob('part-*.csv')))}\nsurvivor's log (end):\n"
+            f"{project.logs(workers[1])[-6000:]}") from None
     with open(output, newline="") as handle:
         rows = list(csv.reader(handle))[1:]
     photos = flowers_data / "photos"

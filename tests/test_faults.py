@@ -37,8 +37,10 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
+from worker.app import create_app
 from worker.embedded import RedisServer, free_port, start_redis
 from worker.results import part_path
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -127,6 +129,36 @@ def test_whole_worker_killed_and_another_started_later(
     start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
     wait_for(output.exists, what="the output after the unacknowledged chunk came back")
     assert_complete(output, photos)
+
+
+def test_worker_killed_holding_the_redelivery_lock(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """Every worker sweeps the unacknowledged chunks back onto the queue about once a second,
+    under a lock in Redis; a worker killed while it holds the lock leaves it behind, with the
+    lifetime the worker gave it. The chunks still come back within about two visibility
+    timeouts (kombu's own lifetime, 300 s, held them back five minutes)."""
+    output = tmp_path / "out.csv"
+    first = label_until_parts(redis_url, start_workers,
+                              label_args(photos, trained_bundle[0], output),
+                              flowers_env(flowers_home, redis_url, weights_dir), output, 2,
+                              FLOWERS_VISIBILITY_TIMEOUT="5")
+    wait_for(lambda: bool(chunks_in_flight(redis_url)), what="a chunk in the worker's hands",
+             interval=0.01)
+    first.kill()
+    assert chunks_in_flight(redis_url), "the killed worker left a chunk to come back"
+    options = create_app(Settings.from_env({"FLOWERS_VISIBILITY_TIMEOUT": "5"})).conf
+    lifetime = int(options.broker_transport_options.get("unacked_mutex_expire", 300))
+    client = redis.Redis.from_url(redis_url)
+    assert client.set("unacked_mutex", "token of the killed worker", nx=True, ex=lifetime)
+    assert not output.exists()
+    started = time.monotonic()
+    start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
+    wait_for(output.exists, timeout=60, what="the output after the chunks came back, the "
+             f"lock of the killed worker held for {lifetime} s")
+    assert_complete(output, photos)
+    print(f"complete {time.monotonic() - started:.0f} s after the lock was left behind")
 
 
 @pytest.fixture

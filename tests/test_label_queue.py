@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from models.bundle import read_manifest
+from models.errors import FlowersError
 from tests.conftest import (
     WorkerFactory,
     chunks_in_flight,
@@ -27,6 +28,7 @@ from tests.conftest import (
     wait_for,
 )
 from worker import results
+from worker.jobs import JobStore, patient_client
 
 pytestmark = pytest.mark.queue
 
@@ -270,6 +272,25 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == \
         read_manifest(bundle)["bundle_id"]
     assert {len(row) for row in read_csv(output)} == {8} and len(read_csv(output)) == 34
+
+
+def test_a_chunk_that_breaks_after_its_job_ended_leaves_the_job_as_it_was(
+    redis_url: str,
+) -> None:
+    """A chunk of a job cancelled (or superseded by --overwrite) under it can break late, its
+    parts folder gone: the job stays cancelled. The first failure's message is kept."""
+    store = JobStore(patient_client(redis_url))
+    superseded = store.create_job("label", {})
+    store.supersede(superseded, "successor")
+    assert not store.fail(superseded, FileNotFoundError("part-x.csv.tmp"))
+    assert store.get(superseded)["state"] == "cancelled"
+    assert "superseded by job successor" in store.get(superseded)["message"]
+
+    broken = store.create_job("label", {})
+    assert store.fail(broken, FlowersError("first cause"))
+    assert not store.fail(broken, OSError("a later symptom"))
+    record = store.get(broken)
+    assert (record["state"], record["message"]) == ("failed", "first cause")
 
 
 def test_label_dir_without_a_broker_runs_a_local_cluster(

@@ -47,6 +47,17 @@ if total and tonumber(total) == redis.call('SCARD', KEYS[2]) then return 1 end
 return 0
 """
 
+# Marks a job failed unless it has ended already (a chunk of a cancelled job that breaks late
+# must not turn it into a failure); returns 1 when it did.
+_FAIL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[1], 'exit_code', ARGV[2],
+           'updated', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
 # Records that every chunk is enqueued; returns 1 when they are all done already.
 _ENQUEUED = """
 redis.call('HSET', KEYS[1], 'chunks_total', ARGV[1], 'total', ARGV[2])
@@ -116,13 +127,16 @@ class JobStore:
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
         return bool(self.client.eval(_ENQUEUED, 2, *keys, chunks, images))
 
-    def fail(self, job_id: str, error: Exception) -> None:
-        """Marks a job failed with the error's message (and its exit code, for the CLI)."""
+    def fail(self, job_id: str, error: Exception) -> bool:
+        """Marks a job failed with the error's message (and its exit code, for the CLI);
+        False, changing nothing, when the job had ended already (succeeded, failed first,
+        or cancelled)."""
         if isinstance(error, FlowersError):
             message, exit_code = str(error), error.exit_code
         else:
             message, exit_code = f"{type(error).__name__}: {error}", 1
-        self.update(job_id, state="failed", message=message, exit_code=exit_code)
+        return bool(self.client.eval(_FAIL, 1, self._key(job_id), message, exit_code,
+                                     time.time(), TTL_SECONDS))
 
     def supersede(self, job_id: str, successor: str) -> None:
         """Cancels an unfinished job whose parts a rerun (`successor`) took over."""

@@ -148,13 +148,17 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
             ), strict=True)
         ]
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
-    except FlowersError as exc:
-        log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
-        store.fail(job_id, exc)
-        return {"error": str(exc)}
     except Exception as exc:
+        if not store.fail(job_id, exc):
+            # The job ended while this chunk ran (cancelled, or its parts folder started over
+            # by --overwrite): what broke is the folder it no longer owns.
+            log.warning("job %s chunk %s stopped, the job has ended: %s", job_id,
+                        chunk.get("index"), exc)
+            return {"skipped": True}
+        if isinstance(exc, FlowersError):
+            log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
+            return {"error": str(exc)}
         log.exception("job %s chunk %s failed", job_id, chunk.get("index"))
-        store.fail(job_id, exc)
         raise
     errors = sum(1 for row in rows if row[-1])
     if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, os.getpid(), cache.loads):
