@@ -5,9 +5,11 @@ The CLI never imports task code: it sends task names with JSON arguments and rea
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +81,28 @@ class Queue:
         log.debug("sent %s to queue %r on %s", task_name, self.settings.queue,
                   redact_url(self.broker_url))
 
-    def wait(self, job_id: str, line: ProgressLine) -> dict[str, Any]:
-        """Polls the job until it ends, drawing progress; raises `JobFailedError` on failure."""
+    def chunks_on_broker(self, job_id: str) -> bool:
+        """True while any task is queued (ours or not: the queue is not searched) or a label
+        chunk of `job_id` is in a worker's hands (kombu's `unacked` hash)."""
+        client = self.jobs.client
+        if client.llen(self.settings.queue):
+            return True
+        for raw in client.hvals("unacked"):
+            try:
+                message = json.loads(raw)[0]
+                if message["headers"]["task"] != "flowers.label_chunk":
+                    continue
+                chunk = json.loads(base64.b64decode(message["body"]))[0][0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                return True  # a message we cannot read: count it as in hand
+            if chunk.get("job_id") == job_id:
+                return True
+        return False
+
+    def wait(self, job_id: str, line: ProgressLine,
+             watch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Polls the job until it ends, drawing progress (and calling `watch` with each
+        unfinished record); raises `JobFailedError` on failure."""
         while True:
             try:
                 record = self.jobs.get(job_id)
@@ -94,6 +116,8 @@ class Queue:
                 break
             if self.cluster is not None:
                 self.cluster.check_alive()
+            if watch is not None:
+                watch(record)
             time.sleep(POLL_SECONDS)
         line.close()
         if record["state"] != "succeeded":

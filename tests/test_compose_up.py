@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -38,7 +39,13 @@ from tests.compose_file import (
     redis_arguments,
     service_environment,
 )
-from tests.conftest import SHARED, copy_subset, flowers_env, run_flowers, wait_for
+from tests.conftest import (
+    SHARED,
+    chunks_in_flight,
+    copy_subset,
+    flowers_env,
+    wait_for,
+)
 from worker.embedded import free_port
 from worker.settings import usable_cores
 
@@ -240,27 +247,67 @@ def test_compose_services_label_a_folder_and_survive_a_killed_worker(
 
     output = flowers_data / "out" / "labels.csv"
     env = flowers_env(tmp_path / "cli-home", project.broker_url, None)
-    queued = run_flowers("label-dir", str(flowers_data / "photos"), "--model",
-                         str(flowers_data / "bundles" / "small"), "--output", str(output),
-                         "--chunk-size", "1", "--batch-size", "1", "--no-wait", env=env,
-                         umask=0o002)
-    assert queued.returncode == 0, queued.stderr
-    job_id = queued.stdout.strip()
+    # The CLI waits, as a user's would: it ends when the job does.
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cli", "label-dir", str(flowers_data / "photos"), "--model",
+         str(flowers_data / "bundles" / "small"), "--output", str(output), "--chunk-size", "1",
+         "--batch-size", "1"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        umask=0o002)
+    jobs: list[str] = []
+
+    def job_recorded() -> bool:
+        jobs[:] = [str(key).split(":")[2] for key in client.keys("flowers:job:*")
+                   if str(key).count(":") == 2]
+        return bool(jobs)
+
+    wait_for(job_recorded, timeout=60, what="the job recorded")
+    (job_id,) = jobs
     parts = output.with_name(output.name + ".parts")
-    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 6 and client.llen("flowers") > 0,
-             timeout=120, what="the job under way", interval=0.02)
+
+    def stuck(what: str) -> AssertionError:
+        """What the job, the queue and the workers were doing when `what` did not happen."""
+        logs = "".join(f"\n{worker}'s log (end):\n{project.logs(worker)[-4000:]}"
+                       for worker in workers)
+        return AssertionError(
+            f"{what}\njob: {client.hgetall(f'flowers:job:{job_id}')}\nqueued: "
+            f"{client.llen('flowers')}, unacked: {client.hlen('unacked')}, parts: "
+            f"{len(list(parts.glob('part-*.csv')))}{logs}")
+
+    def waited(condition: Callable[[], bool], what: str, interval: float) -> None:
+        try:
+            wait_for(condition, timeout=120, what=what, interval=interval)
+        except AssertionError as exc:
+            raise stuck(str(exc)) from None
+
+    waited(lambda: len(list(parts.glob("part-*.csv"))) >= 6 and client.llen("flowers") > 0,
+           "the job under way", interval=0.02)
+    # A one-photo chunk takes milliseconds, less than `podman kill` takes to start: freeze the
+    # worker first (`podman pause`), and kill it once it is frozen with chunks in hand (taken,
+    # not finished, not acknowledged).
+    held: set[str] = set()
+
+    def frozen_holding_chunks() -> bool:
+        podman("pause", workers[0])
+        log = project.logs(workers[0])
+        unacked = {task_id for task_id, _ in chunks_in_flight(project.broker_url)}
+        held.update((tasks_logged(log, "received") - tasks_logged(log, "succeeded")) & unacked)
+        if not held:
+            podman("unpause", workers[0])
+        return bool(held)
+
+    waited(frozen_holding_chunks, "worker 1 frozen with a chunk in hand", interval=0.05)
     podman("kill", workers[0])
     assert not output.exists(), "killed mid-job"
 
     try:
-        wait_for(output.exists, timeout=120, what="the output after the killed worker's "
-                 "chunks came back", interval=0.5)
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{exc}\njob: {client.hgetall(f'flowers:job:{job_id}')}\n"
-            f"queued: {client.llen('flowers')}, unacked: {client.hlen('unacked')}, parts: "
-            f"{len(list(parts.glob('part-*.csv')))}\nsurvivor's log (end):\n"
-            f"{project.logs(workers[1])[-6000:]}") from None
+        stdout, stderr = cli.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        raise stuck("timed out waiting for the CLI to end after the killed worker's chunks "
+                    f"came back; its output:\n{''.join(cli.communicate())}") from None
+    assert cli.returncode == 0, stderr
+    assert f"labelled {3 * PHOTOS_PER_CLASS} photos (0 errors)" in stdout, stdout
     with open(output, newline="") as handle:
         rows = list(csv.reader(handle))[1:]
     photos = flowers_data / "photos"
@@ -270,15 +317,27 @@ def test_compose_services_label_a_folder_and_survive_a_killed_worker(
     assert output.stat().st_uid == int(expand(str(WORKER["build"]["args"]["UID"]), {}))
     assert client.hget(f"flowers:job:{job_id}", "state") == "succeeded"
 
-    # The killed worker held chunks it never finished; the other worker did them again.
-    killed, survivor = project.logs(workers[0]), project.logs(workers[1])
-    received = set(re.findall(r"flowers\.label_chunk\[([0-9a-f-]+)\] received", killed))
-    finished = set(re.findall(r"flowers\.label_chunk\[([0-9a-f-]+)\] succeeded", killed))
-    unfinished = received - finished
-    assert unfinished, "the killed worker had a chunk in hand"
-    for task_id in unfinished:
-        assert f"flowers.label_chunk[{task_id}] received" in survivor
+    # The chunks the killed worker held came back, and the other worker did them.
+    assert held <= tasks_logged(project.logs(workers[1]), "received")
+    assert not held & tasks_logged(project.logs(workers[0]), "succeeded")
+
+    # The job's per-process counts keep the containers' processes apart (their pids repeat):
+    # each process that loaded the bundle counted as itself, once loaded.
+    loaded = {(container, pid) for container in workers
+              for pid in re.findall(r"process (\d+) loaded bundle", project.logs(container))}
+    record: dict[str, str] = client.hgetall(f"flowers:job:{job_id}")  # type: ignore[assignment]
+    counts = {key.split(":", 1)[1]: int(value) for key, value in record.items()
+              if key.startswith("loads:")}
+    counted = {tuple(reversed(process.split("@"))) for process in counts}
+    assert set(counts.values()) == {1}, counts
+    assert counted <= loaded and {(c, pid) for c, pid in loaded if c == workers[1]} <= counted, \
+        (counted, loaded)
     print(f"compose services up, labelled and recovered in {time.monotonic() - started:.0f} s")
+
+
+def tasks_logged(log: str, event: str) -> set[str]:
+    """Ids of the label chunks a worker's log says it `event` ("received", "succeeded")."""
+    return set(re.findall(rf"flowers\.label_chunk\[([0-9a-f-]+)\] {event}", log))
 
 
 def answers_ping(client: redis.Redis) -> bool:

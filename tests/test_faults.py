@@ -5,6 +5,7 @@ Each test fails if a row is lost or doubled. Real Redis, real worker processes, 
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -159,6 +160,44 @@ def test_worker_killed_holding_the_redelivery_lock(
              f"lock of the killed worker held for {lifetime} s")
     assert_complete(output, photos)
     print(f"complete {time.monotonic() - started:.0f} s after the lock was left behind")
+
+
+def test_a_chunk_lost_between_the_queue_and_a_worker_is_sent_again(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """kombu takes a message off the Redis list (BRPOP), then records it as in the worker's
+    hands: a worker killed between the two loses it. Here the chunk is taken off the list by
+    the test; the waiting command finds it lost and sends it again."""
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    cli = subprocess.Popen([sys.executable, "-m", "cli", *label_args(photos, trained_bundle[0],
+                                                                     output)],
+                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    client = redis.Redis.from_url(redis_url)
+    enqueued: list[str] = []
+
+    def all_enqueued() -> bool:
+        enqueued[:] = [job for job in job_ids(redis_url)
+                       if client.hexists(f"flowers:job:{job}", "chunks_total")]
+        return bool(enqueued)
+
+    wait_for(all_enqueued, what="every chunk enqueued")
+    (job_id,) = enqueued
+    taken = client.rpop("flowers")  # the next chunk a worker would take
+    assert isinstance(taken, bytes)
+    lost = json.loads(base64.b64decode(json.loads(taken)["body"]))[0][0]
+    assert lost["job_id"] == job_id and lost["paths"]
+    start_workers(1)
+    try:
+        _, stderr = cli.communicate(timeout=120)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, stderr
+    assert f"job {job_id}: 1 chunks were lost" in stderr
+    assert f"sent again, {len(lost['paths'])} photos" in stderr
+    assert_complete(output, photos)
 
 
 @pytest.fixture

@@ -350,7 +350,8 @@ def test_two_queues_two_workers_no_crossing(
     for queue, output in outputs.items():
         wait_for(output.exists, what=f"the output of queue {queue}")
         assert len(read_csv(output)) == 34
-        labelled_by = {key.split(":")[1] for key in job_record(redis_url, jobs[queue])
+        labelled_by = {key.split(":")[1].split("@")[0] for key in job_record(redis_url,
+                                                                              jobs[queue])
                        if key.startswith("chunks:")}
         assert labelled_by == {str(pid) for pid in workers[queue].pool_pids()}, queue
         assert f"queue '{queue}'" in workers[queue].log()
@@ -392,8 +393,8 @@ def test_two_worker_nodes_share_one_job(
     paths = [row[0] for row in read_csv(output)[1:]]
     assert len(paths) == len(set(paths)) == 33 and paths == sorted(paths)
     (job_id,) = job_ids(redis_url)
-    chunks = {key.split(":")[1]: int(value) for key, value in job_record(redis_url, job_id).items()
-              if key.startswith("chunks:")}
+    chunks = {key.split(":")[1].split("@")[0]: int(value)
+              for key, value in job_record(redis_url, job_id).items() if key.startswith("chunks:")}
     for node in nodes:
         (pool_pid,) = node.pool_pids()
         assert chunks.get(str(pool_pid), 0) >= 1, f"node {node.pid} labelled no chunk: {chunks}"

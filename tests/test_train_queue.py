@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
         fields = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(
             f"flowers:job:{job}")
         if fields.get("kind") == "label":
-            assert f"chunks:{pool_pid}" in fields, "the same warm process labelled both"
+            assert f"chunks:{pool_pid}@{socket.gethostname()}" in fields, \
+                "the same warm process labelled both"
     assert f"process {pool_pid} loaded bundle {bundle}" in labeller.log()
     assert labeller.log().count(f"process {pool_pid} loaded bundle {bundle}") == 2
 

@@ -2,7 +2,8 @@
 
 Key `flowers:job:<id>` holds kind, state, phase, done, total, rate, message and a JSON result;
 a labelling job also has the set `flowers:job:<id>:chunks` of finished chunk numbers, so a
-redelivered chunk is never counted twice, and per-process fields `chunks:<pid>`, `loads:<pid>`.
+redelivered chunk is never counted twice, and per-process fields `chunks:<pid>@<host>`,
+`loads:<pid>@<host>` (the host keeps apart the processes of containers, whose pids repeat).
 States: queued -> running -> succeeded | failed | cancelled. Records expire after a week.
 """
 
@@ -115,12 +116,17 @@ class JobStore:
         if self.state(job_id) == "queued":
             self.update(job_id, state="running", **fields)
 
-    def chunk_done(self, job_id: str, index: int, images: int, errors: int, pid: int,
+    def chunk_done(self, job_id: str, index: int, images: int, errors: int, process: str,
                    loads: int) -> bool:
         """Counts a finished chunk once; True when it completes an enqueued job."""
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
-        args = [index, images, errors, pid, loads, time.time(), TTL_SECONDS]
+        args: list[str | int | float] = [index, images, errors, process, loads, time.time(),
+                                         TTL_SECONDS]
         return bool(self.client.eval(_CHUNK_DONE, 2, *keys, *args))
+
+    def finished_chunks(self, job_id: str) -> set[int]:
+        """The numbers of the job's chunks counted done."""
+        return {int(index) for index in self.client.smembers(self._key(job_id) + ":chunks")}
 
     def enqueued(self, job_id: str, chunks: int, images: int) -> bool:
         """Records the final chunk count; True when every chunk is already done."""

@@ -98,6 +98,14 @@ def part_path(parts_dir: Path, job_id: str, index: int) -> Path:
     return parts_dir / f"part-{job_id}-{index:08d}.csv"
 
 
+def part_photos(part: Path) -> list[str]:
+    """The photo paths a part has rows for (none if it is missing)."""
+    try:
+        return [row[0] for row in _read_rows(part) if row]
+    except FileNotFoundError:
+        return []
+
+
 def counted_parts(parts_dir: Path) -> list[Path]:
     """The parts whose rows count, sorted: those of the jobs job.json lists (every part, in a
     folder from before job.json listed them)."""

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from functools import cache
@@ -161,7 +162,8 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         log.exception("job %s chunk %s failed", job_id, chunk.get("index"))
         raise
     errors = sum(1 for row in rows if row[-1])
-    if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, os.getpid(), cache.loads):
+    process = f"{os.getpid()}@{socket.gethostname()}"
+    if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, process, cache.loads):
         finish_label(job_id)
     return {"rows": len(rows), "errors": errors}
 
