@@ -20,8 +20,8 @@ d. end to end: a real redis-server and a fresh `flowers worker --concurrency P` 
    record's `updated - created` once it has succeeded (first enqueue to last row, merge
    included) and also the CLI's wall time. Two variants on the same worker: cold (its pool
    processes load the bundle inside the timed run) then warm (the cold run loaded the bundle in
-   every pool process, which the record's `loads:<pid>` confirms). The cold run also gives the
-   time from the worker's start to the first labelled row.
+   every pool process, which the record's `loads:<pid>@<host>` confirms). The cold run also
+   gives the time from the worker's start to the first labelled row.
 
 Targets: d/a >= 1.8 and d/c >= 0.93 (warm). The legs alternate `--repeats` times, so a noisy
 machine slows them alike; the best of each is compared and the per-repeat ratios shown. Each
@@ -225,7 +225,7 @@ def label_dir_run(cluster: lc.Cluster, tree: Path, bundle: Path, args: argparse.
     created, updated = float(record["created"]), float(record["updated"])
     intervals = watch.task_intervals()
     first_part = min((end for _, end in intervals), default=float("nan"))
-    loads = {k.split(":")[1]: int(v) for k, v in record.items() if k.startswith("loads:")}
+    loads = {k.split(":", 1)[1]: int(v) for k, v in record.items() if k.startswith("loads:")}
     loaded_at = [seen - created for seen, line in watch.lines if "loaded bundle" in line]
     return {"photos": rows, "record": updated - created, "cli": finished.wall,
             "pickup": float(record.get("started", created)) - created,
@@ -246,7 +246,7 @@ def cpu_text(cpu: float, count: int, seconds: float) -> str:
 
 def describe_e2e(name: str, run: dict[str, Any]) -> str:
     shares = " / ".join(f"{s:.1f}" for s in run["occupancy"])
-    loads = ", ".join(f"pid {pid}: {n}" for pid, n in sorted(run["loads"].items()))
+    loads = ", ".join(f"process {process}: {n}" for process, n in sorted(run["loads"].items()))
     text = (f"    ({name}) record {rate(run['photos'], run['record'])} | CLI wall "
             f"{rate(run['photos'], run['cli'])} | CPU {run['cpu']:.1f} s, "
             f"{1000 * run['cpu'] / run['photos']:.1f} ms/photo, cores busy "

@@ -2,13 +2,22 @@
 
 The walk streams (bounded memory for millions of files) and chunks are enqueued as they fill.
 Paths already labelled in OUTPUT.parts (an interrupted run) are skipped.
+
+A worker killed in the instant between taking a chunk off the Redis list and recording it as
+in its hands (kombu's Redis transport takes it with BRPOP, then writes it to `unacked`) loses
+that chunk: nothing would ever send it again and the job would wait forever. The waiting
+command watches for that (`LostChunks`) and sends such chunks again; after `--no-wait`, the same
+command run again finishes the job (it labels only what the parts lack).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,6 +35,9 @@ DEFAULT_CHUNK_SIZE = 128
 # The last this-many chunks' worth of photos are cut into ever smaller chunks (down to one
 # batch), so the workers finish together instead of one running the last big chunk alone.
 TAIL_CHUNKS = 8
+# A job whose count stands still this long is looked at for lost chunks (and looked at again as
+# long before anything is sent: a chunk on its way back to the queue is briefly nowhere).
+STALL_SECONDS = 10.0
 
 
 def relative_names(root: Path, skip: set[str]) -> Iterator[str]:
@@ -110,9 +122,11 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
                 "k": k, "bundle": str(bundle)}
     try:
+        overwritten = None
         if overwrite:
             output.unlink(missing_ok=True)
             results.job_record_for(output).unlink(missing_ok=True)
+            overwritten = results.read_identity(parts_dir).get("job_id")
         results.prepare_parts(parts_dir, identity, overwrite)
         done = results.done_paths(parts_dir)
     except OSError as exc:
@@ -125,7 +139,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             kind="label", request={**identity, "output": str(output)},
             output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
         )
-        previous = results.claim_parts(parts_dir, job_id)
+        previous = results.claim_parts(parts_dir, job_id) or overwritten
         if previous:
             queue.jobs.supersede(previous, job_id)
         enqueued = enqueue_chunks(queue, job_id, root, bundle, parts_dir, identity,
@@ -136,12 +150,21 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         if not wait:
             click.echo(job_id)
             return
-        record = queue.wait(job_id, ProgressLine())
+        record = queue.wait(job_id, ProgressLine(), watch=LostChunks(
+            queue, job_id, root, bundle, parts_dir, identity["k"], batch_size))
     summary = record["result"]
     click.echo(
         f"labelled {summary['rows']} photos ({summary['errors']} errors) in "
         f"{format_seconds(summary['seconds'])}: {summary['output']}"
     )
+
+
+def chunk_task(job_id: str, root: Path, bundle: Path, parts_dir: Path, k: object,
+               batch_size: int, index: int, paths: list[str]) -> dict[str, Any]:
+    """The argument of one `flowers.label_chunk` task."""
+    return {"job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),
+            "parts_dir": str(parts_dir), "index": index, "paths": paths, "top_k": k,
+            "batch_size": batch_size}
 
 
 def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_dir: Path,
@@ -150,14 +173,72 @@ def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_di
     """Sends one `flowers.label_chunk` task per chunk of names; returns the photos enqueued."""
     chunks = images = 0
     for index, chunk in enumerate(chunked(names, chunk_size, batch_size)):
-        queue.send("flowers.label_chunk", {
-            "job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),
-            "parts_dir": str(parts_dir), "index": index, "paths": chunk,
-            "top_k": identity["k"], "batch_size": batch_size,
-        })
+        queue.send("flowers.label_chunk", chunk_task(job_id, root, bundle, parts_dir,
+                                                      identity["k"], batch_size, index, chunk))
         chunks = index + 1
         images += len(chunk)
         queue.jobs.update(job_id, total=images)
     if queue.jobs.enqueued(job_id, chunks, images):
         queue.send("flowers.finish_label", job_id)
     return images
+
+
+class LostChunks:
+    """`Queue.wait`'s watch of a labelling job: when its count has stood still for
+    `STALL_SECONDS`, twice in a row, with chunks not done while nothing is queued and none of
+    its chunks is in a worker's hands, those chunks were lost; they are sent again. A lost chunk
+    that wrote its part keeps its photos; the others share the photos no part has. All done but
+    never assembled (its last worker died between the two): the merge is sent again."""
+
+    def __init__(self, queue: Queue, job_id: str, root: Path, bundle: Path, parts_dir: Path,
+                 k: object, batch_size: int) -> None:
+        self.queue, self.job_id, self.root, self.bundle = queue, job_id, root, bundle
+        self.parts_dir, self.k, self.batch_size = parts_dir, k, batch_size
+        self.seen: tuple[Any, ...] = ()
+        self.since = time.monotonic()
+        self.suspects: frozenset[int] | None = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        now = time.monotonic()
+        seen = (record.get("done"), record.get("phase"), record.get("chunks_total"))
+        if seen != self.seen or "chunks_total" not in record:
+            self.seen, self.since, self.suspects = seen, now, None
+            return
+        if now - self.since < STALL_SECONDS:
+            return
+        self.since = now
+        lost = self.lost(int(record["chunks_total"]))
+        if lost is not None and lost == self.suspects:
+            self.send_again(lost)
+            lost = None
+        self.suspects = lost
+
+    def lost(self, total: int) -> frozenset[int] | None:
+        """The chunks neither done nor anywhere on the broker (empty: all done, unmerged);
+        None while something is queued or in hand."""
+        if self.queue.chunks_on_broker(self.job_id) or self.queue.jobs.finish_claim_left(
+                self.job_id):
+            return None  # queued, in hand, or being assembled
+        return frozenset(range(total)) - self.queue.jobs.finished_chunks(self.job_id)
+
+    def send_again(self, lost: frozenset[int]) -> None:
+        if not lost:
+            click.echo(f"job {self.job_id}: every chunk is done but the output was never "
+                       "assembled (its worker died?): sent again", err=True)
+            self.queue.send("flowers.finish_label", self.job_id)
+            return
+        chunks = {index: results.part_photos(results.part_path(self.parts_dir, self.job_id,
+                                                                index)) for index in lost}
+        empty = sorted(index for index, paths in chunks.items() if not paths)
+        if empty:
+            names = list(relative_names(self.root, results.done_paths(self.parts_dir)))
+            share = math.ceil(len(names) / len(empty))
+            for n, index in enumerate(empty):
+                chunks[index] = names[n * share:(n + 1) * share]
+        for index, paths in sorted(chunks.items()):
+            self.queue.send("flowers.label_chunk", chunk_task(
+                self.job_id, self.root, self.bundle, self.parts_dir, self.k, self.batch_size,
+                index, paths))
+        photos = sum(len(paths) for paths in chunks.values())
+        click.echo(f"job {self.job_id}: {len(lost)} chunks were lost (a worker died as it took "
+                   f"them from Redis): sent again, {photos} photos", err=True)

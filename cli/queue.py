@@ -5,8 +5,11 @@ The CLI never imports task code: it sends task names with JSON arguments and rea
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +22,8 @@ from models.errors import JobFailedError, JobNotFoundError, QueueUnavailableErro
 from worker.embedded import LocalCluster, local_cluster
 from worker.jobs import FINAL_STATES, JobStore, patient_client
 from worker.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 
@@ -73,9 +78,31 @@ class Queue:
             task_name, args=[argument], task_id=task_id, queue=self.settings.queue,
             retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5},
         )
+        log.debug("sent %s to queue %r on %s", task_name, self.settings.queue,
+                  redact_url(self.broker_url))
 
-    def wait(self, job_id: str, line: ProgressLine) -> dict[str, Any]:
-        """Polls the job until it ends, drawing progress; raises `JobFailedError` on failure."""
+    def chunks_on_broker(self, job_id: str) -> bool:
+        """True while any task is queued (ours or not: the queue is not searched) or a label
+        chunk of `job_id` is in a worker's hands (kombu's `unacked` hash)."""
+        client = self.jobs.client
+        if client.llen(self.settings.queue):
+            return True
+        for raw in client.hvals("unacked"):
+            try:
+                message = json.loads(raw)[0]
+                if message["headers"]["task"] != "flowers.label_chunk":
+                    continue
+                chunk = json.loads(base64.b64decode(message["body"]))[0][0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                return True  # a message we cannot read: count it as in hand
+            if chunk.get("job_id") == job_id:
+                return True
+        return False
+
+    def wait(self, job_id: str, line: ProgressLine,
+             watch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Polls the job until it ends, drawing progress (and calling `watch` with each
+        unfinished record); raises `JobFailedError` on failure."""
         while True:
             try:
                 record = self.jobs.get(job_id)
@@ -89,6 +116,8 @@ class Queue:
                 break
             if self.cluster is not None:
                 self.cluster.check_alive()
+            if watch is not None:
+                watch(record)
             time.sleep(POLL_SECONDS)
         line.close()
         if record["state"] != "succeeded":

@@ -163,6 +163,19 @@ def wait_for(condition: Callable[[], bool], timeout: float = 180, what: str = ""
         time.sleep(interval)
 
 
+def wait_for_job(job_id: str, env: dict[str, str], what: str, timeout: float = 180
+                 ) -> dict[str, Any]:
+    """The job's record (`flowers status --json`) once it has succeeded or failed."""
+    record: dict[str, Any] = {}
+
+    def finished() -> bool:
+        record.update(json.loads(run_flowers("status", job_id, "--json", env=env).stdout))
+        return record["state"] in ("succeeded", "failed")
+
+    wait_for(finished, timeout, what)
+    return record
+
+
 def wait_until_ready(log_path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

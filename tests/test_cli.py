@@ -102,3 +102,29 @@ def test_label_dir_cuts_the_tail_into_smaller_chunks_and_holds_few_names() -> No
     assert sum(sizes[15:]) == 3000 - 15 * 128 and sizes[-1] <= 16
     assert [len(c) for c in chunked(names(33), 4, 4)] == [4] * 8 + [1]
     assert list(chunked(names(0), 128, 16)) == []
+
+
+@pytest.mark.queue
+@pytest.mark.parametrize("how", ["--debug", "FLOWERS_DEBUG=1", "neither", "FLOWERS_DEBUG=0"])
+def test_debug_shows_tracebacks_and_debug_logs(
+    how: str, redis_url: str, photo_subset: Path, trained_bundle: tuple[Path, object],
+    tmp_path: Path,
+) -> None:
+    env = flowers_env(tmp_path, redis_url, None)
+    option = [how] if how.startswith("--") else []
+    if how.startswith("FLOWERS_DEBUG="):
+        env["FLOWERS_DEBUG"] = how.split("=")[1]
+    debug = how in ("--debug", "FLOWERS_DEBUG=1")
+    failed = run_flowers(*option, "train", str(tmp_path / "nope"), env=env)
+    queued = run_flowers(*option, "label-dir", str(photo_subset), "--model",
+                         str(trained_bundle[0]), "--output", str(tmp_path / "out.csv"),
+                         "--no-wait", env=env)  # no worker: the chunks stay queued
+    assert queued.returncode == 0, queued.stderr
+    sent = f"DEBUG cli.queue: sent flowers.label_chunk to queue 'flowers' on {redis_url}"
+    if debug:
+        assert failed.returncode == 1 and "Traceback (most recent call last)" in failed.stderr
+        assert "models.errors.DatasetError: photo folder" in failed.stderr
+        assert sent in queued.stderr
+    else:
+        assert_one_line_error(failed, 2, "does not exist")
+        assert "DEBUG" not in queued.stderr

@@ -5,6 +5,7 @@ Each test fails if a row is lost or doubled. Real Redis, real worker processes, 
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from tests.compose_file import redis_arguments
 from tests.conftest import (
@@ -34,9 +36,12 @@ from tests.conftest import (
     resumed_counts,
     run_flowers,
     wait_for,
+    wait_for_job,
 )
+from worker.app import create_app
 from worker.embedded import RedisServer, free_port, start_redis
 from worker.results import part_path
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -124,6 +129,74 @@ def test_whole_worker_killed_and_another_started_later(
     time.sleep(1)
     start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
     wait_for(output.exists, what="the output after the unacknowledged chunk came back")
+    assert_complete(output, photos)
+
+
+def test_worker_killed_holding_the_redelivery_lock(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """Every worker sweeps the unacknowledged chunks back onto the queue about once a second,
+    under a lock in Redis; a worker killed while it holds the lock leaves it behind, with the
+    lifetime the worker gave it. The chunks still come back within about two visibility
+    timeouts (kombu's own lifetime, 300 s, held them back five minutes)."""
+    output = tmp_path / "out.csv"
+    first = label_until_parts(redis_url, start_workers,
+                              label_args(photos, trained_bundle[0], output),
+                              flowers_env(flowers_home, redis_url, weights_dir), output, 2,
+                              FLOWERS_VISIBILITY_TIMEOUT="5")
+    wait_for(lambda: bool(chunks_in_flight(redis_url)), what="a chunk in the worker's hands",
+             interval=0.01)
+    first.kill()
+    assert chunks_in_flight(redis_url), "the killed worker left a chunk to come back"
+    options = create_app(Settings.from_env({"FLOWERS_VISIBILITY_TIMEOUT": "5"})).conf
+    lifetime = int(options.broker_transport_options.get("unacked_mutex_expire", 300))
+    client = redis.Redis.from_url(redis_url)
+    assert client.set("unacked_mutex", "token of the killed worker", nx=True, ex=lifetime)
+    assert not output.exists()
+    started = time.monotonic()
+    start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="5")
+    wait_for(output.exists, timeout=60, what="the output after the chunks came back, the "
+             f"lock of the killed worker held for {lifetime} s")
+    assert_complete(output, photos)
+    print(f"complete {time.monotonic() - started:.0f} s after the lock was left behind")
+
+
+def test_a_chunk_lost_between_the_queue_and_a_worker_is_sent_again(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """kombu takes a message off the Redis list (BRPOP), then records it as in the worker's
+    hands: a worker killed between the two loses it. Here the chunk is taken off the list by
+    the test; the waiting command finds it lost and sends it again."""
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    cli = subprocess.Popen([sys.executable, "-m", "cli", *label_args(photos, trained_bundle[0],
+                                                                     output)],
+                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    client = redis.Redis.from_url(redis_url)
+    enqueued: list[str] = []
+
+    def all_enqueued() -> bool:
+        enqueued[:] = [job for job in job_ids(redis_url)
+                       if client.hexists(f"flowers:job:{job}", "chunks_total")]
+        return bool(enqueued)
+
+    wait_for(all_enqueued, what="every chunk enqueued")
+    (job_id,) = enqueued
+    taken = client.rpop("flowers")  # the next chunk a worker would take
+    assert isinstance(taken, bytes)
+    lost = json.loads(base64.b64decode(json.loads(taken)["body"]))[0][0]
+    assert lost["job_id"] == job_id and lost["paths"]
+    start_workers(1)
+    try:
+        _, stderr = cli.communicate(timeout=120)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, stderr
+    assert f"job {job_id}: 1 chunks were lost" in stderr
+    assert f"sent again, {len(lost['paths'])} photos" in stderr
     assert_complete(output, photos)
 
 
@@ -218,13 +291,7 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8, what="some cache entries")
     (child,) = worker.pool_pids()
     os.kill(child, signal.SIGKILL)
-    record: dict[str, Any] = {}
-
-    def finished() -> bool:
-        record.update(json.loads(run_flowers("status", job_id, "--json", env=env).stdout))
-        return record["state"] in ("succeeded", "failed")
-
-    wait_for(finished, what="the redelivered retrain")
+    record = wait_for_job(job_id, env, "the redelivered retrain")
     assert record["state"] == "succeeded", record
     reused = record["result"]["cache"]["cache_hits"]
     assert reused >= 8 and reused + record["result"]["cache"]["computed"] == 48 * 2
@@ -281,3 +348,32 @@ def test_two_jobs_with_two_bundles_on_the_same_workers(
     assert {row[1] for row in rows[1:]} <= {"daisy", "tulips"}
     with open(outputs[trained_bundle[0]], newline="") as handle:
         assert "roses" in {row[1] for row in list(csv.reader(handle))[1:]}
+
+
+def test_worker_killed_while_merging_the_claim_lapses_and_the_job_completes(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """The worker that merges holds the job's finish claim; killed mid-merge (held there by a
+    part that blocks on reading, as a hung disk would), its claim lapses after the visibility
+    timeout and the other worker merges: one row per photo, no output before."""
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    queued = run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr  # no worker yet: the chunks stay queued
+    job_id = queued.stdout.strip()
+    hung_part = part_path(output.with_name(output.name + ".parts"), job_id, 99_999)
+    os.mkfifo(hung_part)
+    workers = [start_workers(1, FLOWERS_VISIBILITY_TIMEOUT="10") for _ in range(2)]
+    client = redis.Redis.from_url(redis_url)
+    claim = f"flowers:job:{job_id}:finish"
+    wait_for(lambda: client.exists(claim) == 1, what="a worker merging", interval=0.02)
+    merging = int(client.get(claim) or 0)
+    (holder,) = [worker for worker in workers if merging in worker.pool_pids()]
+    holder.kill()
+    assert not output.exists(), "killed before the output was written"
+    hung_part.unlink()
+    wait_for(output.exists, timeout=60, what="the output, merged once the claim lapsed")
+    assert_complete(output, photos)
+    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
+        "succeeded"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,11 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import cli
+from models.bundle import read_manifest
+from models.errors import FlowersError
 from tests.conftest import (
     WorkerFactory,
+    chunks_in_flight,
     flowers_env,
     job_ids,
     part_paths,
@@ -22,6 +27,8 @@ from tests.conftest import (
     run_flowers,
     wait_for,
 )
+from worker import results
+from worker.jobs import JobStore, patient_client
 
 pytestmark = pytest.mark.queue
 
@@ -211,26 +218,79 @@ def test_cancel_mid_way_drops_queued_chunks_keeps_rows_and_a_rerun_finishes(
     assert len(paths) == len(set(paths)) == 33 and set(kept) <= set(paths)
 
 
-def test_rows_of_another_bundle_are_refused(
-    redis_url: str, collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path,
-    weights_dir: Path, tmp_path: Path,
+def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
     bundle, _ = trained_bundle
     env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "labels.csv"
-    args = ("label-dir", str(collection), "--model", str(bundle), "--output", str(output))
-    queued = run_flowers(*args, "--no-wait", env=env)  # no worker: the chunks stay queued
-    assert queued.returncode == 0, queued.stderr
+    parts = results.parts_dir_for(output)
+    args = ("label-dir", str(collection), "--output", str(output), "--chunk-size", "4",
+            "--batch-size", "1")
+    queued = run_flowers(*args, "--model", str(bundle), "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr  # no worker yet: the chunks stay queued
+    first_job = queued.stdout.strip()
 
     other = tmp_path / "other-bundle"
     shutil.copytree(bundle, other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["bundle_id"] = "0" * 32
     (other / "manifest.json").write_text(json.dumps(manifest))
-    refused = run_flowers("label-dir", str(collection), "--model", str(other), "--output",
-                          str(output), env=env)
+    refused = run_flowers(*args, "--model", str(other), env=env)
     assert refused.returncode == 2
     assert "another bundle id" in refused.stderr and "--overwrite" in refused.stderr
+
+    # --overwrite while the first job runs, one of its chunks half done (its process stopped
+    # mid-chunk): its late part and its queued chunks must not reach the new output.
+    worker = start_workers(1)
+    (pool_pid,) = worker.pool_pids()
+    wait_for(lambda: bool(results.done_paths(parts)) and any(
+        not results.part_path(parts, chunk["job_id"], chunk["index"]).exists()
+        for _, chunk in chunks_in_flight(redis_url)), what="a chunk running", interval=0.01)
+    os.kill(pool_pid, signal.SIGSTOP)
+    try:
+        over = run_flowers(*args, "--model", str(other), "--top-k", "2", "--overwrite",
+                           "--no-wait", env=env)
+    finally:
+        os.kill(pool_pid, signal.SIGCONT)
+    assert over.returncode == 0, over.stderr
+    assert "resuming" not in over.stderr
+    wait_for(output.exists, what="the overwritten output")
+    rows = read_csv(output)
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert {len(row) for row in rows} == {6}, "no row of the first job (top 3) mixed in"
+    assert len({row[0] for row in rows[1:]}) == len(rows) - 1 == 33
+    assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == "0" * 32
+    status = json.loads(run_flowers("status", first_job, "--json", env=env).stdout)
+    assert status["state"] == "cancelled" and "superseded" in status["message"], status
+
+    # A finished output: refused without --overwrite, replaced with it.
+    assert run_flowers(*args, "--model", str(bundle), env=env).returncode == 2
+    replaced = run_flowers(*args, "--model", str(bundle), "--overwrite", env=env)
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == \
+        read_manifest(bundle)["bundle_id"]
+    assert {len(row) for row in read_csv(output)} == {8} and len(read_csv(output)) == 34
+
+
+def test_a_chunk_that_breaks_after_its_job_ended_leaves_the_job_as_it_was(
+    redis_url: str,
+) -> None:
+    """A chunk of a job cancelled (or superseded by --overwrite) under it can break late, its
+    parts folder gone: the job stays cancelled. The first failure's message is kept."""
+    store = JobStore(patient_client(redis_url))
+    superseded = store.create_job("label", {})
+    store.supersede(superseded, "successor")
+    assert not store.fail(superseded, FileNotFoundError("part-x.csv.tmp"))
+    assert store.get(superseded)["state"] == "cancelled"
+    assert "superseded by job successor" in store.get(superseded)["message"]
+
+    broken = store.create_job("label", {})
+    assert store.fail(broken, FlowersError("first cause"))
+    assert not store.fail(broken, OSError("a later symptom"))
+    record = store.get(broken)
+    assert (record["state"], record["message"]) == ("failed", "first cause")
 
 
 def test_label_dir_without_a_broker_runs_a_local_cluster(
@@ -290,7 +350,8 @@ def test_two_queues_two_workers_no_crossing(
     for queue, output in outputs.items():
         wait_for(output.exists, what=f"the output of queue {queue}")
         assert len(read_csv(output)) == 34
-        labelled_by = {key.split(":")[1] for key in job_record(redis_url, jobs[queue])
+        labelled_by = {key.split(":")[1].split("@")[0] for key in job_record(redis_url,
+                                                                              jobs[queue])
                        if key.startswith("chunks:")}
         assert labelled_by == {str(pid) for pid in workers[queue].pool_pids()}, queue
         assert f"queue '{queue}'" in workers[queue].log()
@@ -314,3 +375,28 @@ def test_label_dir_warns_about_a_bundle_of_another_decoding_version(
         assert len(warnings) == warned, queued.stderr
     assert f"{older} was trained on photos decoded as 'rgb8-old-decoding-v0'" in warnings[0]
     assert "retrain it" in warnings[0]
+
+
+def test_two_worker_nodes_share_one_job(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """Two `flowers worker` nodes on one queue, each its default node name: both label chunks
+    of the same job, and the output has one row per photo."""
+    nodes = [start_workers(1), start_workers(1)]
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    result = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
+                         "--output", str(output), "--chunk-size", "2", "--batch-size", "1",
+                         env=env)
+    assert result.returncode == 0, result.stderr
+    paths = [row[0] for row in read_csv(output)[1:]]
+    assert len(paths) == len(set(paths)) == 33 and paths == sorted(paths)
+    (job_id,) = job_ids(redis_url)
+    chunks = {key.split(":")[1].split("@")[0]: int(value)
+              for key, value in job_record(redis_url, job_id).items() if key.startswith("chunks:")}
+    for node in nodes:
+        (pool_pid,) = node.pool_pids()
+        assert chunks.get(str(pool_pid), 0) >= 1, f"node {node.pid} labelled no chunk: {chunks}"
+        assert f"flowers-{node.pid}@" in node.log(), "each node has its own name"
+    assert sum(chunks.values()) == int(job_record(redis_url, job_id)["chunks_total"])

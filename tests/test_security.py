@@ -114,3 +114,32 @@ def test_confined_worker_refuses_paths_outside_its_roots(
     assert outside.returncode == 1
     assert "bundle" in outside.stderr and "outside the folders this worker may use" in \
         outside.stderr
+
+    # Outputs outside: a label CSV, a trained bundle, TensorBoard summaries; none is written.
+    refusals = {
+        "output": ("label-dir", str(photos), "--model", str(bundle), "--output",
+                   str(tmp_path / "out.csv")),
+        "bundle output": ("train", str(two_classes(flower_photos, allowed)), "--output",
+                          str(tmp_path / "bundle"), *TINY_TRAINING),
+        "summaries folder": ("train", str(allowed / "two"), "--output",
+                             str(allowed / "bundle2"), "--summaries-dir",
+                             str(tmp_path / "summaries"), *TINY_TRAINING),
+    }
+    for what, args in refusals.items():
+        refused = run_flowers(*args, env=env)
+        assert refused.returncode == 1, refused.stderr
+        (line,) = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+        assert f"{what} {tmp_path}/" in line and "outside the folders this worker may use" in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["allowed", "home", "secret.jpg", "out.csv.parts", "worker-0.log"]), \
+        "nothing written outside but the CLI's own parts folder"
+    assert not list((tmp_path / "out.csv.parts").glob("part-*.csv"))
+    assert not (allowed / "bundle2").exists()
+
+
+TINY_TRAINING = ("--architecture", "mobilenet_0.25_128", "--recipe", "codelab", "--weights",
+                 "none", "--how-many-training-steps", "5")
+
+
+def two_classes(flower_photos: Path, allowed: Path) -> Path:
+    return copy_subset(flower_photos, allowed / "two", ["daisy", "tulips"], 3)

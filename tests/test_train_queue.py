@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import signal
+import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
-from models.bundle import load_bundle
+from models.bundle import load_bundle, read_manifest
 from models.decode import load_image
 from tests.conftest import (
     SMALL_NETWORK,
     RunningWorker,
     WorkerFactory,
+    copy_subset,
     flowers_env,
+    job_ids,
     run_flowers,
+    wait_for,
+    wait_for_job,
 )
 
 pytestmark = pytest.mark.queue
@@ -112,3 +121,112 @@ def test_failure_on_the_worker_reaches_the_cli(
     assert f"not in FLOWERS_WEIGHTS_DIR ({empty})" in line and "could not be downloaded" in line
     assert not list(empty.rglob("*.h5")), "nothing was downloaded"
     assert worker.poll() is None, "the worker survives a failed job"
+
+
+def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
+    redis_url: str, start_workers: WorkerFactory, flower_photos: Path, flowers_home: Path,
+    tmp_path: Path,
+) -> None:
+    """`--weights none` and `--summaries-dir` through the CLI, on a training worker with no
+    weight file and no way to download one; the pool process exporting the retrained bundle
+    killed mid-export (the old bundle stays whole at the output, the job is redone); a
+    labelling worker that stays warm labels with the new bundle."""
+    two = copy_subset(flower_photos, tmp_path / "two", ["daisy", "tulips"], 6)
+    three = copy_subset(flower_photos, tmp_path / "three", ["daisy", "roses", "tulips"], 6)
+    nothing = tmp_path / "no-weights"
+    nothing.mkdir()
+    closed = "http://127.0.0.1:9"
+    trainer = start_workers(1, FLOWERS_QUEUE="train", FLOWERS_WEIGHTS_DIR=str(nothing),
+                            KERAS_HOME=str(nothing), HTTPS_PROXY=closed, https_proxy=closed,
+                            NO_PROXY="", no_proxy="")
+    labeller = start_workers(1)
+    env = flowers_env(flowers_home, redis_url, None)
+    train_env = {**env, "FLOWERS_QUEUE": "train"}
+    bundle = tmp_path / "bundle"
+    args = ("--output", str(bundle), "--architecture", SMALL_NETWORK, "--recipe", "codelab",
+            "--weights", "none", "--how-many-training-steps", "20",
+            "--validation-percentage", "20", "--testing-percentage", "20")
+
+    summaries = tmp_path / "summaries"
+    first = run_flowers("train", str(two), *args, "--summaries-dir", str(summaries),
+                        env=train_env)
+    assert first.returncode == 0, first.stderr + trainer.log()
+    old = read_manifest(bundle)
+    assert old["training_arguments"]["weights"] == "none" and old["class_names"] == [
+        "daisy", "tulips"]
+    assert list(summaries.rglob("events.out.tfevents.*")), "TensorBoard summaries written"
+
+    def label(output: Path) -> list[list[str]]:
+        result = run_flowers("label-dir", str(three), "--model", str(bundle), "--output",
+                             str(output), env=env)
+        assert result.returncode == 0, result.stderr
+        with open(output, newline="") as handle:
+            return list(csv.reader(handle))
+
+    before = label(tmp_path / "before.csv")
+    assert before[0][1:-1] == ["label_1", "confidence_1", "label_2", "confidence_2"]
+    assert {row[1] for row in before[1:]} <= {"daisy", "tulips"}
+
+    queued = run_flowers("train", str(three), *args, "--no-wait", env=train_env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    wait_for(lambda: any(tmp_path.glob(".bundle.*.tmp/model.keras")), what="the export",
+             interval=0.02)
+    (exporting,) = trainer.pool_pids()
+    os.kill(exporting, signal.SIGKILL)
+    assert read_manifest(bundle)["bundle_id"] == old["bundle_id"], "the old bundle stays"
+    assert load_bundle(bundle).class_names == ["daisy", "tulips"]
+    record = wait_for_job(job_id, env, "the redone training")
+    assert record["state"] == "succeeded", record
+    assert trainer.log().count(f"flowers.retrain[{job_id}] received") == 2, "redone"
+    new = read_manifest(bundle)
+    assert new["bundle_id"] != old["bundle_id"] and len(new["class_names"]) == 3
+
+    after = label(tmp_path / "after.csv")
+    assert after[0][1:-1:2] == ["label_1", "label_2", "label_3"]
+    assert {row[1] for row in after[1:]} <= {"daisy", "roses", "tulips"}
+    (pool_pid,) = labeller.pool_pids()
+    for job in job_ids(redis_url):
+        fields = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(
+            f"flowers:job:{job}")
+        if fields.get("kind") == "label":
+            assert f"chunks:{pool_pid}@{socket.gethostname()}" in fields, \
+                "the same warm process labelled both"
+    assert f"process {pool_pid} loaded bundle {bundle}" in labeller.log()
+    assert labeller.log().count(f"process {pool_pid} loaded bundle {bundle}") == 2
+
+
+def test_the_default_network_with_the_shared_weights_end_to_end(
+    flower_photos: Path, weights_dir: Path, flowers_home: Path, tmp_path: Path
+) -> None:
+    """`flowers train` with no --architecture: MobileNetV2 from the shared weight file (the
+    codelab recipe, 200 steps: on 24 photos the fine-tune recipe's few steps are no sure
+    test), then `label-dir` on photos it never saw: right far more often than chance."""
+    classes = ["daisy", "sunflowers"]
+    train = copy_subset(flower_photos, tmp_path / "train", classes, 12)
+    unseen = tmp_path / "unseen"
+    for name in classes:
+        (unseen / name).mkdir(parents=True)
+        for photo in sorted((flower_photos / name).iterdir())[12:22]:
+            (unseen / name / photo.name).write_bytes(photo.read_bytes())
+    env = flowers_env(flowers_home, None, weights_dir)
+    bundle = tmp_path / "bundle"
+    trained = run_flowers("train", str(train), "--output", str(bundle), "--recipe", "codelab",
+                          "--how-many-training-steps", "200", env=env)
+    assert trained.returncode == 0, trained.stderr
+    manifest = read_manifest(bundle)
+    assert manifest["architecture"] == "mobilenet_v2_1.0_224"
+    assert manifest["recipe"]["name"] == "codelab"
+    weights = weights_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    (log,) = (flowers_home / "logs").glob("worker-*.log")
+    assert "built mobilenet_v2_1.0_224 (" in log.read_text()
+    assert f"weights={weights})" in log.read_text(), "the shared weight file"
+    output = tmp_path / "unseen.csv"
+    labelled = run_flowers("label-dir", str(unseen), "--model", str(bundle), "--output",
+                           str(output), env=env)
+    assert labelled.returncode == 0, labelled.stderr
+    with open(output, newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert len(rows) == 20
+    right = sum(row[1] == row[0].split("/")[0] for row in rows)
+    assert right >= 15, f"{right} of 20 unseen photos right"

@@ -9,6 +9,7 @@ import csv
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.compose_file import ROOT, worker_deployed
 from tests.conftest import (
     RunningWorker,
     StartedWorkers,
+    WorkerFactory,
     copy_subset,
     flowers_env,
     run_flowers,
@@ -102,3 +104,29 @@ def test_flowers_worker_with_no_option_labels_photos(
     assert_one_process_per_core(worker)
     label_through(worker, redis_url, few_photos, trained_bundle[0], tmp_path / "cli-home",
                   tmp_path / "labels.csv")
+
+
+def test_tf_threads_sizes_each_processes_network(
+    start_workers: WorkerFactory, redis_url: str, few_photos: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, tmp_path: Path,
+) -> None:
+    """FLOWERS_TF_THREADS: the LiteRT interpreter of a labelling process runs that many threads
+    (XNNPACK adds threads - 1 of its own), not cores / processes."""
+
+    def threads_of(pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/task"))
+
+    added = {}
+    for threads in (1, 4):
+        queue = f"threads-{threads}"
+        worker = start_workers(1, FLOWERS_TF_THREADS=str(threads), FLOWERS_QUEUE=queue)
+        assert f"1 processes x {threads} TensorFlow threads" in worker.log()
+        (pool_pid,) = worker.pool_pids()
+        time.sleep(2)  # the warm-up thread (LiteRT's import) has ended
+        before = threads_of(pool_pid)
+        env = {**flowers_env(flowers_home, redis_url, None), "FLOWERS_QUEUE": queue}
+        result = run_flowers("label-dir", str(few_photos), "--model", str(trained_bundle[0]),
+                             "--output", str(tmp_path / f"{queue}.csv"), env=env)
+        assert result.returncode == 0, result.stderr
+        added[threads] = threads_of(pool_pid) - before
+    assert added[4] - added[1] >= 3, added

@@ -40,6 +40,10 @@ def configure(app: Celery, settings: Settings, broker_url: str) -> None:
             # ...found by a sweep every few seconds, not kombu's default of ~100 s.
             "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 6)),
             "unacked_restore_throttle": 1,
+            # The sweep holds a lock in Redis; a worker killed while holding it (a sweep runs
+            # every second or so on every worker) stalls every sweep until the lock expires:
+            # kombu's default of 300 s, far past a short visibility timeout.
+            "unacked_mutex_expire": min(300, settings.visibility_timeout),
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -2,7 +2,8 @@
 
 Key `flowers:job:<id>` holds kind, state, phase, done, total, rate, message and a JSON result;
 a labelling job also has the set `flowers:job:<id>:chunks` of finished chunk numbers, so a
-redelivered chunk is never counted twice, and per-process fields `chunks:<pid>`, `loads:<pid>`.
+redelivered chunk is never counted twice, and per-process fields `chunks:<pid>@<host>`,
+`loads:<pid>@<host>` (the host keeps apart the processes of containers, whose pids repeat).
 States: queued -> running -> succeeded | failed | cancelled. Records expire after a week.
 """
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowers:job:"
 TTL_SECONDS = 7 * 24 * 3600
-FINISH_CLAIM_SECONDS = 300
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 # Records a finished chunk once; returns 1 when it was the job's last one.
@@ -46,6 +46,17 @@ end
 local total = redis.call('HGET', KEYS[1], 'chunks_total')
 if total and tonumber(total) == redis.call('SCARD', KEYS[2]) then return 1 end
 return 0
+"""
+
+# Marks a job failed unless it has ended already (a chunk of a cancelled job that breaks late
+# must not turn it into a failure); returns 1 when it did.
+_FAIL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[1], 'exit_code', ARGV[2],
+           'updated', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
 """
 
 # Records that every chunk is enqueued; returns 1 when they are all done already.
@@ -105,36 +116,49 @@ class JobStore:
         if self.state(job_id) == "queued":
             self.update(job_id, state="running", **fields)
 
-    def chunk_done(self, job_id: str, index: int, images: int, errors: int, pid: int,
+    def chunk_done(self, job_id: str, index: int, images: int, errors: int, process: str,
                    loads: int) -> bool:
         """Counts a finished chunk once; True when it completes an enqueued job."""
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
-        args = [index, images, errors, pid, loads, time.time(), TTL_SECONDS]
+        args: list[str | int | float] = [index, images, errors, process, loads, time.time(),
+                                         TTL_SECONDS]
         return bool(self.client.eval(_CHUNK_DONE, 2, *keys, *args))
+
+    def finished_chunks(self, job_id: str) -> set[int]:
+        """The numbers of the job's chunks counted done."""
+        return {int(index) for index in self.client.smembers(self._key(job_id) + ":chunks")}
 
     def enqueued(self, job_id: str, chunks: int, images: int) -> bool:
         """Records the final chunk count; True when every chunk is already done."""
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
         return bool(self.client.eval(_ENQUEUED, 2, *keys, chunks, images))
 
-    def fail(self, job_id: str, error: Exception) -> None:
-        """Marks a job failed with the error's message (and its exit code, for the CLI)."""
+    def fail(self, job_id: str, error: Exception) -> bool:
+        """Marks a job failed with the error's message (and its exit code, for the CLI);
+        False, changing nothing, when the job had ended already (succeeded, failed first,
+        or cancelled)."""
         if isinstance(error, FlowersError):
             message, exit_code = str(error), error.exit_code
         else:
             message, exit_code = f"{type(error).__name__}: {error}", 1
-        self.update(job_id, state="failed", message=message, exit_code=exit_code)
+        return bool(self.client.eval(_FAIL, 1, self._key(job_id), message, exit_code,
+                                     time.time(), TTL_SECONDS))
 
     def supersede(self, job_id: str, successor: str) -> None:
         """Cancels an unfinished job whose parts a rerun (`successor`) took over."""
         if self.client.exists(self._key(job_id)) and self.state(job_id) not in FINAL_STATES:
             self.update(job_id, state="cancelled", message=f"superseded by job {successor}")
 
-    def claim_finish(self, job_id: str) -> bool:
+    def claim_finish(self, job_id: str, seconds: int) -> bool:
         """True for one caller at a time: the one that assembles the job's output. The claim
-        lapses after FINISH_CLAIM_SECONDS, in case its holder died while merging."""
+        lapses after `seconds` (the visibility timeout: a merge is part of a task, which must
+        end within it), in case its holder died while merging."""
         key = self._key(job_id) + ":finish"
-        return bool(self.client.set(key, os.getpid(), nx=True, ex=FINISH_CLAIM_SECONDS))
+        return bool(self.client.set(key, os.getpid(), nx=True, ex=seconds))
+
+    def finish_claim_left(self, job_id: str) -> int:
+        """Seconds until the claim of `claim_finish` lapses (0 if none is held)."""
+        return max(0, int(self.client.ttl(self._key(job_id) + ":finish")))
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.client.hgetall(self._key(job_id))

@@ -3,14 +3,16 @@
 A labelling job keeps its parts in OUTPUT.parts/ beside the output:
 
     OUTPUT.parts/job.json       the bundle, photo folder and top-k the rows were made with,
-                                and the job that owns the folder now
+                                the job that owns the folder now, and the jobs whose parts
+                                count (a rerun adds itself; --overwrite starts them over)
     OUTPUT.parts/part-JOB-00000042.csv   the rows of that job's chunk 42, sorted by path
 
 A chunk's part name is fixed when it is enqueued, so a redelivered chunk rewrites its own part
 instead of adding rows. When every chunk is done, the parts are merged, sorted by path and one
 row per path, into OUTPUT (renamed into place) and the parts folder is removed. A rerun after an
 interruption finds the parts, takes the folder over (chunks of the old job then stand down) and
-labels only the photos the parts lack.
+labels only the photos the parts lack. A part that a chunk of an overwritten job finishes late
+is not one of the listed jobs', and is never read.
 
 Beside the finished OUTPUT, OUTPUT.job.json records how its rows were made: the bundle (path
 and id), photo folder, top-k, job id, when it finished, and the CSV's rows, errors and size in
@@ -96,6 +98,22 @@ def part_path(parts_dir: Path, job_id: str, index: int) -> Path:
     return parts_dir / f"part-{job_id}-{index:08d}.csv"
 
 
+def part_photos(part: Path) -> list[str]:
+    """The photo paths a part has rows for (none if it is missing)."""
+    try:
+        return [row[0] for row in _read_rows(part) if row]
+    except FileNotFoundError:
+        return []
+
+
+def counted_parts(parts_dir: Path) -> list[Path]:
+    """The parts whose rows count, sorted: those of the jobs job.json lists (every part, in a
+    folder from before job.json listed them)."""
+    jobs = read_identity(parts_dir).get("jobs")
+    return sorted(part for part in parts_dir.glob(PART_GLOB)
+                  if jobs is None or part.name.split("-")[1] in jobs)
+
+
 def write_part(parts_dir: Path, job_id: str, index: int, rows: list[list[str]]) -> None:
     write_text_atomically(part_path(parts_dir, job_id, index), _csv_text(sorted(rows)))
 
@@ -130,10 +148,12 @@ def read_identity(parts_dir: Path) -> dict[str, Any]:
 
 
 def claim_parts(parts_dir: Path, job_id: str) -> str | None:
-    """Makes `job_id` the owner of the parts folder; returns the previous owner, if any."""
+    """Makes `job_id` the owner of the parts folder, its parts counted beside those of the
+    jobs before it; returns the previous owner, if any."""
     identity = read_identity(parts_dir)
     previous = identity.get("job_id")
     identity["job_id"] = job_id
+    identity["jobs"] = [*identity.get("jobs", [previous] if previous else []), job_id]
     write_text_atomically(parts_dir / JOB_FILE, json.dumps(identity, indent=2))
     return previous
 
@@ -145,7 +165,7 @@ def owns_parts(parts_dir: Path, job_id: str) -> bool:
 def done_paths(parts_dir: Path) -> set[str]:
     """Paths that already have a row in some part (what a resumed job skips)."""
     done: set[str] = set()
-    for part in parts_dir.glob(PART_GLOB):
+    for part in counted_parts(parts_dir):
         done.update(row[0] for row in _read_rows(part) if row)
     return done
 
@@ -154,7 +174,7 @@ def merge_parts(parts_dir: Path, output: Path, k: int) -> dict[str, int]:
     """Writes every part's rows, sorted by path and one per path, to `output`, and its job
     record beside it; drops the parts."""
     rows: dict[str, list[str]] = {}
-    for part in sorted(parts_dir.glob(PART_GLOB)):
+    for part in counted_parts(parts_dir):
         for row in _read_rows(part):
             if row:
                 rows.setdefault(row[0], row)

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from functools import cache
@@ -29,7 +30,6 @@ from worker.app import app, settings
 from worker.confine import check_allowed, photo_guard
 from worker.jobs import (
     FINAL_STATES,
-    FINISH_CLAIM_SECONDS,
     JobStore,
     patient_client,
 )
@@ -149,16 +149,21 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
             ), strict=True)
         ]
         results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
-    except FlowersError as exc:
-        log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
-        store.fail(job_id, exc)
-        return {"error": str(exc)}
     except Exception as exc:
+        if not store.fail(job_id, exc):
+            # The job ended while this chunk ran (cancelled, or its parts folder started over
+            # by --overwrite): what broke is the folder it no longer owns.
+            log.warning("job %s chunk %s stopped, the job has ended: %s", job_id,
+                        chunk.get("index"), exc)
+            return {"skipped": True}
+        if isinstance(exc, FlowersError):
+            log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
+            return {"error": str(exc)}
         log.exception("job %s chunk %s failed", job_id, chunk.get("index"))
-        store.fail(job_id, exc)
         raise
     errors = sum(1 for row in rows if row[-1])
-    if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, os.getpid(), cache.loads):
+    process = f"{os.getpid()}@{socket.gethostname()}"
+    if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, process, cache.loads):
         finish_label(job_id)
     return {"rows": len(rows), "errors": errors}
 
@@ -169,9 +174,9 @@ def finish_label(job_id: str) -> dict[str, Any]:
     store = job_store()
     if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}
-    if not store.claim_finish(job_id):
+    if not store.claim_finish(job_id, settings.visibility_timeout):
         # Another worker is merging, or died merging: look again once its claim lapses.
-        finish_label.apply_async(args=[job_id], countdown=FINISH_CLAIM_SECONDS + 5)
+        finish_label.apply_async(args=[job_id], countdown=store.finish_claim_left(job_id) + 1)
         return {"deferred": True}
     record = store.get(job_id)
     try:
