@@ -6,7 +6,6 @@ with the reason when it is absent. CI runs with it present and fails if it is no
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 
+from cli.queue import label_chunks_in_hand
 from worker.embedded import RedisServer, start_redis, start_worker, stop_worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,15 +93,9 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 def chunks_in_flight(broker_url: str) -> list[tuple[str, dict[str, Any]]]:
-    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
-    messages kombu keeps in Redis' `unacked` hash until the task ends."""
-    taken = []
-    for raw in redis.Redis.from_url(broker_url).hvals("unacked"):
-        message = json.loads(raw)[0]
-        if message["headers"]["task"] == "flowers.label_chunk":
-            args = json.loads(base64.b64decode(message["body"]))[0]
-            taken.append((str(message["headers"]["id"]), args[0]))
-    return taken
+    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged."""
+    return [(task_id, chunk) for task_id, chunk in
+            label_chunks_in_hand(redis.Redis.from_url(broker_url)) if chunk is not None]
 
 
 def job_ids(url: str) -> list[str]:

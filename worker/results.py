@@ -166,7 +166,7 @@ def done_paths(parts_dir: Path) -> set[str]:
     """Paths that already have a row in some part (what a resumed job skips)."""
     done: set[str] = set()
     for part in counted_parts(parts_dir):
-        done.update(row[0] for row in _read_rows(part) if row)
+        done.update(part_photos(part))
     return done
 
 

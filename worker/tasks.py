@@ -196,7 +196,7 @@ def finish_label(job_id: str) -> dict[str, Any]:
         counts = results.merge_parts(parts_dir, output, k)
     except OSError as exc:
         message = f"cannot write {record['output']}: {exc.strerror or exc}"
-        store.update(job_id, state="failed", message=message, exit_code=1)
+        store.fail(job_id, FlowersError(message))
         return {"error": message}
     started = float(record.get("started", record["created"]))
     summary = {"output": record["output"], **counts, "labelled": record["done"],
