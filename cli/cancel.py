@@ -18,7 +18,7 @@ def cancel(obj: CliContext, job_id: str) -> None:
     url = obj.settings.broker_url
     if url is None:
         raise UsageError("flowers cancel acts on a cluster: set FLOWERS_BROKER_URL to its Redis")
-    store = JobStore(connect(url))
+    store = JobStore(connect(url), obj.settings.job_ttl)
     record = store.get(job_id)
     if record["state"] in FINAL_STATES:
         click.echo(f"job {job_id} already {record['state']}")

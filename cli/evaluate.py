@@ -59,7 +59,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
         validation_percentage=validation_percentage, testing_percentage=0.0,
     )
     request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES)
-    with open_queue(obj.settings, local_processes=1) as queue:
+    with open_queue(obj.settings, local_processes=obj.settings.processes()) as queue:
         click.echo(f"{folds}-fold cross-validation of {', '.join(request.recipes)} with "
                    f"{spec.name} on {len(data.photos)} photos in {len(data.class_names)} classes",
                    err=True)

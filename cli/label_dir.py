@@ -1,7 +1,10 @@
 """`flowers label-dir`: walk a photo folder, enqueue chunks of paths, wait for one CSV.
 
-The walk streams (bounded memory for millions of files) and chunks are enqueued as they fill.
-Paths already labelled in OUTPUT.parts (an interrupted run) are skipped.
+The walk streams in sorted order (bounded memory for millions of files); chunks are listed in
+OUTPUT.parts as they fill and sent a window at a time (`worker.chunk_list`: Redis holds about
+FLOWERS_QUEUED_CHUNKS of a job's chunks, however big the job). Paths already labelled in
+OUTPUT.parts (an interrupted run) are skipped, the walk and the parts' sorted paths read side by
+side.
 
 A worker killed in the instant between taking a chunk off the Redis list and recording it as
 in its hands (kombu's Redis transport takes it with BRPOP, then writes it to `unacked`) loses
@@ -12,7 +15,8 @@ command run again finishes the job (it labels only what the parts lack).
 
 from __future__ import annotations
 
-import math
+import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,6 +34,7 @@ from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
 from models.predict import LABEL_BATCH_SIZE
 from worker import results
+from worker.chunk_list import ChunkWriter, chunk_task, feed, read_chunks
 
 DEFAULT_CHUNK_SIZE = 128
 # The last this-many chunks' worth of photos are cut into ever smaller chunks (down to one
@@ -40,11 +45,16 @@ TAIL_CHUNKS = 8
 STALL_SECONDS = 10.0
 
 
-def relative_names(root: Path, skip: set[str]) -> Iterator[str]:
-    """Image paths below `root`, relative with `/` separators, minus those in `skip`."""
+def relative_names(root: Path, skip: Iterable[str] = ()) -> Iterator[str]:
+    """Image paths below `root`, relative with `/` separators, in sorted order, minus those in
+    `skip` (sorted too: both are walked side by side, so neither is held in memory)."""
+    skipped = iter(skip)
+    next_skipped = next(skipped, None)
     for path in walk_images(root):
         name = path.relative_to(root).as_posix()
-        if name not in skip:
+        while next_skipped is not None and next_skipped < name:
+            next_skipped = next(skipped, None)
+        if name != next_skipped:
             yield name
 
 
@@ -68,11 +78,18 @@ def chunked(names: Iterable[str], chunk_size: int, batch_size: int) -> Iterator[
         yield [held.popleft() for _ in range(size)]
 
 
-def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
+def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bool) -> Path:
     output = output.resolve()
     if output == photo_dir or photo_dir in output.parents:
         raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
-    output = check_output_file(output, "a CSV file")
+    if not partitioned:
+        output = check_output_file(output, "a CSV file (or pass --partition-rows)")
+    elif output.exists() and not (output / results.MANIFEST).is_file():
+        raise UsageError(f"--output {output} exists and is not a folder that flowers wrote "
+                         "(it has no manifest.json): name a new folder")
+    elif not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise UsageError(f"--output {output}: folder {output.parent} is missing or not "
+                         "writable; create it or write elsewhere")
     if output.exists() and not overwrite:
         raise UsageError(f"--output {output} exists: pass --overwrite to label again")
     return output
@@ -83,7 +100,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
 @click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
               help="Bundle folder written by flowers train or flowers import-poets.")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
-              help="CSV file to write.")
+              help="CSV file to write (a folder with --partition-rows).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Labels per photo (at most the number of classes).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
@@ -91,12 +108,17 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), default=LABEL_BATCH_SIZE,
               show_default=True,
               help="Photos per network call on the worker.")
+@click.option("--partition-rows", type=click.IntRange(min=1), default=None,
+              help="Write OUTPUT as a folder of sorted CSV files of this many rows each, "
+                   "with manifest.json (for very large jobs; read them as one table by "
+                   "globbing OUTPUT/*.csv).")
 @click.option("--overwrite", is_flag=True, help="Start over: drop earlier rows and output.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
 @click.pass_obj
 def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_k: int,
-              chunk_size: int, batch_size: int, overwrite: bool, wait: bool) -> None:
+              chunk_size: int, batch_size: int, partition_rows: int | None, overwrite: bool,
+              wait: bool) -> None:
     """Label every photo below PHOTO_DIR with a bundle, into one CSV sorted by path."""
     settings = obj.settings
     root = check_photo_dir(photo_dir)
@@ -107,7 +129,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         )
     bundle = bundle.resolve()
     manifest = read_manifest(bundle)
-    output = check_output(output, root, overwrite)
+    output = check_output(output, root, overwrite, partition_rows is not None)
     if warning := decoding_mismatch(bundle, manifest):
         click.echo(f"warning: {warning}", err=True)
     if note := imported_note(manifest):
@@ -124,11 +146,14 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     try:
         overwritten = None
         if overwrite:
+            if output.is_dir():  # a partitioned output (check_output saw its manifest)
+                shutil.rmtree(output)
             output.unlink(missing_ok=True)
             results.job_record_for(output).unlink(missing_ok=True)
             overwritten = results.read_identity(parts_dir).get("job_id")
         results.prepare_parts(parts_dir, identity, overwrite)
-        done = results.done_paths(parts_dir)
+        # What the parts hold before this job's workers add to them (streamed: not held).
+        done = sum(1 for _ in results.done_paths(parts_dir))
     except OSError as exc:
         raise UsageError(
             f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
@@ -136,22 +161,24 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         ) from None
     with open_queue(settings, local_processes=settings.processes()) as queue:
         job_id = queue.jobs.create_job(
-            kind="label", request={**identity, "output": str(output)},
+            kind="label", request={**identity, "output": str(output),
+                                   "partition_rows": partition_rows},
             output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
         )
         previous = results.claim_parts(parts_dir, job_id) or overwritten
         if previous:
             queue.jobs.supersede(previous, job_id)
-        enqueued = enqueue_chunks(queue, job_id, root, bundle, parts_dir, identity,
-                                  relative_names(root, done), chunk_size, batch_size)
+        template = {"photo_dir": str(root), "bundle": str(bundle), "parts_dir": str(parts_dir),
+                    "top_k": k, "batch_size": batch_size}
+        enqueued = enqueue_chunks(queue, job_id, template, parts_dir,
+                                  relative_names(root, results.done_paths(parts_dir)),
+                                  chunk_size, batch_size)
         if done:
-            click.echo(f"resuming: {len(done)} photos already labelled, {enqueued} to go",
-                       err=True)
+            click.echo(f"resuming: {done} photos already labelled, {enqueued} to go", err=True)
         if not wait:
             click.echo(job_id)
             return
-        record = queue.wait(job_id, ProgressLine(), watch=LostChunks(
-            queue, job_id, root, bundle, parts_dir, identity["k"], batch_size))
+        record = queue.wait(job_id, ProgressLine(), watch=LostChunks(queue, job_id, template))
     summary = record["result"]
     click.echo(
         f"labelled {summary['rows']} photos ({summary['errors']} errors) in "
@@ -159,46 +186,40 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     )
 
 
-def chunk_task(job_id: str, root: Path, bundle: Path, parts_dir: Path, k: object,
-               batch_size: int, index: int, paths: list[str]) -> dict[str, Any]:
-    """The argument of one `flowers.label_chunk` task."""
-    return {"job_id": job_id, "photo_dir": str(root), "bundle": str(bundle),
-            "parts_dir": str(parts_dir), "index": index, "paths": paths, "top_k": k,
-            "batch_size": batch_size}
-
-
-def enqueue_chunks(queue: Queue, job_id: str, root: Path, bundle: Path, parts_dir: Path,
-                   identity: dict[str, object], names: Iterator[str], chunk_size: int,
-                   batch_size: int) -> int:
-    """Sends one `flowers.label_chunk` task per chunk of names; returns the photos enqueued."""
+def enqueue_chunks(queue: Queue, job_id: str, template: dict[str, Any], parts_dir: Path,
+                   names: Iterator[str], chunk_size: int, batch_size: int) -> int:
+    """Lists the job's chunks as the walk yields them (`worker.chunk_list`), sending as many as
+    the job's window has room for; returns the photos listed."""
+    queue.jobs.update(job_id, window=queue.settings.queued_chunks, chunk_task=template)
     chunks = images = 0
-    for index, chunk in enumerate(chunked(names, chunk_size, batch_size)):
-        queue.send("flowers.label_chunk", chunk_task(job_id, root, bundle, parts_dir,
-                                                      identity["k"], batch_size, index, chunk))
-        chunks = index + 1
-        images += len(chunk)
-        queue.jobs.update(job_id, total=images)
+    with ChunkWriter(parts_dir, job_id) as listing:
+        for chunk in chunked(names, chunk_size, batch_size):
+            chunks = listing.append(chunk) + 1
+            images += len(chunk)
+            queue.jobs.update(job_id, chunks_listed=chunks, total=images)
+            feed(queue.jobs, job_id, queue.send_chunk)
     if queue.jobs.enqueued(job_id, chunks, images):
         queue.send("flowers.finish_label", job_id)
     return images
 
 
 class LostChunks:
-    """`Queue.wait`'s watch of a labelling job: when its count has stood still for
-    `STALL_SECONDS`, twice in a row, with chunks not done while nothing is queued and none of
-    its chunks is in a worker's hands, those chunks were lost; they are sent again. A lost chunk
-    that wrote its part keeps its photos; the others share the photos no part has. All done but
-    never assembled (its last worker died between the two): the merge is sent again."""
+    """`Queue.wait`'s watch of a labelling job. It feeds the job (`worker.chunk_list.feed`) at
+    every look, and when the job's count has stood still for `STALL_SECONDS`, twice in a row,
+    with chunks sent but not done while nothing is queued and none of its chunks is in a
+    worker's hands, those chunks were lost: they are sent again, read from the job's list.
+    All done but never assembled (its last worker died between the two): the merge is sent
+    again."""
 
-    def __init__(self, queue: Queue, job_id: str, root: Path, bundle: Path, parts_dir: Path,
-                 k: object, batch_size: int) -> None:
-        self.queue, self.job_id, self.root, self.bundle = queue, job_id, root, bundle
-        self.parts_dir, self.k, self.batch_size = parts_dir, k, batch_size
+    def __init__(self, queue: Queue, job_id: str, template: dict[str, Any]) -> None:
+        self.queue, self.job_id, self.template = queue, job_id, template
         self.seen: tuple[Any, ...] = ()
         self.since = time.monotonic()
         self.suspects: frozenset[int] | None = None
 
     def __call__(self, record: dict[str, Any]) -> None:
+        if feed(self.queue.jobs, self.job_id, self.queue.send_chunk):
+            return
         now = time.monotonic()
         seen = (record.get("done"), record.get("phase"), record.get("chunks_total"))
         if seen != self.seen or "chunks_total" not in record:
@@ -207,19 +228,19 @@ class LostChunks:
         if now - self.since < STALL_SECONDS:
             return
         self.since = now
-        lost = self.lost(int(record["chunks_total"]))
+        lost = self.lost(int(record.get("chunks_sent", 0)))
         if lost is not None and lost == self.suspects:
             self.send_again(lost)
             lost = None
         self.suspects = lost
 
-    def lost(self, total: int) -> frozenset[int] | None:
-        """The chunks neither done nor anywhere on the broker (empty: all done, unmerged);
+    def lost(self, sent: int) -> frozenset[int] | None:
+        """The chunks sent, not done, and nowhere on the broker (empty: all done, unmerged);
         None while something is queued or in hand."""
         if self.queue.chunks_on_broker(self.job_id) or self.queue.jobs.finish_claim_left(
                 self.job_id):
             return None  # queued, in hand, or being assembled
-        return frozenset(range(total)) - self.queue.jobs.finished_chunks(self.job_id)
+        return frozenset(range(sent)) - self.queue.jobs.finished_chunks(self.job_id)
 
     def send_again(self, lost: frozenset[int]) -> None:
         if not lost:
@@ -227,18 +248,11 @@ class LostChunks:
                        "assembled (its worker died?): sent again", err=True)
             self.queue.send("flowers.finish_label", self.job_id)
             return
-        chunks = {index: results.part_photos(results.part_path(self.parts_dir, self.job_id,
-                                                                index)) for index in lost}
-        empty = sorted(index for index, paths in chunks.items() if not paths)
-        if empty:
-            names = list(relative_names(self.root, results.done_paths(self.parts_dir)))
-            share = math.ceil(len(names) / len(empty))
-            for n, index in enumerate(empty):
-                chunks[index] = names[n * share:(n + 1) * share]
-        for index, paths in sorted(chunks.items()):
-            self.queue.send("flowers.label_chunk", chunk_task(
-                self.job_id, self.root, self.bundle, self.parts_dir, self.k, self.batch_size,
-                index, paths))
-        photos = sum(len(paths) for paths in chunks.values())
+        parts_dir = Path(self.template["parts_dir"])
+        photos = 0
+        for index in sorted(lost):
+            paths = read_chunks(parts_dir, self.job_id, index, 1)[0]
+            self.queue.send_chunk(chunk_task(self.job_id, self.template, index, paths))
+            photos += len(paths)
         click.echo(f"job {self.job_id}: {len(lost)} chunks were lost (a worker died as it took "
                    f"them from Redis): sent again, {photos} photos", err=True)

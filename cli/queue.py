@@ -96,6 +96,10 @@ class Queue:
         log.debug("sent %s to queue %r on %s", task_name, self.settings.queue,
                   redact_url(self.broker_url))
 
+    def send_chunk(self, chunk: dict[str, Any]) -> None:
+        """Sends one `flowers.label_chunk` task (see `worker.chunk_list`)."""
+        self.send("flowers.label_chunk", chunk)
+
     def chunks_on_broker(self, job_id: str) -> bool:
         """True while any task is queued (ours or not: the queue is not searched) or a label
         chunk of `job_id` is in a worker's hands (one we cannot read counts as ours)."""
@@ -138,7 +142,9 @@ class Queue:
 def open_queue(settings: Settings, local_processes: int = 1) -> Iterator[Queue]:
     """The cluster at FLOWERS_BROKER_URL, or a local one for the life of the `with` block."""
     if settings.broker_url is not None:
-        yield Queue(settings.broker_url, JobStore(connect(settings.broker_url)), settings)
+        store = JobStore(connect(settings.broker_url), settings.job_ttl)
+        yield Queue(settings.broker_url, store, settings)
         return
     with local_cluster(settings.home, local_processes) as cluster:
-        yield Queue(cluster.broker_url, JobStore(connect(cluster.broker_url)), settings, cluster)
+        store = JobStore(connect(cluster.broker_url), settings.job_ttl)
+        yield Queue(cluster.broker_url, store, settings, cluster)

@@ -92,7 +92,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
         summaries_dir=str(summaries_dir.resolve()) if summaries_dir else None,
         bottleneck_batch_size=bottleneck_batch_size,
     )
-    with open_queue(settings, local_processes=1) as queue:
+    with open_queue(settings, local_processes=settings.processes()) as queue:
         click.echo(f"training {spec.name} ({recipe}) on {len(data.photos)} photos in "
                    f"{len(data.class_names)} classes: {', '.join(data.class_names)}", err=True)
         job_id = queue.submit("flowers.retrain", "train", request.to_dict())

@@ -57,10 +57,12 @@ def is_image_file(name: str) -> bool:
 def walk_images(root: Path) -> Iterator[Path]:
     """Yields image files below `root` in sorted order, streaming, skipping hidden entries.
 
+    Sorted order is that of the relative paths as strings ("a.jpg" before "a/b.jpg"): a
+    folder's entries are sorted by name, a folder's name compared with "/" after it.
     Symlinked folders are not followed, so a link loop cannot trap the walk.
     """
     try:
-        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+        entries = sorted(os.scandir(root), key=_walk_key)
     except OSError as exc:
         log.warning("cannot list %s: %s", root, exc.strerror)
         return
@@ -71,6 +73,13 @@ def walk_images(root: Path) -> Iterator[Path]:
             yield from walk_images(Path(entry.path))
         elif is_image_file(entry.name) and not _links_to_folder(entry):
             yield Path(entry.path)
+
+
+def _walk_key(entry: os.DirEntry[str]) -> str:
+    try:
+        return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
+    except OSError:
+        return entry.name
 
 
 def _links_to_folder(entry: os.DirEntry[str]) -> bool:

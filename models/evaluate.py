@@ -39,15 +39,18 @@ class EvaluateRequest:
     training: RetrainRequest
     folds: int = 5
     recipes: tuple[str, ...] = RECIPES
+    # Each recipe's photo stage, where it was shared out over the cluster before this run
+    # (worker.photo_stage): cache_hits, computed, seconds; recorded in place of this run's pass.
+    photo_stages: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"training": self.training.to_dict(), "folds": self.folds,
-                "recipes": list(self.recipes)}
+                "recipes": list(self.recipes), "photo_stages": self.photo_stages}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluateRequest:
         return cls(RetrainRequest.from_dict(data["training"]), int(data.get("folds", 5)),
-                   tuple(data.get("recipes") or RECIPES))
+                   tuple(data.get("recipes") or RECIPES), data.get("photo_stages"))
 
 
 def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:
@@ -94,6 +97,11 @@ def evaluate(
         results[recipe] = _cross_validate(features, kept, fold_of, request.folds, settings,
                                           data.class_names, progress)
         results[recipe]["feature_seconds"] = feature_seconds
+        shared = (request.photo_stages or {}).get(recipe)
+        if shared:  # the cluster computed the features before this pass read them
+            results[recipe]["cache"] = {name: int(shared[name])
+                                        for name in ("cache_hits", "computed")}
+            results[recipe]["photo_stage_seconds"] = float(shared["seconds"])
         del features
     return {
         "photo_dir": str(data.root),

@@ -48,6 +48,9 @@ class RetrainRequest:
     testing_percentage: float = 10.0
     summaries_dir: str | None = None
     bottleneck_batch_size: int = 64
+    # What a photo stage shared out over the cluster before this run did (worker.photo_stage):
+    # cache_hits, computed, seconds; recorded in place of this run's pass over the warm cache.
+    photo_stage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,6 +114,10 @@ def retrain(
         progress=lambda done, total: progress(phase, done, total, {}), guard=guard,
     )
     timings[phase] = time.perf_counter() - phase_start
+    cache = dict(features.cache)
+    if request.photo_stage:
+        cache = {name: int(request.photo_stage[name]) for name in ("cache_hits", "computed")}
+        timings[phase] += float(request.photo_stage.get("seconds", 0.0))
     kept = [photos[i] for i in features.kept]
     labels = np.array([photo.label for photo in kept], dtype=np.int64)
     split = dataset.stable_split(kept, request.validation_percentage, request.testing_percentage)
@@ -178,7 +185,7 @@ def retrain(
             "history": [{name: value if np.isfinite(value) else None
                          for name, value in entry.items()} for entry in fitted.history],
         },
-        phase: features.cache,
+        phase: cache,
         "versions": library_versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
@@ -206,7 +213,7 @@ def retrain(
         "test_accuracy": metrics["testing"]["accuracy"],
         "skipped": skipped,
         "recipe": request.recipe,
-        "cache": {"kind": phase, **features.cache},
+        "cache": {"kind": phase, **cache},
         "seconds": {name: round(value, 3) for name, value in timings.items()},
     }
 

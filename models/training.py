@@ -62,43 +62,79 @@ def photo_stage_runner(model: Any, spec: networks.NetworkSpec, weights_tag: str,
     return networks.batch_runner(model)
 
 
+class PhotoStage:
+    """The feature stage of one recipe on one network, for one set of photos or chunk after
+    chunk of them: bottlenecks (codelab) or activations of `fine_tune.views` views (fine-tune),
+    from their caches, the network built on the first miss (or, for fine-tune, at once: its
+    split shape) and kept for the next chunk. `passes`: the network passes the whole stage
+    makes, which decides whether converting it for LiteRT pays (`photo_stage_runner`)."""
+
+    def __init__(self, recipe: str, fine_tune: FineTuneRecipe, spec: networks.NetworkSpec,
+                 weights: str, weights_dir: Path | None, home: Path, passes: int) -> None:
+        self.recipe, self.fine_tune, self.spec = recipe, fine_tune, spec
+        self.weights, self.weights_dir, self.home, self.passes = weights, weights_dir, home, passes
+        self.tag = activations.weights_tag(weights)
+        self.network: Any = None
+        self.runner: bottlenecks.BatchRunner | None = None
+        self.split_network: finetune.SplitNetwork | None = None
+        if recipe != CODELAB:
+            split_layer = finetune.split_layer_of(spec, fine_tune)
+            self.split_network = finetune.build_split_network(spec, weights, weights_dir,
+                                                              split_layer)
+            self.network = self.split_network
+            self.activation_cache = activations.ActivationCache(
+                home, spec.name, self.tag, split_layer, fine_tune.crop_area)
+
+    def _runner(self) -> bottlenecks.BatchRunner:
+        if self.runner is None:
+            if self.split_network is not None:
+                self.runner = photo_stage_runner(self.split_network.bottom, self.spec, self.tag,
+                                                 self.home, self.split_network.split_layer,
+                                                 self.passes)
+            else:
+                self.network = networks.build_base_network(self.spec.name, self.weights,
+                                                           self.weights_dir)
+                self.runner = photo_stage_runner(self.network, self.spec, self.tag, self.home,
+                                                 "pooled", self.passes)
+        return self.runner
+
+    def run(self, paths: Sequence[Path], batch_size: int, progress: Progress | None = None,
+            guard: Guard | None = None
+            ) -> bottlenecks.BottleneckResult | activations.ActivationResult:
+        """The features of `paths`, computed where the cache lacks them."""
+        if self.split_network is None:
+            return bottlenecks.compute_bottlenecks(
+                paths, self.spec.input_size, self.spec.bottleneck_size,
+                bottlenecks.BottleneckCache(self.home, self.spec.name), self._runner,
+                batch_size=batch_size, progress=progress, guard=guard,
+            )
+        return activations.compute_activations(
+            paths, self.spec.input_size, self.split_network.shape, self.fine_tune.views,
+            self.activation_cache, self._runner, self.fine_tune.crop_area,
+            batch_size=batch_size, progress=progress, guard=guard,
+        )
+
+
+def stage_passes(recipe: str, fine_tune: FineTuneRecipe, photos: int) -> int:
+    """The network passes of a recipe's photo stage over `photos` photos."""
+    return photos if recipe == CODELAB else photos * fine_tune.views
+
+
 def compute_features(
     recipe: str, fine_tune: FineTuneRecipe, spec: networks.NetworkSpec, paths: Sequence[Path],
     weights: str, weights_dir: Path | None, home: Path, batch_size: int,
     progress: Progress | None = None, guard: Guard | None = None,
 ) -> Features:
     """Bottlenecks (codelab) or activations of `fine_tune.views` views (fine-tune) of `paths`."""
-    built: list[Any] = []
-    tag = activations.weights_tag(weights)
-    if recipe == CODELAB:
-        def make_runner() -> bottlenecks.BatchRunner:
-            built.append(networks.build_base_network(spec.name, weights, weights_dir))
-            return photo_stage_runner(built[0], spec, tag, home, "pooled", len(paths))
-
-        found = bottlenecks.compute_bottlenecks(
-            paths, spec.input_size, spec.bottleneck_size,
-            bottlenecks.BottleneckCache(home, spec.name), make_runner,
-            batch_size=batch_size, progress=progress, guard=guard,
-        )
-        return Features(recipe, spec, weights, weights_dir, found.vectors, found.kept,
-                        found.skipped, {"cache_hits": found.cache_hits,
-                                        "computed": found.computed},
-                        built[0] if built else None)
-
-    split_layer = finetune.split_layer_of(spec, fine_tune)
-    network = finetune.build_split_network(spec, weights, weights_dir, split_layer)
-    cache = activations.ActivationCache(home, spec.name, tag, split_layer, fine_tune.crop_area)
-    computed = activations.compute_activations(
-        paths, spec.input_size, network.shape, fine_tune.views, cache,
-        lambda: photo_stage_runner(network.bottom, spec, tag, home, split_layer,
-                                   len(paths) * fine_tune.views),
-        fine_tune.crop_area,
-        batch_size=batch_size, progress=progress, guard=guard,
-    )
-    return Features(recipe, spec, weights, weights_dir, computed.activations, computed.kept,
-                    computed.skipped, {"cache_hits": computed.cache_hits,
-                                       "computed": computed.computed},
-                    network, network.application.get_weights())
+    stage = PhotoStage(recipe, fine_tune, spec, weights, weights_dir, home,
+                       stage_passes(recipe, fine_tune, len(paths)))
+    found = stage.run(paths, batch_size, progress, guard)
+    arrays = (found.vectors if isinstance(found, bottlenecks.BottleneckResult)
+              else found.activations)
+    cache = {"cache_hits": found.cache_hits, "computed": found.computed}
+    initial = [] if stage.split_network is None else stage.split_network.application.get_weights()
+    return Features(recipe, spec, weights, weights_dir, arrays, found.kept, found.skipped,
+                    cache, stage.network, initial)
 
 
 @dataclass

@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from cli.main import cli
 from models.bundle import read_manifest
 from models.errors import FlowersError
 from tests.conftest import (
+    REPO,
     WorkerFactory,
     chunks_in_flight,
     flowers_env,
@@ -26,6 +31,7 @@ from tests.conftest import (
     resumed_counts,
     run_flowers,
     wait_for,
+    wait_for_job,
 )
 from worker import results
 from worker.jobs import JobStore, patient_client
@@ -245,7 +251,7 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     # mid-chunk): its late part and its queued chunks must not reach the new output.
     worker = start_workers(1)
     (pool_pid,) = worker.pool_pids()
-    wait_for(lambda: bool(results.done_paths(parts)) and any(
+    wait_for(lambda: next(results.done_paths(parts), None) is not None and any(
         not results.part_path(parts, chunk["job_id"], chunk["index"]).exists()
         for _, chunk in chunks_in_flight(redis_url)), what="a chunk running", interval=0.01)
     os.kill(pool_pid, signal.SIGSTOP)
@@ -400,3 +406,74 @@ def test_two_worker_nodes_share_one_job(
         assert chunks.get(str(pool_pid), 0) >= 1, f"node {node.pid} labelled no chunk: {chunks}"
         assert f"flowers-{node.pid}@" in node.log(), "each node has its own name"
     assert sum(chunks.values()) == int(job_record(redis_url, job_id)["chunks_total"])
+
+
+@pytest.mark.parametrize("leave", ["--no-wait", "killed"])
+def test_queued_chunks_stay_within_the_window_and_the_job_completes_without_the_cli(
+    leave: str, redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUED_CHUNKS": "3"}
+    output = tmp_path / "labels.csv"
+    args = [sys.executable, "-m", "cli", "label-dir", str(collection), "--model",
+            str(trained_bundle[0]), "--output", str(output), "--chunk-size", "2"]
+    if leave == "--no-wait":
+        args.append("--no-wait")
+    client = redis.Redis.from_url(redis_url)
+    command = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    longest = 0
+
+    def listed() -> bool:  # no worker attached: the CLI lists the whole walk, sends 3 chunks
+        nonlocal longest
+        longest = max(longest, client.llen("flowers"))
+        ids = job_ids(redis_url)
+        return bool(ids) and "chunks_total" in job_record(redis_url, ids[0])
+
+    wait_for(listed, what="the walk listed", interval=0.02)
+    (job_id,) = job_ids(redis_url)
+    chunks = int(job_record(redis_url, job_id)["chunks_total"])
+    assert chunks > 3 * 3, "the job is several windows long"
+    if leave == "killed":
+        time.sleep(1)  # the CLI waits, feeding nothing more: the window is full
+        command.kill()
+    assert command.wait(timeout=60) == (0 if leave == "--no-wait" else -signal.SIGKILL)
+    assert longest <= 3 and client.llen("flowers") == 3, "the queue holds the window, no more"
+
+    worker = start_workers(1)
+    record = wait_for_job(job_id, env, "the job, fed by its worker alone")
+    assert record["state"] == "succeeded", record
+    paths = [row[0] for row in read_csv(output)[1:]]
+    assert len(paths) == len(set(paths)) == 33 and paths == sorted(paths)
+    received = re.findall(r"flowers\.label_chunk\[[0-9a-f-]+\] received", worker.log())
+    assert len(received) >= chunks, "the worker received every chunk, most sent by itself"
+
+
+def test_partitioned_output_is_a_folder_of_sorted_csv_files_with_a_manifest(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    start_workers(1)
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels"
+    args = ("label-dir", str(collection), "--model", str(trained_bundle[0]), "--output",
+            str(output), "--partition-rows", "10")
+    result = run_flowers(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == [f"part-0000{n}.csv" for n in range(4)]
+    assert manifest["rows"] == 33 and manifest["errors"] == 3
+    table = [row for f in manifest["files"] for row in read_csv(output / f["name"])[1:]]
+    assert [row[0] for row in table] == sorted({row[0] for row in table}) and len(table) == 33
+
+    again = run_flowers(*args, env=env)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    refused = run_flowers(*args[:5], str(tmp_path / "mine"), "--partition-rows", "10",
+                          "--overwrite", env=env)
+    assert refused.returncode == 2 and "no manifest.json" in refused.stderr
+    assert (tmp_path / "mine" / "notes.txt").exists()
+    over = run_flowers(*args, "--overwrite", "--top-k", "1", env=env)
+    assert over.returncode == 0, over.stderr
+    assert json.loads((output / "manifest.json").read_text())["top_k"] == 1

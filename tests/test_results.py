@@ -31,7 +31,7 @@ def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
     row = lambda name: results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2)  # noqa: E731
     results.write_part(parts, "job1", 1, [row("z.jpg"), row("a/b.jpg")])
     results.write_part(parts, "job1", 0, [row("a.jpg"), row("z.jpg")])
-    assert results.done_paths(parts) == {"a.jpg", "a/b.jpg", "z.jpg"}
+    assert list(results.done_paths(parts)) == ["a.jpg", "a/b.jpg", "z.jpg"]
     counts = results.merge_parts(parts, tmp_path / "out.csv", 2)
     assert counts == {"rows": 3, "errors": 0}
     with open(tmp_path / "out.csv", newline="") as handle:
@@ -49,7 +49,7 @@ def test_rows_from_another_bundle_are_never_mixed_in(tmp_path: Path) -> None:
         results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=False)
     results.write_part(parts, "job1", 0, [["a.jpg", "", "", "", "", "x"]])
     results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=True)
-    assert results.done_paths(parts) == set()
+    assert list(results.done_paths(parts)) == []
 
 
 def test_a_rerun_takes_the_parts_over(tmp_path: Path) -> None:

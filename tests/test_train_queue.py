@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -178,7 +179,8 @@ def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
     assert load_bundle(bundle).class_names == ["daisy", "tulips"]
     record = wait_for_job(job_id, env, "the redone training")
     assert record["state"] == "succeeded", record
-    assert trainer.log().count(f"flowers.retrain[{job_id}] received") == 2, "redone"
+    fits = re.findall(r"flowers\.fit\[([0-9a-f-]+)\] received", trainer.log())
+    assert len(fits) == 3 and fits[1] == fits[2], "the second job's training redone"
     new = read_manifest(bundle)
     assert new["bundle_id"] != old["bundle_id"] and len(new["class_names"]) == 3
 
@@ -230,3 +232,63 @@ def test_the_default_network_with_the_shared_weights_end_to_end(
     assert len(rows) == 20
     right = sum(row[1] == row[0].split("/")[0] for row in rows)
     assert right >= 15, f"{right} of 20 unseen photos right"
+
+
+def photo_chunks_in_hand(url: str) -> list[str]:
+    """Task ids of the photo-stage chunks a worker has taken and not yet acknowledged."""
+    ids = []
+    for raw in redis.Redis.from_url(url).hvals("unacked"):
+        headers = json.loads(raw)[0]["headers"]
+        if headers["task"] == "flowers.photo_chunk":
+            ids.append(headers["id"])
+    return ids
+
+
+def test_the_photo_stage_is_shared_out_and_a_killed_workers_chunk_is_redone(
+    redis_url: str, start_workers: WorkerFactory, flower_photos: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses", "tulips"], 80)
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "shared"
+    first = start_workers(1)
+    queued = run_flowers("train", str(photos), "--output", str(output), "--no-wait",
+                         *TRAIN_ARGS, env=env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_for(lambda: int(client.hget(f"flowers:job:{job_id}", "done") or 0) >= 64
+             and bool(photo_chunks_in_hand(redis_url)), what="a chunk done, the next running",
+             interval=0.05)
+    (killed,) = photo_chunks_in_hand(redis_url)
+    first.kill()
+    second = start_workers(2)
+    record = wait_for_job(job_id, env, "the job, on the second worker", timeout=300)
+    assert record["state"] == "succeeded", record
+    assert f"flowers.photo_chunk[{killed}] received" in second.log(), "the killed chunk redone"
+    fields = {str(k): str(v) for k, v in client.hgetall(f"flowers:job:{job_id}").items()}
+    by_process = {name: int(value) for name, value in fields.items()
+                  if name.startswith("chunks:")}
+    assert sum(by_process.values()) == int(fields["chunks_total"]) == 4  # 240 photos
+    assert len(by_process) == 3, f"one process of the first worker, both of the second: " \
+        f"{by_process}"
+    manifest = read_manifest(output)
+    assert manifest["bottlenecks"]["computed"] + manifest["bottlenecks"]["cache_hits"] >= 240
+
+    # The same training on one process, from an empty cache: the same bundle.
+    second.kill()
+    alone_home = tmp_path / "alone-home"
+    alone_home.mkdir()
+    start_workers(1, FLOWERS_HOME=str(alone_home))
+    alone = tmp_path / "alone"
+    result = run_flowers("train", str(photos), "--output", str(alone), *TRAIN_ARGS,
+                         env=flowers_env(alone_home, redis_url, weights_dir))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((alone / "split.json").read_text()) == \
+        json.loads((output / "split.json").read_text())
+    shared_layer = load_bundle(output).model.get_layer("final_result").get_weights()
+    alone_layer = load_bundle(alone).model.get_layer("final_result").get_weights()
+    for ours, theirs in zip(shared_layer, alone_layer, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert read_manifest(alone)["metrics"]["test_accuracy"] == \
+        manifest["metrics"]["test_accuracy"]

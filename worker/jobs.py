@@ -4,7 +4,8 @@ Key `flowers:job:<id>` holds kind, state, phase, done, total, rate, message and 
 a labelling job also has the set `flowers:job:<id>:chunks` of finished chunk numbers, so a
 redelivered chunk is never counted twice, and per-process fields `chunks:<pid>@<host>`,
 `loads:<pid>@<host>` (the host keeps apart the processes of containers, whose pids repeat).
-States: queued -> running -> succeeded | failed | cancelled. Records expire after a week.
+States: queued -> running -> succeeded | failed | cancelled. A record expires FLOWERS_JOB_TTL
+seconds (a week) after it last changed, so Redis does not grow with history.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from models.errors import FlowersError, JobNotFoundError
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowers:job:"
-TTL_SECONDS = 7 * 24 * 3600
+TTL_SECONDS = 7 * 24 * 3600  # the default of FLOWERS_JOB_TTL
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 # Records a finished chunk once; returns 1 when it was the job's last one.
@@ -36,6 +37,7 @@ if added == 1 then
   redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
   redis.call('HINCRBY', KEYS[1], 'errors', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'chunks:' .. ARGV[4], 1)
+  for i = 8, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('HSET', KEYS[1], 'loads:' .. ARGV[4], ARGV[5], 'updated', ARGV[6])
 local started = tonumber(redis.call('HGET', KEYS[1], 'started') or ARGV[6])
@@ -46,6 +48,22 @@ end
 local total = redis.call('HGET', KEYS[1], 'chunks_total')
 if total and tonumber(total) == redis.call('SCARD', KEYS[2]) then return 1 end
 return 0
+"""
+
+# Claims the job's next listed chunks, as many as its window has room for (chunks sent and not
+# done); returns {first, count, template}, count 0 when the job has ended or nothing fits.
+_CLAIM_CHUNKS = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  return {0, 0, ''}
+end
+local sent = tonumber(redis.call('HGET', KEYS[1], 'chunks_sent') or '0')
+local listed = tonumber(redis.call('HGET', KEYS[1], 'chunks_listed') or '0')
+local window = tonumber(redis.call('HGET', KEYS[1], 'window') or '0')
+local count = math.min(window - (sent - redis.call('SCARD', KEYS[2])), listed - sent)
+if count <= 0 then return {sent, 0, ''} end
+redis.call('HSET', KEYS[1], 'chunks_sent', sent + count)
+return {sent, count, redis.call('HGET', KEYS[1], 'chunk_task')}
 """
 
 # Marks a job failed unless it has ended already (a chunk of a cancelled job that breaks late
@@ -79,8 +97,9 @@ def patient_client(url: str) -> redis.Redis:
 class JobStore:
     """Reads and writes job records on one Redis connection."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
         self.client = client
+        self.ttl = ttl_seconds
 
     def _key(self, job_id: str) -> str:
         return KEY_PREFIX + job_id
@@ -102,7 +121,7 @@ class JobStore:
         key = self._key(job_id)
         with self.client.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, TTL_SECONDS)
+            pipe.expire(key, self.ttl)
             pipe.execute()
 
     def state(self, job_id: str) -> str:
@@ -117,16 +136,26 @@ class JobStore:
             self.update(job_id, state="running", **fields)
 
     def chunk_done(self, job_id: str, index: int, images: int, errors: int, process: str,
-                   loads: int) -> bool:
-        """Counts a finished chunk once; True when it completes an enqueued job."""
+                   loads: int, counts: dict[str, int] | None = None) -> bool:
+        """Counts a finished chunk once (and adds `counts` to the record's fields of those
+        names); True when it completes an enqueued job."""
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
         args: list[str | int | float] = [index, images, errors, process, loads, time.time(),
-                                         TTL_SECONDS]
+                                         self.ttl]
+        for name, value in (counts or {}).items():
+            args += [name, value]
         return bool(self.client.eval(_CHUNK_DONE, 2, *keys, *args))
 
     def finished_chunks(self, job_id: str) -> set[int]:
         """The numbers of the job's chunks counted done."""
         return {int(index) for index in self.client.smembers(self._key(job_id) + ":chunks")}
+
+    def claim_chunks(self, job_id: str) -> tuple[int, int, dict[str, Any]]:
+        """(first, count, task template) of the job's next listed chunks to send, as many as
+        its window has room for; count 0 when none (see `worker.chunk_list`)."""
+        keys = [self._key(job_id), self._key(job_id) + ":chunks"]
+        first, count, template = self.client.eval(_CLAIM_CHUNKS, 2, *keys)
+        return int(first), int(count), json.loads(template) if count else {}
 
     def enqueued(self, job_id: str, chunks: int, images: int) -> bool:
         """Records the final chunk count; True when every chunk is already done."""
@@ -142,19 +171,25 @@ class JobStore:
         else:
             message, exit_code = f"{type(error).__name__}: {error}", 1
         return bool(self.client.eval(_FAIL, 1, self._key(job_id), message, exit_code,
-                                     time.time(), TTL_SECONDS))
+                                     time.time(), self.ttl))
 
     def supersede(self, job_id: str, successor: str) -> None:
         """Cancels an unfinished job whose parts a rerun (`successor`) took over."""
         if self.client.exists(self._key(job_id)) and self.state(job_id) not in FINAL_STATES:
             self.update(job_id, state="cancelled", message=f"superseded by job {successor}")
 
-    def claim_finish(self, job_id: str, seconds: int) -> bool:
-        """True for one caller at a time: the one that assembles the job's output. The claim
-        lapses after `seconds` (the visibility timeout: a merge is part of a task, which must
-        end within it), in case its holder died while merging."""
+    def claim_finish(self, job_id: str, seconds: int, holder: str | None = None) -> bool:
+        """True for one caller at a time: the one that assembles the job's output (or trains
+        it). The claim lapses after `seconds` (the visibility timeout: a merge is part of a
+        task, which must end within it), in case its holder died while merging. A `holder`
+        (a task id) that claims again gets it back: a redelivered task's first run died."""
         key = self._key(job_id) + ":finish"
-        return bool(self.client.set(key, os.getpid(), nx=True, ex=seconds))
+        value = holder or str(os.getpid())
+        if self.client.set(key, value, nx=True, ex=seconds):
+            return True
+        held = self.client.get(key)
+        return holder is not None and (held.decode() if isinstance(held, bytes) else held) == \
+            holder
 
     def finish_claim_left(self, job_id: str) -> int:
         """Seconds until the claim of `claim_finish` lapses (0 if none is held)."""

@@ -18,6 +18,10 @@ Beside the finished OUTPUT, OUTPUT.job.json records how its rows were made: the 
 and id), photo folder, top-k, job id, when it finished, and the CSV's rows, errors and size in
 bytes (so a reader can tell whether the record still describes the CSV beside it).
 
+With `--partition-rows N` OUTPUT is a folder instead: part-00000.csv, part-00001.csv, ... of N
+rows each (each with the header, together sorted by path) and manifest.json, the job record
+with each file's rows, errors, size and first and last path.
+
 CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,error
 """
 
@@ -25,21 +29,26 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
+import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from models.atomic import write_atomically, write_text_atomically
+from models.atomic import temporary_folder_beside, write_atomically, write_text_atomically
 from models.errors import UsageError
+from worker.sorted_parts import sorted_rows, unique_paths
 
 log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.csv"
 JOB_FILE = "job.json"
+# The record of a partitioned output, inside its folder.
+MANIFEST = "manifest.json"
 # Fields of job.json that must match for rows to be mixed into one output.
 IDENTITY = ("bundle_id", "photo_dir", "top_k")
 
@@ -162,29 +171,92 @@ def owns_parts(parts_dir: Path, job_id: str) -> bool:
     return read_identity(parts_dir).get("job_id") == job_id
 
 
-def done_paths(parts_dir: Path) -> set[str]:
-    """Paths that already have a row in some part (what a resumed job skips)."""
-    done: set[str] = set()
-    for part in counted_parts(parts_dir):
-        done.update(part_photos(part))
-    return done
+def done_paths(parts_dir: Path) -> Iterator[str]:
+    """Paths that already have a row in some part (what a resumed job skips), sorted, once
+    each, streamed: memory does not grow with the rows."""
+    for row in unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir)):
+        yield row[0]
 
 
-def merge_parts(parts_dir: Path, output: Path, k: int) -> dict[str, int]:
-    """Writes every part's rows, sorted by path and one per path, to `output`, and its job
-    record beside it; drops the parts."""
-    rows: dict[str, list[str]] = {}
-    for part in counted_parts(parts_dir):
-        for row in _read_rows(part):
-            if row:
-                rows.setdefault(row[0], row)
-    ordered = [rows[path] for path in sorted(rows)]
-    data = _csv_text([header(k), *ordered]).encode("utf-8", "surrogateescape")
-    errors = sum(1 for row in ordered if row[-1])
-    record = {**read_identity(parts_dir), "rows": len(ordered), "errors": errors,
-              "csv_bytes": len(data), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
-    write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
-    write_atomically(output, lambda handle: handle.write(data))
+def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | None = None
+                ) -> dict[str, int]:
+    """Writes every part's rows, sorted by path and one per path (the earliest part's), to
+    `output` and its job record; drops the parts. Streams: a k-way merge of the sorted parts
+    (`worker.sorted_parts`), so memory does not grow with the rows.
+
+    One CSV, its record beside it as OUTPUT.job.json; or, with `partition_rows`, a folder of
+    CSV files of that many rows each (`write_partitions`)."""
+    rows = unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir))
+    identity = read_identity(parts_dir)
+    if partition_rows:
+        counts = write_partitions(output, k, rows, partition_rows, identity)
+    else:
+        counts = _write_csv(output, k, rows)
+        record = {**identity, **counts, "finished": _now()}
+        write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
     shutil.rmtree(parts_dir, ignore_errors=True)
-    log.info("wrote %s: %d rows, %d errors", output, len(ordered), errors)
-    return {"rows": len(ordered), "errors": errors}
+    log.info("wrote %s: %d rows, %d errors", output, counts["rows"], counts["errors"])
+    return {"rows": counts["rows"], "errors": counts["errors"]}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_csv(path: Path, k: int, rows: Iterable[list[str]]) -> dict[str, Any]:
+    """Writes the header and `rows` to `path` atomically; returns rows, errors, csv_bytes and
+    the first and last path."""
+    counts: dict[str, Any] = {}
+
+    def write(handle: BinaryIO) -> None:
+        counts.update(rows=0, errors=0, first_path=None, last_path=None)
+        text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="",
+                                write_through=False)
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(header(k))
+        for row in rows:
+            writer.writerow(row)
+            counts["rows"] += 1
+            counts["errors"] += bool(row[-1])
+            if counts["first_path"] is None:
+                counts["first_path"] = row[0]
+            counts["last_path"] = row[0]
+        text.flush()
+        counts["csv_bytes"] = handle.tell()
+        text.detach()
+
+    write_atomically(path, write)
+    return counts
+
+
+def write_partitions(folder: Path, k: int, rows: Iterator[list[str]], per_file: int,
+                     identity: dict[str, Any]) -> dict[str, Any]:
+    """Writes `rows` (sorted by path) as FOLDER/part-00000.csv, part-00001.csv, ... of
+    `per_file` rows each, every one with the header, and FOLDER/manifest.json: the job record,
+    the totals and each file's rows, errors, bytes and first and last path. Read as one table
+    by globbing FOLDER/*.csv (DuckDB, polars, pandas). Built in a folder beside, renamed into
+    place: the folder appears whole or not at all."""
+    staging = temporary_folder_beside(folder)
+    try:
+        files: list[dict[str, Any]] = []
+        while True:
+            first = next(rows, None)
+            if first is None and files:
+                break
+            name = f"part-{len(files):05d}.csv"
+            batch = itertools.islice(rows, per_file - 1)
+            counts = _write_csv(staging / name, k,
+                                itertools.chain([first], batch) if first else ())
+            files.append({"name": name, **counts})
+        manifest = {**identity, "format": "flowers-partitioned-csv/1", "header": header(k),
+                    "rows": sum(f["rows"] for f in files),
+                    "errors": sum(f["errors"] for f in files),
+                    "rows_per_file": per_file, "files": files, "finished": _now()}
+        write_text_atomically(staging / MANIFEST, json.dumps(manifest, indent=2))
+        if folder.is_dir() and (folder / MANIFEST).exists():
+            shutil.rmtree(folder)  # an earlier output of this job's command (--overwrite)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

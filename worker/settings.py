@@ -12,6 +12,10 @@ FLOWERS_TF_THREADS          network threads per worker process (0: cores / proce
 FLOWERS_QUEUE               the Celery queue tasks go to (flowers)
 FLOWERS_RUNTIME             what labelling runs a bundle on: litert (default: model.tflite,
                             no TensorFlow in the process) or keras (model.keras)
+FLOWERS_JOB_TTL             seconds a job record stays on Redis after it last changed (604800:
+                            a week; finished jobs then leave no trace there)
+FLOWERS_QUEUED_CHUNKS       chunks of one labelling job sent to Redis and not yet done, at most
+                            (256; keep it above the cluster's worker processes)
 FLOWERS_ALLOWED_ROOTS       folders (separated by ':') that tasks may read and write; a task
                             naming anything else is refused (unset: no confinement)
 """
@@ -42,6 +46,8 @@ class Settings:
     queue: str = "flowers"
     runtime: str = "litert"
     allowed_roots: tuple[Path, ...] = ()
+    job_ttl: int = 7 * 24 * 3600
+    queued_chunks: int = 256
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,6 +65,8 @@ class Settings:
             tf_threads=int(env.get("FLOWERS_TF_THREADS") or 0),
             queue=env.get("FLOWERS_QUEUE") or "flowers",
             runtime=runtime,
+            job_ttl=_positive(env, "FLOWERS_JOB_TTL", 7 * 24 * 3600),
+            queued_chunks=_positive(env, "FLOWERS_QUEUED_CHUNKS", 256),
             allowed_roots=tuple(
                 Path(root).expanduser().resolve()
                 for root in (env.get("FLOWERS_ALLOWED_ROOTS") or "").split(os.pathsep)
@@ -82,6 +90,19 @@ class Settings:
         process that started it only waits, and training, unlike a labelling chunk, cannot
         be shared out between pool processes."""
         return self.tf_threads if self.tf_threads > 0 else usable_cores()
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name}={value!r}: give a whole number of at least 1 (default {default})")
+    return number
 
 
 def usable_cores() -> int:

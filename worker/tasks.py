@@ -25,8 +25,9 @@ from celery.signals import worker_process_init
 
 from models.errors import FlowersError
 from models.predict import LABEL_BATCH_SIZE
-from worker import results, train_process
+from worker import photo_stage, results, train_process
 from worker.app import app, settings
+from worker.chunk_list import feed
 from worker.confine import check_allowed, photo_guard
 from worker.jobs import (
     FINAL_STATES,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 @cache
 def job_store() -> JobStore:
     """This process's connection to the job records (made lazily, after the fork)."""
-    return JobStore(patient_client(app.conf.broker_url))
+    return JobStore(patient_client(app.conf.broker_url), settings.job_ttl)
 
 
 def _warm_up() -> None:
@@ -64,21 +65,71 @@ def _start_warm_up(**_: Any) -> None:
     threading.Thread(target=_warm_up, name="flowers-warm-up", daemon=True).start()
 
 
-def _run_in_own_process(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Runs a whole-job task (train, evaluate) in a process of its own (see
-    `worker.train_process`) and waits for it; its record moves from running to succeeded, or
-    failed with the reason."""
+def _training_refused(task: Task, job_id: str, kind: str) -> dict[str, Any] | None:
+    """The error of a worker that cannot train (no TensorFlow installed), recorded; else None."""
+    if importlib.util.find_spec("tensorflow") is not None:
+        return None
+    message = (f"worker {task.request.hostname} is a labelling-only install (no TensorFlow) "
+               f"and cannot {kind}: install flowers[train] there, or give training its own "
+               "queue (FLOWERS_QUEUE) served by workers that have it")
+    log.error("job %s: %s", job_id, message)
+    job_store().fail(job_id, FlowersError(message))
+    return {"error": message}
+
+
+def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Starts a whole-job task (train, evaluate): its photo stage goes out as chunk tasks over
+    every worker process (`worker.photo_stage`); the last chunk done sends `flowers.fit`."""
+    from models.dataset import discover
+
     job_id = task.request.id
     store = job_store()
-    if importlib.util.find_spec("tensorflow") is None:
-        message = (f"worker {task.request.hostname} is a labelling-only install (no TensorFlow) "
-                   f"and cannot {kind}: install flowers[train] there, or give training its own "
-                   "queue (FLOWERS_QUEUE) served by workers that have it")
-        log.error("job %s: %s", job_id, message)
-        store.fail(job_id, FlowersError(message))
-        return {"error": message}
-    store.update(job_id, state="running", phase="starting", worker=task.request.hostname or "",
+    if store.state(job_id) in FINAL_STATES:
+        return {"skipped": True}
+    if refused := _training_refused(task, job_id, kind):
+        return refused
+    store.update(job_id, state="running", phase="scanning", worker=task.request.hostname or "",
                  pid=os.getpid(), started=time.time())
+    try:
+        photo_dir, stages, batch_size = photo_stage.stages_of(kind, request)
+        roots = settings.allowed_roots
+        root = check_allowed(photo_dir, roots, "photo folder")
+        for stage in stages:
+            if stage["weights"] not in ("imagenet", "none"):
+                check_allowed(stage["weights"], roots, "weights file")
+        photos = [str(photo.path) for photo in discover(root).photos]
+    except FlowersError as exc:
+        log.error("job %s failed: %s", job_id, exc)
+        store.fail(job_id, exc)
+        return {"error": str(exc)}
+    from models.recipe import FineTuneRecipe
+    from models.training import stage_passes
+
+    for stage in stages:
+        stage["passes"] = stage_passes(stage["recipe"],
+                                       FineTuneRecipe.from_dict(stage["fine_tune"]), len(photos))
+    size = photo_stage.CHUNK_PHOTOS
+    chunks = [photos[start:start + size] for start in range(0, len(photos), size)]
+    store.update(job_id, phase="photos", done=0, total=len(photos))
+    for index, paths in enumerate(chunks):
+        photo_chunk.apply_async(args=[{"job_id": job_id, "kind": kind, "index": index,
+                                       "paths": paths, "stages": stages,
+                                       "batch_size": batch_size}])
+    if store.enqueued(job_id, len(chunks), len(photos)):  # a redelivery: all done before
+        fit.apply_async(args=[job_id, kind])
+    return {"chunks": len(chunks), "photos": len(photos)}
+
+
+def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """Runs a whole-job task's training (train, evaluate) in a process of its own (see
+    `worker.train_process`) and waits for it; its record moves from running to succeeded, or
+    failed with the reason."""
+    store = job_store()
+    if refused := _training_refused(task, job_id, kind):
+        return refused
+    store.update(job_id, state="running", phase="starting", worker=task.request.hostname or "",
+                 pid=os.getpid())
     process = train_process.start(kind, job_id, request, app.conf.broker_url)
     code = process.wait()
     record = store.get(job_id)
@@ -95,14 +146,73 @@ def _run_in_own_process(task: Task, kind: str, request: dict[str, Any]) -> dict[
 
 @app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
 def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Retrains a network's top on a photo folder and writes the bundle; see `models.retrain`."""
-    return _run_in_own_process(self, "retrain", request)
+    """Retrains a network's top on a photo folder and writes the bundle; see `models.retrain`.
+    Its photo stage is shared out first (`worker.photo_stage`)."""
+    return _fan_out(self, "retrain", request)
 
 
 @app.task(name="flowers.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
 def evaluate(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Cross-validates recipes on a photo folder; see `models.evaluate`."""
-    return _run_in_own_process(self, "evaluate", request)
+    """Cross-validates recipes on a photo folder; see `models.evaluate`. Its photo stage is
+    shared out first (`worker.photo_stage`)."""
+    return _fan_out(self, "evaluate", request)
+
+
+@cache
+def stage_process() -> photo_stage.StageProcess:
+    return photo_stage.StageProcess()
+
+
+@app.task(name="flowers.photo_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
+def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
+    """Fills the shared cache for one chunk of a training job's photos (see
+    `worker.photo_stage`); the worker that finishes the job's last chunk sends `flowers.fit`."""
+    job_id = chunk["job_id"]
+    store = job_store()
+    if store.state(job_id) in FINAL_STATES:
+        return {"skipped": True}
+    process = stage_process()
+    try:
+        reply = process.run(chunk)
+    except FlowersError as exc:
+        reply = {"error": str(exc)}
+    if "error" in reply:
+        log.error("job %s photo chunk %s failed: %s", job_id, chunk["index"], reply["error"])
+        error = FlowersError(reply["error"])
+        error.exit_code = int(reply.get("exit_code", 1))
+        store.fail(job_id, error)
+        return {"error": reply["error"]}
+    for path, reason in reply["skipped"]:
+        log.warning("job %s: skipped %s: %s", job_id, path, reason)
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    counts = photo_stage.stage_counts(reply["stages"])
+    if store.chunk_done(job_id, int(chunk["index"]), int(reply["photos"]),
+                        len(reply["skipped"]), me, process.starts, counts):
+        fit.apply_async(args=[job_id, chunk["kind"]])
+    return {key: reply[key] for key in ("photos", "cache_hits", "computed")}
+
+
+@app.task(name="flowers.fit", bind=True, acks_late=True, reject_on_worker_lost=True)
+def fit(self: Task, job_id: str, kind: str) -> dict[str, Any]:
+    """Trains a job whose photo stage is done (its cache warm), once, whoever calls it."""
+    store = job_store()
+    if store.state(job_id) in FINAL_STATES:
+        return {"skipped": True}
+    if not store.claim_finish(job_id, settings.visibility_timeout, self.request.id):
+        # Another worker trains it, or died training: look again once its claim lapses.
+        fit.apply_async(args=[job_id, kind], countdown=store.finish_claim_left(job_id) + 1)
+        return {"deferred": True}
+    stage_process().stop()  # its TensorFlow memory, before training's
+    record = store.get(job_id)
+    request = dict(record["request"])
+    # The bundle or figures tell what the shared-out stage did, not the pass over a warm cache.
+    if kind == "retrain":
+        request["photo_stage"] = photo_stage.stage_summary(record, 0)
+    else:
+        stages = photo_stage.stages_of(kind, request)[1]
+        request["photo_stages"] = {stage["recipe"]: photo_stage.stage_summary(record, n)
+                                   for n, stage in enumerate(stages)}
+    return _run_in_own_process(self, job_id, kind, request)
 
 
 @app.task(name="flowers.label_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -165,7 +275,16 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     process = f"{os.getpid()}@{socket.gethostname()}"
     if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, process, cache.loads):
         finish_label(job_id)
+    else:
+        try:
+            feed(store, job_id, send_chunk)
+        except OSError as exc:  # the CLI's watch or the next chunk to finish feeds instead
+            log.warning("job %s: cannot send its next chunks: %s", job_id, exc)
     return {"rows": len(rows), "errors": errors}
+
+
+def send_chunk(chunk: dict[str, Any]) -> None:
+    label_chunk.apply_async(args=[chunk])
 
 
 @app.task(name="flowers.finish_label", acks_late=True, reject_on_worker_lost=True)
@@ -193,7 +312,8 @@ def finish_label(job_id: str) -> dict[str, Any]:
     store.update(job_id, phase="writing")
     try:
         k = int(results.read_identity(parts_dir)["k"])
-        counts = results.merge_parts(parts_dir, output, k)
+        partition_rows = record.get("request", {}).get("partition_rows")
+        counts = results.merge_parts(parts_dir, output, k, partition_rows)
     except OSError as exc:
         message = f"cannot write {record['output']}: {exc.strerror or exc}"
         store.fail(job_id, FlowersError(message))

@@ -44,7 +44,7 @@ def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str
     return process
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Asks Linux to SIGKILL this process when the one that started it dies."""
     parent = int(os.environ.get(PARENT_ENV) or 0)
     try:
@@ -110,14 +110,14 @@ def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/train-"
                         f"{os.getpid()}] %(name)s: %(message)s")
     kind, job_id = sys.argv[1:3]
     request = json.loads(sys.stdin.read())
     settings = Settings.from_env()
     assert settings.broker_url is not None, "started by the retrain task with the broker URL"
-    store = JobStore(patient_client(settings.broker_url))
+    store = JobStore(patient_client(settings.broker_url), settings.job_ttl)
     store.update(job_id, train_pid=os.getpid())
     sys.exit(run_job(kind, job_id, request, settings, store))
 

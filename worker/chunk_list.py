@@ -1,0 +1,112 @@
+"""A labelling job's chunks: listed in its parts folder as the CLI walks, sent to the queue a
+window at a time (backpressure), by whoever is there to send them.
+
+    OUTPUT.parts/chunks-JOB.jsonl   chunk i's paths on line i, as a JSON list
+    OUTPUT.parts/chunks-JOB.idx     where line i starts: 8 bytes (little-endian) per chunk
+
+The CLI lists chunks as it walks and records how many are listed in the job record; `feed`
+sends listed chunks while fewer than the job's window (FLOWERS_QUEUED_CHUNKS) are sent and not
+yet done. The CLI feeds as it walks and while it waits, and every worker feeds after each chunk
+it finishes, so Redis holds about a window of a job's chunks whatever the job's size, and a job
+whose walk is listed completes without the CLI (--no-wait, or a CLI killed after the walk). A
+CLI killed during the walk leaves the job short of chunks: the same command run again finishes
+it (it labels only what the parts lack).
+
+Claims are atomic (`JobStore.claim_chunks`), so two feeders never send the same chunk; a feeder
+that dies between its claim and its sends leaves those chunks claimed but nowhere, which the
+waiting CLI's watch for lost chunks (`cli.label_dir.LostChunks`) finds and sends again from
+the list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from worker.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+_OFFSET = struct.Struct("<Q")
+
+
+def list_path(parts_dir: Path, job_id: str) -> Path:
+    return parts_dir / f"chunks-{job_id}.jsonl"
+
+
+def _index_path(parts_dir: Path, job_id: str) -> Path:
+    return parts_dir / f"chunks-{job_id}.idx"
+
+
+def chunk_task(job_id: str, template: dict[str, Any], index: int, paths: list[str]
+               ) -> dict[str, Any]:
+    """The argument of one `flowers.label_chunk` task: the job's `template` (photo_dir,
+    bundle, parts_dir, top_k, batch_size) with the chunk's number and paths."""
+    return {**template, "job_id": job_id, "index": index, "paths": paths}
+
+
+class ChunkWriter:
+    """Appends a job's chunks to its list; each is readable once `append` returns."""
+
+    def __init__(self, parts_dir: Path, job_id: str) -> None:
+        self.lines: IO[bytes] = open(list_path(parts_dir, job_id), "wb")  # noqa: SIM115
+        self.offsets: IO[bytes] = open(_index_path(parts_dir, job_id), "wb")  # noqa: SIM115
+        self.count = 0
+
+    def append(self, paths: list[str]) -> int:
+        """Lists one chunk; returns its number."""
+        self.offsets.write(_OFFSET.pack(self.lines.tell()))
+        self.lines.write(json.dumps(paths, ensure_ascii=False).encode("utf-8", "surrogateescape")
+                         + b"\n")
+        self.lines.flush()
+        self.offsets.flush()
+        self.count += 1
+        return self.count - 1
+
+    def close(self) -> None:
+        self.lines.close()
+        self.offsets.close()
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def read_chunks(parts_dir: Path, job_id: str, start: int, count: int) -> list[list[str]]:
+    """Listed chunks `start` .. `start + count - 1` (fewer if fewer are listed)."""
+    with open(_index_path(parts_dir, job_id), "rb") as offsets:
+        offsets.seek(start * _OFFSET.size)
+        first = offsets.read(_OFFSET.size)
+    if len(first) < _OFFSET.size:
+        return []
+    with open(list_path(parts_dir, job_id), "rb") as lines:
+        lines.seek(_OFFSET.unpack(first)[0])
+        chunks = []
+        for _ in range(count):
+            line = lines.readline()
+            if not line.endswith(b"\n"):
+                break
+            chunks.append(json.loads(line.decode("utf-8", "surrogateescape")))
+    return chunks
+
+
+def feed(store: JobStore, job_id: str, send: Callable[[dict[str, Any]], None]) -> int:
+    """Sends the job's next listed chunks, as many as its window has room for; returns how
+    many. Nothing when the job has ended, its window is full, or nothing more is listed."""
+    start, count, template = store.claim_chunks(job_id)
+    if not count:
+        return 0
+    parts_dir = Path(template["parts_dir"])
+    chunks = read_chunks(parts_dir, job_id, start, count)
+    for index, paths in enumerate(chunks, start):
+        send(chunk_task(job_id, template, index, paths))
+    if len(chunks) < count:  # listed in Redis, not on disk: a list this process cannot see
+        log.error("job %s: chunks %d-%d are listed but %s holds only %d of them", job_id,
+                  start, start + count - 1, list_path(parts_dir, job_id), len(chunks))
+    return len(chunks)
