@@ -53,6 +53,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_redis(port: int) -> tuple[subprocess.Popen[bytes], redis.Redis]:
+    """A Redis of the benchmark's own on a loopback port, without persistence, answering."""
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return server, client
+
+
 def tiny_bundle(photos: Path, work: Path, env: dict[str, str]) -> Path:
     bundle = work / "bundle"
     if (bundle / "manifest.json").exists():
@@ -86,16 +100,8 @@ def main() -> None:
     bundle = tiny_bundle(args.photos, args.work, env)
 
     port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    server, client = start_redis(port)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
         output = args.work / "labels.csv"
         shutil.rmtree(args.work / "labels.csv.parts", ignore_errors=True)

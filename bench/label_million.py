@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 import psutil
-import redis
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.label_enqueue import build_tree, free_port, tiny_bundle  # noqa: E402
+from bench.label_enqueue import build_tree, free_port, start_redis, tiny_bundle  # noqa: E402
 
 
 def small_jpegs(photos: Path) -> list[bytes]:
@@ -91,18 +90,10 @@ def main() -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     env.update(FLOWERS_BROKER_URL=url, FLOWERS_HOME=str(args.work / "home"))
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
+    server, client = start_redis(port)
     worker = None
     peaks = Peaks()
     try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         with open(args.work / "worker.log", "w") as log:
             worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env,
                                       cwd=ROOT, stdout=log, stderr=log, start_new_session=True)

@@ -67,10 +67,12 @@ class PhotoStage:
     chunk of them: bottlenecks (codelab) or activations of `fine_tune.views` views (fine-tune),
     from their caches, the network built on the first miss (or, for fine-tune, at once: its
     split shape) and kept for the next chunk. `passes`: the network passes the whole stage
-    makes, which decides whether converting it for LiteRT pays (`photo_stage_runner`)."""
+    makes, which decides whether converting it for LiteRT pays (`photo_stage_runner`).
+    `setup_seconds`: what building and converting the network has taken so far."""
 
     def __init__(self, recipe: str, fine_tune: FineTuneRecipe, spec: networks.NetworkSpec,
                  weights: str, weights_dir: Path | None, home: Path, passes: int) -> None:
+        started = time.perf_counter()
         self.recipe, self.fine_tune, self.spec = recipe, fine_tune, spec
         self.weights, self.weights_dir, self.home, self.passes = weights, weights_dir, home, passes
         self.tag = activations.weights_tag(weights)
@@ -84,9 +86,11 @@ class PhotoStage:
             self.network = self.split_network
             self.activation_cache = activations.ActivationCache(
                 home, spec.name, self.tag, split_layer, fine_tune.crop_area)
+        self.setup_seconds = time.perf_counter() - started
 
     def _runner(self) -> bottlenecks.BatchRunner:
         if self.runner is None:
+            started = time.perf_counter()
             if self.split_network is not None:
                 self.runner = photo_stage_runner(self.split_network.bottom, self.spec, self.tag,
                                                  self.home, self.split_network.split_layer,
@@ -96,6 +100,7 @@ class PhotoStage:
                                                            self.weights_dir)
                 self.runner = photo_stage_runner(self.network, self.spec, self.tag, self.home,
                                                  "pooled", self.passes)
+            self.setup_seconds += time.perf_counter() - started
         return self.runner
 
     def run(self, paths: Sequence[Path], batch_size: int, progress: Progress | None = None,

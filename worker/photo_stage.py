@@ -128,17 +128,23 @@ class StageProcess:
 
 def run_chunk(chunk: dict[str, Any], stages: dict[str, Any], settings: Settings
               ) -> dict[str, Any]:
-    """In the stage process: fills the cache for one chunk's photos, stage by stage."""
+    """In the stage process: fills the cache for one chunk's photos, stage by stage. The reply
+    counts what was cached and computed, and the milliseconds spent in all (`busy_ms`), on
+    building and converting networks (`setup_ms`), and of CPU time over all its threads
+    (`cpu_ms`: the photos' decoding overlaps the network's passes on another core)."""
     from models import networks
     from models.recipe import FineTuneRecipe
     from models.training import PhotoStage
     from worker.confine import photo_guard
 
+    started, cpu = time.perf_counter(), time.process_time()
     paths = [Path(path) for path in chunk["paths"]]
     reply: dict[str, Any] = {"photos": len(paths), "skipped": [], "cache_hits": 0,
                              "computed": 0, "stages": []}
+    setup = 0.0
     for n, params in enumerate(chunk["stages"]):
         key = json.dumps(params, sort_keys=True)
+        before = stages[key].setup_seconds if key in stages else 0.0
         if key not in stages:
             stages[key] = PhotoStage(
                 params["recipe"], FineTuneRecipe.from_dict(params["fine_tune"]),
@@ -146,29 +152,40 @@ def run_chunk(chunk: dict[str, Any], stages: dict[str, Any], settings: Settings
                 settings.weights_dir, settings.home, int(params["passes"]))
         found = stages[key].run(paths, int(chunk["batch_size"]),
                                 guard=photo_guard(settings.allowed_roots))
+        setup += stages[key].setup_seconds - before
         if n == 0:
             reply["skipped"] = [[str(path), reason] for path, reason in found.skipped]
         reply["cache_hits"] += found.cache_hits
         reply["computed"] += found.computed
         reply["stages"].append([found.cache_hits, found.computed])
+    reply["busy_ms"] = round((time.perf_counter() - started) * 1000)
+    reply["setup_ms"] = round(setup * 1000)
+    reply["cpu_ms"] = round((time.process_time() - cpu) * 1000)
     return reply
 
 
-def stage_counts(stages: list[list[int]]) -> dict[str, int]:
-    """A chunk's cache counts per stage, as fields of the job's record (summed over chunks)."""
-    counts = {}
-    for n, (hits, computed) in enumerate(stages):
+def stage_counts(reply: dict[str, Any]) -> dict[str, int]:
+    """A chunk's reply as fields of the job's record, summed over its chunks: cache counts per
+    stage, and the milliseconds its processes spent, in all and on set-up."""
+    counts = {f"stage_{name}": int(reply[name]) for name in ("busy_ms", "setup_ms", "cpu_ms")}
+    for n, (hits, computed) in enumerate(reply["stages"]):
         counts[f"stage{n}_cache_hits"] = int(hits)
         counts[f"stage{n}_computed"] = int(computed)
     return counts
 
 
 def stage_summary(record: dict[str, Any], n: int) -> dict[str, Any]:
-    """What stage `n` of a job did over the cluster, from its record: cache counts and the
-    seconds from the job's start to now (its last chunk done)."""
+    """What stage `n` of a job did over the cluster, from its record: cache counts, the seconds
+    from the job's start to now (its last chunk done), and the seconds its processes spent,
+    summed over them: in all, and on set-up (importing TensorFlow, building and converting the
+    network), which each process pays once and the photos do not share out."""
     return {"cache_hits": int(record.get(f"stage{n}_cache_hits", 0)),
             "computed": int(record.get(f"stage{n}_computed", 0)),
-            "seconds": round(time.time() - float(record.get("started", time.time())), 3)}
+            "seconds": round(time.time() - float(record.get("started", time.time())), 3),
+            "processes": sum(1 for name in record if name.startswith("chunks:")),
+            "process_seconds": int(record.get("stage_busy_ms", 0)) / 1000,
+            "setup_seconds": int(record.get("stage_setup_ms", 0)) / 1000,
+            "cpu_seconds": int(record.get("stage_cpu_ms", 0)) / 1000}
 
 
 def main() -> None:
@@ -181,12 +198,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/stage-"
                         f"{os.getpid()}] %(name)s: %(message)s")
     settings = Settings.from_env()
+    started, cpu = time.perf_counter(), time.process_time()
     configure_tensorflow(settings.threads_per_process())
+    importing = time.perf_counter() - started  # counted with the first chunk's set-up
+    importing_cpu = time.process_time() - cpu
     stages: dict[str, Any] = {}
     for line in sys.stdin:
         chunk = json.loads(line)
         try:
             reply = run_chunk(chunk, stages, settings)
+            for name in ("busy_ms", "setup_ms"):
+                reply[name] += round(importing * 1000)
+            reply["cpu_ms"] += round(importing_cpu * 1000)
+            importing = importing_cpu = 0.0
         except FlowersError as exc:
             reply = {"error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:

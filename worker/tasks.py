@@ -185,7 +185,7 @@ def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     for path, reason in reply["skipped"]:
         log.warning("job %s: skipped %s: %s", job_id, path, reason)
     me = f"{os.getpid()}@{socket.gethostname()}"
-    counts = photo_stage.stage_counts(reply["stages"])
+    counts = photo_stage.stage_counts(reply)
     if store.chunk_done(job_id, int(chunk["index"]), int(reply["photos"]),
                         len(reply["skipped"]), me, process.starts, counts):
         fit.apply_async(args=[job_id, chunk["kind"]])
