@@ -66,7 +66,8 @@ def main() -> None:
         for part, model in models.items():
             keras_run = networks.batch_runner(model)
             started = time.perf_counter()
-            lite = litert_runner(model, home / name / part / "model.tflite", threads)
+            lite = litert_runner(lambda model=model: model, home / name / part / "model.tflite",
+                                 threads)
             converted = time.perf_counter() - started
             assert lite is not None, "LiteRT is needed for this benchmark"
             keras_run(pixels[:args.batch_size])

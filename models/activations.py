@@ -6,14 +6,16 @@ photo hits, an edited one misses) and lives under everything else that decides i
     FLOWERS_HOME/activations/NETWORK/WEIGHTS/SPLIT_LAYER/DECODING/VIEWS/ab/abcd...-K.npy
 
 one float16 `.npy` file per photo and view number K (14x14x96 at MobileNetV2's `block_12_add`
-is 37 KB a view). Entries are written atomically as their batch finishes, so a killed run
-resumes from what it wrote; an unreadable or misshapen entry is recomputed. The network's bottom
-is built only on the first miss, so a warm cache never runs it.
+is 37 KB a view), beside `shape.json`, the activation shape. Entries are written atomically as
+their batch finishes, so a killed run resumes from what it wrote; an unreadable or misshapen
+entry is recomputed. The network's bottom is built only on the first miss (its shape read from
+`shape.json`), so a warm cache neither builds nor runs it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from models import batching
+from models.atomic import write_atomically
 from models.bottlenecks import BatchRunner, Progress, content_hash, load_entry, store_entry
 from models.decode import PREPROCESS_VERSION, read_bytes
 from models.errors import ImageDecodeError
@@ -32,6 +35,7 @@ from models.views import decode_views, views_key
 log = logging.getLogger(__name__)
 
 ACTIVATIONS_DIR = "activations"
+SHAPE_FILE = "shape.json"
 
 
 def weights_tag(weights: str | None) -> str:
@@ -48,6 +52,21 @@ class ActivationCache:
                  crop_area: tuple[float, float]) -> None:
         self.root = (Path(root) / ACTIVATIONS_DIR / network / weights / split_layer
                      / PREPROCESS_VERSION / views_key(crop_area))
+
+    def recorded_shape(self) -> tuple[int, ...] | None:
+        """The activation shape recorded by whoever built the network first (so a warm cache
+        is read without building it), or None."""
+        try:
+            return tuple(int(d) for d in json.loads((self.root / SHAPE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def record_shape(self, shape: tuple[int, ...]) -> None:
+        if self.recorded_shape() != shape:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.root / SHAPE_FILE,
+                             lambda handle: handle.write(json.dumps(list(shape)).encode()),
+                             durable=False)
 
     def activation_path(self, digest: str, view: int) -> Path:
         return self.root / digest[:2] / f"{digest}-{view}.npy"
@@ -127,17 +146,20 @@ def compute_activations(
     activations = np.zeros((len(paths), views, *shape), dtype=np.float16)
     ok = np.zeros(len(paths), dtype=bool)
     result = ActivationResult(activations=activations, kept=[])
-    threads = max(1, batching.decode_threads())  # the pool also writes entries
+    decoders = batching.decode_threads()
+    threads = max(1, decoders)  # the pool also writes entries
     photos_per_batch = max(1, batch_size // views)
     done = 0
     writes: list[Future[None]] = []
     if progress is not None:
         progress(0, len(paths))
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        # A network on one thread decodes between its batches (`batching.decode_threads`).
+        ahead = pool if decoders else None
         prepare = lambda path: _prepare(  # noqa: E731
             path, input_size, views, shape, cache, crop_area, guard
         )
-        for batch in batching.prepared_batches(paths, photos_per_batch, pool, prepare):
+        for batch in batching.prepared_batches(paths, photos_per_batch, ahead, prepare):
             misses: list[tuple[int, str, int]] = []
             pixels: list[np.ndarray] = []
             for offset, item in enumerate(batch):

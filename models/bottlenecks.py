@@ -131,16 +131,19 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), bottleneck_size), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     result = BottleneckResult(vectors=vectors, kept=[])
-    threads = decode_threads or max(1, batching.decode_threads())  # the pool also writes entries
+    decoders = decode_threads or batching.decode_threads()
+    threads = max(1, decoders)  # the pool also writes entries
     done = 0
     writes: list[Future[None]] = []
     if progress is not None:
         progress(0, len(paths))
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        # A network on one thread decodes between its batches (`batching.decode_threads`).
+        ahead = pool if decoders else None
         prepare = lambda path: _prepare(  # noqa: E731
             path, input_size, bottleneck_size, cache, guard
         )
-        for batch in batching.prepared_batches(paths, batch_size, pool, prepare):
+        for batch in batching.prepared_batches(paths, batch_size, ahead, prepare):
             misses: list[tuple[int, str, np.ndarray]] = []
             for offset, item in enumerate(batch):
                 index = done + offset

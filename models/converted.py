@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,9 +39,11 @@ def converted_path(home: Path, network: str, weights_tag: str, part: str) -> Pat
     return Path(home) / LITERT_DIR / network / weights_tag / part / CONVERSION_VERSION / MODEL_FILE
 
 
-def litert_runner(model: keras.Model, path: Path, threads: int) -> BatchRunner | None:
-    """A LiteRT runner of `model` (uint8 pixels in, its outputs out as float32), converted to
-    `path` unless already there; None (and a warning) when LiteRT cannot run it here."""
+def litert_runner(build: Callable[[], keras.Model], path: Path, threads: int
+                  ) -> BatchRunner | None:
+    """A LiteRT runner of the model `build` returns (uint8 pixels in, its outputs out as
+    float32), converted to `path` unless already there: then nothing is built and TensorFlow
+    is not imported. None (and a warning) when LiteRT cannot run it here."""
     from models.runners import LiteRTRunner
 
     if importlib.util.find_spec("ai_edge_litert") is None:
@@ -54,6 +57,7 @@ def litert_runner(model: keras.Model, path: Path, threads: int) -> BatchRunner |
             path.unlink(missing_ok=True)
     from models.litert import to_tflite
 
+    model = build()
     try:
         flatbuffer = to_tflite(model)
     except ExportError as exc:

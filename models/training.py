@@ -49,72 +49,91 @@ class Features:
 CONVERT_FROM_PASSES = 2000
 
 
-def photo_stage_runner(model: Any, spec: networks.NetworkSpec, weights_tag: str, home: Path,
-                       part: str, passes: int = CONVERT_FROM_PASSES) -> bottlenecks.BatchRunner:
-    """What runs `model` (a feature network of `spec`, weights named by `weights_tag`) on the
-    photo stage's batches, about `passes` times: its LiteRT conversion, cached in `home`,
-    where that is faster, else Keras."""
+def photo_stage_runner(build: Callable[[], Any], spec: networks.NetworkSpec, weights_tag: str,
+                       home: Path, part: str, passes: int = CONVERT_FROM_PASSES
+                       ) -> bottlenecks.BatchRunner:
+    """What runs the model `build` returns (a feature network of `spec`, weights named by
+    `weights_tag`) on the photo stage's batches, about `passes` times: its LiteRT conversion,
+    cached in `home`, where that is faster (once cached, nothing is built), else Keras."""
     path = converted.converted_path(home, spec.name, weights_tag, part)
     if spec.litert_photo_stage and (passes >= CONVERT_FROM_PASSES or path.is_file()):
-        runner = converted.litert_runner(model, path, runtime.tensorflow_threads())
+        runner = converted.litert_runner(build, path, runtime.tensorflow_threads())
         if runner is not None:
             return runner
-    return networks.batch_runner(model)
+    return networks.batch_runner(build())
 
 
 class PhotoStage:
     """The feature stage of one recipe on one network, for one set of photos or chunk after
     chunk of them: bottlenecks (codelab) or activations of `fine_tune.views` views (fine-tune),
-    from their caches, the network built on the first miss (or, for fine-tune, at once: its
-    split shape) and kept for the next chunk. `passes`: the network passes the whole stage
-    makes, which decides whether converting it for LiteRT pays (`photo_stage_runner`).
-    `setup_seconds`: what building and converting the network has taken so far."""
+    from their caches. Nothing is built until a photo misses the cache (fine-tune's activation
+    shape comes from the cache's record), and then only what runs it: a cached LiteRT
+    conversion needs no Keras network and no TensorFlow. `passes`: the network passes the whole
+    stage makes, which decides whether converting it for LiteRT pays (`photo_stage_runner`).
+    `setup_seconds`: what importing TensorFlow, building and converting have taken so far."""
 
     def __init__(self, recipe: str, fine_tune: FineTuneRecipe, spec: networks.NetworkSpec,
                  weights: str, weights_dir: Path | None, home: Path, passes: int) -> None:
-        started = time.perf_counter()
         self.recipe, self.fine_tune, self.spec = recipe, fine_tune, spec
         self.weights, self.weights_dir, self.home, self.passes = weights, weights_dir, home, passes
         self.tag = activations.weights_tag(weights)
-        self.network: Any = None
+        self.setup_seconds = 0.0
+        self.network: Any = None  # the codelab's base network, or the SplitNetwork
         self.runner: bottlenecks.BatchRunner | None = None
-        self.split_network: finetune.SplitNetwork | None = None
         if recipe != CODELAB:
-            split_layer = finetune.split_layer_of(spec, fine_tune)
-            self.split_network = finetune.build_split_network(spec, weights, weights_dir,
-                                                              split_layer)
-            self.network = self.split_network
+            self.split_layer = finetune.split_layer_of(spec, fine_tune)
             self.activation_cache = activations.ActivationCache(
-                home, spec.name, self.tag, split_layer, fine_tune.crop_area)
-        self.setup_seconds = time.perf_counter() - started
+                home, spec.name, self.tag, self.split_layer, fine_tune.crop_area)
+            recorded = self.activation_cache.recorded_shape()
+            self.shape = recorded if recorded is not None else self.split_network().shape
+
+    def split_network(self) -> finetune.SplitNetwork:
+        """Fine-tune's network cut at its split layer, built on the first call."""
+        if self.network is None:
+            started = time.perf_counter()
+            runtime.configure_tensorflow(runtime.tensorflow_threads())
+            self.network = finetune.build_split_network(self.spec, self.weights,
+                                                        self.weights_dir, self.split_layer)
+            self.shape = self.network.shape
+            self.activation_cache.record_shape(self.shape)
+            self.setup_seconds += time.perf_counter() - started
+        return self.network
+
+    def _base_network(self) -> Any:
+        if self.network is None:
+            started = time.perf_counter()
+            runtime.configure_tensorflow(runtime.tensorflow_threads())
+            self.network = networks.build_base_network(self.spec.name, self.weights,
+                                                       self.weights_dir)
+            self.setup_seconds += time.perf_counter() - started
+        return self.network
 
     def _runner(self) -> bottlenecks.BatchRunner:
         if self.runner is None:
-            started = time.perf_counter()
-            if self.split_network is not None:
-                self.runner = photo_stage_runner(self.split_network.bottom, self.spec, self.tag,
-                                                 self.home, self.split_network.split_layer,
+            started, before = time.perf_counter(), self.setup_seconds
+            if self.recipe != CODELAB:
+                self.runner = photo_stage_runner(lambda: self.split_network().bottom, self.spec,
+                                                 self.tag, self.home, self.split_layer,
                                                  self.passes)
             else:
-                self.network = networks.build_base_network(self.spec.name, self.weights,
-                                                           self.weights_dir)
-                self.runner = photo_stage_runner(self.network, self.spec, self.tag, self.home,
-                                                 "pooled", self.passes)
-            self.setup_seconds += time.perf_counter() - started
+                self.runner = photo_stage_runner(self._base_network, self.spec, self.tag,
+                                                 self.home, "pooled", self.passes)
+            # What building took is counted already; add the conversion and loading.
+            self.setup_seconds = before + (time.perf_counter() - started)
         return self.runner
 
     def run(self, paths: Sequence[Path], batch_size: int, progress: Progress | None = None,
             guard: Guard | None = None
             ) -> bottlenecks.BottleneckResult | activations.ActivationResult:
         """The features of `paths`, computed where the cache lacks them."""
-        if self.split_network is None:
+        if self.recipe == CODELAB:
             return bottlenecks.compute_bottlenecks(
                 paths, self.spec.input_size, self.spec.bottleneck_size,
                 bottlenecks.BottleneckCache(self.home, self.spec.name), self._runner,
                 batch_size=batch_size, progress=progress, guard=guard,
             )
         return activations.compute_activations(
-            paths, self.spec.input_size, self.split_network.shape, self.fine_tune.views,
+            paths, self.spec.input_size, self.shape, self.fine_tune.views,
             self.activation_cache, self._runner, self.fine_tune.crop_area,
             batch_size=batch_size, progress=progress, guard=guard,
         )
@@ -137,9 +156,12 @@ def compute_features(
     arrays = (found.vectors if isinstance(found, bottlenecks.BottleneckResult)
               else found.activations)
     cache = {"cache_hits": found.cache_hits, "computed": found.computed}
-    initial = [] if stage.split_network is None else stage.split_network.application.get_weights()
+    if recipe == CODELAB:
+        return Features(recipe, spec, weights, weights_dir, arrays, found.kept, found.skipped,
+                        cache, stage.network)
+    network = stage.split_network()  # fine-tune trains its top: built now if the cache spared it
     return Features(recipe, spec, weights, weights_dir, arrays, found.kept, found.skipped,
-                    cache, stage.network, initial)
+                    cache, network, network.application.get_weights())
 
 
 @dataclass

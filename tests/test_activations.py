@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,11 +97,17 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["daisy"], 4).rglob("*.jpg"))
     pixels = np.stack([load_image(path, 224) for path in paths])
     home = tmp_path / "home"
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(1)
+        return bottom.bottom
+
     # A small stage is not worth converting: Keras, and nothing written.
-    small = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu",
+    small = training.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu",
                                         passes=training.CONVERT_FROM_PASSES - 1)
     assert not isinstance(small, LiteRTRunner) and not (home / "litert").exists()
-    runner = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
+    runner = training.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu")
     assert isinstance(runner, LiteRTRunner)
     (converted,) = (home / "litert").rglob("model.tflite")
     assert converted.relative_to(home).parts[:4] == (
@@ -106,12 +116,53 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     np.testing.assert_allclose(runner(pixels), expected, atol=1e-3 * np.abs(expected).max())
     # Cached: a second runner reuses the file; a damaged one is converted again.
     stamp = converted.stat().st_mtime_ns
-    cached = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home,
+    cached = training.photo_stage_runner(build, spec, "imagenet", home,
                                          "conv_pw_11_relu", passes=1)
     assert isinstance(cached, LiteRTRunner) and converted.stat().st_mtime_ns == stamp
+    assert len(built) == 2, "a cached conversion is run without building the network"
     converted.write_bytes(b"not a flatbuffer")
-    again = training.photo_stage_runner(bottom.bottom, spec, "imagenet", home, "conv_pw_11_relu")
+    again = training.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu")
     assert "reconverting" in caplog.text
     np.testing.assert_allclose(again(pixels), expected, atol=1e-3 * np.abs(expected).max())
     # InceptionV3 gains nothing on LiteRT: its photo stage stays on Keras.
     assert not networks.get_spec("inception_v3").litert_photo_stage
+
+
+STAGE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from models import networks
+from models.recipe import FineTuneRecipe
+from models.runtime import set_network_threads
+from models.training import CONVERT_FROM_PASSES, PhotoStage
+
+set_network_threads(1)
+network, home, weights_dir, *paths = sys.argv[1:]
+stage = PhotoStage("fine-tune", FineTuneRecipe(views=2), networks.get_spec(network), "imagenet",
+                   Path(weights_dir), Path(home), passes=CONVERT_FROM_PASSES)
+found = stage.run([Path(path) for path in paths], 8)
+print(json.dumps({"computed": found.computed, "cache_hits": found.cache_hits,
+                  "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_a_warm_photo_stage_imports_no_tensorflow(
+    flower_photos: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    """A photo-stage process on a warm cache builds nothing; on new photos with the network's
+    LiteRT conversion cached, it runs LiteRT alone: neither imports TensorFlow."""
+    photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "tulips"], 6)
+    paths = sorted(str(path) for path in photos.rglob("*.jpg"))
+    first, later = paths[:6], paths[6:]
+
+    def stage(chosen: list[str]) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-c", STAGE_SCRIPT, SMALL_NETWORK, str(tmp_path / "home"),
+             str(weights_dir), *chosen], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    assert stage(first) == {"computed": 12, "cache_hits": 0, "tensorflow": True}
+    assert stage(first) == {"computed": 0, "cache_hits": 12, "tensorflow": False}
+    assert stage(later) == {"computed": 12, "cache_hits": 0, "tensorflow": False}
+    assert stage(paths) == {"computed": 0, "cache_hits": 24, "tensorflow": False}

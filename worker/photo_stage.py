@@ -130,8 +130,8 @@ def run_chunk(chunk: dict[str, Any], stages: dict[str, Any], settings: Settings
               ) -> dict[str, Any]:
     """In the stage process: fills the cache for one chunk's photos, stage by stage. The reply
     counts what was cached and computed, and the milliseconds spent in all (`busy_ms`), on
-    building and converting networks (`setup_ms`), and of CPU time over all its threads
-    (`cpu_ms`: the photos' decoding overlaps the network's passes on another core)."""
+    importing TensorFlow, building and converting networks (`setup_ms`), and of CPU time over
+    all its threads (`cpu_ms`: on more than one thread, decoding overlaps the network)."""
     from models import networks
     from models.recipe import FineTuneRecipe
     from models.training import PhotoStage
@@ -189,7 +189,7 @@ def stage_summary(record: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    from models.runtime import configure_tensorflow
+    from models.runtime import set_network_threads
     from worker.train_process import die_with_parent
 
     die_with_parent()
@@ -198,19 +198,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/stage-"
                         f"{os.getpid()}] %(name)s: %(message)s")
     settings = Settings.from_env()
-    started, cpu = time.perf_counter(), time.process_time()
-    configure_tensorflow(settings.threads_per_process())
-    importing = time.perf_counter() - started  # counted with the first chunk's set-up
-    importing_cpu = time.process_time() - cpu
+    # TensorFlow is imported only if a network must be built: not for a warm cache, nor for
+    # a cached LiteRT conversion (its import is then counted in the chunk's set-up).
+    set_network_threads(settings.threads_per_process())
     stages: dict[str, Any] = {}
     for line in sys.stdin:
         chunk = json.loads(line)
         try:
             reply = run_chunk(chunk, stages, settings)
-            for name in ("busy_ms", "setup_ms"):
-                reply[name] += round(importing * 1000)
-            reply["cpu_ms"] += round(importing_cpu * 1000)
-            importing = importing_cpu = 0.0
         except FlowersError as exc:
             reply = {"error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:
