@@ -317,6 +317,39 @@ def test_label_dir_without_a_broker_runs_a_local_cluster(
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
+def test_a_terminated_command_stops_its_local_cluster(
+    collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to a command running its own Redis and worker: it exits and neither is left."""
+    import psutil
+
+    env = flowers_env(flowers_home, None, weights_dir)
+    command = subprocess.Popen(
+        [sys.executable, "-m", "cli", "label-dir", str(collection), "--model",
+         str(trained_bundle[0]), "--output", str(tmp_path / "out.csv")],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(command.pid)
+    started: list[psutil.Process] = []
+
+    def cluster_up() -> bool:
+        try:
+            names = [" ".join(child.cmdline()) for child in parent.children(recursive=True)]
+        except psutil.Error:  # a child ended while listed
+            return False
+        if any("redis-server" in name for name in names) and \
+                any("cli worker" in name for name in names):
+            started.extend(parent.children(recursive=True))
+            return True
+        return False
+
+    wait_for(cluster_up, timeout=60, what="the local Redis and worker", interval=0.05)
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(60) == 128 + signal.SIGTERM, command.stderr
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"left running: {[' '.join(p.cmdline()) for p in alive]}"
+
+
 @pytest.mark.parametrize("runtime", ["litert", "keras"])
 def test_pool_processes_import_their_runtime_before_their_first_task(
     start_workers: WorkerFactory, runtime: str

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,12 +144,34 @@ class LocalCluster:
             )
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Turns SIGTERM and SIGHUP into SystemExit for the `with` block, so a command that is
+    terminated (kill, a closed terminal, a service manager) still runs its `finally` blocks
+    and stops what it started; Python would otherwise die at once and leave them running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    chosen = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, _exit_on_signal) for signum in chosen}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @contextmanager
 def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
-    """Runs Redis and one `flowers worker` with `concurrency` processes for the `with` block."""
+    """Runs Redis and one `flowers worker` with `concurrency` processes for the `with` block;
+    both are stopped when it ends, also when the command is terminated by a signal."""
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="flowers-redis-") as tmp:
+    with stopped_by_signals(), tempfile.TemporaryDirectory(prefix="flowers-redis-") as tmp:
         server = start_redis(Path(tmp))
         log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         try:
