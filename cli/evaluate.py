@@ -40,7 +40,8 @@ from models.retrain import RetrainRequest
               show_default=True, help="Write the figures here as JSON.")
 @click.pass_obj
 def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, ...],
-             architecture: str, weights: str, epochs: int, views: int, flip_average: bool,
+             architecture: str, weights: str, epochs: int, epoch_choice: str, views: int,
+             flip_average: bool,
              split_layer: str | None, learning_rate: float | None,
              how_many_training_steps: int, validation_percentage: float, output: Path) -> None:
     """Cross-validate training recipes on PHOTO_DIR (stratified k-fold) and compare them."""
@@ -54,7 +55,8 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     training = RetrainRequest(
         photo_dir=str(data.root), architecture=spec.name,
         weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
-        fine_tune=fine_tune_recipe(epochs, views, flip_average, split_layer, learning_rate, None),
+        fine_tune=fine_tune_recipe(epochs, epoch_choice, views, flip_average, split_layer,
+                                   learning_rate, None),
         how_many_training_steps=how_many_training_steps,
         validation_percentage=validation_percentage, testing_percentage=0.0,
     )

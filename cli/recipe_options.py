@@ -7,17 +7,22 @@ from typing import Any, TypeVar
 
 import click
 
-from models.recipe import FineTuneRecipe
+from models.recipe import EPOCH_CHOICES, FineTuneRecipe
 
 FINE_TUNE_DEFAULTS = FineTuneRecipe()
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def fine_tune_options(command: Command) -> Command:
-    """Adds --epochs, --views, --flip-average/--no-flip-average and --split-layer."""
+    """Adds --epochs, --epoch-choice, --views, --flip-average/--no-flip-average and
+    --split-layer."""
     options = [
         click.option("--epochs", type=click.IntRange(min=1), default=FINE_TUNE_DEFAULTS.epochs,
                      show_default=True, help="fine-tune: passes over every view of every photo."),
+        click.option("--epoch-choice", type=click.Choice(EPOCH_CHOICES),
+                     default=FINE_TUNE_DEFAULTS.epoch_choice, show_default=True,
+                     help="fine-tune: keep the last epoch's weights, or the best validation "
+                          "accuracy's."),
         click.option("--views", type=click.IntRange(min=1), default=FINE_TUNE_DEFAULTS.views,
                      show_default=True,
                      help="fine-tune: views cached per photo (as-is, mirrored, random crops)."),
@@ -33,11 +38,13 @@ def fine_tune_options(command: Command) -> Command:
     return command
 
 
-def fine_tune_recipe(epochs: int, views: int, flip_average: bool, split_layer: str | None,
-                     learning_rate: float | None, batch_size: int | None) -> FineTuneRecipe:
+def fine_tune_recipe(epochs: int, epoch_choice: str, views: int, flip_average: bool,
+                     split_layer: str | None, learning_rate: float | None,
+                     batch_size: int | None) -> FineTuneRecipe:
     """The recipe from the options; None keeps a default."""
     return FineTuneRecipe(
-        split_layer=split_layer, views=views, epochs=epochs, flip_average=flip_average,
+        split_layer=split_layer, views=views, epochs=epochs, epoch_choice=epoch_choice,
+        flip_average=flip_average,
         learning_rate=learning_rate or FINE_TUNE_DEFAULTS.learning_rate,
         batch_size=batch_size or FINE_TUNE_DEFAULTS.batch_size,
     )

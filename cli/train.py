@@ -49,7 +49,8 @@ from models.retrain import RetrainRequest
 @click.option("--print-misclassified-test-images", is_flag=True)
 @click.pass_obj
 def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | None,
-          weights: str, recipe: str, epochs: int, views: int, flip_average: bool,
+          weights: str, recipe: str, epochs: int, epoch_choice: str, views: int,
+          flip_average: bool,
           split_layer: str | None, how_many_training_steps: int, train_batch_size: int | None,
           learning_rate: float | None, eval_step_interval: int, validation_percentage: float,
           testing_percentage: float, summaries_dir: Path | None, bottleneck_batch_size: int,
@@ -62,8 +63,8 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
                         ("--learning-rate", learning_rate)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} {value} must be positive")
-    fine_tune = fine_tune_recipe(epochs, views, flip_average, split_layer, learning_rate,
-                                 train_batch_size)
+    fine_tune = fine_tune_recipe(epochs, epoch_choice, views, flip_average, split_layer,
+                                 learning_rate, train_batch_size)
     codelab = recipe == CODELAB
     check_percentages(validation_percentage, testing_percentage)
     data = discover(photo_dir)

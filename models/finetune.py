@@ -5,7 +5,9 @@ The network is cut at its split layer: the bottom (pixels to activations) is wha
 BatchNorm frozen, then dropout and a softmax with an L2 penalty; Adam with its learning rate on
 a cosine to zero over the epochs, label smoothing, every view of every training photo once an
 epoch in a shuffled order. After each epoch the validation photos (view 0, and its mirror when
-flip averaging) are scored; the weights of the best epoch are kept (ties go to the later one).
+flip averaging) are scored, for the history and report.png; the weights kept are the last
+epoch's (the end of the schedule, whose length `flowers evaluate` chose), or with
+`epoch_choice="best"` the best validation accuracy's (ties go to the later one).
 An epoch's training accuracy and cross-entropy are those of its own batches as they trained
 (every view, dropout on), as Keras reports them.
 The top's layers are the application's own, so the exported model is the whole network with
@@ -26,7 +28,7 @@ import numpy as np
 
 from models import networks
 from models.errors import UsageError
-from models.recipe import FineTuneRecipe
+from models.recipe import BEST_EPOCH, FineTuneRecipe
 
 if TYPE_CHECKING:
     import keras
@@ -189,6 +191,9 @@ def train_top(
                  epoch + 1, train_acc, val_acc)
         if progress is not None:
             progress(done_before + steps_per_epoch, total, entry)
+        if recipe.epoch_choice != BEST_EPOCH:
+            trained.best_epoch = epoch + 1
+            continue
         score = -math.inf if math.isnan(val_acc) else val_acc
         if best is None or score >= best[0]:
             best = (score, trainer.get_weights())

@@ -24,6 +24,10 @@ CODELAB = "codelab"
 FINE_TUNE = "fine-tune"
 RECIPES = (FINE_TUNE, CODELAB)
 DEFAULT_RECIPE = FINE_TUNE
+# Which epoch's weights fine-tune keeps: the last (the end of the cosine schedule, whose length
+# cross-validation chose), or the one with the best validation accuracy (ties: the later).
+LAST_EPOCH, BEST_EPOCH = "last", "best"
+EPOCH_CHOICES = (LAST_EPOCH, BEST_EPOCH)
 
 
 def check_recipe(name: str) -> str:
@@ -43,7 +47,8 @@ class FineTuneRecipe:
     views: int = 6
     # Random crops cover this fraction of the photo's area (aspect ratio 3/4 to 4/3).
     crop_area: tuple[float, float] = (0.35, 1.0)
-    epochs: int = 4
+    epochs: int = 3
+    epoch_choice: str = LAST_EPOCH
     # Adam's initial learning rate, decayed to zero over the epochs on a cosine.
     learning_rate: float = 3e-4
     batch_size: int = 32
@@ -65,6 +70,9 @@ class FineTuneRecipe:
             if not ok:
                 raise UsageError(f"fine-tune {name} {getattr(self, name.replace(' ', '_'))!r} "
                                  "is out of range")
+        if self.epoch_choice not in EPOCH_CHOICES:
+            raise UsageError(f"fine-tune epoch choice {self.epoch_choice!r}: choose one of "
+                             f"{', '.join(EPOCH_CHOICES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
