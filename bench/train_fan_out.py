@@ -71,11 +71,12 @@ def cold_stage(photos: Path, weights_dir: Path, processes: int, threads: int | N
               f"{manifest['metrics']['test_accuracy']:.3f}", flush=True)
         photo_part = (stage["process_seconds"] - stage["setup_seconds"]) / stage["processes"]
         print(f"    {stage['processes']} stage process(es): {stage['process_seconds']:.1f} "
-              f"process-s, of which set-up (TensorFlow import, network build and LiteRT "
-              f"conversion, once a process) {stage['setup_seconds']:.1f}; per-photo part "
-              f"{photo_part:.1f} s a process; CPU {stage['cpu_seconds']:.1f} s, "
-              f"{stage['cpu_seconds'] / stage['process_seconds']:.2f} cores busy a process "
-              "(decoding overlaps the network on the other core)", flush=True)
+              f"process-s, of which set-up (what it had to do of TensorFlow import, network "
+              f"build and LiteRT conversion or loading, once a process) "
+              f"{stage['setup_seconds']:.1f}; per-photo part {photo_part:.1f} s a process; CPU "
+              f"{stage['cpu_seconds']:.1f} s, {stage['cpu_seconds'] / stage['process_seconds']:.2f}"
+              " cores busy a process (over 1: decoding beside a network on 2 threads)",
+              flush=True)
         return float(stage["seconds"]), photo_part
 
 
