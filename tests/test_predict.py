@@ -47,10 +47,10 @@ def test_rows_keep_input_order_with_errors_in_place(
 def test_a_single_threaded_network_decodes_between_its_batches(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "_configured_threads", 1)
+    monkeypatch.setattr(runtime, "_threads", 1)
     assert batching.decode_threads() == 0
-    monkeypatch.setattr(runtime, "_configured_threads", 8)
+    monkeypatch.setattr(runtime, "_threads", 8)
     assert batching.decode_threads() == 2
-    monkeypatch.setattr(runtime, "_configured_threads", 2)
+    monkeypatch.setattr(runtime, "_threads", 2)
     assert batching.decode_threads() == 1
     assert batching.decode_threads(network_threads=1) == 0  # a LiteRT process on one thread
