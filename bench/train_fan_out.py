@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from data_options import command_env  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,9 +50,7 @@ def cold_stage(photos: Path, weights_dir: Path, processes: int, threads: int | N
                 kept = home / shape.relative_to(network_home)
                 kept.parent.mkdir(parents=True)
                 shutil.copy(shape, kept)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWERS_")}
-        env.update(FLOWERS_HOME=str(home), FLOWERS_WEIGHTS_DIR=str(weights_dir),
-                   FLOWERS_WORKER_CONCURRENCY=str(processes))
+        env = command_env(home, weights_dir, FLOWERS_WORKER_CONCURRENCY=str(processes))
         if threads is not None:  # else the default: cores / processes, and all for training
             env["FLOWERS_TF_THREADS"] = str(threads)
         output = home / "bundle"
@@ -116,8 +115,7 @@ def network_run(photos: Path, weights_dir: Path, extra: list[str], home: Path) -
                 changed = image.convert("RGB")
             changed.putpixel((0, 0), (n, 0, 0))
             changed.save(other / folder.name / path.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWERS_")}
-    env.update(FLOWERS_HOME=str(home), FLOWERS_WEIGHTS_DIR=str(weights_dir))
+    env = command_env(home, weights_dir)
     # Enough views to convert (a stage this small would otherwise run on Keras).
     subprocess.run([sys.executable, "-m", "cli", "train", str(other), "--output",
                     str(home / "bundle"), "--epochs", "1", "--views", "64", *extra],

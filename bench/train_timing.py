@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import psutil
+from data_options import command_env  # bench/ is on sys.path
 
 
 def run_once(photos: Path, home: Path, weights_dir: Path, extra: list[str]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWERS_")}
-    env.update(FLOWERS_HOME=str(home), FLOWERS_WEIGHTS_DIR=str(weights_dir))
+    env = command_env(home, weights_dir)
     output = home / "bundle"
     command = [sys.executable, "-m", "cli", "train", str(photos), "--output", str(output), *extra]
     started = time.perf_counter()

@@ -87,26 +87,29 @@ class PhotoStage:
             recorded = self.activation_cache.recorded_shape()
             self.shape = recorded if recorded is not None else self.split_network().shape
 
-    def split_network(self) -> finetune.SplitNetwork:
-        """Fine-tune's network cut at its split layer, built on the first call."""
+    def _built(self, build: Callable[[], Any]) -> Any:
+        """`self.network`, made by `build` on the first call (TensorFlow configured first), the
+        time it took counted in `setup_seconds`."""
         if self.network is None:
             started = time.perf_counter()
             runtime.configure_tensorflow(runtime.tensorflow_threads())
-            self.network = finetune.build_split_network(self.spec, self.weights,
-                                                        self.weights_dir, self.split_layer)
-            self.shape = self.network.shape
-            self.activation_cache.record_shape(self.shape)
+            self.network = build()
             self.setup_seconds += time.perf_counter() - started
         return self.network
 
-    def _base_network(self) -> Any:
+    def split_network(self) -> finetune.SplitNetwork:
+        """Fine-tune's network cut at its split layer, built (and its shape recorded beside the
+        activation cache) on the first call."""
         if self.network is None:
-            started = time.perf_counter()
-            runtime.configure_tensorflow(runtime.tensorflow_threads())
-            self.network = networks.build_base_network(self.spec.name, self.weights,
-                                                       self.weights_dir)
-            self.setup_seconds += time.perf_counter() - started
+            network: finetune.SplitNetwork = self._built(lambda: finetune.build_split_network(
+                self.spec, self.weights, self.weights_dir, self.split_layer))
+            self.shape = network.shape
+            self.activation_cache.record_shape(self.shape)
         return self.network
+
+    def _base_network(self) -> Any:
+        return self._built(lambda: networks.build_base_network(self.spec.name, self.weights,
+                                                               self.weights_dir))
 
     def _runner(self) -> bottlenecks.BatchRunner:
         if self.runner is None:
