@@ -194,6 +194,7 @@ def enqueue_chunks(queue: Queue, job_id: str, template: dict[str, Any], parts_di
     chunks = images = 0
     with ChunkWriter(parts_dir, job_id) as listing:
         for chunk in chunked(names, chunk_size, batch_size):
+            queue.check_cluster()
             chunks = listing.append(chunk) + 1
             images += len(chunk)
             queue.jobs.update(job_id, chunks_listed=chunks, total=images)

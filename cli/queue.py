@@ -109,6 +109,11 @@ class Queue:
         return any(chunk is None or chunk.get("job_id") == job_id
                    for _, chunk in label_chunks_in_hand(client))
 
+    def check_cluster(self) -> None:
+        """For a local cluster: raises if its worker died or the command was terminated."""
+        if self.cluster is not None:
+            self.cluster.check_alive()
+
     def wait(self, job_id: str, line: ProgressLine,
              watch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Polls the job until it ends, drawing progress (and calling `watch` with each
@@ -124,8 +129,7 @@ class Queue:
             line.show(record)
             if record["state"] in FINAL_STATES:
                 break
-            if self.cluster is not None:
-                self.cluster.check_alive()
+            self.check_cluster()
             if watch is not None:
                 watch(record)
             time.sleep(POLL_SECONDS)

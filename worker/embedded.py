@@ -138,21 +138,37 @@ class LocalCluster:
     log_path: Path
 
     def check_alive(self) -> None:
+        """Raises if the command was terminated (`raise_if_terminated`) or the worker died."""
+        raise_if_terminated()
         if self.worker.poll() is not None:
             raise QueueUnavailableError(
                 f"the local worker exited with code {self.worker.returncode}; see {self.log_path}"
             )
 
 
+_received: list[int] = []  # the terminating signals caught inside `stopped_by_signals`
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
+    _received.append(signum)
     raise SystemExit(128 + signum)
+
+
+def raise_if_terminated() -> None:
+    """Raises again the SystemExit of a terminating signal that Python swallowed: a signal
+    handler that runs while a finaliser (`__del__`, such as a Redis connection pool's) runs
+    has its exception printed as "ignored", and the command would go on to the end of its
+    job. Commands call this in their loops (`LocalCluster.check_alive`)."""
+    if _received:
+        raise SystemExit(128 + _received[0])
 
 
 @contextmanager
 def stopped_by_signals() -> Iterator[None]:
     """Turns SIGTERM and SIGHUP into SystemExit for the `with` block, so a command that is
     terminated (kill, a closed terminal, a service manager) still runs its `finally` blocks
-    and stops what it started; Python would otherwise die at once and leave them running."""
+    and stops what it started; Python would otherwise die at once and leave them running.
+    A signal whose exception was swallowed still ends the block with that SystemExit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -163,6 +179,10 @@ def stopped_by_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        received = list(_received)
+        _received.clear()
+        if received:
+            raise SystemExit(128 + received[0])
 
 
 @contextmanager
