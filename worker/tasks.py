@@ -108,8 +108,10 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
     for stage in stages:
         stage["passes"] = stage_passes(stage["recipe"],
                                        FineTuneRecipe.from_dict(stage["fine_tune"]), len(photos))
-    size = photo_stage.CHUNK_PHOTOS
-    chunks = [photos[start:start + size] for start in range(0, len(photos), size)]
+    chunks, start = [], 0
+    for size in photo_stage.chunk_sizes(len(photos)):
+        chunks.append(photos[start:start + size])
+        start += size
     store.update(job_id, phase="photos", done=0, total=len(photos))
     for index, paths in enumerate(chunks):
         photo_chunk.apply_async(args=[{"job_id": job_id, "kind": kind, "index": index,
