@@ -7,19 +7,16 @@ OUTPUT.parts (an interrupted run) are skipped, the walk and the parts' sorted pa
 side.
 
 A worker killed in the instant between taking a chunk off the Redis list and recording it as
-in its hands (kombu's Redis transport takes it with BRPOP, then writes it to `unacked`) loses
-that chunk: nothing would ever send it again and the job would wait forever. The waiting
-command watches for that (`LostChunks`) and sends such chunks again; after `--no-wait`, the same
-command run again finishes the job (it labels only what the parts lack).
+in its hands loses that chunk (`worker.lost_chunks`): the waiting command watches for that and
+sends such chunks again; after `--no-wait` (or once the command is killed), a worker does.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +31,13 @@ from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
 from models.predict import LABEL_BATCH_SIZE
 from worker import results
-from worker.chunk_list import ChunkWriter, chunk_task, feed, read_chunks
+from worker.chunk_list import ChunkWriter, feed
+from worker.lost_chunks import LostChunks
 
 DEFAULT_CHUNK_SIZE = 128
 # The last this-many chunks' worth of photos are cut into ever smaller chunks (down to one
 # batch), so the workers finish together instead of one running the last big chunk alone.
 TAIL_CHUNKS = 8
-# A job whose count stands still this long is looked at for lost chunks (and looked at again as
-# long before anything is sent: a chunk on its way back to the queue is briefly nowhere).
-STALL_SECONDS = 10.0
 
 
 def relative_names(root: Path, skip: Iterable[str] = ()) -> Iterator[str]:
@@ -164,6 +159,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             kind="label", request={**identity, "output": str(output),
                                    "partition_rows": partition_rows},
             output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
+            queue=settings.queue,
         )
         previous = results.claim_parts(parts_dir, job_id) or overwritten
         if previous:
@@ -178,7 +174,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         if not wait:
             click.echo(job_id)
             return
-        record = queue.wait(job_id, ProgressLine(), watch=LostChunks(queue, job_id, template))
+        record = queue.wait(job_id, ProgressLine(), watch=lost_chunk_watch(queue, job_id, template))
     summary = record["result"]
     click.echo(
         f"labelled {summary['rows']} photos ({summary['errors']} errors) in "
@@ -204,56 +200,15 @@ def enqueue_chunks(queue: Queue, job_id: str, template: dict[str, Any], parts_di
     return images
 
 
-class LostChunks:
-    """`Queue.wait`'s watch of a labelling job. It feeds the job (`worker.chunk_list.feed`) at
-    every look, and when the job's count has stood still for `STALL_SECONDS`, twice in a row,
-    with chunks sent but not done while nothing is queued and none of its chunks is in a
-    worker's hands, those chunks were lost: they are sent again, read from the job's list.
-    All done but never assembled (its last worker died between the two): the merge is sent
-    again."""
+def lost_chunk_watch(queue: Queue, job_id: str, template: dict[str, Any]
+                     ) -> Callable[[dict[str, Any]], None]:
+    """`Queue.wait`'s watch of a labelling job: `worker.lost_chunks.LostChunks`, reporting on
+    stderr, and the job marked as watched so that no worker sweeps it as well."""
+    watch = LostChunks(queue.jobs, queue.settings.queue, job_id, template, queue.send,
+                       lambda line: click.echo(line, err=True))
 
-    def __init__(self, queue: Queue, job_id: str, template: dict[str, Any]) -> None:
-        self.queue, self.job_id, self.template = queue, job_id, template
-        self.seen: tuple[Any, ...] = ()
-        self.since = time.monotonic()
-        self.suspects: frozenset[int] | None = None
+    def look(record: dict[str, Any]) -> None:
+        queue.jobs.watched(job_id)
+        watch(record)
 
-    def __call__(self, record: dict[str, Any]) -> None:
-        if feed(self.queue.jobs, self.job_id, self.queue.send_chunk):
-            return
-        now = time.monotonic()
-        seen = (record.get("done"), record.get("phase"), record.get("chunks_total"))
-        if seen != self.seen or "chunks_total" not in record:
-            self.seen, self.since, self.suspects = seen, now, None
-            return
-        if now - self.since < STALL_SECONDS:
-            return
-        self.since = now
-        lost = self.lost(int(record.get("chunks_sent", 0)))
-        if lost is not None and lost == self.suspects:
-            self.send_again(lost)
-            lost = None
-        self.suspects = lost
-
-    def lost(self, sent: int) -> frozenset[int] | None:
-        """The chunks sent, not done, and nowhere on the broker (empty: all done, unmerged);
-        None while something is queued or in hand."""
-        if self.queue.chunks_on_broker(self.job_id) or self.queue.jobs.finish_claim_left(
-                self.job_id):
-            return None  # queued, in hand, or being assembled
-        return frozenset(range(sent)) - self.queue.jobs.finished_chunks(self.job_id)
-
-    def send_again(self, lost: frozenset[int]) -> None:
-        if not lost:
-            click.echo(f"job {self.job_id}: every chunk is done but the output was never "
-                       "assembled (its worker died?): sent again", err=True)
-            self.queue.send("flowers.finish_label", self.job_id)
-            return
-        parts_dir = Path(self.template["parts_dir"])
-        photos = 0
-        for index in sorted(lost):
-            paths = read_chunks(parts_dir, self.job_id, index, 1)[0]
-            self.queue.send_chunk(chunk_task(self.job_id, self.template, index, paths))
-            photos += len(paths)
-        click.echo(f"job {self.job_id}: {len(lost)} chunks were lost (a worker died as it took "
-                   f"them from Redis): sent again, {photos} photos", err=True)
+    return look

@@ -5,8 +5,6 @@ The CLI never imports task code: it sends task names with JSON arguments and rea
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -53,21 +51,6 @@ def connect(url: str) -> redis.Redis:
     return patient_client(url)
 
 
-def label_chunks_in_hand(client: redis.Redis) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
-    messages kombu keeps in Redis' `unacked` hash until the task ends; the chunk is None for a
-    message that cannot be read."""
-    for raw in client.hvals("unacked"):
-        try:
-            message = json.loads(raw)[0]
-            if message["headers"]["task"] != "flowers.label_chunk":
-                continue
-            task_id = str(message["headers"]["id"])
-            yield task_id, json.loads(base64.b64decode(message["body"]))[0][0]
-        except (ValueError, KeyError, IndexError, TypeError):
-            yield "", None
-
-
 @dataclass
 class Queue:
     """A reachable broker, its job records and, for a local run, the cluster serving it."""
@@ -99,15 +82,6 @@ class Queue:
     def send_chunk(self, chunk: dict[str, Any]) -> None:
         """Sends one `flowers.label_chunk` task (see `worker.chunk_list`)."""
         self.send("flowers.label_chunk", chunk)
-
-    def chunks_on_broker(self, job_id: str) -> bool:
-        """True while any task is queued (ours or not: the queue is not searched) or a label
-        chunk of `job_id` is in a worker's hands (one we cannot read counts as ours)."""
-        client = self.jobs.client
-        if client.llen(self.settings.queue):
-            return True
-        return any(chunk is None or chunk.get("job_id") == job_id
-                   for _, chunk in label_chunks_in_hand(client))
 
     def check_cluster(self) -> None:
         """For a local cluster: raises if its worker died or the command was terminated."""

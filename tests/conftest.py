@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import redis
 
-from cli.queue import label_chunks_in_hand
 from worker.embedded import RedisServer, start_redis, start_worker, stop_worker
+from worker.lost_chunks import label_chunks_in_hand
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FLOWERS_SHARED_DIR") or REPO.parent / "shared")

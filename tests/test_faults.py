@@ -388,3 +388,26 @@ def test_worker_killed_while_merging_the_claim_lapses_and_the_job_completes(
     assert_complete(output, photos)
     assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
         "succeeded"
+
+
+def test_a_chunk_lost_from_a_job_nobody_waits_on_is_sent_again_by_a_worker(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """As above, after `--no-wait`: no command watches the job, so a worker's sweep
+    (`worker.lost_chunks.Sweeper`) finds the lost chunk and sends it again."""
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "out.csv"
+    queued = run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    client = redis.Redis.from_url(redis_url)
+    taken = client.rpop("flowers")  # the next chunk a worker would take
+    assert isinstance(taken, bytes)
+    lost = json.loads(base64.b64decode(json.loads(taken)["body"]))[0][0]
+    assert lost["job_id"] == job_id and lost["paths"]
+    worker = start_workers(1)
+    wait_for(output.exists, timeout=120, what="the output, the lost chunk sent again")
+    assert_complete(output, photos)
+    assert f"job {job_id}: 1 chunks were lost" in worker.log()
+    assert f"sent again, {len(lost['paths'])} photos" in worker.log()

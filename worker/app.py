@@ -5,9 +5,17 @@ Imports no TensorFlow: `celery -A worker.app worker` forks its pool before any m
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any, ClassVar
 
+import redis
+from celery import Celery, bootsteps
+
+from worker.jobs import patient_client
+from worker.lost_chunks import SWEEP_SECONDS, Sweeper
 from worker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Broker used only when FLOWERS_BROKER_URL is unset and nothing else configures the app.
 LOCAL_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -16,6 +24,7 @@ LOCAL_BROKER_URL = "redis://127.0.0.1:6379/0"
 def create_app(settings: Settings) -> Celery:
     app = Celery("flowers", include=["worker.tasks"])
     configure(app, settings, settings.broker_url or LOCAL_BROKER_URL)
+    app.steps["worker"].add(LostChunkSweep)  # lost chunks of the label jobs no CLI waits on
     return app
 
 
@@ -48,6 +57,41 @@ def configure(app: Celery, settings: Settings, broker_url: str) -> None:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+
+
+class LostChunkSweep(bootsteps.StartStopStep):
+    """Runs `worker.lost_chunks.Sweeper` every `SWEEP_SECONDS` on the worker's timer, in its
+    main process: chunks lost from the label jobs no CLI waits on are sent again."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+        self.sweeper: Sweeper | None = None
+
+    def start(self, worker: Any) -> None:
+        self.tref = worker.timer.call_repeatedly(SWEEP_SECONDS, self.sweep, (worker,),
+                                                 priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def sweep(self, worker: Any) -> None:
+        worker_app = worker.app
+        try:
+            if self.sweeper is None:
+                self.sweeper = Sweeper(patient_client(worker_app.conf.broker_url),
+                                       Settings.from_env())
+            queue = worker_app.conf.task_default_queue
+            self.sweeper(lambda name, argument: worker_app.send_task(
+                name, args=[argument], queue=queue))
+        except redis.RedisError as exc:
+            log.warning("the sweep for lost chunks could not reach Redis: %s", exc)
+        except Exception:
+            log.exception("the sweep for lost chunks failed")
 
 
 settings = Settings.from_env()

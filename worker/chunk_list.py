@@ -14,8 +14,7 @@ it (it labels only what the parts lack).
 
 Claims are atomic (`JobStore.claim_chunks`), so two feeders never send the same chunk; a feeder
 that dies between its claim and its sends leaves those chunks claimed but nowhere, which the
-waiting CLI's watch for lost chunks (`cli.label_dir.LostChunks`) finds and sends again from
-the list.
+watch for lost chunks (`worker.lost_chunks`) finds and sends again from the list.
 """
 
 from __future__ import annotations

@@ -146,6 +146,10 @@ class JobStore:
             args += [name, value]
         return bool(self.client.eval(_CHUNK_DONE, 2, *keys, *args))
 
+    def watched(self, job_id: str) -> None:
+        """Records that a waiting CLI looks after the job (`worker.lost_chunks`)."""
+        self.client.hset(self._key(job_id), "watched", time.time())
+
     def finished_chunks(self, job_id: str) -> set[int]:
         """The numbers of the job's chunks counted done."""
         return {int(index) for index in self.client.smembers(self._key(job_id) + ":chunks")}

@@ -1,0 +1,183 @@
+"""Lost label chunks found and sent again, by the waiting CLI or, for a job nobody waits on, by
+a worker.
+
+kombu's Redis transport takes a message off the queue's list (BRPOP), then records it as in the
+worker's hands (the `unacked` hash, from which a dead worker's messages come back after the
+visibility timeout). A worker killed in the instant between the two loses that chunk: nothing
+would ever send it again and the job would wait forever. A job's chunks are listed in its parts
+folder (`worker.chunk_list`), so a lost one can be read back and sent again.
+
+`LostChunks` watches one job: when its count has stood still for `STALL_SECONDS`, twice in a
+row, with chunks sent but not done while nothing is queued and none of its chunks is in a
+worker's hands, those chunks were lost. All done but never assembled (its last worker died
+between the two): the merge is sent again. The waiting CLI runs it at every look
+(`cli.label_dir`) and marks the job watched; every worker runs a bootstep
+(`worker.app.LostChunkSweep`) that looks (`Sweeper`), under a lock one worker holds at a time,
+at the running label jobs nobody has watched for `UNWATCHED_SECONDS` (`--no-wait`, or a CLI
+that was killed after its walk).
+Sending a chunk twice is harmless (a chunk is counted done once, its part is written whole),
+but one watcher per job keeps it rare.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from models.errors import JobNotFoundError
+from worker.chunk_list import chunk_task, feed, read_chunks
+from worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A job whose count stands still this long is looked at for lost chunks (and looked at again as
+# long before anything is sent: a chunk on its way back to the queue is briefly nowhere).
+STALL_SECONDS = 10.0
+# A worker sweeps a job only when no CLI has looked at it for this long.
+UNWATCHED_SECONDS = 30.0
+SWEEP_SECONDS = 5.0
+SWEEP_LOCK = "flowers:lost-chunk-sweep"
+_JOB_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{32})$")
+
+
+def label_chunks_in_hand(client: redis.Redis) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
+    messages kombu keeps in Redis' `unacked` hash until the task ends; the chunk is None for a
+    message that cannot be read."""
+    for raw in client.hvals("unacked"):
+        try:
+            message = json.loads(raw)[0]
+            if message["headers"]["task"] != "flowers.label_chunk":
+                continue
+            task_id = str(message["headers"]["id"])
+            yield task_id, json.loads(base64.b64decode(message["body"]))[0][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            yield "", None
+
+
+def chunks_on_broker(client: redis.Redis, queue: str, job_id: str) -> bool:
+    """True while any task is queued (ours or not: the queue is not searched) or a label chunk
+    of `job_id` is in a worker's hands (one we cannot read counts as ours)."""
+    if client.llen(queue):
+        return True
+    return any(chunk is None or chunk.get("job_id") == job_id
+               for _, chunk in label_chunks_in_hand(client))
+
+
+class LostChunks:
+    """The watch of one labelling job (see the module's docstring); call it with the job's
+    record at every look. It also feeds the job (`worker.chunk_list.feed`) each time."""
+
+    def __init__(self, store: JobStore, queue: str, job_id: str, template: dict[str, Any],
+                 send: Callable[[str, Any], None], report: Callable[[str], None]) -> None:
+        """`template`: the job's chunk task less its number and paths; `send(name, argument)`
+        sends a task, `report(line)` says what was sent again."""
+        self.store, self.queue, self.job_id, self.template = store, queue, job_id, template
+        self.send, self.report = send, report
+        self.seen: tuple[Any, ...] = ()
+        self.since = time.monotonic()
+        self.suspects: frozenset[int] | None = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if feed(self.store, self.job_id, lambda chunk: self.send("flowers.label_chunk", chunk)):
+            return
+        now = time.monotonic()
+        seen = (record.get("done"), record.get("phase"), record.get("chunks_total"))
+        if seen != self.seen or "chunks_total" not in record:
+            self.seen, self.since, self.suspects = seen, now, None
+            return
+        if now - self.since < STALL_SECONDS:
+            return
+        self.since = now
+        lost = self.lost(int(record.get("chunks_sent", 0)))
+        if lost is not None and lost == self.suspects:
+            self.send_again(lost)
+            lost = None
+        self.suspects = lost
+
+    def lost(self, sent: int) -> frozenset[int] | None:
+        """The chunks sent, not done, and nowhere on the broker (empty: all done, unmerged);
+        None while something is queued or in hand."""
+        if chunks_on_broker(self.store.client, self.queue, self.job_id) or \
+                self.store.finish_claim_left(self.job_id):
+            return None  # queued, in hand, or being assembled
+        return frozenset(range(sent)) - self.store.finished_chunks(self.job_id)
+
+    def send_again(self, lost: frozenset[int]) -> None:
+        if not lost:
+            self.report(f"job {self.job_id}: every chunk is done but the output was never "
+                        "assembled (its worker died?): sent again")
+            self.send("flowers.finish_label", self.job_id)
+            return
+        parts_dir = Path(self.template["parts_dir"])
+        photos = 0
+        for index in sorted(lost):
+            paths = read_chunks(parts_dir, self.job_id, index, 1)[0]
+            self.send("flowers.label_chunk", chunk_task(self.job_id, self.template, index, paths))
+            photos += len(paths)
+        self.report(f"job {self.job_id}: {len(lost)} chunks were lost (a worker died as it took "
+                    f"them from Redis): sent again, {photos} photos")
+
+
+class Sweeper:
+    """A worker's watch of its queue's label jobs that no CLI watches (`worker.app.LostChunkSweep`
+    calls it every `SWEEP_SECONDS` in the worker's main process): of the workers serving a
+    queue only the one that holds its `SWEEP_LOCK` looks, and the lock passes to another when
+    its holder stops renewing it."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client, self.settings = client, settings
+        self.store = JobStore(client, settings.job_ttl)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.watches: dict[str, LostChunks] = {}
+
+    def __call__(self, send: Callable[[str, Any], None]) -> None:
+        """One look at every unwatched running label job; `send(name, argument)` sends a task."""
+        if not self._hold_lock():
+            self.watches.clear()
+            return
+        now = time.time()
+        looked = set()
+        for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
+            match = _JOB_KEY.match(key.decode() if isinstance(key, bytes) else key)
+            if match is None:
+                continue
+            job_id = match.group(1)
+            try:
+                record = self.store.get(job_id)
+            except JobNotFoundError:  # expired since the scan listed it
+                continue
+            if record.get("kind") != "label" or record.get("state") in FINAL_STATES or \
+                    record.get("queue") != self.settings.queue or "chunk_task" not in record or \
+                    now - float(record.get("watched", 0)) < UNWATCHED_SECONDS:
+                continue
+            looked.add(job_id)
+            if job_id not in self.watches:
+                self.watches[job_id] = LostChunks(
+                    self.store, self.settings.queue, job_id, json.loads(record["chunk_task"]),
+                    send, log.warning)
+            self.watches[job_id](record)
+        for job_id in set(self.watches) - looked:
+            del self.watches[job_id]
+
+    def _hold_lock(self) -> bool:
+        lifetime = int(SWEEP_SECONDS * 4)
+        lock = f"{SWEEP_LOCK}:{self.settings.queue}"
+        if self.client.set(lock, self.holder, nx=True, ex=lifetime):
+            return True
+        held = self.client.get(lock)
+        if (held.decode() if isinstance(held, bytes) else held) != self.holder:
+            return False
+        self.client.expire(lock, lifetime)
+        return True
