@@ -299,13 +299,22 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
                          "--epochs", "1", "--no-wait", env=env)
     job_id = queued.stdout.strip()
     cache = flowers_home / "activations"
-    wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8, what="some cache entries")
     (child,) = worker.pool_pids()
+    # Killed part way through a chunk (16 views a chunk of 8 photos: `chunk_sizes(48)`).
+    wait_for(lambda: (entries := len(list(cache.rglob("*.npy")))) >= 8 and entries % 16,
+             what="some cache entries, part of a chunk", interval=0.01)
     os.kill(child, signal.SIGKILL)
+    time.sleep(0.5)
+    written = len(list(cache.rglob("*.npy")))
+    counted = redis.Redis.from_url(redis_url, decode_responses=True).hmget(
+        f"flowers:job:{job_id}", ["stage0_computed", "stage0_cache_hits"])
+    in_killed_chunk = written - sum(int(value or 0) for value in counted)
+    assert in_killed_chunk > 0, "the kill came between two chunks"
     record = wait_for_job(job_id, env, "the redelivered retrain")
     assert record["state"] == "succeeded", record
     reused = record["result"]["cache"]["cache_hits"]
-    assert reused >= 8 and reused + record["result"]["cache"]["computed"] == 48 * 2
+    assert reused == in_killed_chunk, "what the killed chunk wrote is read, not computed again"
+    assert reused + record["result"]["cache"]["computed"] == 48 * 2
     for entry in cache.rglob("*.npy"):
         assert np.load(entry).shape == (14, 14, 128), f"torn cache entry {entry}"
 
