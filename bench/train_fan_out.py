@@ -1,108 +1,106 @@
 """The cold photo stage of `flowers train`, shared out over 1 and then 2 worker processes.
 
-Runs the command line as a user would (local Redis and worker, FLOWERS_WORKER_CONCURRENCY
-processes), each time from an empty FLOWERS_HOME, and reads the photo stage's seconds from
-the bundle (`training_arguments.photo_stage`: from the job's start to its last chunk done).
-Three runs, one after the other on the same machine:
+Each run starts from a fresh FLOWERS_HOME (no photo's features cached), a real `redis-server`
+and a real `flowers worker --concurrency P`, ready before the job as a cluster's workers are,
+then sends `flowers train --no-wait` as a user would. The stage runs from the job's start
+(its record's `started`) to the moment its record counts the last chunk done, polled every
+0.05 s; the worker is then killed: what comes after the stage (one task training) is the same
+whatever the processes, and the tests check its bundle. Runs are interleaved, 1 then 2
+processes, then 2 then 1, `--repeats` times, so that the machine's drift falls on both; each
+pair gives a ratio, and the median of those is the figure. Two settings:
 
-    1 process  x 1 TensorFlow thread
-    2 processes x the default threads    (1 each for the stage: the scaling a cluster gets per
-                                          worker process; both cores for the training after it)
-    1 process  x 2 threads               (`flowers worker --concurrency 1` on 2 cores)
+    empty home      nothing cached: every stage process imports TensorFlow and builds the
+                    network, and the network's LiteRT conversion is made (a cluster's first job
+                    on this network);
+    network cached  the network's LiteRT conversion and activation shape kept from a job on
+                    other photos (every later job on this network: a stage process then runs
+                    LiteRT alone, without TensorFlow).
 
-and prints the ratios, twice: first from an empty FLOWERS_HOME (every stage process imports
-TensorFlow, builds the network and converts it for LiteRT: a cluster's first job on this network),
-then with the photo caches empty but the network's LiteRT conversion and activation shape kept
-from a run on other photos (every later job on this network: a stage process then runs LiteRT
-alone, without TensorFlow). Target (issue 14, 1,500 photos, MobileNetV2): >= 1.8x with 2
-processes. Training is cut to one epoch (`--epochs 1`): only the photo stage is measured.
+1 process runs 1 TensorFlow/LiteRT thread; 2 processes the default, cores / processes (1 each
+here). `--with-threads` adds a run of 1 process x 2 threads (`--concurrency 1` on 2 cores).
+Target (issue 14, 1,500 photos, MobileNetV2): >= 1.8x with 2 processes.
 
     .venv/bin/python bench/train_fan_out.py ../shared/data/flower_photos --weights-dir \\
-        ../shared/weights/keras
+        ../shared/weights/keras --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from data_options import command_env  # bench/ is on sys.path
+from label_cluster import REPO, Cluster, run_flowers
 
-ROOT = Path(__file__).resolve().parent.parent
+from worker.jobs import KEY_PREFIX, JobStore
+from worker.photo_stage import stage_summary
 
 
-def cold_stage(photos: Path, weights_dir: Path, processes: int, threads: int | None,
-               extra: list[str], network_home: Path | None = None) -> tuple[float, float]:
-    """(the stage's seconds, the per-photo part's: its processes' seconds less their set-up,
-    over the number of processes). `network_home`: a FLOWERS_HOME whose LiteRT conversions and
-    activation shapes are copied in first (no cache entry of any photo)."""
+def stage_run(photos: Path, weights_dir: Path, processes: int, threads: int | None,
+              recipe: str, network_home: Path | None) -> dict[str, Any]:
+    """One cold photo stage on a fresh cluster: its summary (`stage_summary`), with
+    `seconds` from the job's start to its last chunk counted done."""
     with tempfile.TemporaryDirectory(prefix="fan-out-") as scratch:
-        home = Path(scratch)
+        work = Path(scratch)
+        home = work / "home"
         if network_home is not None:
             shutil.copytree(network_home / "litert", home / "litert")
             for shape in (network_home / "activations").rglob("shape.json"):
                 kept = home / shape.relative_to(network_home)
                 kept.parent.mkdir(parents=True)
                 shutil.copy(shape, kept)
-        env = command_env(home, weights_dir, FLOWERS_WORKER_CONCURRENCY=str(processes))
-        if threads is not None:  # else the default: cores / processes, and all for training
-            env["FLOWERS_TF_THREADS"] = str(threads)
-        output = home / "bundle"
-        started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "cli", "train", str(photos), "--output",
-                                 str(output), "--epochs", "1", *extra], env=env, cwd=ROOT,
-                                capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if result.returncode != 0:
-            sys.exit(f"train failed:\n{result.stderr[-3000:]}")
-        manifest = json.loads((output / "manifest.json").read_text())
-        stage = manifest["training_arguments"]["photo_stage"]
-        print(f"{processes} process(es) x {threads or 'default'} thread(s): photo stage "
-              f"{stage['seconds']:.1f} s"
-              f" ({stage['computed']} views computed, {stage['cache_hits']} from cache), "
-              f"whole command {wall:.1f} s, test accuracy "
-              f"{manifest['metrics']['test_accuracy']:.3f}", flush=True)
-        photo_part = (stage["process_seconds"] - stage["setup_seconds"]) / stage["processes"]
-        print(f"    {stage['processes']} stage process(es): {stage['process_seconds']:.1f} "
-              f"process-s, of which set-up (what it had to do of TensorFlow import, network "
-              f"build and LiteRT conversion or loading, once a process) "
-              f"{stage['setup_seconds']:.1f}; per-photo part {photo_part:.1f} s a process; CPU "
-              f"{stage['cpu_seconds']:.1f} s, {stage['cpu_seconds'] / stage['process_seconds']:.2f}"
-              " cores busy a process (over 1: decoding beside a network on 2 threads)",
-              flush=True)
-        return float(stage["seconds"]), photo_part
+        cluster = Cluster(work, weights_dir)
+        try:
+            cluster.env["FLOWERS_HOME"] = str(home)
+            if threads is not None:
+                cluster.env["FLOWERS_TF_THREADS"] = str(threads)
+            cluster.start_worker(processes)
+            time.sleep(3)  # the pool processes' warm-up imports, done before a job comes
+            sent = run_flowers(["train", str(photos), "--no-wait", "--recipe", recipe,
+                                "--output", str(home / "bundle")], cluster.env, work)
+            if sent.returncode != 0:
+                sys.exit(f"train failed:\n{sent.stderr[-3000:]}")
+            job_id = cluster.job_id(sent)
+            summary = _wait_for_stage(cluster, job_id)
+        finally:
+            for worker in cluster.workers:  # mid-training: a warm shutdown would wait for it
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+            cluster.close()
+    label = f"{processes} process(es) x {threads or 'default'} thread(s)"
+    part = (summary["process_seconds"] - summary["setup_seconds"]) / summary["processes"]
+    summary["per_photo_part"] = part
+    print(f"  {label}: stage {summary['seconds']:.1f} s ({summary['computed']} views computed,"
+          f" {summary['cache_hits']} from cache); {summary['processes']} stage process(es), "
+          f"set-up {summary['setup_seconds']:.1f} s in all, per-photo part {part:.1f} s a "
+          f"process, {summary['cpu_seconds']:.1f} CPU-s in all", flush=True)
+    return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("photos", type=Path)
-    parser.add_argument("--weights-dir", type=Path, required=True)
-    parser.add_argument("--recipe", default="fine-tune")
-    args = parser.parse_args()
-    extra = ["--recipe", args.recipe]
-    with tempfile.TemporaryDirectory(prefix="fan-out-network-") as scratch:
-        network_home = Path(scratch)
-        for start in (None, network_home):
-            print("\n== photo caches empty, "
-                  + ("nothing else cached (a cluster's first job on this network)"
-                     if start is None else "the network's LiteRT conversion cached"), flush=True)
-            (one, one_part) = cold_stage(args.photos, args.weights_dir, 1, 1, extra, start)
-            (two, two_part) = cold_stage(args.photos, args.weights_dir, 2, None, extra, start)
-            (threads, _) = cold_stage(args.photos, args.weights_dir, 1, 2, extra, start)
-            print(f"2 processes vs 1 process (1 thread each): stage {one / two:.2f}x faster "
-                  f"(target >= 1.8x); its per-photo part {one_part / two_part:.2f}x")
-            print(f"2 processes x 1 thread vs 1 process x 2 threads: {threads / two:.2f}x faster")
-            if start is None:
-                network_run(args.photos, args.weights_dir, extra, network_home)
+def _wait_for_stage(cluster: Cluster, job_id: str, timeout: float = 1800) -> dict[str, Any]:
+    key = KEY_PREFIX + job_id
+    store = JobStore(cluster.client)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        total = cluster.client.hget(key, "chunks_total")
+        if total is not None and cluster.client.scard(key + ":chunks") >= int(total):
+            return stage_summary(store.get(job_id), 0)
+        if store.state(job_id) in ("failed", "cancelled"):
+            sys.exit(f"job {job_id} {store.state(job_id)}: {store.get(job_id).get('message')}")
+        time.sleep(0.05)
+    sys.exit(f"job {job_id}: its photo stage did not end within {timeout:.0f} s")
 
 
-def network_run(photos: Path, weights_dir: Path, extra: list[str], home: Path) -> None:
+def network_run(photos: Path, weights_dir: Path, recipe: str, home: Path) -> None:
     """Fills `home` with the network's conversion and shapes by training on a few other photos
     (copies of 8 of `photos` a class with one pixel changed: other content, other cache keys)."""
     from PIL import Image
@@ -115,11 +113,54 @@ def network_run(photos: Path, weights_dir: Path, extra: list[str], home: Path) -
                 changed = image.convert("RGB")
             changed.putpixel((0, 0), (n, 0, 0))
             changed.save(other / folder.name / path.name)
-    env = command_env(home, weights_dir)
     # Enough views to convert (a stage this small would otherwise run on Keras).
     subprocess.run([sys.executable, "-m", "cli", "train", str(other), "--output",
-                    str(home / "bundle"), "--epochs", "1", "--views", "64", *extra],
-                   env=env, cwd=ROOT, check=True, capture_output=True)
+                    str(home / "bundle"), "--epochs", "1", "--views", "64", "--recipe", recipe],
+                   env=command_env(home, weights_dir), cwd=REPO, check=True,
+                   capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("photos", type=Path)
+    parser.add_argument("--weights-dir", type=Path, required=True)
+    parser.add_argument("--recipe", default="fine-tune")
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs per setting")
+    parser.add_argument("--settings", default="empty,cached",
+                        help="empty (nothing cached), cached (the network's conversion kept)")
+    parser.add_argument("--with-threads", action="store_true",
+                        help="also run 1 process x 2 threads, once per repeat")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fan-out-network-") as scratch:
+        network_home = Path(scratch)
+        settings = args.settings.split(",")
+        if "cached" in settings:
+            network_run(args.photos, args.weights_dir, args.recipe, network_home)
+        for setting in settings:
+            start = network_home if setting == "cached" else None
+            print("\n== photo caches empty, " + (
+                "nothing else cached (a cluster's first job on this network)"
+                if start is None else "the network's LiteRT conversion cached"), flush=True)
+            ratios, part_ratios, thread_ratios = [], [], []
+            for repeat in range(args.repeats):
+                order = (1, 2) if repeat % 2 == 0 else (2, 1)
+                runs = {p: stage_run(args.photos, args.weights_dir, p, 1 if p == 1 else None,
+                                     args.recipe, start) for p in order}
+                one, two = runs[1], runs[2]
+                ratios.append(one["seconds"] / two["seconds"])
+                part_ratios.append(one["per_photo_part"] / two["per_photo_part"])
+                print(f"  pair {repeat + 1}: 2 processes {ratios[-1]:.2f}x faster than 1; "
+                      f"per-photo part {part_ratios[-1]:.2f}x", flush=True)
+                if args.with_threads:
+                    threads = stage_run(args.photos, args.weights_dir, 1, 2, args.recipe, start)
+                    thread_ratios.append(threads["seconds"] / two["seconds"])
+            print(f"2 processes vs 1 process (1 thread each), median of {len(ratios)} pairs: "
+                  f"stage {statistics.median(ratios):.2f}x faster (target >= 1.8x; pairs "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)}); per-photo part "
+                  f"{statistics.median(part_ratios):.2f}x", flush=True)
+            if thread_ratios:
+                print("2 processes x 1 thread vs 1 process x 2 threads: "
+                      f"{statistics.median(thread_ratios):.2f}x faster", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,37 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     np.testing.assert_allclose(again(pixels), expected, atol=1e-3 * np.abs(expected).max())
     # InceptionV3 gains nothing on LiteRT: its photo stage stays on Keras.
     assert not networks.get_spec("inception_v3").litert_photo_stage
+
+
+def test_processes_that_need_one_conversion_at_once_wait_for_a_single_one(
+    bottom: SplitNetwork, flower_photos: Path, tmp_path: Path
+) -> None:
+    from models import networks, training
+    from models.decode import load_image
+    from models.runners import LiteRTRunner
+
+    spec = networks.get_spec(SMALL_NETWORK)
+    paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["roses"], 2).rglob("*.jpg"))
+    pixels = np.stack([load_image(path, 224) for path in paths])
+    together = threading.Barrier(2)
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(1)
+        time.sleep(1)  # the other is past its look for a cached file, and must wait
+        return bottom.bottom
+
+    def runner() -> BatchRunner | None:
+        together.wait()
+        return training.photo_stage_runner(build, spec, "imagenet", tmp_path / "home",
+                                           "conv_pw_11_relu")
+
+    with ThreadPoolExecutor(2) as pool:  # the lock is a file's: threads contend as processes do
+        runners = [future.result() for future in [pool.submit(runner) for _ in range(2)]]
+    assert len(built) == 1, "both converted the network"
+    first, second = runners
+    assert isinstance(first, LiteRTRunner) and isinstance(second, LiteRTRunner)
+    np.testing.assert_array_equal(first(pixels), second(pixels))
 
 
 STAGE_SCRIPT = """
