@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,10 @@ from models.dataset import check_photo_dir, walk_images
 from models.errors import DatasetError, UsageError
 from models.predict import LABEL_BATCH_SIZE
 from worker import results
-from worker.chunk_list import ChunkWriter, feed
+from worker.chunk_list import ChunkWriter, chunked, feed
 from worker.lost_chunks import LostChunks
 
 DEFAULT_CHUNK_SIZE = 128
-# The last this-many chunks' worth of photos are cut into ever smaller chunks (down to one
-# batch), so the workers finish together instead of one running the last big chunk alone.
-TAIL_CHUNKS = 8
 
 
 def relative_names(root: Path, skip: Iterable[str] = ()) -> Iterator[str]:
@@ -51,26 +47,6 @@ def relative_names(root: Path, skip: Iterable[str] = ()) -> Iterator[str]:
             next_skipped = next(skipped, None)
         if name != next_skipped:
             yield name
-
-
-def chunked(names: Iterable[str], chunk_size: int, batch_size: int) -> Iterator[list[str]]:
-    """`names` in chunks of `chunk_size`, except the tail: the last `TAIL_CHUNKS` chunks' worth
-    go out in chunks of an eighth of what is left (guided scheduling), rounded up to whole
-    batches, so that only the very last chunk has a partial batch.
-
-    Holds at most `TAIL_CHUNKS + 1` chunks of names, however many there are.
-    """
-    window = chunk_size * TAIL_CHUNKS
-    step = min(batch_size, chunk_size)
-    held: deque[str] = deque()
-    for name in names:
-        held.append(name)
-        if len(held) == window + chunk_size:
-            yield [held.popleft() for _ in range(chunk_size)]
-    while held:
-        share = -(-len(held) // TAIL_CHUNKS)
-        size = min(len(held), chunk_size, -(-share // step) * step)
-        yield [held.popleft() for _ in range(size)]
 
 
 def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bool) -> Path:

@@ -1,16 +1,40 @@
-"""A labelling job's chunk list and its window on a real Redis (`worker.chunk_list`)."""
+"""A job's chunks (`worker.chunk_list`): their sizes, and a labelling job's list of them and its
+window on a real Redis."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from worker.chunk_list import ChunkWriter, feed, read_chunks
+from worker.chunk_list import TAIL_CHUNKS, ChunkWriter, chunked, feed, read_chunks
 from worker.jobs import JobStore, patient_client
 
-pytestmark = pytest.mark.queue
+
+def test_a_job_cuts_its_tail_into_smaller_chunks_and_holds_few_names() -> None:
+    consumed = 0
+
+    def names(count: int) -> Iterator[str]:
+        nonlocal consumed
+        for index in range(count):
+            consumed = index + 1
+            yield f"{index:05d}.jpg"
+
+    chunks = []
+    for chunk in chunked(names(3000), 128, 16):
+        chunks.append(chunk)
+        if len(chunks) == 1:  # a stream: at most TAIL_CHUNKS + 1 chunks read ahead
+            assert consumed <= (TAIL_CHUNKS + 1) * 128
+    assert [name for chunk in chunks for name in chunk] == list(names(3000))
+    sizes = [len(chunk) for chunk in chunks]
+    assert sizes[:15] == [128] * 15
+    assert sizes[15:] == sorted(sizes[15:], reverse=True) and min(sizes[:-1]) == 16
+    assert all(size % 16 == 0 for size in sizes[:-1]), "only the last chunk ends a batch short"
+    assert sum(sizes[15:]) == 3000 - 15 * 128 and sizes[-1] <= 16
+    assert [len(c) for c in chunked(names(33), 4, 4)] == [4] * 8 + [1]
+    assert list(chunked(names(0), 128, 16)) == []
 
 
 def test_chunks_read_back_as_listed_whatever_their_names(tmp_path: Path) -> None:
@@ -22,6 +46,7 @@ def test_chunks_read_back_as_listed_whatever_their_names(tmp_path: Path) -> None
     assert read_chunks(tmp_path, "job", 3, 1) == []
 
 
+@pytest.mark.queue
 def test_feed_keeps_sent_and_undone_chunks_within_the_window(redis_url: str,
                                                              tmp_path: Path) -> None:
     store = JobStore(patient_client(redis_url))

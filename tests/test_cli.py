@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,32 +75,6 @@ def test_unreachable_redis_names_the_url_without_its_password(
 def test_status_of_an_unknown_job(redis_url: str, tmp_path: Path) -> None:
     result = run_flowers("status", "feedface", env=flowers_env(tmp_path, redis_url, None))
     assert_one_line_error(result, 1, "no job 'feedface'")
-
-
-def test_label_dir_cuts_the_tail_into_smaller_chunks_and_holds_few_names() -> None:
-    from cli.label_dir import TAIL_CHUNKS, chunked
-
-    consumed = 0
-
-    def names(count: int) -> Iterator[str]:
-        nonlocal consumed
-        for index in range(count):
-            consumed = index + 1
-            yield f"{index:05d}.jpg"
-
-    chunks = []
-    for chunk in chunked(names(3000), 128, 16):
-        chunks.append(chunk)
-        if len(chunks) == 1:  # a stream: at most TAIL_CHUNKS + 1 chunks read ahead
-            assert consumed <= (TAIL_CHUNKS + 1) * 128
-    assert [name for chunk in chunks for name in chunk] == list(names(3000))
-    sizes = [len(chunk) for chunk in chunks]
-    assert sizes[:15] == [128] * 15
-    assert sizes[15:] == sorted(sizes[15:], reverse=True) and min(sizes[:-1]) == 16
-    assert all(size % 16 == 0 for size in sizes[:-1]), "only the last chunk ends a batch short"
-    assert sum(sizes[15:]) == 3000 - 15 * 128 and sizes[-1] <= 16
-    assert [len(c) for c in chunked(names(33), 4, 4)] == [4] * 8 + [1]
-    assert list(chunked(names(0), 128, 16)) == []
 
 
 @pytest.mark.queue

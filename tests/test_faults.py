@@ -300,7 +300,7 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     job_id = queued.stdout.strip()
     cache = flowers_home / "activations"
     (child,) = worker.pool_pids()
-    # Killed part way through a chunk (16 views a chunk of 8 photos: `chunk_sizes(48)`).
+    # Killed part way through a chunk (16 views a chunk of 8 photos: `photo_chunks` of 48).
     wait_for(lambda: (entries := len(list(cache.rglob("*.npy")))) >= 8 and entries % 16 > 0,
              what="some cache entries, part of a chunk", interval=0.01)
     os.kill(child, signal.SIGKILL)

@@ -28,7 +28,7 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
-from worker.photo_stage import chunk_sizes
+from worker.photo_stage import photo_chunks
 
 pytestmark = pytest.mark.queue
 
@@ -270,7 +270,8 @@ def test_the_photo_stage_is_shared_out_and_a_killed_workers_chunk_is_redone(
     fields = {str(k): str(v) for k, v in client.hgetall(f"flowers:job:{job_id}").items()}
     by_process = {name: int(value) for name, value in fields.items()
                   if name.startswith("chunks:")}
-    assert sum(by_process.values()) == int(fields["chunks_total"]) == len(chunk_sizes(240))
+    assert sum(by_process.values()) == int(fields["chunks_total"]) == \
+        len(photo_chunks(["photo"] * 240))
     assert len(by_process) == 3, f"one process of the first worker, both of the second: " \
         f"{by_process}"
     manifest = read_manifest(output)
@@ -296,9 +297,12 @@ def test_the_photo_stage_is_shared_out_and_a_killed_workers_chunk_is_redone(
 
 
 @pytest.mark.parametrize("photos", [1, 9, 240, 1500, 100_000])
-def test_chunks_cover_the_photos_and_end_small(photos: int) -> None:
-    sizes = chunk_sizes(photos, largest=64, smallest=8)
-    assert sum(sizes) == photos and all(0 < size <= 64 for size in sizes)
+def test_photo_chunks_cover_the_photos_and_end_small(photos: int) -> None:
+    names = [f"{n:06d}.jpg" for n in range(photos)]
+    chunks = photo_chunks(names)
+    sizes = [len(chunk) for chunk in chunks]
+    assert [name for chunk in chunks for name in chunk] == names
+    assert all(0 < size <= 64 for size in sizes)
     assert sizes == sorted(sizes, reverse=True), "never larger than the chunk before"
     assert sizes[-1] <= 8, "the last chunk taken is a small one"
     if photos >= 1500:

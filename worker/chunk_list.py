@@ -1,5 +1,6 @@
-"""A labelling job's chunks: listed in its parts folder as the CLI walks, sent to the queue a
-window at a time (backpressure), by whoever is there to send them.
+"""A job's chunks: cut ever smaller towards the end (`chunked`); for a labelling job, listed
+in its parts folder as the CLI walks, sent to the queue a window at a time (backpressure), by
+whoever is there to send them.
 
     OUTPUT.parts/chunks-JOB.jsonl   chunk i's paths on line i, as a JSON list
     OUTPUT.parts/chunks-JOB.idx     where line i starts: 8 bytes (little-endian) per chunk
@@ -22,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +33,32 @@ from worker.jobs import JobStore
 log = logging.getLogger(__name__)
 
 _OFFSET = struct.Struct("<Q")
+
+# The last this-many chunks' worth of a job are cut into ever smaller chunks (down to one
+# batch), so the workers finish together instead of one running the last big chunk alone.
+TAIL_CHUNKS = 8
+
+
+def chunked(names: Iterable[str], chunk_size: int, batch_size: int) -> Iterator[list[str]]:
+    """`names` in chunks of `chunk_size`, except the tail: the last `TAIL_CHUNKS` chunks' worth
+    go out in chunks of an eighth of what is left (guided scheduling), rounded up to whole
+    batches, so that only the very last chunk has a partial batch. Chunks go to whichever
+    process is free, so a job ends when the last one taken is done: ending on small chunks
+    keeps every process busy to within one batch of the end.
+
+    Holds at most `TAIL_CHUNKS + 1` chunks of names, however many there are.
+    """
+    window = chunk_size * TAIL_CHUNKS
+    step = min(batch_size, chunk_size)
+    held: deque[str] = deque()
+    for name in names:
+        held.append(name)
+        if len(held) == window + chunk_size:
+            yield [held.popleft() for _ in range(chunk_size)]
+    while held:
+        share = -(-len(held) // TAIL_CHUNKS)
+        size = min(len(held), chunk_size, -(-share // step) * step)
+        yield [held.popleft() for _ in range(size)]
 
 
 def list_path(parts_dir: Path, job_id: str) -> Path:

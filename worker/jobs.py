@@ -85,6 +85,20 @@ return 0
 """
 
 
+def hold(client: redis.Redis, key: str, holder: str, seconds: int, renew: bool = False) -> bool:
+    """True for one `holder` of `key` at a time: taken if free (lapsing after `seconds`, in
+    case its holder dies), and true again for the holder that has it (`renew`: for another
+    `seconds`)."""
+    if client.set(key, holder, nx=True, ex=seconds):
+        return True
+    held = client.get(key)
+    if (held.decode() if isinstance(held, bytes) else held) != holder:
+        return False
+    if renew:
+        client.expire(key, seconds)
+    return True
+
+
 def patient_client(url: str) -> redis.Redis:
     """A Redis client that rides out a restart: it retries for about two minutes."""
     return redis.Redis.from_url(
@@ -187,13 +201,9 @@ class JobStore:
         it). The claim lapses after `seconds` (the visibility timeout: a merge is part of a
         task, which must end within it), in case its holder died while merging. A `holder`
         (a task id) that claims again gets it back: a redelivered task's first run died."""
-        key = self._key(job_id) + ":finish"
-        value = holder or str(os.getpid())
-        if self.client.set(key, value, nx=True, ex=seconds):
-            return True
-        held = self.client.get(key)
-        return holder is not None and (held.decode() if isinstance(held, bytes) else held) == \
-            holder
+        # Without a holder, a claim of its own that no later call matches.
+        return hold(self.client, self._key(job_id) + ":finish",
+                    holder or f"{os.getpid()}:{uuid.uuid4().hex}", seconds)
 
     def finish_claim_left(self, job_id: str) -> int:
         """Seconds until the claim of `claim_finish` lapses (0 if none is held)."""

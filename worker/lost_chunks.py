@@ -36,7 +36,7 @@ import redis
 
 from models.errors import JobNotFoundError
 from worker.chunk_list import chunk_task, feed, read_chunks
-from worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore
+from worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,18 @@ class Sweeper:
             if match is None:
                 continue
             job_id = match.group(1)
+            # A few fields first: most records are other kinds, ended, or watched.
+            kind, state, queue, watched = (
+                value.decode() if isinstance(value, bytes) else value
+                for value in self.client.hmget(key, "kind", "state", "queue", "watched"))
+            if kind != "label" or state in FINAL_STATES or queue != self.settings.queue or \
+                    now - float(watched or 0) < UNWATCHED_SECONDS:
+                continue
             try:
                 record = self.store.get(job_id)
             except JobNotFoundError:  # expired since the scan listed it
                 continue
-            if record.get("kind") != "label" or record.get("state") in FINAL_STATES or \
-                    record.get("queue") != self.settings.queue or "chunk_task" not in record or \
-                    now - float(record.get("watched", 0)) < UNWATCHED_SECONDS:
+            if "chunk_task" not in record:
                 continue
             looked.add(job_id)
             if job_id not in self.watches:
@@ -172,12 +177,5 @@ class Sweeper:
             del self.watches[job_id]
 
     def _hold_lock(self) -> bool:
-        lifetime = int(SWEEP_SECONDS * 4)
-        lock = f"{SWEEP_LOCK}:{self.settings.queue}"
-        if self.client.set(lock, self.holder, nx=True, ex=lifetime):
-            return True
-        held = self.client.get(lock)
-        if (held.decode() if isinstance(held, bytes) else held) != self.holder:
-            return False
-        self.client.expire(lock, lifetime)
-        return True
+        return hold(self.client, f"{SWEEP_LOCK}:{self.settings.queue}", self.holder,
+                    int(SWEEP_SECONDS * 4), renew=True)

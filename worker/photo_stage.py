@@ -2,7 +2,7 @@
 
 `flowers.retrain` and `flowers.evaluate` list the job's photos and send them as
 `flowers.photo_chunk` tasks of up to `CHUNK_PHOTOS` photos, smaller towards the end
-(`chunk_sizes`). Each fills the shared, content-addressed
+(`photo_chunks`). Each fills the shared, content-addressed
 cache in FLOWERS_HOME (bottlenecks, or activations of augmented views) for its photos; the
 worker that finishes the last chunk sends `flowers.fit`, which trains in a process of its own
 from the now warm cache (`worker.train_process`), as a one-process run would: same photos,
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from models.errors import FlowersError
+from worker.chunk_list import chunked
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,10 @@ LAST_CHUNK_PHOTOS = 8
 IDLE_SECONDS = 20.0
 
 
-def chunk_sizes(photos: int, largest: int = CHUNK_PHOTOS, smallest: int = LAST_CHUNK_PHOTOS,
-                share: int = 8) -> list[int]:
-    """The sizes of a job's chunks, in order: each is 1/`share` of the photos left, between
-    `smallest` and `largest` (guided scheduling). Chunks go to whichever process is free, so
-    the job ends when the last one taken is done: ending on small chunks keeps every process
-    busy to within one small chunk of the end, where equal chunks leave some idle for up to
-    one large one (with 2 processes of 1,500 photos, ~1 s of ~30)."""
-    sizes = []
-    left = photos
-    while left > 0:
-        size = min(left, max(smallest, min(largest, -(-left // share))))
-        sizes.append(size)
-        left -= size
-    return sizes
+def photo_chunks(photos: list[str]) -> list[list[str]]:
+    """A job's photos in chunks of `CHUNK_PHOTOS`, ending in chunks of `LAST_CHUNK_PHOTOS`
+    (`worker.chunk_list.chunked`)."""
+    return list(chunked(photos, CHUNK_PHOTOS, LAST_CHUNK_PHOTOS))
 
 
 def stages_of(kind: str, request: dict[str, Any]) -> tuple[str, list[dict[str, Any]], int]:

@@ -108,10 +108,7 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
     for stage in stages:
         stage["passes"] = stage_passes(stage["recipe"],
                                        FineTuneRecipe.from_dict(stage["fine_tune"]), len(photos))
-    chunks, start = [], 0
-    for size in photo_stage.chunk_sizes(len(photos)):
-        chunks.append(photos[start:start + size])
-        start += size
+    chunks = photo_stage.photo_chunks(photos)
     store.update(job_id, phase="photos", done=0, total=len(photos))
     for index, paths in enumerate(chunks):
         photo_chunk.apply_async(args=[{"job_id": job_id, "kind": kind, "index": index,
