@@ -201,9 +201,10 @@ class JobStore:
         it). The claim lapses after `seconds` (the visibility timeout: a merge is part of a
         task, which must end within it), in case its holder died while merging. A `holder`
         (a task id) that claims again gets it back: a redelivered task's first run died."""
-        # Without a holder, a claim of its own that no later call matches.
-        return hold(self.client, self._key(job_id) + ":finish",
-                    holder or f"{os.getpid()}:{uuid.uuid4().hex}", seconds)
+        key = self._key(job_id) + ":finish"
+        if holder is None:  # held by this process's id, for the one call
+            return bool(self.client.set(key, str(os.getpid()), nx=True, ex=seconds))
+        return hold(self.client, key, holder, seconds)
 
     def finish_claim_left(self, job_id: str) -> int:
         """Seconds until the claim of `claim_finish` lapses (0 if none is held)."""
