@@ -3,13 +3,18 @@
 Like the bottleneck cache, an entry is keyed by the SHA-256 of the photo's bytes (a renamed
 photo hits, an edited one misses) and lives under everything else that decides its values:
 
-    FLOWERS_HOME/activations/NETWORK/WEIGHTS/SPLIT_LAYER/DECODING/VIEWS/ab/abcd...-K.npy
+    FLOWERS_HOME/activations/NETWORK/WEIGHTS/SPLIT_LAYER/DECODING/VIEWS/ab/abcd....npy
 
-one float16 `.npy` file per photo and view number K (14x14x96 at MobileNetV2's `block_12_add`
-is 37 KB a view), beside `shape.json`, the activation shape. Entries are written atomically as
-their batch finishes, so a killed run resumes from what it wrote; an unreadable or misshapen
-entry is recomputed. The network's bottom is built only on the first miss (its shape read from
-`shape.json`), so a warm cache neither builds nor runs it.
+one float16 `.npy` file per photo holding its first K views (K x 14x14x96 at MobileNetV2's
+`block_12_add`, 37 KB a view), beside `shape.json`, the activation shape. View k is the same
+pixels whatever the number of views asked for, so a job asking for fewer views reads the
+first ones of an entry, and one asking for more computes only the views past K and writes the
+photo's entry again, whole. One file a photo, not a view: creating and renaming a small file
+costs about as much as the array it holds, which, on a core busy with the network, is ~10% of
+a view's time. Entries are written atomically as their batch finishes, so a killed run
+resumes from what it wrote; an unreadable or misshapen entry is recomputed. The network's
+bottom is built only on the first miss (its shape read from `shape.json`), so a warm cache
+neither builds nor runs it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def weights_tag(weights: str | None) -> str:
 
 
 class ActivationCache:
-    """Split-layer activations on disk, one float16 `.npy` file per photo content and view."""
+    """Split-layer activations on disk, one float16 `.npy` file per photo content: its first
+    views, stacked."""
 
     def __init__(self, root: Path, network: str, weights: str, split_layer: str,
                  crop_area: tuple[float, float]) -> None:
@@ -68,20 +74,23 @@ class ActivationCache:
                              lambda handle: handle.write(json.dumps(list(shape)).encode()),
                              durable=False)
 
-    def activation_path(self, digest: str, view: int) -> Path:
-        return self.root / digest[:2] / f"{digest}-{view}.npy"
+    def entry_path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
 
-    def load(self, digest: str, view: int, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The cached activations, or None when absent, unreadable or of another shape."""
-        path = self.activation_path(digest, view)
+    def load(self, digest: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The photo's cached views (views x `shape`), or None when absent, unreadable or of
+        another shape."""
+        path = self.entry_path(digest)
         array = load_entry(path)
-        if array is not None and (array.shape != shape or array.dtype != np.float16):
+        if array is not None and (array.shape[1:] != shape or array.dtype != np.float16 or
+                                  not len(array)):
             log.warning("ignoring cache entry %s of shape %s", path, array.shape)
             return None
         return array
 
-    def store(self, digest: str, view: int, array: np.ndarray) -> None:
-        store_entry(self.activation_path(digest, view), array)
+    def store(self, digest: str, views: np.ndarray) -> None:
+        """Writes the photo's first views (views x shape), in place of what the entry held."""
+        store_entry(self.entry_path(digest), views)
 
 
 @dataclass
@@ -115,12 +124,10 @@ def _prepare(path: Path, size: int, views: int, shape: tuple[int, ...], cache: A
     try:
         data = read_bytes(path)
         item = _Prepared(content_hash(data))
-        for view in range(views):
-            array = cache.load(item.digest, view, shape)
-            if array is None:
-                item.missing.append(view)
-            else:
-                item.cached[view] = array
+        entry = cache.load(item.digest, shape)
+        have = 0 if entry is None else min(len(entry), views)
+        item.cached = {} if entry is None else {view: entry[view] for view in range(have)}
+        item.missing = list(range(have, views))
         if item.missing:
             item.pixels = decode_views(data, size, item.missing, item.digest, crop_area, path)
         return item
@@ -160,7 +167,8 @@ def compute_activations(
             path, input_size, views, shape, cache, crop_area, guard
         )
         for batch in batching.prepared_batches(paths, photos_per_batch, ahead, prepare):
-            misses: list[tuple[int, str, int]] = []
+            misses: list[tuple[int, int]] = []
+            digests: dict[int, str] = {}
             pixels: list[np.ndarray] = []
             for offset, item in enumerate(batch):
                 index = done + offset
@@ -172,15 +180,18 @@ def compute_activations(
                     activations[index, view] = array
                 result.cache_hits += len(item.cached)
                 if item.pixels is not None:
-                    misses += [(index, item.digest, view) for view in item.missing]
+                    misses += [(index, view) for view in item.missing]
+                    digests[index] = item.digest
                     pixels.append(item.pixels)
             if misses:
                 runner = runner or make_runner()
                 computed = runner(np.concatenate(pixels)).astype(np.float16)
-                for (index, digest, view), array in zip(misses, computed, strict=True):
+                for (index, view), array in zip(misses, computed, strict=True):
                     activations[index, view] = array
-                    # Written by the pool while the network runs the next batch.
-                    writes.append(pool.submit(cache.store, digest, view, array))
+                # Each photo's entry, whole, written by the pool while the network runs the
+                # next batch (rows of `activations` that nothing changes again).
+                writes += [pool.submit(cache.store, digest, activations[index])
+                           for index, digest in digests.items()]
                 result.computed += len(misses)
             done += len(batch)
             if progress is not None:

@@ -1,7 +1,7 @@
 """FLOWERS_HOME in, the caches' disk use per network and kind out, and clearing them.
 
     FLOWERS_HOME/bottlenecks/NETWORK/...   pooled features, codelab recipe (float32)
-    FLOWERS_HOME/activations/NETWORK/...   split-layer activations per view, fine-tune (float16)
+    FLOWERS_HOME/activations/NETWORK/...   split-layer activations, fine-tune (float16, by photo)
     FLOWERS_HOME/litert/NETWORK/...        the photo stage's networks converted for LiteRT
 
 Needs no TensorFlow: it only walks and removes files.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from models.activations import ActivationCache, ActivationResult, compute_activations
-from models.bottlenecks import BatchRunner
+from models.bottlenecks import BatchRunner, content_hash
 from models.finetune import SplitNetwork
 from models.views import crop_box, decode_views
 from tests.conftest import SMALL_NETWORK, copy_subset
@@ -55,7 +55,7 @@ def test_second_run_renamed_photos_and_a_corrupt_entry(
     assert (first.computed, first.cache_hits) == (18, 0)
     assert first.activations.shape == (6, 3, 14, 14, 128)
     assert first.activations.dtype == np.float16
-    assert len(list(cache.root.rglob("*.npy"))) == 18
+    assert len(list(cache.root.rglob("*.npy"))) == 6, "one entry a photo"
 
     second = run(paths)
     assert (second.computed, second.cache_hits, len(builds)) == (0, 18, 1)
@@ -63,17 +63,46 @@ def test_second_run_renamed_photos_and_a_corrupt_entry(
 
     renamed = photos / "daisy" / "renamed.jpg"
     shutil.move(paths[0], renamed)
-    digest_path = next(cache.root.rglob("*-1.npy"))
-    digest_path.write_bytes(b"not an array")
+    damaged = cache.entry_path(content_hash(paths[1].read_bytes()))
+    damaged.write_bytes(b"not an array")
     third = run([renamed, *paths[1:]])
-    assert (third.computed, third.cache_hits) == (1, 17)
+    assert (third.computed, third.cache_hits) == (3, 15)
     np.testing.assert_allclose(third.activations.astype(np.float32),
                                first.activations.astype(np.float32), atol=1e-2)
-    assert np.load(digest_path).shape == (14, 14, 128)
+    assert np.load(damaged).shape == (3, 14, 14, 128)
+
+
+def test_more_views_compute_only_the_new_ones_and_fewer_read_the_first(
+    bottom: SplitNetwork, flower_photos: Path, tmp_path: Path
+) -> None:
+    from models import networks
+
+    paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["tulips"], 2).rglob("*.jpg"))
+    cache = ActivationCache(tmp_path / "home", SMALL_NETWORK, "imagenet", bottom.split_layer,
+                            CROPS)
+    fresh = ActivationCache(tmp_path / "fresh", SMALL_NETWORK, "imagenet", bottom.split_layer,
+                            CROPS)
+    runner = networks.batch_runner(bottom.bottom)
+
+    def run(views: int, on: ActivationCache = cache) -> ActivationResult:
+        return compute_activations(paths, 224, bottom.shape, views, on, lambda: runner, CROPS,
+                                   batch_size=8)
+
+    assert run(2).computed == 4
+    more = run(5)
+    assert (more.computed, more.cache_hits) == (6, 4), "views 2-4 of each photo"
+    entry = cache.entry_path(content_hash(paths[0].read_bytes()))
+    assert np.load(entry).shape == (5, 14, 14, 128)
+    at_once = run(5, fresh)
+    np.testing.assert_allclose(more.activations.astype(np.float32),
+                               at_once.activations.astype(np.float32), atol=1e-2)
+    fewer = run(3)
+    assert (fewer.computed, fewer.cache_hits) == (0, 6)
+    np.testing.assert_array_equal(fewer.activations, more.activations[:, :3])
+    assert np.load(entry).shape == (5, 14, 14, 128), "a shorter job leaves the entry whole"
 
 
 def test_views_are_the_photo_its_mirror_and_seeded_crops(flower_photos: Path) -> None:
-    from models.bottlenecks import content_hash
     from models.decode import decode_image
 
     data = next((flower_photos / "tulips").glob("*.jpg")).read_bytes()

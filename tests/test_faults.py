@@ -300,12 +300,13 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     job_id = queued.stdout.strip()
     cache = flowers_home / "activations"
     (child,) = worker.pool_pids()
-    # Killed part way through a chunk (16 views a chunk of 8 photos: `photo_chunks` of 48).
-    wait_for(lambda: (entries := len(list(cache.rglob("*.npy")))) >= 8 and entries % 16 > 0,
+    # Killed part way through a chunk (an entry a photo, 8 photos a chunk: `photo_chunks` of
+    # 48), whose entries are written 2 photos at a time.
+    wait_for(lambda: (entries := len(list(cache.rglob("*.npy")))) >= 4 and entries % 8 > 0,
              what="some cache entries, part of a chunk", interval=0.01)
     os.kill(child, signal.SIGKILL)
     time.sleep(0.5)
-    written = len(list(cache.rglob("*.npy")))
+    written = 2 * len(list(cache.rglob("*.npy")))  # views
     counted = redis.Redis.from_url(redis_url, decode_responses=True).hmget(
         f"flowers:job:{job_id}", ["stage0_computed", "stage0_cache_hits"])
     in_killed_chunk = written - sum(int(value or 0) for value in counted)
@@ -316,7 +317,7 @@ def test_worker_killed_during_training_is_redelivered_and_reuses_the_cache(
     assert reused == in_killed_chunk, "what the killed chunk wrote is read, not computed again"
     assert reused + record["result"]["cache"]["computed"] == 48 * 2
     for entry in cache.rglob("*.npy"):
-        assert np.load(entry).shape == (14, 14, 128), f"torn cache entry {entry}"
+        assert np.load(entry).shape == (2, 14, 14, 128), f"torn cache entry {entry}"
 
 
 def test_cli_killed_while_waiting(
