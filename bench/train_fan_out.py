@@ -12,12 +12,14 @@ pair gives a ratio, and the median of those is the figure. Two settings:
     empty home      nothing cached: every stage process imports TensorFlow and builds the
                     network, and the network's LiteRT conversion is made (a cluster's first job
                     on this network);
-    network cached  the network's LiteRT conversion and activation shape kept from a job on
-                    other photos (every later job on this network: a stage process then runs
+    network cached  the network's LiteRT conversion and activation shape kept from an earlier
+                    stage, no photo's entry (every later job on this network: a stage process runs
                     LiteRT alone, without TensorFlow).
 
 1 process runs 1 TensorFlow/LiteRT thread; 2 processes the default, cores / processes (1 each
 here). `--with-threads` adds a run of 1 process x 2 threads (`--concurrency 1` on 2 cores).
+With the network cached, the ceiling comes first: the converted network alone (no decoding,
+no cache, no queue) on the same pixels in 1 process, then in 2 at once.
 Target (issue 14, 1,500 photos, MobileNetV2): >= 1.8x with 2 processes.
 
     .venv/bin/python bench/train_fan_out.py ../shared/data/flower_photos --weights-dir \\
@@ -27,6 +29,7 @@ Target (issue 14, 1,500 photos, MobileNetV2): >= 1.8x with 2 processes.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import signal
@@ -100,24 +103,59 @@ def _wait_for_stage(cluster: Cluster, job_id: str, timeout: float = 1800) -> dic
     sys.exit(f"job {job_id}: its photo stage did not end within {timeout:.0f} s")
 
 
-def network_run(photos: Path, weights_dir: Path, recipe: str, home: Path) -> None:
-    """Fills `home` with the network's conversion and shapes by training on a few other photos
-    (copies of 8 of `photos` a class with one pixel changed: other content, other cache keys)."""
-    from PIL import Image
+def _network_views(model: str, views: int, queue: Any) -> None:
+    """In a spawned process: seconds to run `views` views through the LiteRT model."""
+    import numpy as np
 
-    other = home / "other-photos"
-    for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
-        (other / folder.name).mkdir(parents=True)
-        for n, path in enumerate(sorted(folder.glob("*.jpg"))[:8]):
-            with Image.open(path) as image:
-                changed = image.convert("RGB")
-            changed.putpixel((0, 0), (n, 0, 0))
-            changed.save(other / folder.name / path.name)
-    # Enough views to convert (a stage this small would otherwise run on Keras).
-    subprocess.run([sys.executable, "-m", "cli", "train", str(other), "--output",
-                    str(home / "bundle"), "--epochs", "1", "--views", "64", "--recipe", recipe],
-                   env=command_env(home, weights_dir), cwd=REPO, check=True,
-                   capture_output=True)
+    from models.runners import LiteRTRunner
+
+    runner = LiteRTRunner(Path(model), batch_size=1, threads=1)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+    runner(pixels)
+    started = time.perf_counter()
+    for _ in range(views // 8):
+        runner(pixels)
+    queue.put(time.perf_counter() - started)
+
+
+def ceiling(network_home: Path, views: int = 2000, repeats: int = 3) -> None:
+    """How the converted network alone scales from 1 to 2 processes on this machine."""
+    context = multiprocessing.get_context("spawn")
+    (model,) = (network_home / "litert").rglob("model.tflite")
+    ratios = []
+    for _ in range(repeats):
+        rates = []
+        for processes in (1, 2):
+            queue = context.Queue()
+            workers = [context.Process(target=_network_views, args=(str(model), views, queue))
+                       for _ in range(processes)]
+            for worker in workers:
+                worker.start()
+            slowest = max(queue.get() for _ in workers)
+            for worker in workers:
+                worker.join()
+            rates.append(processes * views / slowest)
+        ratios.append(rates[1] / rates[0])
+        print(f"  the network alone: 1 process {rates[0]:.0f} views/s, 2 processes "
+              f"{rates[1]:.0f} views/s: {ratios[-1]:.2f}x", flush=True)
+    print(f"the ceiling, median of {repeats}: {statistics.median(ratios):.2f}x", flush=True)
+
+
+def network_run(photos: Path, weights_dir: Path, recipe: str, home: Path) -> None:
+    """Fills `home` with the network's conversion (and fine-tune's activation shape) by running
+    the recipe's photo stage on a few of `photos`, as a stage large enough to convert would."""
+    script = f"""
+from pathlib import Path
+from models import networks
+from models.recipe import FineTuneRecipe
+from models.training import CONVERT_FROM_PASSES, PhotoStage
+paths = sorted(Path({str(photos)!r}).rglob("*.jpg"))[:8]
+stage = PhotoStage({recipe!r}, FineTuneRecipe(), networks.get_spec("mobilenet_v2"), "imagenet",
+                   Path({str(weights_dir)!r}), Path({str(home)!r}), CONVERT_FROM_PASSES)
+stage.run(paths, 8)
+"""
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True,
+                   env=command_env(home, weights_dir))
 
 
 def main() -> None:
@@ -141,6 +179,8 @@ def main() -> None:
             print("\n== photo caches empty, " + (
                 "nothing else cached (a cluster's first job on this network)"
                 if start is None else "the network's LiteRT conversion cached"), flush=True)
+            if start is not None:
+                ceiling(start)
             ratios, part_ratios, thread_ratios = [], [], []
             for repeat in range(args.repeats):
                 order = (1, 2) if repeat % 2 == 0 else (2, 1)

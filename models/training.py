@@ -44,9 +44,10 @@ class Features:
     initial_weights: list[Any] = field(default_factory=list)
 
 
-# Converting a MobileNet for LiteRT takes ~15 s here, about what LiteRT saves over Keras on
-# 2,000 photos: fewer network passes than this run on Keras unless the conversion is cached.
-CONVERT_FROM_PASSES = 2000
+# Converting MobileNetV2 for LiteRT takes 5-7 s here, about what LiteRT saves over Keras on one
+# thread in 1,000 passes (~6 ms a pass, bench/feature_runtime.py), and it is kept for every
+# later job: fewer passes than this run on Keras unless the conversion is cached.
+CONVERT_FROM_PASSES = 1000
 
 
 def photo_stage_runner(build: Callable[[], Any], spec: networks.NetworkSpec, weights_tag: str,
