@@ -34,15 +34,13 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from data_options import command_env  # bench/ is on sys.path
-from label_cluster import REPO, Cluster, run_flowers
+from label_cluster import Cluster, run_flowers  # bench/ is on sys.path
 
 from worker.jobs import KEY_PREFIX, JobStore
 from worker.photo_stage import stage_summary
@@ -97,8 +95,8 @@ def _wait_for_stage(cluster: Cluster, job_id: str, timeout: float = 1800) -> dic
         total = cluster.client.hget(key, "chunks_total")
         if total is not None and cluster.client.scard(key + ":chunks") >= int(total):
             return stage_summary(store.get(job_id), 0)
-        if store.state(job_id) in ("failed", "cancelled"):
-            sys.exit(f"job {job_id} {store.state(job_id)}: {store.get(job_id).get('message')}")
+        if (state := store.state(job_id)) in ("failed", "cancelled"):
+            sys.exit(f"job {job_id} {state}: {store.get(job_id).get('message')}")
         time.sleep(0.05)
     sys.exit(f"job {job_id}: its photo stage did not end within {timeout:.0f} s")
 
@@ -141,21 +139,24 @@ def ceiling(network_home: Path, views: int = 2000, repeats: int = 3) -> None:
     print(f"the ceiling, median of {repeats}: {statistics.median(ratios):.2f}x", flush=True)
 
 
+def _fill_network(photos: str, weights_dir: str, recipe: str, home: str) -> None:
+    """In a spawned process (TensorFlow starts there): a photo stage on 8 of `photos`, told it
+    is large enough to convert the network."""
+    from models import networks
+    from models.recipe import FineTuneRecipe
+    from models.training import CONVERT_FROM_PASSES, PhotoStage
+
+    paths = sorted(Path(photos).rglob("*.jpg"))[:8]
+    stage = PhotoStage(recipe, FineTuneRecipe(), networks.get_spec("mobilenet_v2"), "imagenet",
+                       Path(weights_dir), Path(home), CONVERT_FROM_PASSES)
+    stage.run(paths, 8)
+
+
 def network_run(photos: Path, weights_dir: Path, recipe: str, home: Path) -> None:
     """Fills `home` with the network's conversion (and fine-tune's activation shape) by running
     the recipe's photo stage on a few of `photos`, as a stage large enough to convert would."""
-    script = f"""
-from pathlib import Path
-from models import networks
-from models.recipe import FineTuneRecipe
-from models.training import CONVERT_FROM_PASSES, PhotoStage
-paths = sorted(Path({str(photos)!r}).rglob("*.jpg"))[:8]
-stage = PhotoStage({recipe!r}, FineTuneRecipe(), networks.get_spec("mobilenet_v2"), "imagenet",
-                   Path({str(weights_dir)!r}), Path({str(home)!r}), CONVERT_FROM_PASSES)
-stage.run(paths, 8)
-"""
-    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True,
-                   env=command_env(home, weights_dir))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_fill_network, (str(photos), str(weights_dir), recipe, str(home)))
 
 
 def main() -> None:
