@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import click
 
 from cli.context import CliContext
 from models.errors import FlowersError
+from worker.embedded import Interrupted
 from worker.settings import Settings
+
+INTERRUPTED = ("its local Redis and worker are stopped; run the same command again to resume "
+               "(computed features and labelled photos are kept)")
+INTERRUPTED_REMOTE = ("interrupted: a job already sent to the cluster goes on there "
+                      "(flowers status JOB_ID; flowers cancel JOB_ID)")
 
 
 class UsageFailure(click.ClickException):
@@ -30,6 +37,12 @@ class FlowersGroup(click.Group):
             failure = UsageFailure if exc.exit_code == 2 else click.ClickException
             raise failure(str(exc)) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:  # Ctrl-C of a command without a local cluster
+            click.echo(f"\n{INTERRUPTED_REMOTE}", err=True)
+            raise SystemExit(128 + signal.SIGINT) from None
+        except Interrupted as exc:
+            click.echo(f"\ninterrupted by {exc.signal_name}: {INTERRUPTED}", err=True)
             raise
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:

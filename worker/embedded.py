@@ -3,10 +3,17 @@
 Used when FLOWERS_BROKER_URL is unset, so one machine needs no server set up: the command
 starts Redis on a free loopback port and a worker, runs exactly the tasks a cluster would,
 and stops both when it ends.
+
+Interrupts: Redis and the worker each run in a session of their own, so a Ctrl-C (SIGINT to
+the terminal's process group) reaches only the command, which stops them in order: the
+worker's whole process group (pool, training and photo-stage processes) within
+`INTERRUPT_GRACE` seconds, then Redis. A further signal while it does so kills at once. Each
+is also asked to exit (SIGTERM) if the command dies without stopping them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -17,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +89,8 @@ def start_redis(directory: Path, port: int | None = None, *extra: str) -> RedisS
         args = [redis_server_binary(), "--port", str(chosen), "--bind", "127.0.0.1",
                 "--dir", str(directory), "--save", "", "--appendonly", "no", *extra]
         log_file = open(directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
-        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=_end_with_parent())
         log_file.close()
         server = RedisServer(process, chosen, directory)
         client = redis.Redis(port=chosen, socket_connect_timeout=0.5)
@@ -113,20 +121,53 @@ def start_worker(
         return subprocess.Popen(
             [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency)],
             stdout=log_file, stderr=subprocess.STDOUT, env=child_env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_end_with_parent(),
         )
 
 
+def _end_with_parent() -> Callable[[], None] | None:
+    """For a child process: SIGTERM when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG), so a command killed outright leaves no local Redis or worker behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_death_signal() -> None:
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+    return set_death_signal
+
+
+# Seconds an interrupted command gives its worker's processes to exit before killing them.
+INTERRUPT_GRACE = 3.0
+
+
 def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it lingers."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    """Warm shutdown (SIGTERM: running tasks finish within `timeout`), or, once the command was
+    interrupted, SIGTERM to the worker's whole process group with `INTERRUPT_GRACE` seconds;
+    then SIGKILL of whatever is left of the group. A further signal kills at once."""
+    interrupted = len(_received)
+    if process.poll() is None:
+        if interrupted:
+            _signal_group(process.pid, signal.SIGTERM)
+            timeout = min(timeout, INTERRUPT_GRACE)
+        else:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if time.monotonic() >= deadline or len(_received) > interrupted:
+                break
+            time.sleep(0.05)
+    # The group outlives its leader while any member does (a training or photo-stage process).
+    _signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # none of the group is left
+        os.killpg(pgid, signum)
 
 
 @dataclass
@@ -146,12 +187,31 @@ class LocalCluster:
             )
 
 
+class Interrupted(SystemExit):
+    """Raised when a command with a local cluster receives SIGINT, SIGTERM or SIGHUP; its
+    code is 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
 _received: list[int] = []  # the terminating signals caught inside `stopped_by_signals`
+_stopping: list[bool] = []  # not empty while a local cluster is being stopped
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
+    """The first signal ends the command (SystemExit 128 + signal); later ones, and any that
+    comes while the cluster is being stopped, only hurry the stop (`stop_worker`)."""
+    first = not _received
     _received.append(signum)
-    raise SystemExit(128 + signum)
+    if first and not _stopping:
+        raise Interrupted(signum)
+
+
+def interrupted_by() -> int | None:
+    """The first terminating signal the command received, if any."""
+    return _received[0] if _received else None
 
 
 def raise_if_terminated() -> None:
@@ -160,19 +220,20 @@ def raise_if_terminated() -> None:
     has its exception printed as "ignored", and the command would go on to the end of its
     job. Commands call this in their loops (`LocalCluster.check_alive`)."""
     if _received:
-        raise SystemExit(128 + _received[0])
+        raise Interrupted(_received[0])
 
 
 @contextmanager
 def stopped_by_signals() -> Iterator[None]:
-    """Turns SIGTERM and SIGHUP into SystemExit for the `with` block, so a command that is
-    terminated (kill, a closed terminal, a service manager) still runs its `finally` blocks
-    and stops what it started; Python would otherwise die at once and leave them running.
-    A signal whose exception was swallowed still ends the block with that SystemExit."""
+    """Turns SIGINT (Ctrl-C), SIGTERM and SIGHUP into SystemExit for the `with` block, so a
+    command that is interrupted or terminated (kill, a closed terminal, a service manager)
+    still runs its `finally` blocks and stops what it started; Python would otherwise die at
+    once (or raise KeyboardInterrupt anywhere) and leave them running. A signal whose
+    exception was swallowed still ends the block with that SystemExit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    chosen = (signal.SIGTERM, signal.SIGHUP)
+    chosen = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {signum: signal.signal(signum, _exit_on_signal) for signum in chosen}
     try:
         yield
@@ -182,7 +243,17 @@ def stopped_by_signals() -> Iterator[None]:
         received = list(_received)
         _received.clear()
         if received:
-            raise SystemExit(128 + received[0])
+            raise Interrupted(received[0])
+
+
+@contextmanager
+def _stopping_cluster() -> Iterator[None]:
+    """While the cluster is stopped, signals hurry the stop instead of cutting it short."""
+    _stopping.append(True)
+    try:
+        yield
+    finally:
+        _stopping.pop()
 
 
 @contextmanager
@@ -199,6 +270,8 @@ def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
             try:
                 yield LocalCluster(server.url, worker, log_path)
             finally:
-                stop_worker(worker)
+                with _stopping_cluster():
+                    stop_worker(worker)
         finally:
-            server.stop()
+            with _stopping_cluster():
+                server.stop()
