@@ -14,7 +14,6 @@ sends such chunks again; after `--no-wait` (or once the command is killed), a wo
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import click
 from cli.context import CliContext
 from cli.progress import ProgressLine, format_seconds
 from cli.queue import Queue, open_queue
+from models import ownership
 from models.atomic import check_output_file
 from models.bundle import decoding_mismatch, imported_note, read_manifest
 from models.dataset import check_photo_dir, walk_images
@@ -50,17 +50,35 @@ def relative_names(root: Path, skip: Iterable[str] = ()) -> Iterator[str]:
 
 
 def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bool) -> Path:
+    """`output` made absolute, or `UsageError` before any work when flowers may not write there:
+    inside the photo folder or a bundle, something flowers did not write (`models.ownership`),
+    or an earlier output without --overwrite."""
     output = output.resolve()
     if output == photo_dir or photo_dir in output.parents:
         raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
+    if (bundle := ownership.bundle_around(output)) is not None:
+        raise UsageError(f"--output {output} is inside the model bundle {bundle}; "
+                         "write it elsewhere")
     if not partitioned:
         output = check_output_file(output, "a CSV file (or pass --partition-rows)")
-    elif output.exists() and not (output / results.MANIFEST).is_file():
-        raise UsageError(f"--output {output} exists and is not a folder that flowers wrote "
-                         "(it has no manifest.json): name a new folder")
+        ownership.check_replaceable_file(output, "--output")
+    elif output.exists() or output.is_symlink():
+        names = ownership.partitioned_files(output) if output.is_dir() else None
+        if names is None or output.is_symlink():
+            raise UsageError(f"--output {output} exists and is not a folder of CSV parts that "
+                             "flowers wrote (no manifest.json of its format): name a new folder")
+        foreign = sorted(set(os.listdir(output)) - {*names, results.MANIFEST})
+        if foreign:
+            raise UsageError(f"--output {output} holds files flowers did not write "
+                             f"({', '.join(foreign[:3])}): move them or name a new folder")
     elif not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
         raise UsageError(f"--output {output}: folder {output.parent} is missing or not "
                          "writable; create it or write elsewhere")
+    record = results.job_record_for(output)
+    if (record.exists() or record.is_symlink()) and not results.is_job_record(record):
+        raise UsageError(f"{record} exists and is not the record of a flowers label job: "
+                         "move it away or choose another --output")
+    results.check_parts_folder(results.parts_dir_for(output))
     if output.exists() and not overwrite:
         raise UsageError(f"--output {output} exists: pass --overwrite to label again")
     return output
@@ -118,8 +136,9 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         overwritten = None
         if overwrite:
             if output.is_dir():  # a partitioned output (check_output saw its manifest)
-                shutil.rmtree(output)
-            output.unlink(missing_ok=True)
+                results.remove_partitioned(output)
+            else:
+                output.unlink(missing_ok=True)
             results.job_record_for(output).unlink(missing_ok=True)
             overwritten = results.read_identity(parts_dir).get("job_id")
         results.prepare_parts(parts_dir, identity, overwrite)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from models import ownership
 from models.atomic import check_output_file
 from models.errors import UsageError
 from review.results_page import PageSummary, ReviewOptions, default_photo_dir
@@ -23,7 +24,7 @@ def _describe(summary: PageSummary, what: str) -> str:
 @click.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
-              help="HTML file to write (replaced if it exists).")
+              help="HTML file to write (a page flowers review wrote there before is replaced).")
 @click.option("--photos", "photo_dir", type=click.Path(exists=True, file_okay=False,
                                                        path_type=Path),
               help="Photo folder the CSV's paths are relative to (default: the one its "
@@ -42,6 +43,12 @@ def review(source: Path, output: Path, photo_dir: Path | None, below: float, per
            check_limit: int, seed: int) -> None:
     """Write a page of photos for SOURCE: a results CSV of label-dir, or a bundle folder."""
     output = check_output_file(output, "an .html file")
+    if (output.exists() or output.is_symlink()) and not ownership.is_review_page(output):
+        raise UsageError(f"--output {output} exists and is not a page flowers review wrote: "
+                         "name a new file or move it away")
+    if (bundle := ownership.bundle_around(output.parent)) is not None:
+        raise UsageError(f"--output {output} is inside the model bundle {bundle}: "
+                         "write the page elsewhere")
     if source.is_dir():
         from review.bundle_page import write_bundle_page
 

@@ -11,6 +11,7 @@ from cli.context import CliContext
 from cli.progress import ProgressLine
 from cli.queue import open_queue
 from cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
+from models import ownership
 from models.dataset import check_percentages, discover
 from models.errors import UsageError
 from models.networks import DEFAULT_ARCHITECTURE, get_spec
@@ -74,6 +75,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
             raise UsageError(
                 f"--output {output} is inside the photo folder; write the bundle elsewhere"
             )
+        ownership.check_bundle_output(output)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
     if not settings.broker_url and not wait:

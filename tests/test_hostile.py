@@ -5,16 +5,26 @@ files, rows, exit codes and the processes left running."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import REPO, SMALL_NETWORK, flowers_env, wait_for
+from tests.conftest import (
+    REPO,
+    SMALL_NETWORK,
+    RunningWorker,
+    copy_subset,
+    flowers_env,
+    run_flowers,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -75,3 +85,102 @@ def test_ctrl_c_of_a_training_command_stops_everything_it_started(
     _, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, f"left running: {command_lines(alive)}"
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.fixture
+def small(flower_photos: Path, tmp_path: Path) -> Path:
+    """20 real photos in two classes."""
+    return copy_subset(flower_photos, tmp_path / "small", ["daisy", "roses"], 10)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_nothing_flowers_did_not_write_is_replaced_or_removed(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, tmp_path: Path
+) -> None:
+    """Folders and files that only look like flowers' (a web app's manifest.json, a parts
+    folder someone made, a page, a bundle) are refused with one line, before any work, and
+    left as they were, --overwrite or not."""
+    bundle = trained_bundle[0]
+    env = flowers_env(flowers_home, None, None)
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "my app", "files": []}')
+    (webapp / "index.html").write_text("<html>my app</html>")
+    thesis_parts = tmp_path / "p" / "report.csv.parts"
+    thesis_parts.mkdir(parents=True)
+    (thesis_parts / "thesis.txt").write_text("four years of work")
+    page = tmp_path / "mine.html"
+    page.write_text("<html>my own page</html>")
+    guarded = {folder: snapshot(folder) for folder in (webapp, thesis_parts, bundle, small)}
+
+    attempts = {
+        "partitioned over a web app": ["label-dir", str(small), "--model", str(bundle),
+                                       "--output", str(webapp), "--partition-rows", "10",
+                                       "--overwrite"],
+        "a parts folder it did not make": ["label-dir", str(small), "--model", str(bundle),
+                                           "--output", str(tmp_path / "p" / "report.csv")],
+        "a CSV inside the bundle": ["label-dir", str(small), "--model", str(bundle),
+                                    "--output", str(bundle / "labels.txt"), "--overwrite"],
+        "partitioned over the bundle": ["label-dir", str(small), "--model", str(bundle),
+                                        "--output", str(bundle), "--partition-rows", "5",
+                                        "--overwrite"],
+        "a bundle over a web app": ["train", str(small), "--output", str(webapp),
+                                    "--weights", "none"],
+        "a bundle inside a bundle": ["train", str(small), "--output", str(bundle / "inner"),
+                                     "--weights", "none"],
+        "a page over a page of its own": ["review", str(bundle), "--output", str(page)],
+    }
+    for what, argv in attempts.items():
+        result = run_flowers(*argv, env=env, timeout=120)
+        assert result.returncode == 2, f"{what}: {result.stderr}"
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")]
+        assert len(errors) == 1, f"{what}: {result.stderr}"
+        line = errors[0]
+        assert line.startswith("Error: ") and "unexpected" not in line, f"{what}: {line}"
+    for folder, files in guarded.items():
+        assert snapshot(folder) == files, f"{folder} changed"
+    assert page.read_text() == "<html>my own page</html>"
+    assert not (flowers_home / "logs").exists(), "no local cluster was started"
+
+
+def test_overwrite_replaces_what_flowers_wrote_and_keeps_what_it_did_not(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, redis_url: str,
+    worker_process: RunningWorker, tmp_path: Path,
+) -> None:
+    """A partitioned output and a review page flowers wrote are replaced with --overwrite; a
+    file someone put in a job's parts folder survives the job's end (the folder with it)."""
+    bundle = trained_bundle[0]
+    env = flowers_env(flowers_home, redis_url, None)
+    output = tmp_path / "out"
+    label = ["label-dir", str(small), "--model", str(bundle), "--output", str(output),
+             "--partition-rows", "7"]
+    first = run_flowers(*label, env=env)
+    assert first.returncode == 0, first.stderr
+    assert sorted(path.name for path in output.iterdir()) == [
+        "manifest.json", "part-00000.csv", "part-00001.csv", "part-00002.csv"]
+    again = run_flowers(*label[:-1], "10", "--overwrite", env=env)
+    assert again.returncode == 0, again.stderr
+    assert sorted(path.name for path in output.iterdir()) == [
+        "manifest.json", "part-00000.csv", "part-00001.csv"]
+
+    csv_output = tmp_path / "rows.csv"
+    parts = tmp_path / "rows.csv.parts"
+    parts.mkdir()
+    (parts / "job.json").write_text(json.dumps(
+        {"format": "flowers-label-parts/1", "bundle_id": "x", "photo_dir": str(small),
+         "top_k": 3}))
+    (parts / "notes.txt").write_text("mine")
+    labelled = run_flowers("label-dir", str(small), "--model", str(bundle), "--output",
+                           str(csv_output), "--overwrite", env=env)
+    assert labelled.returncode == 0, labelled.stderr
+    assert len(csv_output.read_text().splitlines()) == 21
+    assert sorted(path.name for path in parts.iterdir()) == ["notes.txt"]
+
+    page = tmp_path / "page.html"
+    for _ in range(2):
+        written = run_flowers("review", str(bundle), "--output", str(page), env=env)
+        assert written.returncode == 0, written.stderr

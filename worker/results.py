@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from models import ownership
 from models.atomic import temporary_folder_beside, write_atomically, write_text_atomically
 from models.errors import UsageError
 from worker.sorted_parts import sorted_rows, unique_paths
@@ -60,6 +61,12 @@ def parts_dir_for(output: Path) -> Path:
 def job_record_for(output: Path) -> Path:
     """The record of the job that wrote `output`: OUTPUT.job.json beside it."""
     return output.with_name(output.name + ".job.json")
+
+
+def is_job_record(path: Path) -> bool:
+    """Whether `path` is a label job's record that flowers wrote (OUTPUT.job.json)."""
+    record = ownership.read_json_object(path)
+    return record is not None and all(key in record for key in ("bundle_id", "photo_dir"))
 
 
 def read_job_record(output: Path) -> dict[str, Any] | None:
@@ -127,10 +134,23 @@ def write_part(parts_dir: Path, job_id: str, index: int, rows: list[list[str]]) 
     write_text_atomically(part_path(parts_dir, job_id, index), _csv_text(sorted(rows)))
 
 
+def check_parts_folder(parts_dir: Path) -> None:
+    """Refuses a parts folder that flowers did not make (`models.ownership`)."""
+    if (parts_dir.exists() or parts_dir.is_symlink()) and (
+            parts_dir.is_symlink() or not ownership.is_parts_folder(parts_dir)):
+        raise UsageError(
+            f"{parts_dir} exists and is not the parts folder of a flowers label job (it has no "
+            "job.json of one): move it away or choose another --output"
+        )
+
+
 def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Creates the parts folder, or checks that its rows were made the same way."""
-    if overwrite and parts_dir.exists():
-        shutil.rmtree(parts_dir)
+    """Creates the parts folder, or checks that its rows were made the same way; with
+    `overwrite`, first removes what an earlier job wrote in it."""
+    check_parts_folder(parts_dir)
+    if overwrite:
+        ownership.remove_parts_folder(parts_dir)
+    identity = {"format": ownership.PARTS_FORMAT, **identity}
     job_file = parts_dir / JOB_FILE
     if job_file.exists():
         try:
@@ -194,9 +214,17 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
         counts = _write_csv(output, k, rows)
         record = {**identity, **counts, "finished": _now()}
         write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    ownership.remove_parts_folder(parts_dir)
     log.info("wrote %s: %d rows, %d errors", output, counts["rows"], counts["errors"])
     return {"rows": counts["rows"], "errors": counts["errors"]}
+
+
+def remove_partitioned(folder: Path) -> None:
+    """Removes a partitioned output flowers wrote: the files its manifest lists, the manifest,
+    and the folder once empty. Anything else (and a folder without such a manifest) stays."""
+    names = ownership.partitioned_files(folder)
+    if names is not None:
+        ownership.remove_own_files(folder, [*names, MANIFEST])
 
 
 def _now() -> str:
@@ -248,14 +276,13 @@ def write_partitions(folder: Path, k: int, rows: Iterator[list[str]], per_file: 
             counts = _write_csv(staging / name, k,
                                 itertools.chain([first], batch) if first else ())
             files.append({"name": name, **counts})
-        manifest = {**identity, "format": "flowers-partitioned-csv/1", "header": header(k),
+        manifest = {**identity, "format": ownership.PARTITIONED_FORMAT, "header": header(k),
                     "rows": sum(f["rows"] for f in files),
                     "errors": sum(f["errors"] for f in files),
                     "rows_per_file": per_file, "files": files, "finished": _now()}
         write_text_atomically(staging / MANIFEST, json.dumps(manifest, indent=2))
-        if folder.is_dir() and (folder / MANIFEST).exists():
-            shutil.rmtree(folder)  # an earlier output of this job's command (--overwrite)
-        os.rename(staging, folder)
+        remove_partitioned(folder)  # an earlier output of this job's command (--overwrite)
+        os.rename(staging, folder)  # fails if anything flowers did not write is left there
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
