@@ -142,8 +142,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             results.job_record_for(output).unlink(missing_ok=True)
             overwritten = results.read_identity(parts_dir).get("job_id")
         results.prepare_parts(parts_dir, identity, overwrite)
-        # What the parts hold before this job's workers add to them (streamed: not held).
-        done = sum(1 for _ in results.done_paths(parts_dir))
+        # Rows kept from before, checked against their photos as they are now.
+        freshness = results.drop_stale_rows(parts_dir, root, k)
     except OSError as exc:
         raise UsageError(
             f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
@@ -164,8 +164,11 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         enqueued = enqueue_chunks(queue, job_id, template, parts_dir,
                                   relative_names(root, results.done_paths(parts_dir)),
                                   chunk_size, batch_size)
-        if done:
-            click.echo(f"resuming: {done} photos already labelled, {enqueued} to go", err=True)
+        if freshness.kept or freshness.changed or freshness.vanished:
+            click.echo(f"resuming: {freshness.kept} photos already labelled, "
+                       f"{freshness.changed} changed since (labelled again), "
+                       f"{freshness.vanished} gone since (rows dropped); {enqueued} to go",
+                       err=True)
         if not wait:
             click.echo(job_id)
             return

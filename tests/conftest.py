@@ -133,7 +133,7 @@ def run_flowers(
 
 def resumed_counts(stderr: str) -> tuple[int, int]:
     """(photos already labelled, photos to go) from a rerun's `resuming:` line."""
-    match = re.search(r"resuming: (\d+) photos already labelled, (\d+) to go", stderr)
+    match = re.search(r"resuming: (\d+) photos already labelled, .*; (\d+) to go", stderr)
     assert match, stderr
     return int(match[1]), int(match[2])
 

@@ -5,8 +5,10 @@ files, rows, exit codes and the processes left running."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +17,16 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
 
 from tests.conftest import (
     REPO,
     SMALL_NETWORK,
     RunningWorker,
+    WorkerFactory,
     copy_subset,
     flowers_env,
+    part_paths,
     run_flowers,
     wait_for,
 )
@@ -184,3 +189,61 @@ def test_overwrite_replaces_what_flowers_wrote_and_keeps_what_it_did_not(
     for _ in range(2):
         written = run_flowers("review", str(bundle), "--output", str(page), env=env)
         assert written.returncode == 0, written.stderr
+
+
+def read_rows(path: Path) -> dict[str, list[str]]:
+    with open(path, newline="") as handle:
+        return {row[0]: row for row in list(csv.reader(handle))[1:]}
+
+
+def test_a_resume_keeps_only_rows_that_still_describe_their_photo(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, redis_url: str,
+    start_workers: WorkerFactory, tmp_path: Path,
+) -> None:
+    """Interrupted, then photos deleted and others replaced under the same names: the rerun
+    drops the deleted photos' rows, labels the replaced ones again, says how many of each, and
+    writes what a fresh run over the folder as it now is writes."""
+    bundle = trained_bundle[0]
+    env = flowers_env(flowers_home, redis_url, None)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(small), "--model", str(bundle), "--output", str(output),
+            "--chunk-size", "2", "--batch-size", "2")
+    worker = start_workers(1)
+    queued = run_flowers(*args, "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    parts = tmp_path / "labels.csv.parts"
+    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 4, timeout=120, what="4 chunks",
+             interval=0.05)
+    worker.kill()
+    redis.Redis.from_url(redis_url).delete("flowers")  # the queued chunks are lost too
+    labelled = sorted(set(part_paths(parts)))
+    assert 8 <= len(labelled) < 20, "interrupted mid-way"
+
+    deleted, replaced = labelled[:2], labelled[2:4]
+    for name in deleted:
+        (small / name).unlink()
+    roses = sorted((small / "roses").iterdir())
+    for name, other in zip(replaced, roses[-2:], strict=True):
+        shutil.copyfile(other, small / name)  # same name and folder, another photo
+    unlabelled = sorted({f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg")}
+                        - set(labelled))
+    (small / unlabelled[-1]).unlink()
+
+    start_workers(1)
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (f"resuming: {len(labelled) - 4} photos already labelled, 2 changed since "
+            f"(labelled again), 2 gone since (rows dropped); {17 - (len(labelled) - 4)} "
+            "to go") in rerun.stderr, rerun.stderr
+    assert "labelled 17 photos" in rerun.stdout, rerun.stdout
+
+    fresh = tmp_path / "fresh.csv"
+    again = run_flowers(*args[:5], str(fresh), *args[6:], env=env)
+    assert again.returncode == 0, again.stderr
+    resumed, expected = read_rows(output), read_rows(fresh)
+    assert list(resumed) == list(expected) == sorted(
+        f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg"))
+    for name, row in expected.items():
+        assert resumed[name][1::2] == row[1::2], name  # labels and error
+        assert [float(c) for c in resumed[name][2:-1:2]] == pytest.approx(
+            [float(c) for c in row[2:-1:2]], abs=1e-4), name

@@ -12,6 +12,8 @@ import pytest
 from models.errors import UsageError
 from worker import results
 
+JOB = "0123456789abcdef" * 2  # a job id as flowers makes them
+
 IDENTITY = {"bundle_id": "b1", "photo_dir": "/photos", "top_k": 3, "k": 2, "bundle": "/b"}
 
 
@@ -27,10 +29,10 @@ def test_header_and_rows_follow_the_schema() -> None:
 def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
     parts = tmp_path / "out.csv.parts"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
-    results.claim_parts(parts, "job1")
+    results.claim_parts(parts, JOB)
     row = lambda name: results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2)  # noqa: E731
-    results.write_part(parts, "job1", 1, [row("z.jpg"), row("a/b.jpg")])
-    results.write_part(parts, "job1", 0, [row("a.jpg"), row("z.jpg")])
+    results.write_part(parts, JOB, 1, [row("z.jpg"), row("a/b.jpg")])
+    results.write_part(parts, JOB, 0, [row("a.jpg"), row("z.jpg")])
     assert list(results.done_paths(parts)) == ["a.jpg", "a/b.jpg", "z.jpg"]
     counts = results.merge_parts(parts, tmp_path / "out.csv", 2)
     assert counts == {"rows": 3, "errors": 0}
@@ -47,7 +49,7 @@ def test_rows_from_another_bundle_are_never_mixed_in(tmp_path: Path) -> None:
     results.prepare_parts(parts, IDENTITY, overwrite=False)  # same bundle: resume
     with pytest.raises(UsageError, match=r"another bundle id.*--overwrite"):
         results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=False)
-    results.write_part(parts, "job1", 0, [["a.jpg", "", "", "", "", "x"]])
+    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "x"]])
     results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=True)
     assert list(results.done_paths(parts)) == []
 
@@ -65,14 +67,14 @@ def test_a_rerun_takes_the_parts_over(tmp_path: Path) -> None:
 def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
     parts, output = tmp_path / "out.csv.parts", tmp_path / "out.csv"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
-    results.claim_parts(parts, "job1")
-    results.write_part(parts, "job1", 0, [["a.jpg", "", "", "", "", "empty file"],
+    results.claim_parts(parts, JOB)
+    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "empty file"],
                                           results.format_row("b.jpg", [("a", 1.0)], "", 2)])
     results.merge_parts(parts, output, 2)
     record = results.read_job_record(output)
     assert record is not None
     assert {key: record[key] for key in (*IDENTITY, "job_id", "rows", "errors")} == {
-        **IDENTITY, "job_id": "job1", "rows": 2, "errors": 1}
+        **IDENTITY, "job_id": JOB, "rows": 2, "errors": 1}
     assert record["csv_bytes"] == output.stat().st_size
     assert record["finished"].startswith("20")
     with open(output, "a") as handle:  # the CSV changed since: the record no longer holds
@@ -90,9 +92,9 @@ def test_shared_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
     try:
         parts = tmp_path / "out.csv.parts"
         results.prepare_parts(parts, IDENTITY, overwrite=False)
-        results.claim_parts(parts, "job1")
-        results.write_part(parts, "job1", 0, [results.format_row("a.jpg", [], "x", 2)])
-        files = [parts / results.JOB_FILE, results.part_path(parts, "job1", 0)]
+        results.claim_parts(parts, JOB)
+        results.write_part(parts, JOB, 0, [results.format_row("a.jpg", [], "x", 2)])
+        files = [parts / results.JOB_FILE, results.part_path(parts, JOB, 0)]
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
         folder = temporary_folder_beside(tmp_path / "bundle")
         results.merge_parts(parts, tmp_path / "out.csv", 2)

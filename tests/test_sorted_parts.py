@@ -15,6 +15,8 @@ from models.dataset import walk_images
 from worker import results
 from worker.sorted_parts import sorted_rows, unique_paths
 
+JOB = "0123456789abcdef" * 2  # a job id as flowers makes them
+
 IDENTITY = {"bundle_id": "b1", "photo_dir": "/photos", "top_k": 1, "k": 1}
 
 
@@ -25,10 +27,10 @@ def _row(path: str, label: str = "a") -> list[str]:
 def _job_of_parts(parts: Path, photos: int, per_part: int) -> None:
     """A job's parts as its chunks write them: consecutive ranges of sorted paths."""
     results.prepare_parts(parts, IDENTITY, overwrite=False)
-    results.claim_parts(parts, "job1")
+    results.claim_parts(parts, JOB)
     names = sorted(f"d{i % 7}/photo-{i:09d}.jpg" for i in range(photos))
     for index in range(0, photos, per_part):
-        results.write_part(parts, "job1", index // per_part,
+        results.write_part(parts, JOB, index // per_part,
                            [_row(name) for name in names[index:index + per_part]])
 
 
@@ -116,10 +118,10 @@ def test_resume_skips_done_paths_walking_beside_them(tmp_path: Path) -> None:
         (photos / name).write_bytes(b"x")
     parts = tmp_path / "out.csv.parts"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
-    results.claim_parts(parts, "job1")
+    results.claim_parts(parts, JOB)
     done = sorted(random.Random(2).sample(names, 33))
-    results.write_part(parts, "job1", 0, [_row(n) for n in done[:20]])
-    results.write_part(parts, "job1", 1, [_row(n) for n in done[10:]])  # overlapping
+    results.write_part(parts, JOB, 0, [_row(n) for n in done[:20]])
+    results.write_part(parts, JOB, 1, [_row(n) for n in done[10:]])  # overlapping
     left = list(relative_names(photos, results.done_paths(parts)))
     assert left == sorted(set(names) - set(done))
 
@@ -128,10 +130,10 @@ def test_a_partitioned_output_reads_as_one_sorted_table(tmp_path: Path) -> None:
     parts = tmp_path / "out.parts"
     results.prepare_parts(parts, {"bundle_id": "b", "photo_dir": "/p", "top_k": 1, "k": 1},
                           overwrite=False)
-    results.claim_parts(parts, "job")
+    results.claim_parts(parts, JOB)
     names = [f"{n:03d}.jpg" for n in range(25)]
     for index in range(0, 25, 4):
-        results.write_part(parts, "job", index, [
+        results.write_part(parts, JOB, index, [
             results.format_row(name, [("daisy", 0.5)], "bad" if name == "007.jpg" else "", 1)
             for name in names[index:index + 4]])
     output = tmp_path / "out"
@@ -141,7 +143,7 @@ def test_a_partitioned_output_reads_as_one_sorted_table(tmp_path: Path) -> None:
     files = sorted(output.glob("*.csv"))
     assert [f.name for f in files] == ["part-00000.csv", "part-00001.csv", "part-00002.csv"]
     assert [f["rows"] for f in manifest["files"]] == [10, 10, 5]
-    assert manifest["rows"] == 25 and manifest["errors"] == 1 and manifest["job_id"] == "job"
+    assert manifest["rows"] == 25 and manifest["errors"] == 1 and manifest["job_id"] == JOB
     table = []
     for file in files:  # what a glob of OUTPUT/*.csv reads: each file with its header
         with open(file, newline="") as handle:

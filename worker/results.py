@@ -23,6 +23,11 @@ rows each (each with the header, together sorted by path) and manifest.json, the
 with each file's rows, errors, size and first and last path.
 
 CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,error
+(a part's rows also end with the photo's stamp, `photo_stamp`, dropped when merged).
+
+A resumed job keeps only fresh rows: each is checked against its photo's stamp now
+(`drop_stale_rows`), so the output equals what a fresh run over the folder as it now is
+would write.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -131,7 +137,65 @@ def counted_parts(parts_dir: Path) -> list[Path]:
 
 
 def write_part(parts_dir: Path, job_id: str, index: int, rows: list[list[str]]) -> None:
+    """Writes a chunk's part: each row as `format_row` made it, then its photo's stamp."""
     write_text_atomically(part_path(parts_dir, job_id, index), _csv_text(sorted(rows)))
+
+
+def photo_stamp(path: Path) -> str:
+    """What identifies a photo's content cheaply: size, modification and change times (the
+    change time moves on every write or replacement, and cannot be set back); "" if it cannot
+    be read. Taken before the photo is read, so a photo changed while it is read differs."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f"{info.st_size}-{info.st_mtime_ns}-{info.st_ctime_ns}"
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What a resumed job found of the rows kept from before."""
+
+    kept: int
+    changed: int
+    vanished: int
+
+
+def drop_stale_rows(parts_dir: Path, photo_dir: Path, k: int) -> Freshness:
+    """Checks every kept row against the photo it came from: rows of photos that are gone (or
+    would no longer be walked) are dropped, and so are those of photos whose stamp changed
+    (or that were labelled before stamps were kept), so that they are labelled again. Parts
+    are rewritten whole, atomically; one left empty is removed."""
+    kept = changed = vanished = 0
+    for part in counted_parts(parts_dir):
+        fresh: list[list[str]] = []
+        rows = [row for row in _read_rows(part) if row]
+        for row in rows:
+            photo = photo_dir / row[0]
+            stamp = photo_stamp(photo)
+            if not stamp or not walked(row[0]):
+                vanished += 1
+            elif len(row) != 2 * k + 3 or row[-1] != stamp:
+                changed += 1
+            else:
+                fresh.append(row)
+        kept += len(fresh)
+        if len(fresh) == len(rows):
+            continue
+        if fresh:
+            write_text_atomically(part, _csv_text(fresh))
+        else:
+            part.unlink(missing_ok=True)
+    return Freshness(kept, changed, vanished)
+
+
+def walked(name: str) -> bool:
+    """Whether the walk of a photo folder yields the relative path `name`
+    (`models.dataset.walk_images`: image files, nothing hidden on the way)."""
+    from models.dataset import is_image_file
+
+    parts = name.split("/")
+    return is_image_file(parts[-1]) and not any(part.startswith(".") for part in parts)
 
 
 def check_parts_folder(parts_dir: Path) -> None:
@@ -206,7 +270,8 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
 
     One CSV, its record beside it as OUTPUT.job.json; or, with `partition_rows`, a folder of
     CSV files of that many rows each (`write_partitions`)."""
-    rows = unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir))
+    rows = (row[:2 * k + 2] for row in
+            unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir)))  # less its stamp
     identity = read_identity(parts_dir)
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)

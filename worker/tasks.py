@@ -247,9 +247,10 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         model = cache.get(bundle)
         names: list[str] = chunk["paths"]
         k = int(chunk["top_k"])
+        stamps = [results.photo_stamp(root / name) for name in names]  # before reading
         rows = [
-            results.format_row(name, row.labels, row.error, k)
-            for name, row in zip(names, label_photos(
+            [*results.format_row(name, row.labels, row.error, k), stamp]
+            for name, stamp, row in zip(names, stamps, label_photos(
                 (root / name for name in names), model.run, model.class_names,
                 model.input_size, k,
                 batch_size=int(chunk.get("batch_size") or LABEL_BATCH_SIZE),
