@@ -32,6 +32,7 @@ from models.predict import LABEL_BATCH_SIZE
 from worker import results
 from worker.chunk_list import ChunkWriter, chunked, feed
 from worker.lost_chunks import LostChunks
+from worker.messages import MAX_BATCH_SIZE, MAX_PHOTOS_PER_CHUNK
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -92,9 +93,10 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
               help="CSV file to write (a folder with --partition-rows).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Labels per photo (at most the number of classes).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
+@click.option("--chunk-size", type=click.IntRange(1, MAX_PHOTOS_PER_CHUNK),
+              default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Photos per task.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=LABEL_BATCH_SIZE,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=LABEL_BATCH_SIZE,
               show_default=True,
               help="Photos per network call on the worker.")
 @click.option("--partition-rows", type=click.IntRange(min=1), default=None,
@@ -132,47 +134,49 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     parts_dir = results.parts_dir_for(output)
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
                 "k": k, "bundle": str(bundle)}
-    try:
-        overwritten = None
-        if overwrite:
-            if output.is_dir():  # a partitioned output (check_output saw its manifest)
-                results.remove_partitioned(output)
-            else:
-                output.unlink(missing_ok=True)
-            results.job_record_for(output).unlink(missing_ok=True)
-            overwritten = results.read_identity(parts_dir).get("job_id")
-        results.prepare_parts(parts_dir, identity, overwrite)
-        # Rows kept from before, checked against their photos as they are now.
-        freshness = results.drop_stale_rows(parts_dir, root, k)
-    except OSError as exc:
-        raise UsageError(
-            f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
-            "choose a writable folder"
-        ) from None
-    with open_queue(settings, local_processes=settings.processes()) as queue:
-        job_id = queue.jobs.create_job(
-            kind="label", request={**identity, "output": str(output),
-                                   "partition_rows": partition_rows},
-            output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
-            queue=settings.queue,
-        )
-        previous = results.claim_parts(parts_dir, job_id) or overwritten
-        if previous:
-            queue.jobs.supersede(previous, job_id)
-        template = {"photo_dir": str(root), "bundle": str(bundle), "parts_dir": str(parts_dir),
-                    "top_k": k, "batch_size": batch_size}
-        enqueued = enqueue_chunks(queue, job_id, template, parts_dir,
-                                  relative_names(root, results.done_paths(parts_dir)),
-                                  chunk_size, batch_size)
-        if freshness.kept or freshness.changed or freshness.vanished:
-            click.echo(f"resuming: {freshness.kept} photos already labelled, "
-                       f"{freshness.changed} changed since (labelled again), "
-                       f"{freshness.vanished} gone since (rows dropped); {enqueued} to go",
-                       err=True)
-        if not wait:
-            click.echo(job_id)
-            return
-        record = queue.wait(job_id, ProgressLine(), watch=lost_chunk_watch(queue, job_id, template))
+    with results.locked_parts(parts_dir, output):
+        try:
+            overwritten = None
+            if overwrite:
+                if output.is_dir():  # a partitioned output (check_output saw its manifest)
+                    results.remove_partitioned(output)
+                else:
+                    output.unlink(missing_ok=True)
+                results.job_record_for(output).unlink(missing_ok=True)
+                overwritten = results.read_identity(parts_dir).get("job_id")
+            results.prepare_parts(parts_dir, identity, overwrite)
+            # Rows kept from before, checked against their photos as they are now.
+            freshness = results.drop_stale_rows(parts_dir, root, k)
+        except OSError as exc:
+            raise UsageError(
+                f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
+                "choose a writable folder"
+            ) from None
+        with open_queue(settings, local_processes=settings.processes()) as queue:
+            job_id = queue.jobs.create_job(
+                kind="label", request={**identity, "output": str(output),
+                                       "partition_rows": partition_rows},
+                output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
+                queue=settings.queue,
+            )
+            previous = results.claim_parts(parts_dir, job_id) or overwritten
+            if previous:
+                queue.jobs.supersede(previous, job_id)
+            template = {"photo_dir": str(root), "bundle": str(bundle),
+                        "parts_dir": str(parts_dir), "top_k": k, "batch_size": batch_size}
+            enqueued = enqueue_chunks(queue, job_id, template, parts_dir,
+                                      relative_names(root, results.done_paths(parts_dir)),
+                                      chunk_size, batch_size)
+            if freshness.kept or freshness.changed or freshness.vanished:
+                click.echo(f"resuming: {freshness.kept} photos already labelled, "
+                           f"{freshness.changed} changed since (labelled again), "
+                           f"{freshness.vanished} gone since (rows dropped); {enqueued} to go",
+                           err=True)
+            if not wait:
+                click.echo(job_id)
+                return
+            watch = lost_chunk_watch(queue, job_id, template)
+            record = queue.wait(job_id, ProgressLine(), watch=watch)
     summary = record["result"]
     click.echo(
         f"labelled {summary['rows']} photos ({summary['errors']} errors) in "

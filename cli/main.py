@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from cli.context import CliContext
-from models.errors import FlowersError
+from models.errors import FlowersError, SettingsError
 from worker.embedded import Interrupted
 from worker.settings import Settings
 
@@ -47,14 +47,26 @@ class FlowersGroup(click.Group):
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
+            if _lost_redis(exc):  # a Redis that stopped answering mid-command, past retries
+                raise click.ClickException(
+                    f"lost Redis: {exc} (it did not come back within about two minutes); "
+                    "check that it runs, then run the same command again: it resumes"
+                ) from None
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
             ) from None
 
 
+def _lost_redis(error: Exception) -> bool:
+    """Whether `error` is redis-py's connection or timeout error (checked without importing
+    redis, which `flowers --help` does not need)."""
+    return type(error).__module__.startswith("redis") and any(
+        kind.__name__ in ("ConnectionError", "TimeoutError") for kind in type(error).__mro__)
+
+
 @click.group(cls=FlowersGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, envvar="FLOWERS_DEBUG",
-              help="Show tracebacks and debug logs.")
+@click.option("--debug", is_flag=True,
+              help="Show tracebacks and debug logs (also FLOWERS_DEBUG=1).")
 @click.version_option(package_name="flowers")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -62,14 +74,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Without FLOWERS_BROKER_URL, each command starts a local Redis and worker for its run.
     """
+    try:  # every FLOWERS_* setting, before any work: one line and exit code 2 if one is bad
+        settings = Settings.load()
+    except SettingsError as exc:
+        raise UsageFailure(f"bad FLOWERS_* environment variable: {exc}") from None
+    debug = debug or settings.debug
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise click.UsageError(f"bad FLOWERS_* environment variable: {exc}") from None
     ctx.obj = CliContext(settings=settings, debug=debug)
 
 

@@ -9,13 +9,14 @@ import click
 
 from cli.context import CliContext
 from cli.queue import connect
-from worker.settings import Settings, redact_url
+from worker.settings import WORKER_CONCURRENCY, Settings, redact_url
 
 
 @click.command()
-@click.option("--concurrency", "-c", type=click.IntRange(min=0), default=None,
-              envvar="FLOWERS_WORKER_CONCURRENCY",
-              help="Worker processes; 0 (the default): one per usable core.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=WORKER_CONCURRENCY.low,
+                                                         max=WORKER_CONCURRENCY.high),
+              default=None,
+              help="Worker processes; default FLOWERS_WORKER_CONCURRENCY; 0: one per usable core.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--hostname", "-n", default=None, help="Node name; default: flowers-PID@HOST.")

@@ -12,11 +12,12 @@ from cli.progress import ProgressLine
 from cli.queue import open_queue
 from cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
 from models import ownership
-from models.dataset import check_percentages, discover
+from models.dataset import check_percentages, check_training_classes, discover, stable_split
 from models.errors import UsageError
 from models.networks import DEFAULT_ARCHITECTURE, get_spec
 from models.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
 from models.retrain import RetrainRequest
+from worker.messages import MAX_BATCH_SIZE
 
 
 @click.command()
@@ -44,7 +45,8 @@ from models.retrain import RetrainRequest
 @click.option("--testing-percentage", type=float, default=10.0, show_default=True)
 @click.option("--summaries-dir", type=click.Path(path_type=Path), default=None,
               help="Write TensorBoard summaries here.")
-@click.option("--bottleneck-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--bottleneck-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64,
+              show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
 @click.option("--print-misclassified-test-images", is_flag=True)
@@ -69,6 +71,8 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     codelab = recipe == CODELAB
     check_percentages(validation_percentage, testing_percentage)
     data = discover(photo_dir)
+    check_training_classes(stable_split(data.photos, validation_percentage, testing_percentage),
+                           data.class_names, data.root)
     if output is not None:
         output = output.resolve()
         if output == data.root or data.root in output.parents:

@@ -10,7 +10,10 @@
     BUNDLE/split.json      which photo went to which set
     BUNDLE/report.png      learning curves and confusion matrix
 
-Whoever labels reads the manifest and re-derives nothing. Reading a manifest needs no TensorFlow.
+Whoever labels reads the manifest and re-derives nothing. Reading a manifest needs no TensorFlow,
+and checks it (`check_manifest`: the types of the fields labelling reads; `check_labels_file`:
+labels.txt lists class_names), so every runtime refuses the same bundles; once a runtime has
+opened the model, `check_model_shapes` checks its input size and outputs against the manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models import ownership
 from models.atomic import temporary_folder_beside
-from models.errors import BundleError, GraphGivenAsBundleError
+from models.errors import BundleError, GraphGivenAsBundleError, UsageError
 
 if TYPE_CHECKING:
     import keras
@@ -100,10 +104,10 @@ def _replace_folder(staging: Path, output: Path) -> None:
     if not output.exists():
         os.replace(staging, output)
         return
-    if not (output / MANIFEST_FILE).is_file() and any(output.iterdir()):
-        raise BundleError(
-            f"{output} exists and is not a model bundle: choose another --output or remove it"
-        )
+    try:
+        ownership.check_bundle_output(output)  # checked by the command too; things change
+    except UsageError as exc:
+        raise BundleError(str(exc)) from None
     retired = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
     os.replace(output, retired)
     os.replace(staging, output)
@@ -175,7 +179,8 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} is not a manifest object: retrain the bundle")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or \
+            not 1 <= version <= FORMAT_VERSION:
         raise BundleError(
             f"{bundle} has bundle format {version!r}; this flowers reads format {FORMAT_VERSION} "
             "or older: upgrade flowers"
@@ -183,7 +188,97 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     for key in ("architecture", "input_size", "class_names", "bundle_id"):
         if key not in manifest:
             raise BundleError(f"{path} lacks {key!r}: retrain the bundle")
+    check_manifest(bundle, manifest)
+    check_labels_file(bundle, manifest)
     return manifest
+
+
+def _refuse(bundle: Path, field: str, found: Any, wanted: str) -> BundleError:
+    shown = json.dumps(found, ensure_ascii=False)
+    shown = shown if len(shown) <= 80 else f"{shown[:76]} ..."
+    return BundleError(f"bundle {bundle}: {MANIFEST_FILE}'s {field} is {shown}, not {wanted}: "
+                       "retrain or re-export the bundle")
+
+
+def _one_line_name(name: Any) -> bool:
+    """A non-empty string without line breaks or other control characters."""
+    return isinstance(name, str) and bool(name.strip()) and name.isprintable()
+
+
+def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
+    """Raises `BundleError` unless the fields whoever labels reads have the types flowers writes:
+    input_size [N, N]; class_names two or more distinct names, each one printable line;
+    architecture and bundle_id non-empty strings; preprocessing, models, imported, not_included
+    and metrics, where present, objects; models.keras a file name inside the bundle."""
+    for key in ("architecture", "bundle_id"):
+        if not isinstance(manifest[key], str) or not manifest[key].strip():
+            raise _refuse(bundle, key, manifest[key], "a non-empty string")
+    size = manifest["input_size"]
+    if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1]
+            and type(size[0]) is int and type(size[1]) is int and size[0] > 0):
+        raise _refuse(bundle, "input_size", size, "[N, N] with N a positive whole number of pixels")
+    names = manifest["class_names"]
+    if not isinstance(names, list) or len(names) < 2:
+        raise _refuse(bundle, "class_names", names, "a list of two or more class names")
+    for name in names:
+        if not _one_line_name(name):
+            raise _refuse(bundle, "class name", name, "a non-empty name on one printable line")
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise _refuse(bundle, "class_names", names, f"distinct names ({twice[0]!r} is repeated)")
+    for key in ("preprocessing", "models", "imported", "not_included", "metrics"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise _refuse(bundle, key, manifest[key], "an object")
+    preprocessing = manifest.get("preprocessing") or {}
+    for key in ("resize_method", "version"):
+        if preprocessing.get(key) is not None and not isinstance(preprocessing[key], str):
+            raise _refuse(bundle, f"preprocessing.{key}", preprocessing[key], "a string")
+    keras_name = (manifest.get("models") or {}).get("keras")
+    if keras_name is not None and (not isinstance(keras_name, str) or
+                                   Path(keras_name).name != keras_name or keras_name in ("", "..")):
+        raise _refuse(bundle, "models.keras", keras_name, "a file name in the bundle")
+    resize_method(manifest)
+
+
+def check_labels_file(bundle: Path, manifest: dict[str, Any]) -> None:
+    """Raises `BundleError` unless labels.txt lists the manifest's class_names, one a line
+    (trailing blank lines aside), whatever runtime is to run the bundle."""
+    path = bundle / LABELS_FILE
+    try:
+        labels = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise BundleError(f"bundle {bundle} lacks {LABELS_FILE}: retrain or re-export the "
+                          "bundle") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} is unreadable ({exc}): retrain or re-export the "
+                          "bundle") from None
+    while labels and not labels[-1].strip():
+        labels.pop()
+    names = list(manifest["class_names"])
+    if labels != names:
+        shown = lambda items: json.dumps(items, ensure_ascii=False)[:120]  # noqa: E731
+        raise BundleError(
+            f"bundle {bundle}: {path.name} ({len(labels)} labels, {shown(labels)}) does not "
+            f"match {MANIFEST_FILE}'s class_names ({len(names)}, {shown(names)}): retrain or "
+            f"re-export the bundle, or write {LABELS_FILE} from class_names, one a line")
+
+
+def check_model_shapes(bundle: Path, manifest: dict[str, Any], model_file: str,
+                       input_shape: tuple[int | None, ...],
+                       output_shape: tuple[int | None, ...]) -> None:
+    """Raises `BundleError` unless the opened model takes the manifest's input_size (N, N, 3
+    pixels, any batch) and gives one score per name of its class_names."""
+    size = int(manifest["input_size"][0])
+    if tuple(input_shape[1:]) != (size, size, 3):
+        raise BundleError(
+            f"bundle {bundle}: {model_file} takes photos of {list(input_shape[1:])} but "
+            f"{MANIFEST_FILE}'s input_size is [{size}, {size}]: retrain or re-export the bundle")
+    classes = len(manifest["class_names"])
+    if len(output_shape) != 2 or output_shape[-1] != classes:
+        scores = output_shape[-1] if len(output_shape) == 2 else list(output_shape[1:])
+        raise BundleError(
+            f"bundle {bundle}: {model_file} gives {scores} scores per photo but "
+            f"{MANIFEST_FILE}'s class_names has {classes} names: retrain or re-export the bundle")
 
 
 @dataclass
@@ -255,17 +350,7 @@ def load_bundle(bundle: Path) -> LoadedBundle:
     import models.layers  # noqa: F401 - registers the layers a fine-tuned bundle holds
 
     bundle = Path(bundle).resolve()
-    manifest = read_manifest(bundle)
-    labels_path = bundle / LABELS_FILE
-    try:
-        labels = labels_path.read_text().splitlines()
-    except OSError:
-        raise BundleError(f"{bundle} lacks {LABELS_FILE}: retrain the bundle") from None
-    if labels != list(manifest["class_names"]):
-        raise BundleError(
-            f"{labels_path} ({len(labels)} labels) does not match the manifest's "
-            f"{len(manifest['class_names'])} class names: retrain the bundle"
-        )
+    manifest = read_manifest(bundle)  # labels.txt checked against class_names too
     model_path = bundle / MODEL_FILE
     if not model_path.is_file():
         raise BundleError(f"{bundle} lacks {MODEL_FILE}: retrain the bundle")
@@ -276,15 +361,13 @@ def load_bundle(bundle: Path) -> LoadedBundle:
             f"cannot load {model_path} ({type(exc).__name__}: {exc}); it may be truncated or hold "
             "custom code, which safe mode refuses: retrain the bundle"
         ) from None
-    outputs = model.output_shape[-1]
-    if outputs != len(labels):
-        raise BundleError(
-            f"{model_path} has {outputs} outputs but {labels_path} has {len(labels)} labels: "
-            "retrain the bundle"
-        )
-    size = int(manifest["input_size"][0])
-    if tuple(model.input_shape[1:]) != (size, size, 3):
-        raise BundleError(
-            f"{model_path} takes {model.input_shape[1:]} but the manifest says {size}x{size}x3"
-        )
+    check_model_shapes(bundle, manifest, MODEL_FILE, _shape(model.input_shape),
+                       _shape(model.output_shape))
     return LoadedBundle(bundle, model, manifest)
+
+
+def _shape(shape: Any) -> tuple[int | None, ...]:
+    """A Keras model's input or output shape as a tuple; () for a model with several."""
+    if not isinstance(shape, tuple) or not all(d is None or isinstance(d, int) for d in shape):
+        return ()
+    return shape

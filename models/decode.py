@@ -14,12 +14,20 @@ A bundle imported from the codelab (`flowers import-poets`) was trained on photo
 codelab's way instead, and labels them so (`resize="codelab"`): the whole photo (a JPEG at full
 scale) resized by TensorFlow 1's `resize_bilinear` (no antialiasing, no half-pixel centres),
 rounded to 8 bits. Its manifest names the resize; the rest of decoding is the same.
+
+Reading a photo cannot stall or swamp a worker: only a regular file is opened (a named pipe,
+device or socket is refused, unopened, with its reason), it is opened non-blocking and checked
+again once open, and at most `MAX_FILE_BYTES` are read. Every reason a photo cannot be read or
+decoded is an `ImageDecodeError`, which callers turn into a row or a skipped photo.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -42,24 +50,103 @@ PREPROCESS_VERSIONS = {RESIZE_FLOWERS: PREPROCESS_VERSION,
 # A photo above this many pixels is refused before its pixels are decoded (decompression bombs).
 MAX_PIXELS = 120_000_000
 
+# A photo file above this many bytes is refused unread: room for the largest picture MAX_PIXELS
+# allows stored uncompressed at four bytes a pixel (a 32-bit BMP, 480 MB), so no photo that
+# could be decoded is refused for its size, and a worker never holds more of one file.
+MAX_FILE_BYTES = 4 * MAX_PIXELS
+# The system's limits on a path and on one name in it, in bytes (named in error rows).
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
+NAME_MAX = os.pathconf("/", "PC_NAME_MAX")
+
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def read_bytes(path: Path) -> bytes:
-    """The file's bytes, or `ImageDecodeError` naming the file and the reason it cannot be read."""
+    """The file's bytes, or `ImageDecodeError` naming the file and the reason it cannot be read.
+
+    Only a regular file is read, so a named pipe, a device or a socket (or a link to one) cannot
+    stall or feed a job: it is refused before it is opened, and checked again on the opened
+    descriptor (opened non-blocking, so a file swapped for a pipe in between cannot block either).
+    At most `MAX_FILE_BYTES` are read.
+    """
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "file not found (deleted or moved?)") from None
-    except PermissionError:
-        raise ImageDecodeError(path, "permission denied; make it readable") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "is a folder, not an image") from None
+        _check_regular(path, os.stat(path))
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ImageDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise ImageDecodeError(path, unreadable_reason(path, exc)) from None
+    with open(descriptor, "rb") as handle:
+        try:
+            info = os.fstat(descriptor)
+            _check_regular(path, info)
+            if info.st_size > MAX_FILE_BYTES:
+                raise _too_big(path, info.st_size)
+            data = _read_at_most(path, handle, info.st_size + 1)
+            if len(data) > info.st_size:  # it grows as it is read: read on, up to the limit
+                data += _read_at_most(path, handle, MAX_FILE_BYTES + 1 - len(data))
+        except OSError as exc:
+            raise ImageDecodeError(path, unreadable_reason(path, exc)) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _too_big(path, len(data))
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     return data
+
+
+def _read_at_most(path: Path, handle: io.BufferedReader, size: int) -> bytes:
+    data = handle.read(size)
+    if data is None:  # a regular file that would block, such as some files of /proc
+        raise ImageDecodeError(path, "cannot read: it has no bytes to give without waiting")
+    return data
+
+
+# What a file that is not a regular file is, by the stat test that tells it.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(path: Path, info: os.stat_result) -> None:
+    """Raises `ImageDecodeError` unless `info` (of `path`, links followed) is a regular file."""
+    if stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageDecodeError(path, "is a folder, not an image")
+    kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+    if os.path.islink(path):
+        kind = f"a symbolic link to {kind}"
+    raise ImageDecodeError(
+        path, f"not a regular file ({kind}): remove it or move it out of the folder"
+    )
+
+
+def _too_big(path: Path, size: int) -> ImageDecodeError:
+    return ImageDecodeError(
+        path, f"file of {size:,} bytes is over the {MAX_FILE_BYTES:,} byte limit for a photo; "
+        "shrink or recompress it to label it"
+    )
+
+
+def unreadable_reason(path: Path, exc: OSError) -> str:
+    """Why `path` cannot be opened or read, from the `OSError` that said so."""
+    if exc.errno == errno.ENOENT:
+        return "file not found (deleted or moved?)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied; make it readable"
+    if exc.errno == errno.EISDIR:
+        return "is a folder, not an image"
+    if exc.errno == errno.ENAMETOOLONG:
+        return path_too_long_reason(path)
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def path_too_long_reason(path: Path) -> str:
+    """Why the system refuses `path` with ENAMETOOLONG: a name or the whole path too long."""
+    raw = os.fsencode(path)
+    longest = max(len(name) for name in raw.split(b"/"))
+    if longest > NAME_MAX:
+        return (f"path too long: a name in it is {longest:,} bytes, over the {NAME_MAX:,} the "
+                "system allows; rename it")
+    return (f"path too long: {len(raw):,} bytes, over the {PATH_MAX:,} the system allows; "
+            "move the photo up or shorten the folder names above it")
 
 
 def _to_rgb8(image: Image.Image) -> Image.Image:
@@ -139,6 +226,9 @@ def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> 
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(name, f"cannot decode ({exc})") from None
+    except Exception as exc:  # a malformed file can trip any error inside a Pillow plugin
+        log.warning("unexpected error decoding %s", name, exc_info=True)
+        raise ImageDecodeError(name, f"cannot decode ({type(exc).__name__}: {exc})") from None
 
 
 def _bilinear_weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

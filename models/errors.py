@@ -16,6 +16,10 @@ class UsageError(FlowersError):
     exit_code = 2
 
 
+class SettingsError(UsageError, ValueError):
+    """Raised when a `FLOWERS_*` environment variable holds a value outside its documented range."""
+
+
 class DatasetError(UsageError):
     """Raised when a photo folder cannot be used for training or labelling."""
 

@@ -18,6 +18,7 @@ removed inside a bundle or a photo folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -158,11 +159,9 @@ def remove_own_files(folder: Path, names: Iterable[str]) -> bool:
     stays, and the folder with it."""
     for name in names:
         path = folder / name
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if stat.S_ISREG(os.lstat(path).st_mode):
                 path.unlink()
-        except FileNotFoundError:
-            pass
     try:
         folder.rmdir()
     except FileNotFoundError:
@@ -175,10 +174,21 @@ def remove_own_files(folder: Path, names: Iterable[str]) -> bool:
     return True
 
 
+def _parts_files(folder: Path) -> list[str]:
+    try:
+        return [entry.name for entry in os.scandir(folder) if _PARTS_FILES.fullmatch(entry.name)]
+    except FileNotFoundError:
+        return []
+
+
+def remove_parts_files(folder: Path) -> None:
+    """Removes what label jobs wrote in a parts folder; the folder and anything else stay."""
+    for name in _parts_files(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(folder / name).st_mode):
+                (folder / name).unlink()
+
+
 def remove_parts_folder(folder: Path) -> bool:
     """Removes what a label job wrote in its parts folder, and the folder once empty."""
-    try:
-        names = [entry.name for entry in os.scandir(folder) if _PARTS_FILES.fullmatch(entry.name)]
-    except FileNotFoundError:
-        return True
-    return remove_own_files(folder, names)
+    return remove_own_files(folder, _parts_files(folder))

@@ -125,6 +125,7 @@ def retrain(
     rows = {name: [index_of[photo.path] for photo in split[name]] for name in dataset.SETS}
     if not rows["training"]:
         raise DatasetError(f"{data.root}: no readable photos fell into the training set")
+    dataset.check_training_classes(split, data.class_names, data.root)
 
     phase_start = time.perf_counter()
     fitted = training.fit(

@@ -11,7 +11,8 @@ Two backends, chosen from the bundle's manifest and the runtime asked for:
   fixed size for the same reason. Imports TensorFlow.
 A bundle without model.tflite (made before bundles carried one), or a platform without LiteRT,
 runs on Keras with one warning that says how to get the fast model. Nothing above this module
-knows which backend runs.
+knows which backend runs. Either way the model, once open, is checked against the manifest
+(`models.bundle.check_model_shapes`: its input size, one score per class name) before it runs.
 """
 
 from __future__ import annotations
@@ -69,8 +70,18 @@ class LiteRTRunner:
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"cannot load {model_path} ({exc}): re-export it with "
                               "flowers export BUNDLE --format tflite --in-place") from None
-        (given,) = self.interpreter.get_input_details()
-        (taken,) = self.interpreter.get_output_details()
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
+            shapes = [list(detail["shape"]) for detail in inputs + outputs]
+            raise BundleError(
+                f"{model_path} takes {len(inputs)} inputs and gives {len(outputs)} outputs "
+                f"(shapes {shapes}), not one batch of photos (N, size, size, 3) in and one of "
+                "scores out: retrain or re-export the bundle")
+        (given,), (taken,) = inputs, outputs
+        # The model's own shapes, before the batch is fixed: checked against the manifest.
+        self.model_input_shape = tuple(int(d) for d in given["shape"])
+        self.model_output_shape = tuple(int(d) for d in taken["shape"])
         self.input_size = int(given["shape"][1])
         self.interpreter.resize_tensor_input(
             given["index"], [batch_size, self.input_size, self.input_size, 3], strict=True
@@ -158,17 +169,18 @@ def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Runn
 def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: int,
                 keras_batch_size: int, quiet: bool = False) -> Runner:
     """A runner for the bundle; logs a warning when it runs on another backend than asked
-    (unless `quiet`: the caller has shown `choose_runtime`'s warning itself)."""
-    from models.bundle import TFLITE_FILE, load_bundle
+    (unless `quiet`: the caller has shown `choose_runtime`'s warning itself). Raises
+    `BundleError` when the model does not take the manifest's input_size or does not give one
+    score per name of its class_names."""
+    from models.bundle import TFLITE_FILE, check_model_shapes, load_bundle
 
     choice = choose_runtime(bundle, manifest, runtime)
     if choice.warning and not quiet:
         log.warning(choice.warning)
     if choice.runtime == "litert":
         runner = LiteRTRunner(bundle / TFLITE_FILE, threads=threads)
-        if runner.classes != len(manifest["class_names"]):
-            raise BundleError(f"{bundle / TFLITE_FILE} has {runner.classes} outputs but the "
-                              f"manifest names {len(manifest['class_names'])} classes")
+        check_model_shapes(bundle, manifest, TFLITE_FILE, runner.model_input_shape,
+                           runner.model_output_shape)
         return runner
     from models.runtime import configure_tensorflow
 

@@ -71,6 +71,79 @@ def broken_copy(bundle: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def tampered(bundle: Path, target: Path, labels: list[str] | None = None,
+             **fields: Any) -> Path:
+    """A copy of `bundle` at `target` with `fields` of its manifest.json replaced, and
+    labels.txt rewritten from `labels` (one a line) when given."""
+    shutil.copytree(bundle, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.update(fields)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    if labels is not None:
+        (target / "labels.txt").write_text("".join(f"{name}\n" for name in labels))
+    return target
+
+
+@pytest.mark.parametrize(("fields", "field", "found"), [
+    ({"class_names": "abcde"}, "class_names", '"abcde"'),
+    ({"class_names": ["daisy"]}, "class_names", '["daisy"]'),
+    ({"class_names": {"daisy": 0, "roses": 1}}, "class_names", '{"daisy": 0'),
+    ({"class_names": ["daisy", "roses", "daisy"]}, "class_names", "'daisy' is repeated"),
+    ({"class_names": ["daisy", "", "tulips"]}, "class name", '""'),
+    ({"class_names": ["daisy", "  ", "tulips"]}, "class name", '"  "'),
+    ({"class_names": ["daisy", "ro\nses", "tulips"]}, "class name", '"ro\\nses"'),
+    ({"class_names": ["daisy", "roses\u2028", "tulips"]}, "class name", '"roses\u2028"'),
+    ({"class_names": ["daisy", 7, "tulips"]}, "class name", "7"),
+    ({"input_size": 224}, "input_size", "224"),
+    ({"input_size": "224"}, "input_size", '"224"'),
+    ({"input_size": [0, 0]}, "input_size", "[0, 0]"),
+    ({"input_size": [-224, -224]}, "input_size", "[-224, -224]"),
+    ({"input_size": [224, 128]}, "input_size", "[224, 128]"),
+    ({"input_size": [224.0, 224.0]}, "input_size", "[224.0, 224.0]"),
+    ({"input_size": [True, True]}, "input_size", "[true, true]"),
+    ({"architecture": 5}, "architecture", "5"),
+    ({"bundle_id": ""}, "bundle_id", '""'),
+    ({"preprocessing": "squash"}, "preprocessing", '"squash"'),
+    ({"preprocessing": {"resize_method": 3}}, "preprocessing.resize_method", "3"),
+    ({"models": ["model.keras"]}, "models", '["model.keras"]'),
+    ({"models": {"keras": "../../elsewhere.keras"}}, "models.keras", '"../../elsewhere.keras"'),
+    ({"metrics": [0.9]}, "metrics", "[0.9]"),
+])
+def test_manifest_fields_of_the_wrong_type_are_refused_on_reading(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, fields: dict[str, Any], field: str,
+    found: str,
+) -> None:
+    """Before any runtime is chosen: the same refusal on LiteRT and Keras, in the CLI before
+    a job is sent, and in a worker."""
+    copy = tampered(trained_bundle[0], tmp_path / "bundle", **fields)
+    with pytest.raises(BundleError) as caught:
+        read_manifest(copy)
+    message = str(caught.value)
+    assert message.startswith(f"bundle {copy}: manifest.json's {field} is "), message
+    assert found in message and "retrain or re-export the bundle" in message
+    assert "\n" not in message
+
+
+def test_labels_txt_must_list_the_class_names(
+    trained_bundle: tuple[Path, Any], tmp_path: Path
+) -> None:
+    source = trained_bundle[0]
+    cases = {"reordered": ["roses", "daisy", "tulips"], "renamed": ["daisy", "roses", "tulip"],
+             "short": ["daisy", "roses"], "longer": ["daisy", "roses", "tulips", "sunflowers"]}
+    for case, labels in cases.items():
+        copy = tampered(source, tmp_path / case, labels=labels)
+        with pytest.raises(BundleError, match=r"labels\.txt .* does not match manifest\.json's "
+                           r"class_names .*retrain or re-export the bundle"):
+            read_manifest(copy)
+    (tmp_path / "short" / "labels.txt").unlink()
+    with pytest.raises(BundleError, match=r"lacks labels\.txt"):
+        read_manifest(tmp_path / "short")
+    # Line endings and a trailing blank line are no disagreement.
+    copy = tampered(source, tmp_path / "crlf")
+    (copy / "labels.txt").write_bytes(b"daisy\r\nroses\r\ntulips\r\n\r\n")
+    assert read_manifest(copy)["class_names"] == ["daisy", "roses", "tulips"]
+
+
 def test_missing_and_non_bundles_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not exist"):
         read_manifest(tmp_path / "nothing")

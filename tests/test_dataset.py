@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +92,129 @@ def test_walk_skips_symlinked_folders_and_keeps_looping_links(tmp_path: Path) ->
     (tmp_path / "a" / "folder.jpg").symlink_to(tmp_path / "a")
     (tmp_path / "a" / "self.jpg").symlink_to("self.jpg")
     assert [p.name for p in walk_images(tmp_path)] == ["1.jpg", "self.jpg"]
+
+
+def deep_folder(base: Path, longer_than: int, files: dict[str, bytes] | None = None,
+                name: str = "d" * 200) -> Path:
+    """A folder below `base` whose path is over `longer_than` bytes, made of folders `name`
+    one at a time from the folder before it (no single path to it may be given to the
+    system), holding `files`."""
+    folder = base
+    descriptor = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(os.fsencode(folder)) <= longer_than:
+            os.mkdir(name, dir_fd=descriptor)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor, folder = inner, folder / name
+        for file_name, data in (files or {}).items():
+            written = os.open(file_name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=descriptor)
+            os.write(written, data)
+            os.close(written)
+    finally:
+        os.close(descriptor)
+    return folder
+
+
+def test_walk_finds_photos_below_the_system_path_limit(tmp_path: Path) -> None:
+    touch(tmp_path / "a.jpg")
+    deep = deep_folder(tmp_path, 4096, {"deep.jpg": b"x", "zz.png": b"x", "notes.txt": b"x"})
+    touch(tmp_path / "z.jpg")
+    found = list(walk_images(tmp_path))
+    assert found == [tmp_path / "a.jpg", deep / "deep.jpg", deep / "zz.png", tmp_path / "z.jpg"]
+    assert len(os.fsencode(found[1])) > 4096
+
+
+def test_walk_keeps_pipes_and_links_to_devices_for_their_rows(tmp_path: Path) -> None:
+    touch(tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "null.jpg").symlink_to("/dev/null")
+    (tmp_path / "piped.jpg").symlink_to(tmp_path / "pipe.jpg")
+    assert [p.name for p in walk_images(tmp_path)] == ["a.jpg", "null.jpg", "pipe.jpg",
+                                                       "piped.jpg"]
+
+
+def test_a_folder_that_cannot_be_listed_is_a_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tests run as root, who may list any folder: a folder gone by the time the walk reaches
+    # it cannot be listed either.
+    touch(tmp_path / "a.jpg")
+    touch(tmp_path / "gone" / "b.jpg")
+    touch(tmp_path / "z.jpg")
+    walk = walk_images(tmp_path)
+    assert next(walk) == tmp_path / "a.jpg"
+    shutil.rmtree(tmp_path / "gone")
+    with caplog.at_level(logging.WARNING):
+        assert list(walk) == [tmp_path / "z.jpg"]
+    assert (f"cannot list folder '{tmp_path / 'gone'}' (No such file or directory): the photos "
+            "in it are left out") in caplog.text
+
+
+def test_walk_goes_deeper_than_python_recursion(tmp_path: Path) -> None:
+    deep = deep_folder(tmp_path, len(os.fsencode(tmp_path)) + 2 * 500, {"bottom.jpg": b"x"},
+                       name="a")
+    touch(tmp_path / "top.jpg")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 300)  # fewer frames than the folders' depth
+    try:
+        found = list(walk_images(tmp_path))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert found == [deep / "bottom.jpg", tmp_path / "top.jpg"]
+
+
+def class_folders(root: Path, bad: bytes) -> Path:
+    """Two good class folders and one named `bad` (raw bytes), each with a photo."""
+    touch(root / "daisy" / "1.jpg")
+    touch(root / "roses" / "1.jpg")
+    bad_folder = os.path.join(os.fsencode(root), bad)
+    os.mkdir(bad_folder)
+    with open(os.path.join(bad_folder, b"1.jpg"), "wb") as photo:
+        photo.write(b"x")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "shown", "problem"),
+    [
+        (b"a\nb", r"'a\nb'", "holds a line break"),
+        (b"a\rb", r"'a\rb'", "holds a line break"),
+        (b"tulips\n", r"'tulips\n'", "holds a line break"),
+        ("a\u2028b".encode(), r"'a\u2028b'", "holds a line break"),
+        (b"a\tb", r"'a\tb'", "holds a control character"),
+        (b"a\x1bb", r"'a\x1bb'", "holds a control character"),
+        (b"caf\xe9", r"'caf\xe9'", "is not valid UTF-8"),
+        (b" daisy", "' daisy'", "starts or ends with a space"),
+        (b"roses ", "'roses '", "starts or ends with a space"),
+        (b"   ", "'   '", "starts or ends with a space"),
+    ],
+)
+def test_discover_refuses_class_names_labels_txt_cannot_keep(
+    tmp_path: Path, name: bytes, shown: str, problem: str
+) -> None:
+    root = class_folders(tmp_path / "photos", name)
+    with pytest.raises(DatasetError) as refused:
+        discover(root)
+    message = str(refused.value)
+    assert message.startswith(f"class folder {shown} (in '{root}'): its name {problem}")
+    assert message.endswith(": rename the folder")
+    assert len(message.splitlines()) == 1
+
+
+def test_discover_keeps_class_names_that_round_trip(tmp_path: Path) -> None:
+    for name in ("ünïcode", "it's a \\ name", "two  spaces", "日本"):
+        touch(tmp_path / name / "1.jpg")
+    empty_bad = os.path.join(os.fsencode(tmp_path), b"no photos\n")
+    os.mkdir(empty_bad)  # holds no photos, so it is no class: skipped, not refused
+    data = discover(tmp_path)
+    assert data.class_names == ("it's a \\ name", "two  spaces", "ünïcode", "日本")
+
+
+def test_discover_refuses_a_photo_folder_path_too_long(tmp_path: Path) -> None:
+    deep = deep_folder(tmp_path, 4096)
+    with pytest.raises(DatasetError, match=r"cannot be used \(File name too long\)"):
+        discover(deep)
 
 
 def test_which_set_matches_the_codelab_rule() -> None:

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.decode import MAX_PIXELS, block_factor, decode_image, load_image, read_bytes
+from models.decode import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    NAME_MAX,
+    PATH_MAX,
+    block_factor,
+    decode_image,
+    load_image,
+    read_bytes,
+)
 from models.errors import ImageDecodeError
+from tests.test_dataset import deep_folder
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -147,12 +162,111 @@ def test_unreadable_file_names_the_permission_problem(
     path = tmp_path / "locked.jpg"
     path.write_bytes(b"x")
 
-    def denied(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied", str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(file: str | Path, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(file) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(ImageDecodeError, match="permission denied; make it readable"):
         read_bytes(path)
+
+
+def read_in_time(path: Path, seconds: float = 20) -> ImageDecodeError:
+    """The error `read_bytes(path)` raises, failing the test if the read blocks (a blocked read
+    of a named pipe is set free by opening its other end, so no thread is left behind)."""
+    outcome: list[BaseException | bytes] = []
+    reader = threading.Thread(target=lambda: outcome.append(_read_or_error(path)), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(seconds)
+        pytest.fail(f"reading {path.name} blocked for {seconds} s")
+    assert isinstance(outcome[0], ImageDecodeError), outcome
+    assert outcome[0].path == str(path)
+    return outcome[0]
+
+
+def _read_or_error(path: Path) -> BaseException | bytes:
+    try:
+        return read_bytes(path)
+    except Exception as exc:
+        return exc
+
+
+def test_a_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")
+    error = read_in_time(tmp_path / "pipe.jpg")
+    assert error.reason == ("not a regular file (a named pipe): remove it or move it out of "
+                            "the folder")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "pipe.jpg")
+    assert "(a symbolic link to a named pipe)" in read_in_time(tmp_path / "link.jpg").reason
+    with pytest.raises(ImageDecodeError, match="named pipe"):
+        load_image(tmp_path / "pipe.jpg", 32)
+
+
+def test_a_pipe_swapped_in_after_the_check_is_refused_once_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file was regular when it was checked, and is a pipe by the time it is opened.
+    regular = os.stat(touch(tmp_path / "regular.jpg"))
+    os.mkfifo(tmp_path / "pipe.jpg")
+    monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: regular)
+    assert "a named pipe" in read_in_time(tmp_path / "pipe.jpg").reason
+
+
+def test_a_device_or_a_link_to_one_is_refused_unread(tmp_path: Path) -> None:
+    # /dev/null, not an endless device: a regression must fail the test, not fill the memory.
+    (tmp_path / "device.jpg").symlink_to("/dev/null")
+    assert read_in_time(tmp_path / "device.jpg").reason == (
+        "not a regular file (a symbolic link to a character device): remove it or move it out "
+        "of the folder"
+    )
+    assert "(a character device)" in read_in_time(Path("/dev/null")).reason
+
+
+def test_a_socket_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a socket's path is limited to about 100 bytes
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("socket.jpg")
+        server.listen()
+        assert "(a socket)" in read_in_time(tmp_path / "socket.jpg").reason
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    assert 3 * MAX_PIXELS < MAX_FILE_BYTES < 2**30  # an uncompressed 8-bit RGB picture fits
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: takes no disk space
+        handle.truncate(MAX_FILE_BYTES + 1)
+    error = read_in_time(huge)
+    assert error.reason == (f"file of {MAX_FILE_BYTES + 1:,} bytes is over the "
+                            f"{MAX_FILE_BYTES:,} byte limit for a photo; shrink or recompress "
+                            "it to label it")
+
+
+def test_a_path_longer_than_the_system_allows_names_the_reason(tmp_path: Path) -> None:
+    deep = deep_folder(tmp_path, PATH_MAX, {"photo.jpg": b"x"})
+    photo = deep / "photo.jpg"
+    reason = read_in_time(photo).reason
+    assert reason.startswith(f"path too long: {len(os.fsencode(photo)):,} bytes, over the "
+                             f"{PATH_MAX:,} the system allows")
+    long_name = tmp_path / ("n" * (NAME_MAX + 1) + ".jpg")
+    assert read_in_time(long_name).reason.startswith(
+        f"path too long: a name in it is {NAME_MAX + 5:,} bytes, over the {NAME_MAX:,}"
+    )
+
+
+def test_a_looping_link_names_the_loop(tmp_path: Path) -> None:
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    assert "symbolic links" in read_in_time(tmp_path / "loop.jpg").reason
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def test_a_50_megapixel_jpeg_decodes_in_bounded_memory(tmp_path: Path) -> None:

@@ -261,6 +261,8 @@ def test_redis_killed_mid_job_keeps_the_job(
         cli.kill()
     assert cli.returncode == 0, stderr
     assert_complete(output, photos)
+    assert f"cannot reach Redis at {server.url}" in stderr and \
+        f"Redis at {server.url} answers again" in stderr, "the wait without Redis is said"
     print("chunks sent again after the crash:" if "were lost" in stderr else "none lost",
           stderr.strip().splitlines()[-1:])
 

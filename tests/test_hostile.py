@@ -30,6 +30,10 @@ from tests.conftest import (
     run_flowers,
     wait_for,
 )
+from worker import results
+from worker.app import app, configure
+from worker.jobs import JobStore
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -247,3 +251,119 @@ def test_a_resume_keeps_only_rows_that_still_describe_their_photo(
         assert resumed[name][1::2] == row[1::2], name  # labels and error
         assert [float(c) for c in resumed[name][2:-1:2]] == pytest.approx(
             [float(c) for c in row[2:-1:2]], abs=1e-4), name
+
+
+def test_forged_task_messages_write_nothing(
+    redis_url: str, start_workers: WorkerFactory, small: Path,
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    """Messages put on the queue by hand (anyone with access to Redis can): a job id that
+    climbs out of the parts folder, a parts folder or photo folder other than the job's, photo
+    paths with `..`, an index that is not a number, forged ids for the merge and the photo
+    stage. Each is refused with the field named; nothing is written anywhere."""
+    allowed = tmp_path / "allowed"
+    photos = allowed / "photos"
+    shutil.copytree(small, photos)
+    bundle = allowed / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    worker = start_workers(1, FLOWERS_ALLOWED_ROOTS=str(allowed))
+    configure(app, Settings.from_env({}), redis_url)
+    store = JobStore(redis.Redis.from_url(redis_url))
+
+    def label_job(output: Path) -> tuple[str, dict[str, Any]]:
+        parts = results.parts_dir_for(output)
+        identity = {"bundle_id": "b", "photo_dir": str(photos), "top_k": 2, "k": 2,
+                    "bundle": str(bundle)}
+        results.prepare_parts(parts, identity, overwrite=False)
+        job = store.create_job("label", {**identity, "output": str(output)},
+                               output=str(output), parts_dir=str(parts), phase="labelling",
+                               chunks_listed=4)
+        results.claim_parts(parts, job)
+        chunk = {"job_id": job, "index": 0, "photo_dir": str(photos), "bundle": str(bundle),
+                 "parts_dir": str(parts), "paths": ["daisy/" + next(
+                     iter(sorted(p.name for p in (photos / "daisy").iterdir())))],
+                 "top_k": 2, "batch_size": 2}
+        return job, chunk
+
+    def send(task: str, argument: Any) -> None:
+        app.send_task(task, args=[argument], queue="flowers")
+
+    def failed_with(job: str, words: str) -> None:
+        wait_for(lambda: store.state(job) == "failed", timeout=60, what=f"job {job} to fail")
+        assert words in store.get(job)["message"]
+
+    climb = "x/../../../outside/pwn"
+    _, chunk = label_job(allowed / "a.csv")
+    send("flowers.label_chunk", {**chunk, "job_id": climb})
+    send("flowers.finish_label", climb)
+    send("flowers.photo_chunk", {"job_id": climb, "kind": "retrain", "index": 0,
+                                 "paths": [], "stages": [], "batch_size": 1})
+    send("flowers.fit", "../" * 3)
+    wait_for(lambda: worker.log().count("is not one flowers makes") >= 4, timeout=60,
+             what="four refusals")
+
+    other = allowed / "other.csv"
+    elsewhere, _ = label_job(other)
+    forged: dict[str, dict[str, Any]] = {
+        "parts folder": {"parts_dir": str(results.parts_dir_for(other))},
+        "photo path": {"paths": ["../../../etc/hostname"]},
+        "chunk index": {"index": "0"},
+        "top-k": {"top_k": 10**9},
+    }
+    for words, change in forged.items():
+        job, chunk = label_job(allowed / f"{words.replace(' ', '-')}.csv")
+        send("flowers.label_chunk", {**chunk, **change})
+        failed_with(job, words)
+    assert store.state(elsewhere) == "queued", "a chunk naming its folder fails only its own job"
+    written = [path for path in tmp_path.rglob("*") if path.name.startswith("part-")
+               or "pwn" in path.name]
+    assert not written, written
+    assert worker.poll() is None
+
+
+def test_a_second_label_dir_on_the_same_output_is_refused_while_the_first_runs(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, redis_url: str,
+    start_workers: WorkerFactory, tmp_path: Path,
+) -> None:
+    """Two commands writing one output at once would remove each other's parts: the second is
+    refused with one line, touching nothing, and the first ends with every row."""
+    env = flowers_env(flowers_home, redis_url, None)
+    output = tmp_path / "labels.csv"
+    args = ["label-dir", str(small), "--model", str(trained_bundle[0]), "--output", str(output)]
+    first = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # no worker yet: the first waits, its chunks queued
+        wait_for(lambda: bool(list((tmp_path / "labels.csv.parts").glob("chunks-*"))),
+                 timeout=60, what="the first command's chunks")
+        for extra in ([], ["--overwrite"]):
+            second = run_flowers(*args, *extra, env=env)
+            assert second.returncode == 2, second.stderr
+            assert "another flowers label-dir is writing" in second.stderr, second.stderr
+            assert "unexpected" not in second.stderr
+        start_workers(1)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr
+    assert "labelled 20 photos" in stdout
+    assert len(read_rows(output)) == 20
+
+
+def test_a_class_without_a_training_photo_is_refused_before_any_work(
+    small: Path, flowers_home: Path, tmp_path: Path
+) -> None:
+    """A class whose only photo the split puts in the test set could never be predicted (and
+    the test accuracy would still look good): refused at the scan, one line naming it."""
+    from models.dataset import which_set
+
+    name = next(f"lone-{n}.jpg" for n in range(1000) if which_set(f"lone-{n}.jpg", 10, 10)
+                == "testing")
+    (small / "tulips").mkdir()
+    shutil.copy(next((small / "roses").iterdir()), small / "tulips" / name)
+    result = run_flowers("train", str(small), "--output", str(tmp_path / "bundle"),
+                         "--weights", "none", env=flowers_env(flowers_home, None, None))
+    assert result.returncode == 2, result.stderr
+    assert "class 'tulips' has no photo in the training set (photos: 'tulips' 1" in \
+        result.stderr
+    assert not (flowers_home / "logs").exists(), "refused before a local cluster started"

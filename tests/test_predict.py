@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models import batching, runtime
-from models.predict import label_photos, top_k
+from models.dataset import walk_images
+from models.predict import LabelRow, label_photos, top_k
+from tests.test_dataset import deep_folder
 
 
 def test_top_k_orders_by_confidence_and_caps_k() -> None:
@@ -54,3 +59,35 @@ def test_a_single_threaded_network_decodes_between_its_batches(
     monkeypatch.setattr(runtime, "_threads", 2)
     assert batching.decode_threads() == 1
     assert batching.decode_threads(network_threads=1) == 0  # a LiteRT process on one thread
+
+
+@pytest.mark.parametrize("threads", [0, 2], ids=["decoded between batches", "decode pool"])
+def test_every_photo_the_walk_finds_is_one_row_pipes_and_deep_paths_too(
+    flower_photos: Path, tmp_path: Path, threads: int
+) -> None:
+    for photo in sorted((flower_photos / "daisy").iterdir())[:3]:
+        shutil.copy(photo, tmp_path / photo.name)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "piped.jpg").symlink_to(tmp_path / "pipe.jpg")
+    deep = deep_folder(tmp_path, 4096, {"deep.jpg": b"x"})
+    paths = list(walk_images(tmp_path))
+    assert len(paths) == 6 and deep / "deep.jpg" in paths
+    rows: list[LabelRow] = []
+
+    def label() -> None:
+        rows.extend(label_photos(paths, lambda batch: np.tile([0.3, 0.7], (len(batch), 1)),
+                                 ["x", "y"], 32, k=1, batch_size=2, threads=threads))
+
+    labelling = threading.Thread(target=label, daemon=True)
+    labelling.start()
+    labelling.join(30)
+    if labelling.is_alive():
+        os.close(os.open(tmp_path / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))  # set it free
+        pytest.fail("labelling blocked on a photo")
+    assert [row.path for row in rows] == paths
+    errors = {row.path.name: row.error for row in rows if row.error}
+    assert errors.keys() == {"pipe.jpg", "piped.jpg", "deep.jpg"}
+    assert "(a named pipe)" in errors["pipe.jpg"]
+    assert "(a symbolic link to a named pipe)" in errors["piped.jpg"]
+    assert errors["deep.jpg"].startswith("path too long")
+    assert all(row.labels == [("y", 0.7)] for row in rows if not row.error)

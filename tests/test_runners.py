@@ -18,8 +18,10 @@ from models.bundle import FORMAT_VERSION, MANIFEST_FILE, TFLITE_FILE, load_bundl
 from models.decode import load_image
 from models.errors import BundleError, UsageError
 from models.runners import KerasRunner, LiteRTRunner, check_runtime, choose_runtime, pad_to
-from tests.conftest import WorkerFactory, flowers_env, run_flowers
+from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers
+from tests.test_bundle import tampered
 from tests.test_label_queue import read_csv
+from worker.model_cache import ModelCache
 
 pytestmark = pytest.mark.model
 
@@ -117,6 +119,70 @@ def test_a_bundle_with_neither_model_is_refused(
         choose_runtime(bundle, read_manifest(bundle), "litert")
 
 
+MISFITS: dict[str, tuple[dict[str, Any], list[str] | None, str]] = {
+    # A manifest that names a class the model has no output for (labels.txt agrees with it).
+    "one class too many": ({"class_names": ["daisy", "roses", "tulips", "sunflowers"]},
+                           ["daisy", "roses", "tulips", "sunflowers"],
+                           "gives 3 scores per photo but manifest.json's class_names has 4"),
+    "one class too few": ({"class_names": ["daisy", "roses"]}, ["daisy", "roses"],
+                          "gives 3 scores per photo but manifest.json's class_names has 2"),
+    "input size": ({"input_size": [128, 128]}, None,
+                   "takes photos of [224, 224, 3] but manifest.json's input_size is [128, 128]"),
+}
+
+
+@pytest.mark.parametrize("runtime", ["litert", "keras"])
+@pytest.mark.parametrize("case", sorted(MISFITS))
+def test_a_model_that_does_not_fit_its_manifest_is_refused_on_both_runtimes(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, case: str, runtime: str
+) -> None:
+    """In a worker's model cache, where a labelling chunk opens its bundle."""
+    fields, labels, words = MISFITS[case]
+    bundle = tampered(trained_bundle[0], tmp_path / "bundle", labels=labels, **fields)
+    read_manifest(bundle)  # the manifest alone is sound
+    model_file = "model.tflite" if runtime == "litert" else "model.keras"
+    with pytest.raises(BundleError) as caught:
+        ModelCache(runtime).get(bundle)
+    assert str(caught.value).startswith(f"bundle {bundle.resolve()}: {model_file} {words}")
+    assert str(caught.value).endswith("retrain or re-export the bundle")
+
+
+@pytest.mark.parametrize("runtime", ["litert", "keras"])
+def test_manifest_and_labels_are_checked_alike_on_both_runtimes(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, runtime: str
+) -> None:
+    """labels.txt disagreeing with class_names, or class_names a string: refused by the worker's
+    model cache whichever runtime it runs (LiteRT once ignored labels.txt)."""
+    source = trained_bundle[0]
+    disagreeing = tampered(source, tmp_path / "labels", labels=["daisy", "tulips", "roses"])
+    with pytest.raises(BundleError, match=r"labels\.txt .* does not match manifest\.json's"):
+        ModelCache(runtime).get(disagreeing)
+    letters = tampered(source, tmp_path / "letters", labels=list("abcde"), class_names="abcde")
+    with pytest.raises(BundleError, match=r"manifest\.json's class_names is \"abcde\""):
+        ModelCache(runtime).get(letters)
+    assert ModelCache(runtime).get(source).class_names == ["daisy", "roses", "tulips"]
+
+
+@pytest.mark.parametrize("runtime", ["litert", "keras"])
+def test_flowers_label_shows_a_misfit_in_one_line(
+    trained_bundle: tuple[Path, Any], flower_photos: Path, tmp_path: Path, runtime: str
+) -> None:
+    photo = str(sorted((flower_photos / "roses").iterdir())[0])
+    env = flowers_env(tmp_path / "home", None, None)
+    source = trained_bundle[0]
+    for name, fields, words in (
+        ("letters", {"class_names": "abcde"}, "manifest.json's class_names is \"abcde\""),
+        ("size", {"input_size": [160, 160]}, "input_size is [160, 160]"),
+    ):
+        bundle = tampered(source, tmp_path / name, **fields)
+        result = run_flowers("label", photo, "--model", str(bundle), "--runtime", runtime,
+                             env=env)
+        assert result.returncode == 1 and result.stdout == "", result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert words in errors[0] and "retrain or re-export the bundle" in errors[0]
+
+
 def tensorflow_mapped(pid: int) -> bool:
     """Whether process `pid` has TensorFlow's shared libraries in its memory."""
     maps = Path(f"/proc/{pid}/maps").read_text()
@@ -147,6 +213,34 @@ def test_label_dir_rows_on_litert_equal_keras_rows_and_no_tensorflow_is_loaded(
         assert fast[1:-1:2] == reference[1:-1:2], fast[0]  # the same labels, in order
         for a, b in zip(fast[2:-1:2], reference[2:-1:2], strict=True):
             assert (a == b == "") or abs(float(a) - float(b)) <= TOLERANCE + 1e-6
+
+
+@pytest.mark.queue
+def test_label_dir_refuses_a_bad_manifest_before_any_work_and_a_misfit_in_the_worker(
+    redis_url: str, start_workers: WorkerFactory, photo_subset: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, tmp_path: Path,
+) -> None:
+    env = flowers_env(flowers_home, redis_url, None)
+    letters = tampered(trained_bundle[0], tmp_path / "letters", class_names="abcde")
+    output = tmp_path / "letters.csv"
+    refused = run_flowers("label-dir", str(photo_subset), "--model", str(letters), "--output",
+                          str(output), env=env)  # no worker: refused before anything is sent
+    assert refused.returncode == 1, refused.stderr
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert "manifest.json's class_names is \"abcde\"" in line
+    assert not output.exists() and not job_ids(redis_url)
+
+    start_workers(1)
+    misfit = tampered(trained_bundle[0], tmp_path / "misfit", input_size=[128, 128])
+    output = tmp_path / "misfit.csv"
+    failed = run_flowers("label-dir", str(photo_subset), "--model", str(misfit), "--output",
+                         str(output), env=env)
+    assert failed.returncode == 1, failed.stderr
+    assert "Traceback" not in failed.stderr
+    (line,) = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
+    assert "model.tflite takes photos of [224, 224, 3] but manifest.json's input_size is " \
+           "[128, 128]" in line and "retrain or re-export the bundle" in line
+    assert not output.exists()
 
 
 @pytest.mark.queue

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import redis
 from celery import Celery, bootsteps
 
+from models.errors import SettingsError
 from worker.jobs import patient_client
 from worker.lost_chunks import SWEEP_SECONDS, Sweeper
 from worker.settings import Settings
@@ -94,5 +95,15 @@ class LostChunkSweep(bootsteps.StartStopStep):
             log.exception("the sweep for lost chunks failed")
 
 
-settings = Settings.from_env()
+def checked_settings() -> Settings:
+    """This process's settings (`Settings.load`). A bad FLOWERS_* variable ends the process
+    with one line, not a traceback: `celery -A worker.app worker` imports this module before
+    anything else of flowers runs (`flowers` itself has checked them before it gets here)."""
+    try:
+        return Settings.load()
+    except SettingsError as exc:
+        raise SystemExit(f"Error: bad FLOWERS_* environment variable: {exc}") from None
+
+
+settings = checked_settings()
 app = create_app(settings)

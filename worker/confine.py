@@ -17,13 +17,22 @@ log = logging.getLogger(__name__)
 
 
 def is_inside(path: Path, roots: tuple[Path, ...]) -> bool:
-    resolved = path.resolve()
+    """Whether `path`, resolved, is one of `roots` or inside one; False when it cannot be
+    resolved (a symlink loop)."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, in Python 3.11
+        return False
     return any(resolved == root or root in resolved.parents for root in roots)
 
 
 def check_allowed(path: str | Path, roots: tuple[Path, ...], what: str) -> Path:
     """`path` resolved, or `PathNotAllowedError` when it leads outside `roots`."""
-    resolved = Path(path).resolve()
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise PathNotAllowedError(f"{what} {path} cannot be resolved ({exc}); fix the path"
+                                  ) from None
     if roots and not is_inside(resolved, roots):
         log.warning("refused %s %s: outside FLOWERS_ALLOWED_ROOTS", what, path)
         raise PathNotAllowedError(
@@ -41,6 +50,10 @@ def photo_guard(roots: tuple[Path, ...]) -> Callable[[Path], str | None] | None:
     def guard(path: Path) -> str | None:
         if is_inside(path, roots):
             return None
+        try:
+            path.resolve(strict=False)
+        except (OSError, RuntimeError):
+            return "cannot resolve: a symlink loop or a path too long; fix or remove it"
         return "refused: resolves outside FLOWERS_ALLOWED_ROOTS"
 
     return guard

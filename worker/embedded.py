@@ -127,8 +127,10 @@ def start_worker(
 
 def _end_with_parent() -> Callable[[], None] | None:
     """For a child process: SIGTERM when the process that started it dies (Linux's
-    PR_SET_PDEATHSIG), so a command killed outright leaves no local Redis or worker behind."""
-    if not sys.platform.startswith("linux"):
+    PR_SET_PDEATHSIG), so a command killed outright leaves no local Redis or worker behind.
+    Only from the main thread: the signal comes when the *thread* that started the child ends."""
+    if not sys.platform.startswith("linux") or \
+            threading.current_thread() is not threading.main_thread():
         return None
     import ctypes
 

@@ -22,6 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from models.errors import FlowersError, JobNotFoundError
+from worker.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,35 @@ def hold(client: redis.Redis, key: str, holder: str, seconds: int, renew: bool =
     return True
 
 
+class AnnouncedRetry(Retry):
+    """Retries as `Retry` does, and says so: a warning when Redis first fails to answer a call,
+    and another when it answers again, so a wait on a lost Redis is never silent."""
+
+    def __init__(self, where: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.where = where
+        self.lost = False
+
+    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        def failed(error: Exception, *count: int) -> Any:
+            if not self.lost:
+                self.lost = True
+                log.warning("cannot reach Redis at %s (%s); retrying for about two minutes",
+                            self.where, error)
+            return fail(error, *count)
+
+        result = super().call_with_retry(do, failed, *args, **kwargs)
+        if self.lost:
+            self.lost = False
+            log.warning("Redis at %s answers again", self.where)
+        return result
+
+
 def patient_client(url: str) -> redis.Redis:
-    """A Redis client that rides out a restart: it retries for about two minutes."""
+    """A Redis client that rides out a restart: it retries for about two minutes, saying so."""
     return redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=30,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.25), 30),
+        retry=AnnouncedRetry(redact_url(url), ExponentialBackoff(cap=5.0, base=0.25), 30),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 

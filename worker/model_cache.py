@@ -3,6 +3,8 @@
 The key is the bundle's resolved path and its manifest's `bundle_id`, so a bundle retrained in
 place is loaded afresh, and two jobs with two bundles can share the same workers.
 Which backend runs a bundle (LiteRT or Keras) is `models.runners`' choice, from the manifest.
+A bundle whose manifest, labels.txt or model does not fit (the checks of `models.bundle`, the
+same on both backends) raises `BundleError`: the chunk's job fails with its one line.
 Created lazily inside the worker process, after the fork.
 """
 

@@ -33,6 +33,7 @@ would write.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import itertools
 import json
@@ -40,6 +41,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,13 +201,39 @@ def walked(name: str) -> bool:
 
 
 def check_parts_folder(parts_dir: Path) -> None:
-    """Refuses a parts folder that flowers did not make (`models.ownership`)."""
-    if (parts_dir.exists() or parts_dir.is_symlink()) and (
-            parts_dir.is_symlink() or not ownership.is_parts_folder(parts_dir)):
+    """Refuses a parts folder that flowers did not make (`models.ownership`); an empty folder
+    (the command's own, just made and locked) is fine."""
+    if parts_dir.is_symlink() or (parts_dir.exists() and not ownership.is_parts_folder(parts_dir)
+                                  and (not parts_dir.is_dir() or any(parts_dir.iterdir()))):
         raise UsageError(
             f"{parts_dir} exists and is not the parts folder of a flowers label job (it has no "
             "job.json of one): move it away or choose another --output"
         )
+
+
+@contextmanager
+def locked_parts(parts_dir: Path, output: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the parts folder (made if missing) for the `with` block: the
+    command that writes to an output while it runs, so that a second one on the same output is
+    refused before it touches anything, instead of both removing what the other writes."""
+    check_parts_folder(parts_dir)
+    try:
+        parts_dir.mkdir(exist_ok=True)
+        folder = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
+                         "choose a writable folder") from None
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"another flowers label-dir is writing --output {output} now (it holds "
+                f"{parts_dir}): wait for it to end, or stop it and run this again"
+            ) from None
+        yield
+    finally:
+        os.close(folder)
 
 
 def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -213,7 +241,7 @@ def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) ->
     `overwrite`, first removes what an earlier job wrote in it."""
     check_parts_folder(parts_dir)
     if overwrite:
-        ownership.remove_parts_folder(parts_dir)
+        ownership.remove_parts_files(parts_dir)
     identity = {"format": ownership.PARTS_FORMAT, **identity}
     job_file = parts_dir / JOB_FILE
     if job_file.exists():

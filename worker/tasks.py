@@ -18,14 +18,14 @@ import socket
 import threading
 import time
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init
 
 from models.errors import FlowersError
-from models.predict import LABEL_BATCH_SIZE
-from worker import photo_stage, results, train_process
+from worker import messages, photo_stage, results, train_process
 from worker.app import app, settings
 from worker.chunk_list import feed
 from worker.confine import check_allowed, photo_guard
@@ -34,6 +34,7 @@ from worker.jobs import (
     JobStore,
     patient_client,
 )
+from worker.messages import MessageError
 from worker.shared_files import WRITE_IN, check_access, check_job_files
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,16 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
     every worker process (`worker.photo_stage`); the last chunk done sends `flowers.fit`."""
     from models.dataset import discover
 
-    job_id = task.request.id
+    try:
+        job_id = messages.job_id(task.request.id)
+    except MessageError as exc:
+        return _refused(task.name, exc)
     store = job_store()
-    if store.state(job_id) in FINAL_STATES:
+    state = store.state(job_id)
+    if state in FINAL_STATES:
         return {"skipped": True}
+    if not state:
+        return _refused(task.name, MessageError(f"no job {job_id} on this Redis"))
     if refused := _training_refused(task, job_id, kind):
         return refused
     store.update(job_id, state="running", phase="scanning", worker=task.request.hostname or "",
@@ -166,10 +173,26 @@ def stage_process() -> photo_stage.StageProcess:
 def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     """Fills the shared cache for one chunk of a training job's photos (see
     `worker.photo_stage`); the worker that finishes the job's last chunk sends `flowers.fit`."""
-    job_id = chunk["job_id"]
+    try:
+        job_id = messages.job_id(chunk.get("job_id") if isinstance(chunk, dict) else None)
+    except MessageError as exc:
+        return _refused("flowers.photo_chunk", exc)
     store = job_store()
-    if store.state(job_id) in FINAL_STATES:
+    state = store.state(job_id)
+    if state in FINAL_STATES:
         return {"skipped": True}
+    if not state:
+        return _refused("flowers.photo_chunk", MessageError(f"no job {job_id} on this Redis"))
+    try:
+        record = store.get(job_id)
+        kind = messages.kind(chunk.get("kind"))
+        photo_dir = Path(photo_stage.stages_of(kind, record.get("request") or {})[0]).resolve()
+        messages.check_photo_chunk(chunk, int(record.get("total") or 0), str(photo_dir))
+    except (FlowersError, KeyError, TypeError, ValueError) as exc:
+        log.error("job %s photo chunk %s refused: %s", job_id, chunk.get("index"), exc)
+        store.fail(job_id, exc if isinstance(exc, FlowersError) else MessageError(
+            f"photo chunk {chunk.get('index')!r} does not fit its job: {exc}"))
+        return {"error": str(exc)}
     process = stage_process()
     try:
         reply = process.run(chunk)
@@ -187,13 +210,17 @@ def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     counts = photo_stage.stage_counts(reply)
     if store.chunk_done(job_id, int(chunk["index"]), int(reply["photos"]),
                         len(reply["skipped"]), me, process.starts, counts):
-        fit.apply_async(args=[job_id, chunk["kind"]])
+        fit.apply_async(args=[job_id, kind])
     return {key: reply[key] for key in ("photos", "cache_hits", "computed")}
 
 
 @app.task(name="flowers.fit", bind=True, acks_late=True, reject_on_worker_lost=True)
 def fit(self: Task, job_id: str, kind: str) -> dict[str, Any]:
     """Trains a job whose photo stage is done (its cache warm), once, whoever calls it."""
+    try:
+        job_id, kind = messages.job_id(job_id), messages.kind(kind)
+    except MessageError as exc:
+        return _refused("flowers.fit", exc)
     store = job_store()
     if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}
@@ -219,17 +246,35 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     """Labels one chunk of photos with a bundle and writes its CSV part.
 
     `chunk`: job_id, photo_dir, bundle, parts_dir, index, paths (relative to photo_dir),
-    top_k, batch_size. The worker that finishes a job's last chunk assembles its output.
+    top_k, batch_size, each checked (`worker.messages.LabelChunk`) and the folders compared
+    with the job's record before anything is read or written. The worker that finishes a
+    job's last chunk assembles its output.
     """
-    job_id = chunk["job_id"]
-    store = job_store()
-    if store.state(job_id) in FINAL_STATES:
-        return {"skipped": True}
     try:
+        job_id = messages.job_id(chunk.get("job_id") if isinstance(chunk, dict) else None)
+    except MessageError as exc:
+        return _refused("flowers.label_chunk", exc)
+    store = job_store()
+    state = store.state(job_id)
+    if state in FINAL_STATES:
+        return {"skipped": True}
+    if not state:
+        return _refused("flowers.label_chunk", MessageError(f"no job {job_id} on this Redis"))
+    try:
+        record = store.get(job_id)
+        task = messages.LabelChunk.from_message(
+            chunk, int(record.get("chunks_listed") or 0) or None)
         roots = settings.allowed_roots
-        parts_dir = check_allowed(chunk["parts_dir"], roots, "output")
-        root = check_allowed(chunk["photo_dir"], roots, "photo folder")
-        bundle = check_allowed(chunk["bundle"], roots, "bundle")
+        parts_dir = check_allowed(task.parts_dir, roots, "output")
+        root = check_allowed(task.photo_dir, roots, "photo folder")
+        bundle = check_allowed(task.bundle, roots, "bundle")
+        request = record.get("request") or {}
+        for field, named, recorded in (("parts folder", task.parts_dir, record.get("parts_dir")),
+                                       ("photo folder", task.photo_dir, request.get("photo_dir")),
+                                       ("bundle", task.bundle, request.get("bundle"))):
+            if str(named) != recorded:
+                raise MessageError(f"chunk {task.index} names the {field} {named}, not the "
+                                   f"job's ({recorded})")
         check_job_files(parts_dir)
     except FlowersError as exc:
         log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
@@ -245,20 +290,20 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
 
         cache = model_cache()
         model = cache.get(bundle)
-        names: list[str] = chunk["paths"]
-        k = int(chunk["top_k"])
+        names = task.paths
+        k = task.top_k
         stamps = [results.photo_stamp(root / name) for name in names]  # before reading
         rows = [
             [*results.format_row(name, row.labels, row.error, k), stamp]
             for name, stamp, row in zip(names, stamps, label_photos(
                 (root / name for name in names), model.run, model.class_names,
                 model.input_size, k,
-                batch_size=int(chunk.get("batch_size") or LABEL_BATCH_SIZE),
+                batch_size=task.batch_size,
                 threads=decode_threads(cache.threads), guard=photo_guard(roots),
                 resize=model.resize,
             ), strict=True)
         ]
-        results.write_part(parts_dir, job_id, int(chunk["index"]), rows)
+        results.write_part(parts_dir, job_id, task.index, rows)
     except Exception as exc:
         if not store.fail(job_id, exc):
             # The job ended while this chunk ran (cancelled, or its parts folder started over
@@ -271,9 +316,9 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
             return {"error": str(exc)}
         log.exception("job %s chunk %s failed", job_id, chunk.get("index"))
         raise
-    errors = sum(1 for row in rows if row[-1])
+    errors = sum(1 for row in rows if row[-2])  # the error cell, before the stamp
     process = f"{os.getpid()}@{socket.gethostname()}"
-    if store.chunk_done(job_id, int(chunk["index"]), len(rows), errors, process, cache.loads):
+    if store.chunk_done(job_id, task.index, len(rows), errors, process, cache.loads):
         finish_label(job_id)
     else:
         try:
@@ -283,6 +328,12 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     return {"rows": len(rows), "errors": errors}
 
 
+def _refused(task_name: str, error: MessageError) -> dict[str, Any]:
+    """A message refused before it could be tied to a job: logged, nothing recorded."""
+    log.error("refused a %s message: %s", task_name, error)
+    return {"error": str(error)}
+
+
 def send_chunk(chunk: dict[str, Any]) -> None:
     label_chunk.apply_async(args=[chunk])
 
@@ -290,6 +341,10 @@ def send_chunk(chunk: dict[str, Any]) -> None:
 @app.task(name="flowers.finish_label", acks_late=True, reject_on_worker_lost=True)
 def finish_label(job_id: str) -> dict[str, Any]:
     """Merges a finished labelling job's parts into its output (once, whoever calls it)."""
+    try:
+        job_id = messages.job_id(job_id)
+    except MessageError as exc:
+        return _refused("flowers.finish_label", exc)
     store = job_store()
     if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}

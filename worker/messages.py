@@ -1,0 +1,138 @@
+"""Task messages checked where they enter a worker, before anything is written.
+
+Whoever can write to Redis can put a message on the queue. Every field that becomes a file
+name, a path, a Redis key or a process argument must have exactly the form flowers makes:
+job ids are 32 lowercase hex digits (`uuid4().hex`), chunk indexes whole numbers in the job's
+range, photo names relative paths that stay inside their photo folder, numbers in their ranges.
+A message that fails is refused with `MessageError` naming the field; the paths it names are
+then confined by `worker.confine` and compared with the job's own record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.errors import FlowersError
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+# A part's name holds its index in 8 digits (worker.results.part_path).
+MAX_INDEX = 10**8 - 1
+MAX_PHOTOS_PER_CHUNK = 100_000
+MAX_BATCH_SIZE = 4096
+KINDS = ("retrain", "evaluate")
+
+
+class MessageError(FlowersError):
+    """Raised when a task message has a field that flowers itself would not have made."""
+
+
+def job_id(value: Any) -> str:
+    """`value` if it is a job id as flowers makes them."""
+    if not isinstance(value, str) or not JOB_ID.fullmatch(value):
+        raise MessageError(f"job id {_shown(value)} is not one flowers makes (32 hex digits)")
+    return value
+
+
+def whole_number(value: Any, field: str, low: int, high: int) -> int:
+    """`value` if it is an integer (not a bool, not a float) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MessageError(f"{field} {_shown(value)} is not a whole number from {low} to {high}")
+    return value
+
+
+def chunk_index(value: Any, count: int | None) -> int:
+    """A chunk's index: a whole number below the job's `count` of chunks (when known)."""
+    return whole_number(value, "chunk index", 0,
+                        MAX_INDEX if count is None else min(MAX_INDEX, count - 1))
+
+
+def kind(value: Any) -> str:
+    if value not in KINDS:
+        raise MessageError(f"job kind {_shown(value)} is not one of: {', '.join(KINDS)}")
+    return str(value)
+
+
+def absolute_path(value: Any, field: str) -> Path:
+    """A path field: an absolute path as a string, without NUL bytes."""
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise MessageError(f"{field} {_shown(value)} is not an absolute path")
+    return Path(value)
+
+
+def photo_name(value: Any) -> str:
+    """A photo's path relative to its folder, as the walk makes it: `/`-separated, no empty,
+    `.` or `..` part, not absolute, no NUL byte."""
+    if not isinstance(value, str) or not value or "\0" in value or value.startswith("/"):
+        raise MessageError(f"photo path {_shown(value)} is not a path inside the photo folder")
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        raise MessageError(f"photo path {_shown(value)} is not a path inside the photo folder")
+    return value
+
+
+def photo_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PHOTOS_PER_CHUNK:
+        raise MessageError(f"a chunk's paths must be a list of 1 to {MAX_PHOTOS_PER_CHUNK} "
+                           f"photo paths, not {type(value).__name__}")
+    return tuple(photo_name(name) for name in value)
+
+
+@dataclass(frozen=True)
+class LabelChunk:
+    """One `flowers.label_chunk` message, every field checked (`from_message`)."""
+
+    job_id: str
+    index: int
+    photo_dir: Path
+    bundle: Path
+    parts_dir: Path
+    paths: tuple[str, ...]
+    top_k: int
+    batch_size: int
+
+    @classmethod
+    def from_message(cls, message: Any, chunks: int | None = None) -> LabelChunk:
+        """The chunk of `message` (a dict as `worker.chunk_list.chunk_task` makes it), its
+        index below `chunks` when given; or `MessageError` naming the field that is wrong."""
+        if not isinstance(message, dict):
+            raise MessageError(f"a label chunk is a JSON object, not {type(message).__name__}")
+        return cls(
+            job_id=job_id(message.get("job_id")),
+            index=chunk_index(message.get("index"), chunks),
+            photo_dir=absolute_path(message.get("photo_dir"), "photo folder"),
+            bundle=absolute_path(message.get("bundle"), "bundle"),
+            parts_dir=absolute_path(message.get("parts_dir"), "parts folder"),
+            paths=photo_names(message.get("paths")),
+            top_k=whole_number(message.get("top_k"), "top-k", 1, 100_000),
+            batch_size=whole_number(message.get("batch_size"), "batch size", 1, MAX_BATCH_SIZE),
+        )
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else f"{shown[:56]}...{shown[-1]}"
+
+
+def check_photo_chunk(message: Any, photos: int, photo_dir: str) -> None:
+    """Checks a `flowers.photo_chunk` message of a job with `photos` photos below
+    `photo_dir`: its kind, index, batch size, and that every path is a photo inside that folder
+    (absolute, without `.` or `..` parts)."""
+    if not isinstance(message, dict):
+        raise MessageError(f"a photo chunk is a JSON object, not {type(message).__name__}")
+    kind(message.get("kind"))
+    chunk_index(message.get("index"), max(photos, 1))
+    whole_number(message.get("batch_size"), "batch size", 1, MAX_BATCH_SIZE)
+    folder = photo_dir.rstrip("/") + "/"
+    paths = message.get("paths")
+    if not isinstance(paths, list) or not 1 <= len(paths) <= MAX_PHOTOS_PER_CHUNK:
+        raise MessageError(f"a chunk's paths must be a list of 1 to {MAX_PHOTOS_PER_CHUNK} "
+                           "photo paths")
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith(folder):
+            raise MessageError(f"photo path {_shown(path)} is not inside the job's photo "
+                               f"folder {photo_dir}")
+        photo_name(path[len(folder):])
+    if not isinstance(message.get("stages"), list):
+        raise MessageError("a photo chunk's stages must be a list")
