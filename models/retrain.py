@@ -86,10 +86,13 @@ def retrain(
     weights_dir: Path | None = None,
     progress: PhaseProgress = _quiet,
     guard: Callable[[Path], str | None] | None = None,
+    found: list[str] | None = None,
 ) -> dict[str, Any]:
     """Runs the pipeline for `request` and returns the summary also stored in the manifest.
 
     `guard`, if given, may refuse a photo before it is read (it is then skipped with the reason).
+    `found`: the photos (relative paths) the job found when it started, if it started earlier
+    (a queued job): those gone since are skipped, named, with the reason.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -151,6 +154,9 @@ def retrain(
         {"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
         for path, reason in features.skipped
     ]
+    present = {relative(photo) for photo in photos}
+    skipped += [{"path": name, "reason": "deleted or moved while the job ran (it was there when "
+                 "the job started)"} for name in sorted(set(found or ()) - present)]
     manifest: dict[str, Any] = {
         "format_version": bundle.FORMAT_VERSION,
         "bundle_id": bundle.new_bundle_id(),

@@ -367,3 +367,25 @@ def test_a_class_without_a_training_photo_is_refused_before_any_work(
     assert "class 'tulips' has no photo in the training set (photos: 'tulips' 1" in \
         result.stderr
     assert not (flowers_home / "logs").exists(), "refused before a local cluster started"
+
+
+def test_photos_gone_before_the_training_are_named_in_the_bundle(
+    small: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """A photo the job found when it started and deleted before its training ran is skipped,
+    named with the reason, instead of vanishing from the count (the list goes through Redis
+    as the worker's fan-out keeps it)."""
+    from models.retrain import RetrainRequest, retrain
+
+    store = JobStore(redis.Redis.from_url(redis_url))
+    names = sorted(f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg"))
+    store.keep_photo_list("a" * 32, names)
+    (small / names[0]).unlink()
+    request = RetrainRequest(photo_dir=str(small), output=str(tmp_path / "bundle"),
+                             architecture="mobilenet_0.25_128", recipe="codelab",
+                             weights="none", how_many_training_steps=5,
+                             validation_percentage=10, testing_percentage=10)
+    summary = retrain(request, tmp_path / "home", None, found=store.photo_list("a" * 32))
+    assert summary["skipped"] == [{"path": names[0], "reason": "deleted or moved while the job "
+                                   "ran (it was there when the job started)"}]
+    assert summary["photos"] == len(names) - 1

@@ -163,6 +163,16 @@ class JobStore:
             pipe.expire(key, self.ttl)
             pipe.execute()
 
+    def keep_photo_list(self, job_id: str, names: list[str]) -> None:
+        """Keeps the photos a training job found when it started (relative paths), so that its
+        training can name those gone by the time it runs."""
+        self.client.set(self._key(job_id) + ":photos", json.dumps(names), ex=self.ttl)
+
+    def photo_list(self, job_id: str) -> list[str] | None:
+        """The photos kept by `keep_photo_list`, or None."""
+        value = self.client.get(self._key(job_id) + ":photos")
+        return None if value is None else list(json.loads(value))
+
     def state(self, job_id: str) -> str:
         value = self.client.hget(self._key(job_id), "state")
         return value.decode() if isinstance(value, bytes) else str(value or "")

@@ -104,7 +104,9 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         for stage in stages:
             if stage["weights"] not in ("imagenet", "none"):
                 check_allowed(stage["weights"], roots, "weights file")
-        photos = [str(photo.path) for photo in discover(root).photos]
+        found = discover(root).photos
+        photos = [str(photo.path) for photo in found]
+        store.keep_photo_list(job_id, [photo.path.relative_to(root).as_posix() for photo in found])
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
         store.fail(job_id, exc)

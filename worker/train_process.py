@@ -70,7 +70,8 @@ def _retrain(request: dict[str, Any], settings: Settings, store: JobStore,
     if retrain_request.weights not in ("imagenet", "none"):
         check_allowed(retrain_request.weights, roots, "weights file")
     return retrain(retrain_request, settings.home, settings.weights_dir,
-                   progress=ProgressReporter(store, job_id), guard=photo_guard(roots))
+                   progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
+                   found=store.photo_list(job_id))
 
 
 def _evaluate(request: dict[str, Any], settings: Settings, store: JobStore,
