@@ -389,3 +389,18 @@ def test_photos_gone_before_the_training_are_named_in_the_bundle(
     assert summary["skipped"] == [{"path": names[0], "reason": "deleted or moved while the job "
                                    "ran (it was there when the job started)"}]
     assert summary["photos"] == len(names) - 1
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "tab\there", " padded"])
+def test_a_class_name_labels_txt_cannot_keep_is_refused_at_the_scan(
+    small: Path, flowers_home: Path, tmp_path: Path, name: str
+) -> None:
+    (small / name).mkdir()
+    for photo in list((small / "roses").iterdir())[:3]:
+        shutil.copy(photo, small / name / photo.name)
+    result = run_flowers("train", str(small), "--output", str(tmp_path / "bundle"),
+                         "--weights", "none", env=flowers_env(flowers_home, None, None))
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert f"class folder {name!r}" in line and "rename the folder" in line, line
+    assert not (tmp_path / "bundle").exists() and not (flowers_home / "logs").exists()
