@@ -46,6 +46,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The project itself (dependencies above are already satisfied).
 COPY README.md ./
+COPY flowers ./flowers
 COPY models ./models
 COPY worker ./worker
 COPY cli ./cli

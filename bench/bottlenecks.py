@@ -16,8 +16,8 @@ cache writes with and without fsync; CPU seconds used), as is the warm stage's (
 photo bytes vs loading `.npy` entries). `--what-if-no-fsync` adds a third leg to each repeat:
 the cold stage with cache writes that skip the fsync, to show what that would gain.
 
-`--whole-command` also runs `models.retrain.retrain` twice against one fresh home, each in a
-fresh process: cold on the photos, then warm on renamed copies, printing each summary's
+`--whole-command` also runs `models.training.retrain.retrain` twice against one fresh home,
+each in a fresh process: cold on the photos, then warm on renamed copies, printing each summary's
 "seconds" and the ratio of totals.
 
 Run from the repository root:
@@ -47,15 +47,16 @@ from typing import Any
 import numpy as np
 from data_options import add_data_options  # bench/ is on sys.path
 
-from models import batching, dataset, networks
-from models.bottlenecks import (
+from flowers.models import dataset, networks
+from flowers.models.caches.bottlenecks import (
     BatchRunner,
     BottleneckCache,
     BottleneckResult,
     compute_bottlenecks,
     content_hash,
 )
-from models.decode import decode_image, read_bytes
+from flowers.models.decode import decode_image, read_bytes
+from flowers.models.runtime import batching
 
 COLD_TARGET = 0.85
 WARM_TARGET = 20.0
@@ -253,7 +254,7 @@ def rate(count: int, seconds: float) -> str:
 
 
 def bench_stage(args: argparse.Namespace, work: Path) -> None:
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     configure_tensorflow(args.tf_threads)
     spec = networks.get_spec(args.architecture)
@@ -383,8 +384,8 @@ def retrain_in_process(request: dict[str, Any], home: str, weights_dir: str, thr
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    from models.retrain import RetrainRequest, retrain
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     configure_tensorflow(threads)
     summary = retrain(RetrainRequest.from_dict(request), Path(home), Path(weights_dir))

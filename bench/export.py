@@ -28,17 +28,18 @@ from pathlib import Path
 import numpy as np
 from data_options import add_data_options  # bench/ is on sys.path
 
-from models import dataset
-from models.bundle import SPLIT_FILE, TFLITE_FILE, read_manifest
-from models.decode import load_image
-from models.runners import LiteRTRunner
+from flowers.models import dataset
+from flowers.models.bundle import SPLIT_FILE, TFLITE_FILE, read_manifest
+from flowers.models.decode import load_image
+from flowers.models.runtime.runners import LiteRTRunner
 
 TARGETS = {"float16": 0.995, "int8": 0.98}
 
 
 def export(bundle: Path, output: Path, *options: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cli", "export", str(bundle), "--output", str(output),
+    subprocess.run([sys.executable, "-m", "flowers.cli",
+                    "export", str(bundle), "--output", str(output),
                     *options], check=True, capture_output=True,
                    cwd=Path(__file__).resolve().parents[1])
     return time.perf_counter() - started

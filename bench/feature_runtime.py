@@ -5,7 +5,8 @@ network, fine-tune's bottom below the split layer), measured side by side in one
 same real photos, decoded beforehand, with the threads a training process gets (all cores):
 
 a. Keras: `networks.batch_runner` on batches of `--batch-size` (as the photo stage runs it);
-b. LiteRT: the same model converted by `models.converted` (uint8 in, XNNPACK), photo by photo.
+b. LiteRT: the same model converted by `models.runtime.converted` (uint8 in, XNNPACK), photo
+   by photo.
 
 (a) and (b) alternate `--repeats` times and the best run of each is compared; the conversion's
 own seconds are printed apart (it is done once per network and weights, then cached), with the
@@ -25,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models import dataset, finetune, networks
-from models.converted import litert_runner
-from models.decode import load_image
-from models.runtime import configure_tensorflow
+from flowers.models import dataset, networks
+from flowers.models.decode import load_image
+from flowers.models.runtime.converted import litert_runner
+from flowers.models.runtime.tensorflow_setup import configure_tensorflow
+from flowers.models.training import finetune
 
 
 def best_seconds(run: object, pixels: np.ndarray, batch_size: int) -> float:

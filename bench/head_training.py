@@ -1,4 +1,4 @@
-"""Head training speed: 4,000 steps of `models.head.train_head` on cached bottlenecks.
+"""Head training speed: 4,000 steps of `models.training.head.train_head` on cached bottlenecks.
 
 The bottlenecks of the photos (all 1,500 flower photos by default) come from
 `compute_bottlenecks` and its cache under `--home`: a temporary folder by default, or a folder
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from data_options import add_data_options  # bench/ is on sys.path
 
-from models import dataset, networks
-from models.bottlenecks import BatchRunner, BottleneckCache, compute_bottlenecks
-from models.head import HeadConfig, train_head
+from flowers.models import dataset, networks
+from flowers.models.caches.bottlenecks import BatchRunner, BottleneckCache, compute_bottlenecks
+from flowers.models.training.head import HeadConfig, train_head
 
 TARGET_SECONDS = 10.0
 
@@ -86,7 +86,7 @@ def bottlenecks_of(
 
 
 def bench(args: argparse.Namespace, home: Path) -> None:
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     configure_tensorflow(args.tf_threads)
     spec = networks.get_spec(args.architecture)

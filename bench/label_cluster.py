@@ -34,9 +34,9 @@ from typing import Any
 import psutil
 import redis
 
-from models import dataset
-from worker.embedded import RedisServer, start_redis, start_worker, stop_worker
-from worker.jobs import KEY_PREFIX
+from flowers.models import dataset
+from flowers.worker.embedded import RedisServer, start_redis, start_worker, stop_worker
+from flowers.worker.jobs import KEY_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SUCCEEDED = re.compile(r"Task flowers\.label_chunk\[[^\]]+\] succeeded in ([0-9.]+)s")
@@ -45,15 +45,15 @@ SUCCEEDED = re.compile(r"Task flowers\.label_chunk\[[^\]]+\] succeeded in ([0-9.
 def flowers_command() -> list[str]:
     """The `flowers` entry point beside this interpreter, as a user would run it."""
     script = Path(sys.executable).parent / "flowers"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "flowers.cli"]
 
 
 def _retrain(request: dict[str, Any], home: str, weights_dir: str) -> dict[str, Any]:
     """Runs in a fresh spawned process: TensorFlow only ever starts there."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from models.retrain import RetrainRequest, retrain
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     configure_tensorflow(os.cpu_count() or 1)
     return retrain(RetrainRequest.from_dict(request), Path(home), Path(weights_dir))

@@ -77,7 +77,7 @@ def tiny_bundle(photos: Path, work: Path, env: dict[str, str]) -> Path:
         for source in sorted((photos / name).iterdir())[:6]:
             shutil.copy(source, subset / name / source.name)
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "train", str(subset), "--output", str(bundle),
+        [sys.executable, "-m", "flowers.cli", "train", str(subset), "--output", str(bundle),
          "--architecture", "mobilenet_0.25_128", "--weights", "none", "--recipe", "codelab",
          "--how-many-training-steps", "10", "--validation-percentage", "20",
          "--testing-percentage", "20"], env={**env, "FLOWERS_HOME": str(work / "home")},
@@ -109,7 +109,8 @@ def main() -> None:
         started = time.perf_counter()
         with open(errors, "w") as stderr:
             command = subprocess.Popen(
-                [sys.executable, "-m", "cli", "label-dir", str(args.work / "tree" / "photos"),
+                [sys.executable, "-m", "flowers.cli",
+                 "label-dir", str(args.work / "tree" / "photos"),
                  "--model", str(bundle), "--output", str(output), "--no-wait"],
                 env={**env, "FLOWERS_BROKER_URL": url, "FLOWERS_HOME": str(args.work / "home")},
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)

@@ -28,7 +28,7 @@ from typing import Any
 import label_cluster as lc
 import psutil
 
-from worker.jobs import KEY_PREFIX
+from flowers.worker.jobs import KEY_PREFIX
 
 TARGET_RSS_BYTES = 200e6
 SAMPLE_SECONDS = 2.0

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker import results  # noqa: E402
+from flowers.worker import results  # noqa: E402
 
 CHUNK = 128
 LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
@@ -71,7 +71,7 @@ MERGE = """
 import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from worker import results
+from flowers.worker import results
 started = time.perf_counter()
 counts = results.merge_parts(Path(sys.argv[1]), Path(sys.argv[2]), 3)
 seconds = time.perf_counter() - started

@@ -95,7 +95,7 @@ def main() -> None:
     peaks = Peaks()
     try:
         with open(args.work / "worker.log", "w") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env,
+            worker = subprocess.Popen([sys.executable, "-m", "flowers.cli", "worker"], env=env,
                                       cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
         peaks.roots["worker"] = worker.pid
         time.sleep(5)  # its pool up
@@ -105,7 +105,8 @@ def main() -> None:
         started = time.perf_counter()
         with open(args.work / "label-dir.stderr", "w") as stderr:
             command = subprocess.Popen(
-                [sys.executable, "-m", "cli", "label-dir", str(args.work / "tree" / "photos"),
+                [sys.executable, "-m", "flowers.cli",
+                 "label-dir", str(args.work / "tree" / "photos"),
                  "--model", str(bundle), "--output", str(output)],
                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
             peaks.roots["cli"] = command.pid

@@ -62,8 +62,8 @@ import label_memory
 import numpy as np
 from data_options import add_data_options  # bench/ is on sys.path
 
-from models.predict import LABEL_BATCH_SIZE
-from worker.settings import usable_cores
+from flowers.models.runtime.predict import LABEL_BATCH_SIZE
+from flowers.worker.settings import usable_cores
 
 TARGET_VS_KERAS = 1.8
 TARGET_VS_PIPELINE = 0.93
@@ -107,17 +107,17 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     clock = time.perf_counter
     started = clock()
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     configure_tensorflow(threads)
     import tensorflow  # noqa: F401 - timed here, as a Keras-runtime task's first call imports it
 
     imported = clock()
-    from models.bundle import TFLITE_FILE, load_bundle
-    from models.decode import load_image
-    from models.predict import label_photos
-    from models.runners import KerasRunner, LiteRTRunner
-    from worker import results as parts
+    from flowers.models.bundle import TFLITE_FILE, load_bundle
+    from flowers.models.decode import load_image
+    from flowers.models.runtime.predict import LoadedModel, label_photos
+    from flowers.models.runtime.runners import KerasRunner, LiteRTRunner
+    from flowers.worker import results as parts
 
     loaded = load_bundle(Path(bundle))
     keras_runner = KerasRunner(loaded.model, batch_size)
@@ -125,6 +125,7 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     litert_runner = LiteRTRunner(Path(bundle) / TFLITE_FILE, threads=threads)
     litert_loaded = clock()
     size, names = loaded.input_size, loaded.class_names
+    model = LoadedModel("bench", names, size, litert_runner)
     cpu = time.process_time()
     pixels = [np.stack([load_image(Path(p), size) for p in chunk]) for chunk in paths]
     decode_cpu = time.process_time() - cpu
@@ -151,8 +152,8 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     cpu, figures["c_start"] = time.process_time(), time.monotonic()
     for index, chunk in enumerate(paths):
         rows = [parts.format_row(Path(p).name, row.labels, row.error, 3)
-                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), litert_runner,
-                                                      names, size, 3, batch_size=batch_size,
+                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), model, 3,
+                                                      batch_size=batch_size,
                                                       threads=0 if threads == 1 else None),
                                   strict=True)]
         parts.write_part(Path(parts_dir), "bench", rank * 100_000 + index, rows)
@@ -187,7 +188,7 @@ def run_in_processes(bundle: Path, tree: Path, args: argparse.Namespace, work: P
             child.join(timeout=30)
             if child.is_alive():
                 child.terminate()
-    from worker import results as parts
+    from flowers.worker import results as parts
 
     started = time.perf_counter()
     merged = parts.merge_parts(parts_dir, work / "pipeline.csv", 3)

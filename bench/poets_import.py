@@ -32,7 +32,7 @@ import numpy as np
 from data_options import SHARED, add_data_options  # bench/ is on sys.path
 from label_cluster import REPO, run_flowers
 
-from models.dataset import walk_images
+from flowers.models.dataset import walk_images
 
 CODELAB = SHARED / "weights" / "codelab" / "poets_retrained"
 LABEL_IMAGE = REPO / "bench" / "codelab" / "label_image.py"
@@ -102,8 +102,8 @@ def speed(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
 def resize(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
     import tensorflow as tf
 
-    from models.decode import RESIZES, load_image
-    from models.runners import LiteRTRunner
+    from flowers.models.decode import RESIZES, load_image
+    from flowers.models.runtime.runners import LiteRTRunner
 
     bundle = work / "poets-resize"
     imported = run_flowers(["import-poets", str(args.graph), "--labels", str(args.labels),

@@ -24,9 +24,9 @@ import numpy as np
 from data_options import add_data_options  # bench/ is on sys.path
 from PIL import Image
 
-from models import decode
-from models.dataset import discover
-from worker.settings import usable_cores
+from flowers.models import decode
+from flowers.models.dataset import discover
+from flowers.worker.settings import usable_cores
 
 Squash = Callable[[Image.Image, int], Image.Image]
 
@@ -72,14 +72,14 @@ def main() -> None:
     if unknown := set(names) - set(FILTERS):
         parser.error(f"unknown filters {sorted(unknown)}; choose from {', '.join(FILTERS)}")
 
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     configure_tensorflow(usable_cores())
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # each split traces its own training graph, as intended
-    from models.head import HeadConfig, accuracy_and_loss, train_head
-    from models.networks import batch_runner, build_base_network
+    from flowers.models.networks import batch_runner, build_base_network
+    from flowers.models.training.head import HeadConfig, accuracy_and_loss, train_head
 
     data = discover(args.photos)
     paths = [photo.path for photo in data.photos]

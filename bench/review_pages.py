@@ -60,7 +60,8 @@ def review(source: Path, page: Path, env: dict[str, str], *extra: str) -> Measur
 
 def label_photos(photos: Path, bundle: Path, output: Path, env: dict[str, str]) -> None:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cli", "label-dir", str(photos), "--model",
+    result = subprocess.run([sys.executable, "-m", "flowers.cli",
+                             "label-dir", str(photos), "--model",
                              str(bundle), "--output", str(output)], env=env, cwd=REPO,
                             capture_output=True, text=True)
     if result.returncode != 0:

@@ -33,7 +33,7 @@ from pathlib import Path
 import label_cluster as lc
 from data_options import add_data_options  # bench/ is on sys.path
 
-from worker.embedded import start_redis, stop_worker
+from flowers.worker.embedded import start_redis, stop_worker
 
 AFTER = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def first_row(checkout: Path, bundle: Path, tree: Path, work: Path, args: argpar
         env = side_env(checkout, run / "home", args.weights_dir, server.url)
         output = run / "out.csv"
         queued = subprocess.run(
-            [sys.executable, "-m", "cli", "label-dir", str(tree), "--model", str(bundle),
+            [sys.executable, "-m", "flowers.cli", "label-dir", str(tree), "--model", str(bundle),
              "--output", str(output), "--no-wait"], env=env, capture_output=True, text=True,
             cwd=run)
         assert queued.returncode == 0, queued.stderr
@@ -77,7 +77,8 @@ def first_row(checkout: Path, bundle: Path, tree: Path, work: Path, args: argpar
         started = time.perf_counter()
         with open(run / "worker.log", "wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "cli", "worker", "--concurrency", str(args.processes)],
+                [sys.executable, "-m", "flowers.cli",
+                 "worker", "--concurrency", str(args.processes)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run)
         try:
             while not any(parts.glob("part-*.csv")):
@@ -96,7 +97,7 @@ def cold_train(checkout: Path, work: Path, args: argparse.Namespace, *extra: str
     env = side_env(checkout, run / "home", args.weights_dir)
     started = time.perf_counter()
     finished = subprocess.run(
-        [sys.executable, "-m", "cli", "train", str(args.photos), "--architecture",
+        [sys.executable, "-m", "flowers.cli", "train", str(args.photos), "--architecture",
          "mobilenet_v2", "--output", str(run / "bundle"), *extra], env=env,
         capture_output=True, text=True, cwd=run)
     seconds = time.perf_counter() - started

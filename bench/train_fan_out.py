@@ -42,8 +42,8 @@ from typing import Any
 
 from label_cluster import Cluster, run_flowers  # bench/ is on sys.path
 
-from worker.jobs import KEY_PREFIX, JobStore
-from worker.photo_stage import stage_summary
+from flowers.worker.jobs import KEY_PREFIX, JobStore
+from flowers.worker.photo_stage import stage_summary
 
 
 def stage_run(photos: Path, weights_dir: Path, processes: int, threads: int | None,
@@ -105,7 +105,7 @@ def _network_views(model: str, views: int, queue: Any) -> None:
     """In a spawned process: seconds to run `views` views through the LiteRT model."""
     import numpy as np
 
-    from models.runners import LiteRTRunner
+    from flowers.models.runtime.runners import LiteRTRunner
 
     runner = LiteRTRunner(Path(model), batch_size=1, threads=1)
     pixels = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
@@ -142,9 +142,9 @@ def ceiling(network_home: Path, views: int = 2000, repeats: int = 3) -> None:
 def _fill_network(photos: str, weights_dir: str, recipe: str, home: str) -> None:
     """In a spawned process (TensorFlow starts there): a photo stage on 8 of `photos`, told it
     is large enough to convert the network."""
-    from models import networks
-    from models.recipe import FineTuneRecipe
-    from models.training import CONVERT_FROM_PASSES, PhotoStage
+    from flowers.models import networks
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.trainer import CONVERT_FROM_PASSES, PhotoStage
 
     paths = sorted(Path(photos).rglob("*.jpg"))[:8]
     stage = PhotoStage(recipe, FineTuneRecipe(), networks.get_spec("mobilenet_v2"), "imagenet",

@@ -28,7 +28,8 @@ from data_options import command_env  # bench/ is on sys.path
 def run_once(photos: Path, home: Path, weights_dir: Path, extra: list[str]) -> None:
     env = command_env(home, weights_dir)
     output = home / "bundle"
-    command = [sys.executable, "-m", "cli", "train", str(photos), "--output", str(output), *extra]
+    command = [sys.executable, "-m", "flowers.cli",
+               "train", str(photos), "--output", str(output), *extra]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, cwd=Path(__file__).resolve().parent.parent)

@@ -1,5 +1,5 @@
-"""`python -m cli` runs the flowers command line (how local clusters start their worker)."""
+"""`python -m flowers.cli` runs the flowers command line (how local clusters start their worker)."""
 
-from cli.main import main
+from flowers.cli.main import main
 
 main()

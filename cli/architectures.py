@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from models.networks import DEFAULT_ARCHITECTURE, NETWORKS
+from flowers.models.networks import DEFAULT_ARCHITECTURE, NETWORKS
 
 
 @click.command()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.context import CliContext
-from models.cache_disk import KINDS, clear, usage
+from flowers.cli.context import CliContext
+from flowers.models.caches.disk import KINDS, clear, usage
 
 
 def _size(size_bytes: int) -> str:

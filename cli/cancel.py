@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.context import CliContext
-from cli.queue import connect
-from models.errors import UsageError
-from worker.jobs import FINAL_STATES, JobStore
+from flowers.cli.context import CliContext
+from flowers.cli.queue import connect
+from flowers.models.errors import UsageError
+from flowers.worker.jobs import FINAL_STATES, JobStore
 
 
 @click.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.settings import Settings
+from flowers.worker.settings import Settings
 
 
 @dataclass

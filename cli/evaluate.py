@@ -8,17 +8,17 @@ from typing import Any
 
 import click
 
-from cli.context import CliContext
-from cli.progress import ProgressLine
-from cli.queue import open_queue
-from cli.recipe_options import fine_tune_options, fine_tune_recipe
-from models.atomic import write_text_atomically
-from models.dataset import check_percentages, discover
-from models.errors import UsageError
-from models.evaluate import EvaluateRequest
-from models.networks import DEFAULT_ARCHITECTURE, get_spec
-from models.recipe import RECIPES
-from models.retrain import RetrainRequest
+from flowers.cli.context import CliContext
+from flowers.cli.progress import ProgressLine
+from flowers.cli.queue import open_queue
+from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe
+from flowers.models.atomic import write_text_atomically
+from flowers.models.dataset import check_percentages, discover
+from flowers.models.errors import UsageError
+from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
+from flowers.models.training.evaluate import EvaluateRequest
+from flowers.models.training.recipe import RECIPES
+from flowers.models.training.retrain import RetrainRequest
 
 
 @click.command()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from cli.context import CliContext
-from models.bundle import read_manifest
-from models.errors import UsageError
-from models.export import FORMATS
-from models.litert import QUANTIZATIONS
+from flowers.cli.context import CliContext
+from flowers.models.bundle import read_manifest
+from flowers.models.errors import UsageError
+from flowers.models.export import FORMATS
+from flowers.models.runtime.litert import QUANTIZATIONS
 
 
 @click.command()
@@ -40,8 +40,8 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
         raise UsageError("flowers export needs --output PATH (or --in-place)")
     elif output.exists():
         raise UsageError(f"{output} exists: choose another --output or remove it")
-    from models.export import add_fast_model, export_bundle, representative_photos
-    from models.runtime import configure_tensorflow
+    from flowers.models.export import add_fast_model, export_bundle, representative_photos
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     if quantize == "int8":
         representative_photos(bundle.resolve(), manifest, photos)

@@ -2,7 +2,7 @@
 
 The `retrained_graph.pb` and `retrained_labels.txt` of "TensorFlow for Poets 2" become a bundle
 that `flowers label`, `flowers label-dir` and `flowers export` take like one of `flowers train`
-(see `models.poets_import`). The conversion needs TensorFlow and runs here, in this process,
+(see `models.codelab.importer`). The conversion needs TensorFlow and runs here, in this process,
 imported only once the arguments are checked (as `flowers export` does); this command starts no
 workers, so nothing forks after TensorFlow is loaded.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from cli.context import CliContext
-from models.errors import UsageError
+from flowers.cli.context import CliContext
+from flowers.models.errors import UsageError
 
 
 @click.command("import-poets")
@@ -38,8 +38,8 @@ def import_poets(obj: CliContext, graph: Path, labels: Path, architecture: str |
             raise UsageError(f"{what} {path} does not exist or is not a file")
     if output.exists():
         raise UsageError(f"--output {output} exists: choose another folder or remove it")
-    from models.poets_import import import_poets as run_import
-    from models.runtime import configure_tensorflow
+    from flowers.models.codelab.importer import import_poets as run_import
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     configure_tensorflow(obj.settings.threads_per_process())
     summary = run_import(graph, labels, output, architecture, output_tensor)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from cli.context import CliContext
-from models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
-from models.runners import RUNTIMES, choose_runtime
+from flowers.cli.context import CliContext
+from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
+from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 
 
 @click.command()
@@ -36,17 +36,17 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     choice = choose_runtime(bundle, manifest, runtime or obj.settings.runtime)
     if choice.warning:
         click.echo(f"note: {choice.warning}", err=True)
-    from models.predict import LABEL_BATCH_SIZE, label_photos
-    from models.runners import open_runner
+    from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LoadedModel, label_photos
+    from flowers.models.runtime.runners import open_runner
 
     # A few photos run as one batch of their own size: short batches are padded to full ones.
     batch_size = min(LABEL_BATCH_SIZE, len(images))
     runner = open_runner(bundle, manifest, choice.runtime, obj.settings.threads_per_process(),
                          batch_size, quiet=True)
     failed = 0
-    rows = label_photos(images, runner, list(manifest["class_names"]),
-                        int(manifest["input_size"][0]), top_k, batch_size=batch_size,
-                        resize=resize_method(manifest))
+    model = LoadedModel(str(manifest["bundle_id"]), list(manifest["class_names"]),
+                        int(manifest["input_size"][0]), runner, resize_method(manifest))
+    rows = label_photos(images, model, top_k, batch_size=batch_size)
     for row in rows:
         click.echo(str(row.path))
         if row.error:

@@ -20,19 +20,20 @@ from typing import Any
 
 import click
 
-from cli.context import CliContext
-from cli.progress import ProgressLine, format_seconds
-from cli.queue import Queue, open_queue
-from models import ownership
-from models.atomic import check_output_file
-from models.bundle import decoding_mismatch, imported_note, read_manifest
-from models.dataset import check_photo_dir, walk_images
-from models.errors import DatasetError, UsageError
-from models.predict import LABEL_BATCH_SIZE
-from worker import results
-from worker.chunk_list import ChunkWriter, chunked, feed
-from worker.lost_chunks import LostChunks
-from worker.messages import MAX_BATCH_SIZE, MAX_PHOTOS_PER_CHUNK
+from flowers.cli.context import CliContext
+from flowers.cli.progress import ProgressLine, format_seconds
+from flowers.cli.queue import Queue, open_queue
+from flowers.models import ownership
+from flowers.models.atomic import check_output_file
+from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
+from flowers.models.dataset import check_photo_dir, walk_images
+from flowers.models.errors import DatasetError, UsageError
+from flowers.models.runtime.predict import LABEL_BATCH_SIZE
+from flowers.worker import output_csv, results
+from flowers.worker.chunk_list import ChunkWriter, chunked, feed
+from flowers.worker.label_job import LabelJob
+from flowers.worker.lost_chunks import LostChunks
+from flowers.worker.messages import MAX_BATCH_SIZE, MAX_PHOTOS_PER_CHUNK
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -54,6 +55,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
     """`output` made absolute, or `UsageError` before any work when flowers may not write there:
     inside the photo folder or a bundle, something flowers did not write (`models.ownership`),
     or an earlier output without --overwrite."""
+    ownership.refuse_link(output, "--output")
     output = output.resolve()
     if output == photo_dir or photo_dir in output.parents:
         raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
@@ -68,7 +70,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
         if names is None or output.is_symlink():
             raise UsageError(f"--output {output} exists and is not a folder of CSV parts that "
                              "flowers wrote (no manifest.json of its format): name a new folder")
-        foreign = sorted(set(os.listdir(output)) - {*names, results.MANIFEST})
+        foreign = sorted(set(os.listdir(output)) - {*names, output_csv.MANIFEST})
         if foreign:
             raise UsageError(f"--output {output} holds files flowers did not write "
                              f"({', '.join(foreign[:3])}): move them or name a new folder")
@@ -134,12 +136,14 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     parts_dir = results.parts_dir_for(output)
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
                 "k": k, "bundle": str(bundle)}
+    job = LabelJob(photo_dir=root, bundle=bundle, parts_dir=parts_dir, top_k=k,
+                   batch_size=batch_size)
     with results.locked_parts(parts_dir, output):
         try:
             overwritten = None
             if overwrite:
                 if output.is_dir():  # a partitioned output (check_output saw its manifest)
-                    results.remove_partitioned(output)
+                    output_csv.remove_partitioned(output)
                 else:
                     output.unlink(missing_ok=True)
                 results.job_record_for(output).unlink(missing_ok=True)
@@ -162,11 +166,9 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             previous = results.claim_parts(parts_dir, job_id) or overwritten
             if previous:
                 queue.jobs.supersede(previous, job_id)
-            template = {"photo_dir": str(root), "bundle": str(bundle),
-                        "parts_dir": str(parts_dir), "top_k": k, "batch_size": batch_size}
-            enqueued = enqueue_chunks(queue, job_id, template, parts_dir,
+            enqueued = enqueue_chunks(queue, job_id, job,
                                       relative_names(root, results.done_paths(parts_dir)),
-                                      chunk_size, batch_size)
+                                      chunk_size)
             if freshness.kept or freshness.changed or freshness.vanished:
                 click.echo(f"resuming: {freshness.kept} photos already labelled, "
                            f"{freshness.changed} changed since (labelled again), "
@@ -175,7 +177,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             if not wait:
                 click.echo(job_id)
                 return
-            watch = lost_chunk_watch(queue, job_id, template)
+            watch = lost_chunk_watch(queue, job_id, job)
             record = queue.wait(job_id, ProgressLine(), watch=watch)
     summary = record["result"]
     click.echo(
@@ -184,14 +186,14 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     )
 
 
-def enqueue_chunks(queue: Queue, job_id: str, template: dict[str, Any], parts_dir: Path,
-                   names: Iterator[str], chunk_size: int, batch_size: int) -> int:
+def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str],
+                   chunk_size: int) -> int:
     """Lists the job's chunks as the walk yields them (`worker.chunk_list`), sending as many as
     the job's window has room for; returns the photos listed."""
-    queue.jobs.update(job_id, window=queue.settings.queued_chunks, chunk_task=template)
+    queue.jobs.update(job_id, window=queue.settings.queued_chunks, chunk_task=job.to_dict())
     chunks = images = 0
-    with ChunkWriter(parts_dir, job_id) as listing:
-        for chunk in chunked(names, chunk_size, batch_size):
+    with ChunkWriter(job.parts_dir, job_id) as listing:
+        for chunk in chunked(names, chunk_size, job.batch_size):
             queue.check_cluster()
             chunks = listing.append(chunk) + 1
             images += len(chunk)
@@ -202,11 +204,11 @@ def enqueue_chunks(queue: Queue, job_id: str, template: dict[str, Any], parts_di
     return images
 
 
-def lost_chunk_watch(queue: Queue, job_id: str, template: dict[str, Any]
+def lost_chunk_watch(queue: Queue, job_id: str, job: LabelJob
                      ) -> Callable[[dict[str, Any]], None]:
     """`Queue.wait`'s watch of a labelling job: `worker.lost_chunks.LostChunks`, reporting on
     stderr, and the job marked as watched so that no worker sweeps it as well."""
-    watch = LostChunks(queue.jobs, queue.settings.queue, job_id, template, queue.send,
+    watch = LostChunks(queue.jobs, queue.settings.queue, job_id, job, queue.send,
                        lambda line: click.echo(line, err=True))
 
     def look(record: dict[str, Any]) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from cli.context import CliContext
-from models.errors import FlowersError, SettingsError
-from worker.embedded import Interrupted
-from worker.settings import Settings
+from flowers.cli.context import CliContext
+from flowers.models.errors import FlowersError, SettingsError
+from flowers.worker.embedded import Interrupted
+from flowers.worker.settings import Settings
 
 INTERRUPTED = ("its local Redis and worker are stopped; run the same command again to resume "
                "(computed features and labelled photos are kept)")
@@ -38,8 +38,9 @@ class FlowersGroup(click.Group):
             raise failure(str(exc)) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:  # Ctrl-C of a command without a local cluster
-            click.echo(f"\n{INTERRUPTED_REMOTE}", err=True)
+        except KeyboardInterrupt:  # Ctrl-C with no local cluster running (yet)
+            remote = ctx.obj is not None and ctx.obj.settings.broker_url is not None
+            click.echo(f"\n{INTERRUPTED_REMOTE if remote else 'interrupted'}", err=True)
             raise SystemExit(128 + signal.SIGINT) from None
         except Interrupted as exc:
             click.echo(f"\ninterrupted by {exc.signal_name}: {INTERRUPTED}", err=True)
@@ -87,25 +88,28 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from cli.architectures import architectures
-    from cli.cache import cache
-    from cli.cancel import cancel
-    from cli.evaluate import evaluate
-    from cli.export import export
-    from cli.import_poets import import_poets
-    from cli.label import label
-    from cli.label_dir import label_dir
-    from cli.review import review
-    from cli.run_worker import worker
-    from cli.status import status
-    from cli.train import train
+    from flowers.cli.architectures import architectures
+    from flowers.cli.cache import cache
+    from flowers.cli.cancel import cancel
+    from flowers.cli.evaluate import evaluate
+    from flowers.cli.export import export
+    from flowers.cli.import_poets import import_poets
+    from flowers.cli.label import label
+    from flowers.cli.label_dir import label_dir
+    from flowers.cli.review import review
+    from flowers.cli.run_worker import worker
+    from flowers.cli.status import status
+    from flowers.cli.train import train
 
     for command in (architectures, train, evaluate, import_poets, label_dir, label, export,
                     review, status, cancel, cache, worker):
         cli.add_command(command)
 
 
-_register()
+try:
+    _register()
+except KeyboardInterrupt:  # Ctrl-C while the command modules load: nothing has started
+    raise SystemExit(128 + signal.SIGINT) from None
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from cli.progress import ProgressLine
-from models.errors import JobFailedError, JobNotFoundError, QueueUnavailableError
-from worker.embedded import LocalCluster, local_cluster
-from worker.jobs import FINAL_STATES, JobStore, patient_client
-from worker.settings import Settings, redact_url
+from flowers.cli.progress import ProgressLine
+from flowers.models.errors import JobFailedError, JobNotFoundError, QueueUnavailableError
+from flowers.worker.embedded import LocalCluster, local_cluster
+from flowers.worker.jobs import FINAL_STATES, JobStore, patient_client
+from flowers.worker.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Queue:
 
     def send(self, task_name: str, argument: Any, task_id: str | None = None) -> None:
         """Sends one task by name with one JSON argument."""
-        from worker.app import app, configure
+        from flowers.worker.app import app, configure
 
         if app.conf.broker_url != self.broker_url:
             configure(app, self.settings, self.broker_url)

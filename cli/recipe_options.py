@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from models.recipe import EPOCH_CHOICES, FineTuneRecipe
+from flowers.models.training.recipe import EPOCH_CHOICES, FineTuneRecipe
 
 FINE_TUNE_DEFAULTS = FineTuneRecipe()
 Command = TypeVar("Command", bound=Callable[..., Any])

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from models import ownership
-from models.atomic import check_output_file
-from models.errors import UsageError
-from review.results_page import PageSummary, ReviewOptions, default_photo_dir
+from flowers.models import ownership
+from flowers.models.atomic import check_output_file
+from flowers.models.errors import UsageError
+from flowers.review.results_page import PageSummary, ReviewOptions, default_photo_dir
 
 
 def _describe(summary: PageSummary, what: str) -> str:
@@ -42,6 +42,7 @@ def _describe(summary: PageSummary, what: str) -> str:
 def review(source: Path, output: Path, photo_dir: Path | None, below: float, per_label: int,
            check_limit: int, seed: int) -> None:
     """Write a page of photos for SOURCE: a results CSV of label-dir, or a bundle folder."""
+    ownership.refuse_link(output, "--output")
     output = check_output_file(output, "an .html file")
     if (output.exists() or output.is_symlink()) and not ownership.is_review_page(output):
         raise UsageError(f"--output {output} exists and is not a page flowers review wrote: "
@@ -50,7 +51,7 @@ def review(source: Path, output: Path, photo_dir: Path | None, below: float, per
         raise UsageError(f"--output {output} is inside the model bundle {bundle}: "
                          "write the page elsewhere")
     if source.is_dir():
-        from review.bundle_page import write_bundle_page
+        from flowers.review.bundle_page import write_bundle_page
 
         summary = write_bundle_page(source, output, photo_dir, per_label)
         click.echo(_describe(summary, f"{summary.labels} classes, {summary.rows} photos"))
@@ -61,7 +62,7 @@ def review(source: Path, output: Path, photo_dir: Path | None, below: float, per
             f"{source}: pass --photos PHOTO_DIR, the folder its paths are relative to "
             f"(the job record beside it names {str(photo_dir) if photo_dir else 'none'})"
         )
-    from review.results_page import write_results_page
+    from flowers.review.results_page import write_results_page
 
     summary = write_results_page(source.resolve(), photo_dir.resolve(), output,
                                  ReviewOptions(below, per_label, check_limit, seed))

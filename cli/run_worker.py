@@ -7,9 +7,9 @@ import socket
 
 import click
 
-from cli.context import CliContext
-from cli.queue import connect
-from worker.settings import WORKER_CONCURRENCY, Settings, redact_url
+from flowers.cli.context import CliContext
+from flowers.cli.queue import connect
+from flowers.worker.settings import WORKER_CONCURRENCY, Settings, redact_url
 
 
 @click.command()
@@ -20,8 +20,11 @@ from worker.settings import WORKER_CONCURRENCY, Settings, redact_url
 @click.option("--loglevel", "-l", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--hostname", "-n", default=None, help="Node name; default: flowers-PID@HOST.")
+@click.option("--stop-with", type=int, default=None, hidden=True,
+              help="PID of the command whose local worker this is: stop at once when it dies.")
 @click.pass_obj
-def worker(obj: CliContext, concurrency: int | None, loglevel: str, hostname: str | None) -> None:
+def worker(obj: CliContext, concurrency: int | None, loglevel: str, hostname: str | None,
+           stop_with: int | None) -> None:
     """Start a worker that trains and labels for any flowers client on FLOWERS_BROKER_URL.
 
     Each process loads TensorFlow only when it first runs a task, after the fork, with
@@ -34,13 +37,17 @@ def worker(obj: CliContext, concurrency: int | None, loglevel: str, hostname: st
             "flowers worker needs FLOWERS_BROKER_URL (for example redis://HOST:6379/0) "
             "to know which queue to serve"
         )
+    if stop_with is not None:
+        from flowers.worker.embedded import stop_group_with_parent
+
+        stop_group_with_parent(stop_with)
     connect(broker_url)
     if concurrency is not None:
         # The pool's processes read their share of the cores from the same settings.
         os.environ["FLOWERS_WORKER_CONCURRENCY"] = str(concurrency)
         settings = Settings.from_env()
     processes = settings.processes()
-    from worker.app import app
+    from flowers.worker.app import app
 
     click.echo(
         f"flowers worker: {processes} processes x {settings.threads_per_process()} "

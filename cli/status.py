@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from cli.context import CliContext
-from cli.progress import describe
-from cli.queue import connect
-from models.bundle import MANIFEST_FILE, imported_from, imported_note, read_manifest
-from models.errors import FlowersError, UsageError
-from worker.jobs import JobStore
+from flowers.cli.context import CliContext
+from flowers.cli.progress import describe
+from flowers.cli.queue import connect
+from flowers.models.bundle import MANIFEST_FILE, imported_from, imported_note, read_manifest
+from flowers.models.errors import FlowersError, UsageError
+from flowers.worker.jobs import JobStore
 
 
 def _bundle_lines(bundle: Path, manifest: dict[str, Any]) -> list[str]:

@@ -7,17 +7,18 @@ from typing import Any
 
 import click
 
-from cli.context import CliContext
-from cli.progress import ProgressLine
-from cli.queue import open_queue
-from cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
-from models import ownership
-from models.dataset import check_percentages, check_training_classes, discover, stable_split
-from models.errors import UsageError
-from models.networks import DEFAULT_ARCHITECTURE, get_spec
-from models.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
-from models.retrain import RetrainRequest
-from worker.messages import MAX_BATCH_SIZE
+from flowers.cli.context import CliContext
+from flowers.cli.progress import ProgressLine
+from flowers.cli.queue import open_queue
+from flowers.cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
+from flowers.models import ownership
+from flowers.models.bundle import output_folder
+from flowers.models.dataset import check_percentages, check_training_classes, discover, stable_split
+from flowers.models.errors import UsageError
+from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
+from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
+from flowers.models.training.retrain import RetrainRequest
+from flowers.worker.messages import MAX_BATCH_SIZE
 
 
 @click.command()
@@ -74,12 +75,13 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     check_training_classes(stable_split(data.photos, validation_percentage, testing_percentage),
                            data.class_names, data.root)
     if output is not None:
+        ownership.refuse_link(output, "--output")
         output = output.resolve()
-        if output == data.root or data.root in output.parents:
-            raise UsageError(
-                f"--output {output} is inside the photo folder; write the bundle elsewhere"
-            )
-        ownership.check_bundle_output(output)
+    target, what = output_folder(str(output) if output else None, settings.home, architecture)
+    if target == data.root or data.root in target.parents:
+        raise UsageError(f"{what} {target} is inside the photo folder; write the bundle "
+                         "elsewhere (--output)")
+    ownership.check_bundle_output(target, what)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
     if not settings.broker_url and not wait:
@@ -135,7 +137,7 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         for item in skipped:
             click.echo(f"  {item['path']}: {item['reason']}")
     if misclassified:
-        from models.bundle import read_manifest
+        from flowers.models.bundle import read_manifest
 
         manifest = read_manifest(Path(summary["bundle"]))
         wrong = manifest["metrics"]["misclassified_test_images"]

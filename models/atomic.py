@@ -1,4 +1,5 @@
-"""Files written whole or not at all: a temporary file in the same folder, then a rename.
+"""Files written whole or not at all: a temporary file in the same folder, then a rename; and
+small files flowers reads (manifests, labels) read without blocking on what is not a file.
 
 Readers (other workers, a resumed job) see the old file or the new one, never a torn one.
 Temporary files and folders are made with the umask's permissions, as `open` and `mkdir` make
@@ -8,13 +9,15 @@ them, not `tempfile`'s owner-only 0600/0700: the CLI and the workers may be diff
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from models.errors import UsageError
+from flowers.models.errors import UsageError
 
 Made = TypeVar("Made")
 
@@ -74,3 +77,25 @@ def write_atomically(
 def write_text_atomically(path: Path, text: str) -> None:
     """`write_atomically` for text, UTF-8 (undecodable file names kept byte for byte)."""
     write_atomically(path, lambda handle: handle.write(text.encode("utf-8", "surrogateescape")))
+
+
+# The most a manifest, labels.txt or job record may hold.
+MAX_SMALL_FILE = 64 * 1024 * 1024
+
+
+def read_regular_file(path: Path, limit: int = MAX_SMALL_FILE, whole: bool = True) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them (`whole`: a longer file
+    is an `OSError`; else its first `limit` bytes); `OSError` for anything else. A named pipe
+    or a device is never opened for reading (it could block forever); the file is opened
+    non-blocking and checked again once open."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = handle.read(limit + 1 if whole else limit)
+    if data is None or len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
+    return data
+

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models import ownership
-from models.atomic import temporary_folder_beside
-from models.errors import BundleError, GraphGivenAsBundleError, UsageError
+from flowers.models import ownership
+from flowers.models.atomic import read_regular_file, temporary_folder_beside
+from flowers.models.dataset import class_name_problem
+from flowers.models.errors import BundleError, GraphGivenAsBundleError, UsageError
 
 if TYPE_CHECKING:
     import keras
@@ -67,7 +68,7 @@ def save_bundle(
 
     A reader sees the old bundle or the new one, never a half-written one.
     """
-    from models.litert import to_tflite
+    from flowers.models.runtime.litert import to_tflite
 
     def fill(staging: Path) -> None:
         model.save(staging / MODEL_FILE)
@@ -80,6 +81,21 @@ def save_bundle(
     return write_bundle_folder(output, manifest, fill)
 
 
+def default_bundle_folder(home: Path, architecture: str) -> Path:
+    """Where `flowers train` without --output writes its bundle: FLOWERS_HOME/bundles/NETWORK."""
+    from flowers.models.networks import get_spec
+
+    return home / "bundles" / get_spec(architecture).name
+
+
+def output_folder(output: str | None, home: Path, architecture: str) -> tuple[Path, str]:
+    """The folder a training writes its bundle to, and how to name it in a message."""
+    if output:
+        return Path(output), "--output"
+    return (default_bundle_folder(home, architecture),
+            "the default bundle folder (no --output given)")
+
+
 def write_bundle_folder(output: Path, manifest: dict[str, Any],
                         fill: Callable[[Path], None]) -> Path:
     """Writes a bundle whole or not at all: `fill` writes its model files into a temporary
@@ -90,7 +106,8 @@ def write_bundle_folder(output: Path, manifest: dict[str, Any],
     staging = temporary_folder_beside(output)
     try:
         fill(staging)
-        (staging / LABELS_FILE).write_text("".join(f"{name}\n" for name in manifest["class_names"]))
+        (staging / LABELS_FILE).write_text(
+            "".join(f"{name}\n" for name in manifest["class_names"]), encoding="utf-8")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _replace_folder(staging, output)
     except BaseException:
@@ -124,7 +141,7 @@ def keras_model_file(bundle: Path, manifest: dict[str, Any]) -> Path | None:
 def add_tflite(bundle: Path, tflite: bytes) -> None:
     """Adds (or replaces) model.tflite in an existing bundle and lists it in the manifest, each
     file renamed into place; the manifest's format version becomes the current one."""
-    from models.atomic import write_atomically, write_text_atomically
+    from flowers.models.atomic import write_atomically, write_text_atomically
 
     manifest = read_manifest(bundle)
     write_atomically(bundle / TFLITE_FILE, lambda handle: handle.write(tflite))
@@ -140,8 +157,7 @@ def looks_like_graph_def(path: Path) -> bool:
     if path.suffix in (".pb", ".pbtxt"):
         return True
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
+        head = read_regular_file(path, 12, whole=False)
     except OSError:
         return False
     if len(head) < 4 or head[0] != 0x0A:  # field 1 (node), length-delimited
@@ -168,7 +184,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         raise BundleError(f"{bundle} is a file, not a model bundle folder")
     path = bundle / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_regular_file(path))
     except FileNotFoundError:
         raise BundleError(
             f"{bundle} is not a model bundle (no {MANIFEST_FILE}): "
@@ -201,8 +217,9 @@ def _refuse(bundle: Path, field: str, found: Any, wanted: str) -> BundleError:
 
 
 def _one_line_name(name: Any) -> bool:
-    """A non-empty string without line breaks or other control characters."""
-    return isinstance(name, str) and bool(name.strip()) and name.isprintable()
+    """A non-empty class name that labels.txt keeps: the rule of the scan that made it
+    (`dataset.class_name_problem`), so a bundle trained on a folder is never refused here."""
+    return isinstance(name, str) and bool(name.strip()) and class_name_problem(name) is None
 
 
 def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
@@ -222,7 +239,8 @@ def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
         raise _refuse(bundle, "class_names", names, "a list of two or more class names")
     for name in names:
         if not _one_line_name(name):
-            raise _refuse(bundle, "class name", name, "a non-empty name on one printable line")
+            raise _refuse(bundle, "class name", name,
+                          "a non-empty name that labels.txt keeps on one line")
     if len(set(names)) != len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
         raise _refuse(bundle, "class_names", names, f"distinct names ({twice[0]!r} is repeated)")
@@ -245,7 +263,7 @@ def check_labels_file(bundle: Path, manifest: dict[str, Any]) -> None:
     (trailing blank lines aside), whatever runtime is to run the bundle."""
     path = bundle / LABELS_FILE
     try:
-        labels = path.read_text().splitlines()
+        labels = read_regular_file(path).decode("utf-8").splitlines()
     except FileNotFoundError:
         raise BundleError(f"bundle {bundle} lacks {LABELS_FILE}: retrain or re-export the "
                           "bundle") from None
@@ -301,7 +319,7 @@ class LoadedBundle:
 def resize_method(manifest: dict[str, Any]) -> str:
     """How labelling resizes photos for this bundle (`models.decode.RESIZES`): what the
     manifest's preprocessing names, else flowers' own (bundles made by flowers train)."""
-    from models.decode import RESIZE_FLOWERS, RESIZES
+    from flowers.models.decode import RESIZE_FLOWERS, RESIZES
 
     method = (manifest.get("preprocessing") or {}).get("resize_method", RESIZE_FLOWERS)
     if method not in RESIZES:
@@ -332,7 +350,7 @@ def imported_note(manifest: dict[str, Any]) -> str | None:
 
 def decoding_mismatch(bundle: Path, manifest: dict[str, Any]) -> str | None:
     """A warning if the bundle was trained on photos decoded otherwise than they are now."""
-    from models.decode import PREPROCESS_VERSIONS
+    from flowers.models.decode import PREPROCESS_VERSIONS
 
     made = (manifest.get("preprocessing") or {}).get("version")
     now = PREPROCESS_VERSIONS[resize_method(manifest)]
@@ -347,7 +365,7 @@ def load_bundle(bundle: Path) -> LoadedBundle:
     """Loads a bundle in Keras safe mode; raises `BundleError` if any part is missing or corrupt."""
     import keras
 
-    import models.layers  # noqa: F401 - registers the layers a fine-tuned bundle holds
+    import flowers.models.training.layers  # noqa: F401 - registers the layers a fine-tuned bundle holds
 
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)  # labels.txt checked against class_names too

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import DatasetError
+from flowers.models.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from models.errors import ImageDecodeError
+from flowers.models.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ also returns the class names. The labels are a `labels.txt` beside the .tflite (
 codelab's Android and iOS samples read), not TFLite metadata: the one library that writes that
 metadata (tflite-support) has had no release since 2023. An output is written in a temporary
 sibling folder and renamed into place; one that exists is refused. A bundle imported from the
-codelab (`models.poets_import`) has no Keras model: its float model.tflite is copied, and other
+codelab (`models.codelab.importer`) has no Keras model: its float model.tflite is copied, and other
 forms are converted again from the graph it keeps (int8 needs training photos it does not
 list). Needs TensorFlow.
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from models.atomic import temporary_folder_beside
-from models.bundle import (
+from flowers.models.atomic import temporary_folder_beside
+from flowers.models.bundle import (
     LABELS_FILE,
     SPLIT_FILE,
     TFLITE_FILE,
@@ -37,7 +37,7 @@ from models.bundle import (
     load_bundle,
     read_manifest,
 )
-from models.errors import UsageError
+from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def representative_photos(bundle: Path, manifest: dict[str, Any],
 
 
 def _batches(paths: list[Path], size: int) -> Iterator[np.ndarray]:
-    from models.decode import load_image
-    from models.errors import ImageDecodeError
+    from flowers.models.decode import load_image
+    from flowers.models.errors import ImageDecodeError
 
     for path in paths:
         try:
@@ -95,7 +95,7 @@ def _staged(output: Path) -> Path:
 def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = None,
                   photos: Path | None = None) -> Path:
     """Writes `bundle` as `fmt` to the folder `output` (see the module docstring)."""
-    from models.litert import to_tflite
+    from flowers.models.runtime.litert import to_tflite
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -161,7 +161,7 @@ def _write_label_assets(folder: Path, class_names: list[str]) -> None:
 def _export_imported(bundle: Path, manifest: dict[str, Any], fmt: str, staging: Path,
                      quantize: str | None) -> None:
     """Writes an imported codelab bundle as `fmt` into `staging`, from the graph it keeps."""
-    from models.poets_import import graph_function, graph_to_tflite, reopen_graph
+    from flowers.models.codelab.importer import graph_function, graph_to_tflite, reopen_graph
 
     if fmt == "tflite" and quantize is None:
         shutil.copy(bundle / TFLITE_FILE, staging / TFLITE_FILE)
@@ -198,13 +198,13 @@ def _write_graph_saved_model(function: Any, class_names: list[str], size: int,
 def add_fast_model(bundle: Path) -> Path:
     """Converts an existing bundle's Keras model (an imported bundle: its graph) and adds it as
     model.tflite (see `bundle.add_tflite`); returns the file."""
-    from models.bundle import add_tflite
-    from models.litert import to_tflite
+    from flowers.models.bundle import add_tflite
+    from flowers.models.runtime.litert import to_tflite
 
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)
     if imported_from(manifest):
-        from models.poets_import import graph_to_tflite, reopen_graph
+        from flowers.models.codelab.importer import graph_to_tflite, reopen_graph
 
         add_tflite(bundle, graph_to_tflite(reopen_graph(bundle, manifest)))
         return bundle / TFLITE_FILE

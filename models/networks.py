@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import UnknownArchitectureError, WeightsUnavailableError
+from flowers.models.errors import UnknownArchitectureError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     import keras
@@ -45,8 +45,8 @@ class NetworkSpec:
     # above it are trained. About two thirds of the way up, where the features are still 14x14
     # (17x17 then 8x8 for InceptionV3) and most of the computation is already done.
     split_layer: str = "block_12_add"
-    # Whether the photo stage runs the network on LiteRT (models/converted.py): about twice as
-    # fast for the MobileNets' depthwise convolutions, no faster for InceptionV3
+    # Whether the photo stage runs the network on LiteRT (models/runtime/converted.py): about
+    # twice as fast for the MobileNets' depthwise convolutions, no faster for InceptionV3
     # (bench/feature_runtime.py).
     litert_photo_stage: bool = True
 

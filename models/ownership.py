@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from models.errors import UsageError
+from flowers.models.atomic import read_regular_file
+from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
-        value = json.loads(path.read_bytes()[:64 * 1024 * 1024])
+        value = json.loads(read_regular_file(path))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
@@ -64,32 +65,34 @@ def is_bundle(folder: Path) -> bool:
             and isinstance(manifest.get("bundle_id"), str))
 
 
-# Every file a bundle may hold (models.bundle, models.poets_import).
+# Every file a bundle may hold (models.bundle, models.codelab.importer).
 BUNDLE_FILES = frozenset({"manifest.json", "labels.txt", "model.keras", "model.tflite",
                           "split.json", "report.png", "graph.pb"})
 
 
-def check_bundle_output(output: Path) -> None:
-    """Refuses (`UsageError`) a bundle's --output that flowers may not replace: anything but a
-    missing path, an empty folder, or a bundle flowers wrote holding nothing else."""
+def check_bundle_output(output: Path, what: str = "--output") -> None:
+    """Refuses (`UsageError`) a bundle's output folder that flowers may not replace: anything
+    but a missing path, an empty folder, or a bundle flowers wrote holding nothing else.
+    `what` names the folder in the message ("--output", or the default bundle folder)."""
     if output.is_symlink() or (output.exists() and not output.is_dir()):
-        raise UsageError(f"--output {output} exists and is not a folder: name a new folder for "
-                         "the bundle")
+        raise UsageError(f"{what} {output} exists and is not a folder: name a new folder for "
+                         "the bundle (--output)")
     if not output.exists():
         if (bundle := bundle_around(output.parent)) is not None:
-            raise UsageError(f"--output {output} is inside the model bundle {bundle}: "
-                             "write the new bundle elsewhere")
+            raise UsageError(f"{what} {output} is inside the model bundle {bundle}: "
+                             "write the new bundle elsewhere (--output)")
         return
     entries = sorted(os.listdir(output))
     if not entries:
         return
     if not is_bundle(output):
-        raise UsageError(f"--output {output} exists and is not a model bundle flowers wrote "
-                         "(no manifest.json of one): name a new folder or move it away")
+        raise UsageError(f"{what} {output} exists and is not a model bundle flowers wrote "
+                         "(no manifest.json of one): name a new folder (--output) or move it "
+                         "away")
     foreign = [name for name in entries if name not in BUNDLE_FILES]
     if foreign:
-        raise UsageError(f"--output {output} holds files that are not part of its bundle "
-                         f"({', '.join(foreign[:3])}): move them or name a new folder")
+        raise UsageError(f"{what} {output} holds files that are not part of its bundle "
+                         f"({', '.join(foreign[:3])}): move them or name a new folder (--output)")
 
 
 def bundle_around(path: Path) -> Path | None:
@@ -137,6 +140,14 @@ def is_review_page(path: Path) -> bool:
             return REVIEW_MARK in handle.read(4096)
     except OSError:
         return False
+
+
+def refuse_link(path: Path, what: str) -> None:
+    """Refuses (`UsageError`) an output path that is a symbolic link: what flowers would write
+    there lands wherever the link points, so the path must name the file or folder itself."""
+    if path.is_symlink():
+        raise UsageError(f"{what} {path} is a symbolic link (to {os.readlink(path)}): name the "
+                         "file or folder itself")
 
 
 def check_replaceable_file(path: Path, what: str) -> None:

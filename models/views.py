@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.decode import decode_image, open_rgb, squash
+from flowers.models.decode import decode_image, open_rgb, squash
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from models.bundle import REPORT_FILE, read_manifest
-from review import charts
-from review.page import write_page
-from review.results_page import PageSummary
-from review.thumbnails import make_thumbnails
+from flowers.models.bundle import REPORT_FILE, read_manifest
+from flowers.review import charts
+from flowers.review.page import write_page
+from flowers.review.results_page import PageSummary
+from flowers.review.thumbnails import make_thumbnails
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from models.atomic import write_atomically
+from flowers.models.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def percent(value: float | None) -> str:
 
 
 _environment = jinja2.Environment(
-    loader=jinja2.PackageLoader("review", "templates"),
+    loader=jinja2.PackageLoader("flowers.review", "templates"),
     autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
     undefined=jinja2.StrictUndefined,
     finalize=_finalize,

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.bundle import read_manifest
-from models.errors import BundleError
-from review import charts
-from review.page import write_page
-from review.selection import select_results
-from review.thumbnails import make_thumbnails
-from worker.results import read_job_record
+from flowers.models.bundle import read_manifest
+from flowers.models.errors import BundleError
+from flowers.review import charts
+from flowers.review.page import write_page
+from flowers.review.selection import select_results
+from flowers.review.thumbnails import make_thumbnails
+from flowers.worker.results import read_job_record
 
 log = logging.getLogger(__name__)
 

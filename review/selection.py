@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.errors import UsageError
+from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
 

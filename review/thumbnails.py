@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from models.decode import open_rgb, read_bytes
-from models.errors import ImageDecodeError
+from flowers.models.decode import open_rgb, read_bytes
+from flowers.models.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
 

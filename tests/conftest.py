@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import redis
 
-from worker.embedded import RedisServer, start_redis, start_worker, stop_worker
-from worker.lost_chunks import label_chunks_in_hand
+from flowers.worker.embedded import RedisServer, start_redis, start_worker, stop_worker
+from flowers.worker.lost_chunks import label_chunks_in_hand
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FLOWERS_SHARED_DIR") or REPO.parent / "shared")
@@ -127,7 +127,8 @@ def run_flowers(
 ) -> subprocess.CompletedProcess[str]:
     """Runs the `flowers` command line in a fresh process, as a user would (`popen`: more
     `subprocess.run` arguments, such as `umask`)."""
-    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "flowers.cli",
+                           *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, **popen)
 
 
@@ -208,6 +209,20 @@ class RunningWorker:
         os.killpg(self.pid, signal.SIGKILL)
         self.process.wait()
 
+    def freeze_holding_a_chunk(self, broker_url: str, timeout: float = 120) -> None:
+        """Stops (SIGSTOP) the whole worker at a moment it holds a label chunk it has not
+        acknowledged: chunks can take milliseconds, so one seen in its hands may be done by
+        the time a signal lands; it is looked at again once the worker is stopped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            wait_for(lambda: bool(chunks_in_flight(broker_url)), timeout=timeout,
+                     what="a chunk in the worker's hands", interval=0.005)
+            os.killpg(self.pid, signal.SIGSTOP)
+            if chunks_in_flight(broker_url):
+                return
+            os.killpg(self.pid, signal.SIGCONT)
+            assert time.monotonic() < deadline, "the worker was never stopped holding a chunk"
+
 
 WorkerFactory = Callable[..., RunningWorker]
 
@@ -275,7 +290,7 @@ def trained_bundle(
     photo_subset: Path, weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, object]]:
     """A bundle retrained in-process on `photo_subset` with real weights, and its summary."""
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     output = tmp_path_factory.mktemp("bundles") / "small"
     request = RetrainRequest(photo_dir=str(photo_subset), output=str(output),
@@ -284,3 +299,9 @@ def trained_bundle(
                              validation_percentage=20, testing_percentage=20)
     summary = retrain(request, tmp_path_factory.mktemp("home"), weights_dir)
     return output, summary
+
+
+@pytest.fixture
+def small(flower_photos: Path, tmp_path: Path) -> Path:
+    """20 real photos in two classes (a test's own copy: it may change them)."""
+    return copy_subset(flower_photos, tmp_path / "small", ["daisy", "roses"], 10)

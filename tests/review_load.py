@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.dataset import walk_images
-from worker.results import format_row, header
+from flowers.models.dataset import walk_images
+from flowers.worker.output_csv import header
+from flowers.worker.results import format_row
 
 ERROR_REASON = "not an image Pillow can identify (corrupt, or not a photo)"
 
@@ -59,7 +60,7 @@ def report():
     kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
     print(f"peak-rss-kb {kb}", file=sys.stderr)
 atexit.register(report)
-from cli.main import main
+from flowers.cli.main import main
 sys.argv = ["flowers", *sys.argv[1:]]
 main()
 """

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.activations import ActivationCache, ActivationResult, compute_activations
-from models.bottlenecks import BatchRunner, content_hash
-from models.finetune import SplitNetwork
-from models.views import crop_box, decode_views
+from flowers.models.caches.activations import ActivationCache, ActivationResult, compute_activations
+from flowers.models.caches.bottlenecks import BatchRunner, content_hash
+from flowers.models.training.finetune import SplitNetwork
+from flowers.models.views import crop_box, decode_views
 from tests.conftest import SMALL_NETWORK, copy_subset
 
 CROPS = (0.35, 1.0)
@@ -26,7 +26,8 @@ CROPS = (0.35, 1.0)
 
 @pytest.fixture(scope="module")
 def bottom(weights_dir: Path) -> SplitNetwork:
-    from models import finetune, networks
+    from flowers.models import networks
+    from flowers.models.training import finetune
 
     spec = networks.get_spec(SMALL_NETWORK)
     return finetune.build_split_network(spec, "imagenet", weights_dir, spec.split_layer)
@@ -35,7 +36,7 @@ def bottom(weights_dir: Path) -> SplitNetwork:
 def test_second_run_renamed_photos_and_a_corrupt_entry(
     bottom: SplitNetwork, flower_photos: Path, tmp_path: Path
 ) -> None:
-    from models import networks
+    from flowers.models import networks
 
     photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses"], 3)
     paths = sorted(photos.rglob("*.jpg"))
@@ -75,7 +76,7 @@ def test_second_run_renamed_photos_and_a_corrupt_entry(
 def test_more_views_compute_only_the_new_ones_and_fewer_read_the_first(
     bottom: SplitNetwork, flower_photos: Path, tmp_path: Path
 ) -> None:
-    from models import networks
+    from flowers.models import networks
 
     paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["tulips"], 2).rglob("*.jpg"))
     cache = ActivationCache(tmp_path / "home", SMALL_NETWORK, "imagenet", bottom.split_layer,
@@ -103,7 +104,7 @@ def test_more_views_compute_only_the_new_ones_and_fewer_read_the_first(
 
 
 def test_views_are_the_photo_its_mirror_and_seeded_crops(flower_photos: Path) -> None:
-    from models.decode import decode_image
+    from flowers.models.decode import decode_image
 
     data = next((flower_photos / "tulips").glob("*.jpg")).read_bytes()
     digest = content_hash(data)
@@ -120,9 +121,10 @@ def test_views_are_the_photo_its_mirror_and_seeded_crops(flower_photos: Path) ->
 def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     bottom: SplitNetwork, flower_photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from models import networks, training
-    from models.decode import load_image
-    from models.runners import LiteRTRunner
+    from flowers.models import networks
+    from flowers.models.decode import load_image
+    from flowers.models.runtime.runners import LiteRTRunner
+    from flowers.models.training import trainer
 
     spec = networks.get_spec(SMALL_NETWORK)
     assert spec.litert_photo_stage
@@ -136,10 +138,10 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
         return bottom.bottom
 
     # A small stage is not worth converting: Keras, and nothing written.
-    small = training.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu",
-                                        passes=training.CONVERT_FROM_PASSES - 1)
+    small = trainer.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu",
+                                        passes=trainer.CONVERT_FROM_PASSES - 1)
     assert not isinstance(small, LiteRTRunner) and not (home / "litert").exists()
-    runner = training.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu")
+    runner = trainer.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu")
     assert isinstance(runner, LiteRTRunner)
     (converted,) = (home / "litert").rglob("model.tflite")
     assert converted.relative_to(home).parts[:4] == (
@@ -148,12 +150,12 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
     np.testing.assert_allclose(runner(pixels), expected, atol=1e-3 * np.abs(expected).max())
     # Cached: a second runner reuses the file; a damaged one is converted again.
     stamp = converted.stat().st_mtime_ns
-    cached = training.photo_stage_runner(build, spec, "imagenet", home,
+    cached = trainer.photo_stage_runner(build, spec, "imagenet", home,
                                          "conv_pw_11_relu", passes=1)
     assert isinstance(cached, LiteRTRunner) and converted.stat().st_mtime_ns == stamp
     assert len(built) == 2, "a cached conversion is run without building the network"
     converted.write_bytes(b"not a flatbuffer")
-    again = training.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu")
+    again = trainer.photo_stage_runner(build, spec, "imagenet", home, "conv_pw_11_relu")
     assert "reconverting" in caplog.text
     np.testing.assert_allclose(again(pixels), expected, atol=1e-3 * np.abs(expected).max())
     # InceptionV3 gains nothing on LiteRT: its photo stage stays on Keras.
@@ -163,9 +165,10 @@ def test_the_photo_stage_runs_a_cached_litert_conversion_that_matches_keras(
 def test_processes_that_need_one_conversion_at_once_wait_for_a_single_one(
     bottom: SplitNetwork, flower_photos: Path, tmp_path: Path
 ) -> None:
-    from models import networks, training
-    from models.decode import load_image
-    from models.runners import LiteRTRunner
+    from flowers.models import networks
+    from flowers.models.decode import load_image
+    from flowers.models.runtime.runners import LiteRTRunner
+    from flowers.models.training import trainer
 
     spec = networks.get_spec(SMALL_NETWORK)
     paths = sorted(copy_subset(flower_photos, tmp_path / "photos", ["roses"], 2).rglob("*.jpg"))
@@ -180,7 +183,7 @@ def test_processes_that_need_one_conversion_at_once_wait_for_a_single_one(
 
     def runner() -> BatchRunner | None:
         together.wait()
-        return training.photo_stage_runner(build, spec, "imagenet", tmp_path / "home",
+        return trainer.photo_stage_runner(build, spec, "imagenet", tmp_path / "home",
                                            "conv_pw_11_relu")
 
     with ThreadPoolExecutor(2) as pool:  # the lock is a file's: threads contend as processes do
@@ -194,10 +197,10 @@ def test_processes_that_need_one_conversion_at_once_wait_for_a_single_one(
 STAGE_SCRIPT = """
 import json, sys
 from pathlib import Path
-from models import networks
-from models.recipe import FineTuneRecipe
-from models.runtime import set_network_threads
-from models.training import CONVERT_FROM_PASSES, PhotoStage
+from flowers.models import networks
+from flowers.models.training.recipe import FineTuneRecipe
+from flowers.models.runtime.tensorflow_setup import set_network_threads
+from flowers.models.training.trainer import CONVERT_FROM_PASSES, PhotoStage
 
 set_network_threads(1)
 network, home, weights_dir, *paths = sys.argv[1:]

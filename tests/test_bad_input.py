@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.decode import MAX_PIXELS
+from flowers.models.decode import MAX_PIXELS
 from tests.conftest import WorkerFactory, flowers_env, run_flowers, wait_for
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
@@ -92,7 +92,7 @@ def save_references(odd_photos: Path, target: Path) -> dict[str, tuple[Path, int
 def test_converted_photos_decode_to_the_pixels_of_the_plain_rgb_picture(
     odd_photos: Path, tmp_path: Path
 ) -> None:
-    from models.decode import load_image
+    from flowers.models.decode import load_image
 
     for name, (reference, tolerance) in save_references(odd_photos, tmp_path / "plain").items():
         converted = load_image(odd_photos / name, 224).astype(int)
@@ -153,7 +153,7 @@ def test_each_bad_photo_is_one_row_and_the_rest_are_labelled(
 def test_broken_files_do_not_fail_training(
     flower_photos: Path, tmp_path: Path, weights_dir: Path
 ) -> None:
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.retrain import RetrainRequest, retrain
     from tests.conftest import SMALL_NETWORK, copy_subset
 
     root = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "tulips"], 6)
@@ -223,7 +223,7 @@ def test_bad_photo_folders_are_one_clear_line(case: str, tmp_path: Path) -> None
 def test_a_class_with_one_photo_trains_with_a_warning(
     flower_photos: Path, tmp_path: Path, weights_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.retrain import RetrainRequest, retrain
     from tests.conftest import SMALL_NETWORK, copy_subset
 
     root = copy_subset(flower_photos, tmp_path / "photos", ["daisy"], 12)

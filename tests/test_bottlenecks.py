@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bottlenecks import (
+from flowers.models.caches.bottlenecks import (
     BatchRunner,
     BottleneckCache,
     BottleneckResult,
     compute_bottlenecks,
 )
-from models.networks import batch_runner, build_base_network, get_spec
+from flowers.models.networks import batch_runner, build_base_network, get_spec
 from tests.conftest import SMALL_NETWORK
 
 

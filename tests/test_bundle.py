@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.bundle import decoding_mismatch, load_bundle, read_manifest
-from models.decode import PREPROCESS_VERSION, load_image
-from models.errors import BundleError
+from flowers.models.bundle import decoding_mismatch, load_bundle, read_manifest
+from flowers.models.decode import PREPROCESS_VERSION, load_image
+from flowers.models.errors import BundleError
 from tests.conftest import SMALL_NETWORK
 
 

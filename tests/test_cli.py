@@ -12,7 +12,8 @@ from tests.conftest import REPO, flowers_env, run_flowers
 
 
 def test_help_and_train_import_no_tensorflow() -> None:
-    code = ("import sys, cli.main, cli.train, cli.queue, review.results_page, review.bundle_page; "
+    code = ("import sys, flowers.cli.main, flowers.cli.train, flowers.cli.queue, "
+            "flowers.review.results_page, flowers.review.bundle_page; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          check=True)

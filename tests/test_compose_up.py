@@ -29,6 +29,9 @@ from typing import Any
 import pytest
 import redis
 
+from flowers.worker import results
+from flowers.worker.embedded import free_port
+from flowers.worker.settings import usable_cores
 from tests.compose_file import (
     COMPOSE,
     ROOT,
@@ -46,9 +49,6 @@ from tests.conftest import (
     flowers_env,
     wait_for,
 )
-from worker import results
-from worker.embedded import free_port
-from worker.settings import usable_cores
 
 pytestmark = pytest.mark.containers
 
@@ -252,7 +252,7 @@ def test_compose_services_label_a_folder_and_survive_a_killed_worker(
     env = flowers_env(tmp_path / "cli-home", project.broker_url, None)
     # The CLI waits, as a user's would: it ends when the job does.
     cli = subprocess.Popen(
-        [sys.executable, "-m", "cli", "label-dir", str(flowers_data / "photos"), "--model",
+        [sys.executable, "-m", "flowers.cli", "label-dir", str(flowers_data / "photos"), "--model",
          str(flowers_data / "bundles" / "small"), "--output", str(output), "--chunk-size", "1",
          "--batch-size", "1"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

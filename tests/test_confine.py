@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import PathNotAllowedError
-from worker.confine import check_allowed, photo_guard
-from worker.settings import Settings
+from flowers.models.errors import PathNotAllowedError
+from flowers.worker.confine import check_allowed, photo_guard
+from flowers.worker.settings import Settings
 
 pytestmark = pytest.mark.hardening
 

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cli.main import cli
+from flowers.cli.main import cli
+from flowers.worker.settings import Settings
 from tests.compose_file import (
     COMPOSE,
     ROOT,
@@ -26,7 +27,6 @@ from tests.compose_file import (
     expand,
     worker_environment,
 )
-from worker.settings import Settings
 
 
 def settings_variables() -> set[str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from models.dataset import Photo, discover, stable_split, walk_images, which_set
-from models.errors import DatasetError
+from flowers.models.dataset import Photo, discover, stable_split, walk_images, which_set
+from flowers.models.errors import DatasetError
 
 
 def codelab_which_set(file_name: str, validation: float, testing: float) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.decode import (
+from flowers.models.decode import (
     MAX_FILE_BYTES,
     MAX_PIXELS,
     NAME_MAX,
@@ -26,7 +26,7 @@ from models.decode import (
     load_image,
     read_bytes,
 )
-from models.errors import ImageDecodeError
+from flowers.models.errors import ImageDecodeError
 from tests.test_dataset import deep_folder
 
 
@@ -274,7 +274,8 @@ def test_a_50_megapixel_jpeg_decodes_in_bounded_memory(tmp_path: Path) -> None:
     big = tmp_path / "big.jpg"
     Image.new("RGB", (8660, 5774), (30, 120, 60)).save(big, quality=80)
     code = (
-        "import resource, sys; from pathlib import Path; from models.decode import load_image; "
+        "import resource, sys; from pathlib import Path; "
+        "from flowers.models.decode import load_image; "
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "pixels = load_image(Path(sys.argv[1]), 224); "
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from models.dataset import Photo
-from models.errors import UsageError
-from models.folds import stratified_folds
+from flowers.models.dataset import Photo
+from flowers.models.errors import UsageError
+from flowers.models.training.folds import stratified_folds
 from tests.conftest import SMALL_NETWORK, copy_subset, flowers_env, run_flowers
 
 

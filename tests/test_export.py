@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, read_manifest
-from models.decode import load_image
-from models.errors import UsageError
-from models.export import export_bundle, representative_photos
-from models.runners import LiteRTRunner
+from flowers.models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, read_manifest
+from flowers.models.decode import load_image
+from flowers.models.errors import UsageError
+from flowers.models.export import export_bundle, representative_photos
+from flowers.models.runtime.runners import LiteRTRunner
 from tests.conftest import flowers_env, run_flowers
 
 pytestmark = pytest.mark.model

@@ -22,6 +22,10 @@ import numpy as np
 import pytest
 import redis
 
+from flowers.worker.app import create_app
+from flowers.worker.embedded import RedisServer, free_port, start_redis
+from flowers.worker.results import part_path
+from flowers.worker.settings import Settings
 from tests.compose_file import redis_arguments
 from tests.conftest import (
     REPO,
@@ -38,10 +42,6 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
-from worker.app import create_app
-from worker.embedded import RedisServer, free_port, start_redis
-from worker.results import part_path
-from worker.settings import Settings
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -145,8 +145,7 @@ def test_worker_killed_holding_the_redelivery_lock(
                               label_args(photos, trained_bundle[0], output),
                               flowers_env(flowers_home, redis_url, weights_dir), output, 2,
                               FLOWERS_VISIBILITY_TIMEOUT="5")
-    wait_for(lambda: bool(chunks_in_flight(redis_url)), what="a chunk in the worker's hands",
-             interval=0.01)
+    first.freeze_holding_a_chunk(redis_url)
     first.kill()
     assert chunks_in_flight(redis_url), "the killed worker left a chunk to come back"
     options = create_app(Settings.from_env({"FLOWERS_VISIBILITY_TIMEOUT": "5"})).conf
@@ -171,7 +170,8 @@ def test_a_chunk_lost_between_the_queue_and_a_worker_is_sent_again(
     the test; the waiting command finds it lost and sends it again."""
     env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "out.csv"
-    cli = subprocess.Popen([sys.executable, "-m", "cli", *label_args(photos, trained_bundle[0],
+    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
+                            *label_args(photos, trained_bundle[0],
                                                                      output)],
                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
@@ -246,7 +246,8 @@ def test_redis_killed_mid_job_keeps_the_job(
     server = persistent_redis(True)
     output = tmp_path / "out.csv"
     start_workers(1, broker_url=server.url, FLOWERS_VISIBILITY_TIMEOUT="10")
-    cli = subprocess.Popen([sys.executable, "-m", "cli", *label_args(photos, trained_bundle[0],
+    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
+                            *label_args(photos, trained_bundle[0],
                                                                      output)],
                            env=flowers_env(flowers_home, server.url, weights_dir), cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -329,7 +330,8 @@ def test_cli_killed_while_waiting(
     env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "out.csv"
     start_workers(1)
-    cli = subprocess.Popen([sys.executable, "-m", "cli", *label_args(photos, trained_bundle[0],
+    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
+                            *label_args(photos, trained_bundle[0],
                                                                      output)],
                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: parts_written(output) >= 1, what="the first chunk")
@@ -346,7 +348,7 @@ def test_two_jobs_with_two_bundles_on_the_same_workers(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     two_classes = tmp_path / "two"
     for name in ("daisy", "tulips"):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.decode import load_image
+from flowers.models.decode import load_image
 from tests.conftest import SMALL_NETWORK, copy_subset
 
 
@@ -18,8 +18,8 @@ from tests.conftest import SMALL_NETWORK, copy_subset
 def fine_tuned(flower_photos: Path, weights_dir: Path,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
     """A fine-tuned bundle of the small network on 20 photos of each of three classes."""
-    from models.recipe import FineTuneRecipe
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     photos = copy_subset(flower_photos, tmp_path_factory.mktemp("photos"),
                          ["daisy", "roses", "tulips"], 20)
@@ -34,7 +34,7 @@ def fine_tuned(flower_photos: Path, weights_dir: Path,
 def test_the_bundle_names_its_recipe_and_loads_in_safe_mode(
     fine_tuned: tuple[Path, dict[str, Any], Path],
 ) -> None:
-    from models.bundle import load_bundle
+    from flowers.models.bundle import load_bundle
 
     output, summary, photos = fine_tuned
     bundle = load_bundle(output)
@@ -63,8 +63,8 @@ def test_the_bundle_names_its_recipe_and_loads_in_safe_mode(
 def test_the_bundle_carries_a_litert_model_that_labels_as_keras_does(
     fine_tuned: tuple[Path, dict[str, Any], Path],
 ) -> None:
-    from models.bundle import TFLITE_FILE, load_bundle
-    from models.runners import LiteRTRunner
+    from flowers.models.bundle import TFLITE_FILE, load_bundle
+    from flowers.models.runtime.runners import LiteRTRunner
 
     bundle = load_bundle(fine_tuned[0])
     daisies = sorted((fine_tuned[2] / "daisy").iterdir())[:4]
@@ -81,7 +81,8 @@ def test_the_bundle_carries_a_litert_model_that_labels_as_keras_does(
 ])
 def test_each_family_names_a_split_layer(name: str, layer: str, shape: tuple[int, ...],
                                          features: int) -> None:
-    from models import finetune, networks
+    from flowers.models import networks
+    from flowers.models.training import finetune
 
     spec = networks.get_spec(name)
     assert spec.split_layer == layer
@@ -92,8 +93,9 @@ def test_each_family_names_a_split_layer(name: str, layer: str, shape: tuple[int
 
 
 def test_an_unknown_split_layer_lists_real_ones() -> None:
-    from models import finetune, networks
-    from models.errors import UsageError
+    from flowers.models import networks
+    from flowers.models.errors import UsageError
+    from flowers.models.training import finetune
 
     with pytest.raises(UsageError, match=r"no layer 'block_99_add'.*block_12_add"):
         finetune.build_split_network(networks.get_spec("mobilenet_v2_0.35_96"), "none", None,
@@ -101,8 +103,9 @@ def test_an_unknown_split_layer_lists_real_ones() -> None:
 
 
 def test_inception_v3_fine_tunes_and_exports_with_random_weights() -> None:
-    from models import finetune, networks
-    from models.recipe import FineTuneRecipe
+    from flowers.models import networks
+    from flowers.models.training import finetune
+    from flowers.models.training.recipe import FineTuneRecipe
 
     spec = networks.get_spec("inception_v3")
     network = finetune.build_split_network(spec, "none", None, spec.split_layer)
@@ -126,8 +129,9 @@ def test_inception_v3_fine_tunes_and_exports_with_random_weights() -> None:
 def test_the_epoch_kept_is_the_last_or_the_best_validation_accuracy(
     choice: str, weights_dir: Path
 ) -> None:
-    from models import finetune, networks
-    from models.recipe import FineTuneRecipe
+    from flowers.models import networks
+    from flowers.models.training import finetune
+    from flowers.models.training.recipe import FineTuneRecipe
 
     spec = networks.get_spec(SMALL_NETWORK)
     network = finetune.build_split_network(spec, "imagenet", weights_dir, spec.split_layer)
@@ -152,8 +156,8 @@ FINE_TUNE_MARGIN = 0.01
 def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
     flower_photos: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
-    from models.recipe import CODELAB, FINE_TUNE, FineTuneRecipe
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.recipe import CODELAB, FINE_TUNE, FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     photos = copy_subset(flower_photos, tmp_path / "photos",
                          ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 300)

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.head import HeadConfig, TrainedHead, evaluate, train_head, write_summaries
+from flowers.models.training.head import (
+    HeadConfig,
+    TrainedHead,
+    evaluate,
+    train_head,
+    write_summaries,
+)
 
 
 def separable(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

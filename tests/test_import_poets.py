@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from models.bundle import LABELS_FILE, TFLITE_FILE, read_manifest
-from models.dataset import walk_images
-from models.decode import codelab_bilinear, open_rgb
-from models.runners import LiteRTRunner
+from flowers.cli.main import cli
+from flowers.models.bundle import LABELS_FILE, TFLITE_FILE, read_manifest
+from flowers.models.dataset import walk_images
+from flowers.models.decode import codelab_bilinear, open_rgb
+from flowers.models.runtime.runners import LiteRTRunner
 from tests.conftest import WorkerFactory, flowers_env, run_flowers
 
 pytestmark = pytest.mark.model
@@ -251,8 +251,8 @@ def test_export_converts_an_imported_bundle(poets_bundle: Path, flower_photos: P
                                             tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from models.decode import load_image
-    from models.export import export_bundle
+    from flowers.models.decode import load_image
+    from flowers.models.export import export_bundle
 
     pixels = np.stack([load_image(path, 128, "codelab")
                        for path in sorted((flower_photos / "roses").iterdir())[:4]])

@@ -14,13 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
+from PIL import Image
 
-from cli.main import cli
-from models.bundle import read_manifest
-from models.errors import FlowersError
+from flowers.cli.main import cli
+from flowers.models.bundle import read_manifest
+from flowers.models.errors import FlowersError
+from flowers.worker import results
+from flowers.worker.jobs import JobStore, patient_client
 from tests.conftest import (
     REPO,
     WorkerFactory,
@@ -33,8 +37,6 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
-from worker import results
-from worker.jobs import JobStore, patient_client
 
 pytestmark = pytest.mark.queue
 
@@ -232,6 +234,12 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "labels.csv"
     parts = results.parts_dir_for(output)
+    # The last chunk holds a photo that takes a while to decode (a 36-megapixel PNG), so that
+    # the chunks before it have written their parts while it is still in a worker's hands.
+    slow = collection / "zz-slow" / "big.png"
+    slow.parent.mkdir()
+    gradient = np.linspace(0, 255, 6000, dtype=np.uint8)
+    Image.fromarray(np.dstack([np.tile(gradient, (6000, 1))] * 3)).save(slow, compress_level=1)
     args = ("label-dir", str(collection), "--output", str(output), "--chunk-size", "4",
             "--batch-size", "1")
     queued = run_flowers(*args, "--model", str(bundle), "--no-wait", env=env)
@@ -266,7 +274,7 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     rows = read_csv(output)
     assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
     assert {len(row) for row in rows} == {6}, "no row of the first job (top 3) mixed in"
-    assert len({row[0] for row in rows[1:]}) == len(rows) - 1 == 33
+    assert len({row[0] for row in rows[1:]}) == len(rows) - 1 == 34
     assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == "0" * 32
     status = json.loads(run_flowers("status", first_job, "--json", env=env).stdout)
     assert status["state"] == "cancelled" and "superseded" in status["message"], status
@@ -277,7 +285,7 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     assert replaced.returncode == 0, replaced.stderr
     assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == \
         read_manifest(bundle)["bundle_id"]
-    assert {len(row) for row in read_csv(output)} == {8} and len(read_csv(output)) == 34
+    assert {len(row) for row in read_csv(output)} == {8} and len(read_csv(output)) == 35
 
 
 def test_a_chunk_that_breaks_after_its_job_ended_leaves_the_job_as_it_was(
@@ -326,7 +334,7 @@ def test_a_terminated_command_stops_its_local_cluster(
 
     env = flowers_env(flowers_home, None, weights_dir)
     command = subprocess.Popen(
-        [sys.executable, "-m", "cli", "label-dir", str(collection), "--model",
+        [sys.executable, "-m", "flowers.cli", "label-dir", str(collection), "--model",
          str(trained_bundle[0]), "--output", str(tmp_path / "out.csv")],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(command.pid)
@@ -353,7 +361,7 @@ def test_a_terminated_command_stops_its_local_cluster(
 
 SWALLOWED_SIGNAL = """
 import os, signal, sys, time
-from worker.embedded import raise_if_terminated, stopped_by_signals
+from flowers.worker.embedded import raise_if_terminated, stopped_by_signals
 
 class Finalised:
     def __del__(self):
@@ -478,7 +486,7 @@ def test_queued_chunks_stay_within_the_window_and_the_job_completes_without_the_
 ) -> None:
     env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUED_CHUNKS": "3"}
     output = tmp_path / "labels.csv"
-    args = [sys.executable, "-m", "cli", "label-dir", str(collection), "--model",
+    args = [sys.executable, "-m", "flowers.cli", "label-dir", str(collection), "--model",
             str(trained_bundle[0]), "--output", str(output), "--chunk-size", "2"]
     if leave == "--no-wait":
         args.append("--no-wait")

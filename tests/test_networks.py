@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import UnknownArchitectureError, WeightsUnavailableError
-from models.networks import (
+from flowers.models.errors import UnknownArchitectureError, WeightsUnavailableError
+from flowers.models.networks import (
     NETWORKS,
     batch_runner,
     build_base_network,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import batching, runtime
-from models.dataset import walk_images
-from models.predict import LabelRow, label_photos, top_k
+from flowers.models.dataset import walk_images
+from flowers.models.runtime import batching, tensorflow_setup
+from flowers.models.runtime.predict import LabelRow, LoadedModel, label_photos, top_k
 from tests.test_dataset import deep_folder
 
 
@@ -38,8 +38,8 @@ def test_rows_keep_input_order_with_errors_in_place(
         # A stand-in network: class 1 for every photo.
         return np.tile([0.2, 0.7, 0.1], (len(batch), 1))
 
-    rows = list(label_photos(paths, runner, ["x", "y", "z"], 32, k=5, batch_size=3,
-                             threads=threads))
+    model = LoadedModel("stand-in", ["x", "y", "z"], 32, runner)
+    rows = list(label_photos(paths, model, 5, batch_size=3, threads=threads))
     assert [row.path for row in rows] == paths
     assert rows[1].error.startswith("not an image") and rows[1].labels == []
     assert "not found" in rows[-1].error
@@ -52,11 +52,11 @@ def test_rows_keep_input_order_with_errors_in_place(
 def test_a_single_threaded_network_decodes_between_its_batches(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "_threads", 1)
+    monkeypatch.setattr(tensorflow_setup, "_threads", 1)
     assert batching.decode_threads() == 0
-    monkeypatch.setattr(runtime, "_threads", 8)
+    monkeypatch.setattr(tensorflow_setup, "_threads", 8)
     assert batching.decode_threads() == 2
-    monkeypatch.setattr(runtime, "_threads", 2)
+    monkeypatch.setattr(tensorflow_setup, "_threads", 2)
     assert batching.decode_threads() == 1
     assert batching.decode_threads(network_threads=1) == 0  # a LiteRT process on one thread
 
@@ -75,8 +75,9 @@ def test_every_photo_the_walk_finds_is_one_row_pipes_and_deep_paths_too(
     rows: list[LabelRow] = []
 
     def label() -> None:
-        rows.extend(label_photos(paths, lambda batch: np.tile([0.3, 0.7], (len(batch), 1)),
-                                 ["x", "y"], 32, k=1, batch_size=2, threads=threads))
+        model = LoadedModel("stand-in", ["x", "y"], 32,
+                            lambda batch: np.tile([0.3, 0.7], (len(batch), 1)))
+        rows.extend(label_photos(paths, model, 1, batch_size=2, threads=threads))
 
     labelling = threading.Thread(target=label, daemon=True)
     labelling.start()

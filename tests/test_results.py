@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import UsageError
-from worker import results
+from flowers.models.errors import UsageError
+from flowers.worker import output_csv, results
 
 JOB = "0123456789abcdef" * 2  # a job id as flowers makes them
 
@@ -18,7 +18,7 @@ IDENTITY = {"bundle_id": "b1", "photo_dir": "/photos", "top_k": 3, "k": 2, "bund
 
 
 def test_header_and_rows_follow_the_schema() -> None:
-    assert results.header(2) == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
+    assert output_csv.header(2) == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
                                  "error"]
     assert results.format_row("a/b.jpg", [("roses", 0.91234567), ("daisy", 0.0876)], "", 2) == [
         "a/b.jpg", "roses", "0.912346", "daisy", "0.087600", ""]
@@ -38,7 +38,7 @@ def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
     assert counts == {"rows": 3, "errors": 0}
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == results.header(2)
+    assert rows[0] == output_csv.header(2)
     assert [r[0] for r in rows[1:]] == ["a.jpg", "a/b.jpg", "z.jpg"]
     assert not parts.exists()
 
@@ -86,7 +86,7 @@ def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
 def test_shared_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
     """Parts, job file, output and bundle folders: 0666/0777 less the umask, never mkstemp's
     owner-only 0600, so workers running as another user than the CLI can read them."""
-    from models.atomic import temporary_folder_beside
+    from flowers.models.atomic import temporary_folder_beside
 
     previous = os.umask(umask)
     try:
@@ -103,3 +103,22 @@ def test_shared_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
         os.umask(previous)
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_resume_counts_a_photo_it_cannot_read_as_changed_not_gone(tmp_path: Path) -> None:
+    """A photo still in the folder that cannot be read (a link that leads nowhere) is labelled
+    again, as a fresh run would, and counted so; a folder where a photo was is gone."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (photos / "now-a-folder.jpg").mkdir()
+    (photos / "kept.jpg").write_bytes(b"x")
+    parts = tmp_path / "out.csv.parts"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    results.claim_parts(parts, JOB)
+    stamp = results.photo_stamp(photos / "kept.jpg")
+    results.write_part(parts, JOB, 0, [
+        [*results.format_row(name, [], "an error", 2), stamp]
+        for name in ("dangling.jpg", "kept.jpg", "now-a-folder.jpg")])
+    assert results.drop_stale_rows(parts, photos, 2) == results.Freshness(1, 1, 1)
+    assert list(results.done_paths(parts)) == ["kept.jpg"]

@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from review.selection import select_results
+from flowers.review.selection import select_results
+from flowers.worker.output_csv import header
+from flowers.worker.results import format_row
 from tests.conftest import REPO, SMALL_NETWORK, flowers_env, run_flowers
 from tests.review_load import ERROR_REASON, run_measured, write_synthetic_results
-from worker.results import format_row, header
 
 PHONE_WIDTH = 390
 # The size test: a CSV of this many rows must give a page under PAGE_BOUND bytes, the review

@@ -14,14 +14,26 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.bundle import FORMAT_VERSION, MANIFEST_FILE, TFLITE_FILE, load_bundle, read_manifest
-from models.decode import load_image
-from models.errors import BundleError, UsageError
-from models.runners import KerasRunner, LiteRTRunner, check_runtime, choose_runtime, pad_to
+from flowers.models.bundle import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    TFLITE_FILE,
+    load_bundle,
+    read_manifest,
+)
+from flowers.models.decode import load_image
+from flowers.models.errors import BundleError, UsageError
+from flowers.models.runtime.runners import (
+    KerasRunner,
+    LiteRTRunner,
+    check_runtime,
+    choose_runtime,
+    pad_to,
+)
+from flowers.worker.model_cache import ModelCache
 from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers
 from tests.test_bundle import tampered
 from tests.test_label_queue import read_csv
-from worker.model_cache import ModelCache
 
 pytestmark = pytest.mark.model
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from flowers.worker.app import app, configure
+from flowers.worker.embedded import RedisServer, start_redis
+from flowers.worker.settings import Settings
 from tests.conftest import WorkerFactory, copy_subset, flowers_env, run_flowers, wait_for
-from worker.app import app, configure
-from worker.embedded import RedisServer, start_redis
-from worker.settings import Settings
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 

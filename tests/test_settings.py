@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
-import worker.settings
-from models.errors import SettingsError, UsageError
+import flowers.worker.settings
+from flowers.models.errors import SettingsError, UsageError
+from flowers.worker.settings import Settings, redact_url
 from tests.conftest import REPO, run_flowers
 from tests.test_containers import settings_variables
-from worker.settings import Settings, redact_url
+
+SETTINGS_DOC = flowers.worker.settings.__doc__
 
 
 def env_without_flowers(**more: str) -> dict[str, str]:
@@ -32,7 +34,7 @@ def refusal(env: dict[str, str]) -> str:
 
 
 def test_unset_and_empty_variables_take_the_documented_defaults(tmp_path: Path) -> None:
-    names = re.findall(r"^(FLOWERS_\w+)", worker.settings.__doc__ or "", re.MULTILINE)
+    names = re.findall(r"^(FLOWERS_\w+)", SETTINGS_DOC or "", re.MULTILINE)
     for env in ({}, dict.fromkeys(names, "")):
         settings = Settings.from_env(env)
         assert settings.broker_url is None and settings.weights_dir is None
@@ -44,7 +46,7 @@ def test_unset_and_empty_variables_take_the_documented_defaults(tmp_path: Path) 
 
 
 def test_the_docstring_table_lists_exactly_the_variables_read() -> None:
-    documented = set(re.findall(r"^(FLOWERS_\w+)", worker.settings.__doc__ or "", re.MULTILINE))
+    documented = set(re.findall(r"^(FLOWERS_\w+)", SETTINGS_DOC or "", re.MULTILINE))
     assert documented == settings_variables()
     assert {"FLOWERS_BROKER_URL", "FLOWERS_QUEUE", "FLOWERS_DEBUG"} <= documented
 
@@ -106,6 +108,7 @@ def test_values_in_range_are_taken(name: str, value: str, field: str, expected: 
     ("FLOWERS_BROKER_URL", "redis://host:0/0", "port 0"),
     ("FLOWERS_BROKER_URL", "http://host:6379/0", "scheme 'http', not redis"),
     ("FLOWERS_BROKER_URL", "amqp://guest@host//", "scheme 'amqp', not redis"),
+    ("FLOWERS_BROKER_URL", "redis://host:6379/0?socket_timeout=abc", "option Redis cannot read"),
     ("FLOWERS_BROKER_URL", "unix:///run/redis.sock", "unix socket"),
     ("FLOWERS_BROKER_URL", "redis://:6379/0", "no host"),
     ("FLOWERS_BROKER_URL", "redis:///0", "no host"),
@@ -194,11 +197,17 @@ def test_flowers_worker_with_a_bad_setting_exits_at_once(tmp_path: Path) -> None
 
 
 def test_a_celery_worker_of_the_app_with_a_bad_setting_exits_at_once(tmp_path: Path) -> None:
-    """`celery -A worker.app worker`, the other way to start one: one line, not a traceback."""
+    """`celery -A flowers.worker.app worker`, the other way to start one: one line, no traceback."""
     env = env_without_flowers(FLOWERS_HOME=str(tmp_path), FLOWERS_VISIBILITY_TIMEOUT="0")
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker"],
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "flowers.worker.app", "worker"],
                             env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith("Error: bad FLOWERS_* environment variable: "
                            "FLOWERS_VISIBILITY_TIMEOUT='0'")
+
+
+def test_an_allowed_root_that_cannot_be_resolved_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(SettingsError, match=r"FLOWERS_ALLOWED_ROOTS=.*cannot be resolved"):
+        Settings.from_env({"FLOWERS_ALLOWED_ROOTS": str(tmp_path / "loop")})

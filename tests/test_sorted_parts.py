@@ -10,10 +10,10 @@ import random
 import tracemalloc
 from pathlib import Path
 
-from cli.label_dir import relative_names
-from models.dataset import walk_images
-from worker import results
-from worker.sorted_parts import sorted_rows, unique_paths
+from flowers.cli.label_dir import relative_names
+from flowers.models.dataset import walk_images
+from flowers.worker import output_csv, results
+from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
 JOB = "0123456789abcdef" * 2  # a job id as flowers makes them
 
@@ -148,7 +148,7 @@ def test_a_partitioned_output_reads_as_one_sorted_table(tmp_path: Path) -> None:
     for file in files:  # what a glob of OUTPUT/*.csv reads: each file with its header
         with open(file, newline="") as handle:
             rows = list(csv.reader(handle))
-        assert rows[0] == manifest["header"] == results.header(1)
+        assert rows[0] == manifest["header"] == output_csv.header(1)
         table += rows[1:]
     assert [row[0] for row in table] == names
     assert manifest["files"][1]["first_path"] == "010.jpg"

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import redis
 
-from models.bundle import load_bundle, read_manifest
-from models.decode import load_image
+from flowers.models.bundle import load_bundle, read_manifest
+from flowers.models.decode import load_image
+from flowers.worker.photo_stage import photo_chunks
 from tests.conftest import (
     SMALL_NETWORK,
     RunningWorker,
@@ -28,7 +29,6 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
-from worker.photo_stage import photo_chunks
 
 pytestmark = pytest.mark.queue
 

@@ -107,7 +107,7 @@ def worker_as_other_user(
     home.mkdir()
     os.chown(home, worker_user.pw_uid, worker_user.pw_gid)
     env = {**flowers_env(home, redis_url, None), "HOME": str(home)}
-    argv = [sys.executable, "-m", "cli", "worker", "--concurrency", "1"]
+    argv = [sys.executable, "-m", "flowers.cli", "worker", "--concurrency", "1"]
     worker = started_workers.run([*as_user(worker_user, tmp_path / "python-view"), *argv], env,
                                  cwd=REPO)
     assert Path(f"/proc/{worker.pid}").stat().st_uid == worker_user.pw_uid, "runs as the user"

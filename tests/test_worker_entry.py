@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from flowers.worker.settings import usable_cores
 from tests.compose_file import ROOT, worker_deployed
 from tests.conftest import (
     RunningWorker,
@@ -25,7 +26,6 @@ from tests.conftest import (
     flowers_env,
     run_flowers,
 )
-from worker.settings import usable_cores
 
 pytestmark = pytest.mark.queue
 

@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 import redis
 from celery import Celery, bootsteps
 
-from models.errors import SettingsError
-from worker.jobs import patient_client
-from worker.lost_chunks import SWEEP_SECONDS, Sweeper
-from worker.settings import Settings
+from flowers.models.errors import SettingsError
+from flowers.worker.jobs import patient_client
+from flowers.worker.lost_chunks import SWEEP_SECONDS, Sweeper
+from flowers.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ LOCAL_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("flowers", include=["worker.tasks"])
+    app = Celery("flowers", include=["flowers.worker.tasks"])
     configure(app, settings, settings.broker_url or LOCAL_BROKER_URL)
     app.steps["worker"].add(LostChunkSweep)  # lost chunks of the label jobs no CLI waits on
     return app

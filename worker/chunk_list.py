@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from worker.jobs import JobStore
+from flowers.worker.jobs import JobStore
+from flowers.worker.label_job import LabelChunk, LabelJob
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,9 @@ def _index_path(parts_dir: Path, job_id: str) -> Path:
     return parts_dir / f"chunks-{job_id}.idx"
 
 
-def chunk_task(job_id: str, template: dict[str, Any], index: int, paths: list[str]
-               ) -> dict[str, Any]:
-    """The argument of one `flowers.label_chunk` task: the job's `template` (photo_dir,
-    bundle, parts_dir, top_k, batch_size) with the chunk's number and paths."""
-    return {**template, "job_id": job_id, "index": index, "paths": paths}
+def chunk_task(job_id: str, job: LabelJob, index: int, paths: list[str]) -> dict[str, Any]:
+    """The argument of one `flowers.label_chunk` task (`worker.label_job.LabelChunk`)."""
+    return LabelChunk(job_id, index, tuple(paths), job).to_message()
 
 
 class ChunkWriter:
@@ -126,13 +125,14 @@ def read_chunks(parts_dir: Path, job_id: str, start: int, count: int) -> list[li
 def feed(store: JobStore, job_id: str, send: Callable[[dict[str, Any]], None]) -> int:
     """Sends the job's next listed chunks, as many as its window has room for; returns how
     many. Nothing when the job has ended, its window is full, or nothing more is listed."""
-    start, count, template = store.claim_chunks(job_id)
+    start, count, settings = store.claim_chunks(job_id)
     if not count:
         return 0
-    parts_dir = Path(template["parts_dir"])
+    job = LabelJob.from_dict(settings)
+    parts_dir = job.parts_dir
     chunks = read_chunks(parts_dir, job_id, start, count)
     for index, paths in enumerate(chunks, start):
-        send(chunk_task(job_id, template, index, paths))
+        send(chunk_task(job_id, job, index, paths))
     if len(chunks) < count:  # listed in Redis, not on disk: a list this process cannot see
         log.error("job %s: chunks %d-%d are listed but %s holds only %d of them", job_id,
                   start, start + count - 1, list_path(parts_dir, job_id), len(chunks))

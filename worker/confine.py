@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from models.errors import PathNotAllowedError
+from flowers.models.errors import PathNotAllowedError
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,10 @@ and stops both when it ends.
 Interrupts: Redis and the worker each run in a session of their own, so a Ctrl-C (SIGINT to
 the terminal's process group) reaches only the command, which stops them in order: the
 worker's whole process group (pool, training and photo-stage processes) within
-`INTERRUPT_GRACE` seconds, then Redis. A further signal while it does so kills at once. Each
-is also asked to exit (SIGTERM) if the command dies without stopping them.
+`INTERRUPT_GRACE` seconds, then Redis. A further signal while it does so kills at once. If
+the command dies without stopping them (SIGKILL), Linux signals them: the worker kills its
+whole process group (`stop_group_with_parent`), Redis gets SIGTERM. A signal the command was
+started to ignore (`nohup`) stays ignored.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import redis
 
-from models.errors import QueueUnavailableError
+from flowers.models.errors import QueueUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +121,36 @@ def start_worker(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "flowers.cli", "worker", "--concurrency", str(concurrency),
+             "--stop-with", str(os.getpid())],
             stdout=log_file, stderr=subprocess.STDOUT, env=child_env,
-            start_new_session=True, preexec_fn=_end_with_parent(),
+            start_new_session=True,  # `--stop-with`: it stops its group when this one dies
         )
 
 
-def _end_with_parent() -> Callable[[], None] | None:
-    """For a child process: SIGTERM when the process that started it dies (Linux's
+# What the local worker receives when the command that started it dies (`--stop-with`).
+PARENT_GONE = signal.SIGUSR2
+
+
+def stop_group_with_parent(parent: int) -> None:
+    """For a local cluster's worker (the leader of its process group): when the command
+    `parent` dies, even killed outright, the whole group (pool, training and photo-stage
+    processes) is killed at once: a warm shutdown would wait for the running task, and a cold
+    one for a Redis that died with the command. Linux sends `PARENT_GONE` (PR_SET_PDEATHSIG)."""
+    def kill_group(_signum: int, _frame: object) -> None:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    signal.signal(PARENT_GONE, kill_group)
+    death_signal = _end_with_parent(PARENT_GONE)
+    if death_signal is None:
+        return
+    death_signal()
+    if os.getppid() != parent:  # it died before the request above
+        kill_group(PARENT_GONE, None)
+
+
+def _end_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """For a child process: `signum` when the process that started it dies (Linux's
     PR_SET_PDEATHSIG), so a command killed outright leaves no local Redis or worker behind.
     Only from the main thread: the signal comes when the *thread* that started the child ends."""
     if not sys.platform.startswith("linux") or \
@@ -137,7 +161,7 @@ def _end_with_parent() -> Callable[[], None] | None:
     libc = ctypes.CDLL(None, use_errno=True)
 
     def set_death_signal() -> None:
-        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        libc.prctl(1, signum)  # 1: PR_SET_PDEATHSIG
 
     return set_death_signal
 
@@ -235,7 +259,10 @@ def stopped_by_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    chosen = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # A signal the command was started to ignore (nohup: SIGHUP; a background job: SIGINT)
+    # stays ignored.
+    chosen = [signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+              if signal.getsignal(signum) is not signal.SIG_IGN]
     previous = {signum: signal.signal(signum, _exit_on_signal) for signum in chosen}
     try:
         yield

@@ -21,8 +21,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from models.errors import FlowersError, JobNotFoundError
-from worker.settings import redact_url
+from flowers.models.errors import FlowersError, JobNotFoundError
+from flowers.worker.settings import redact_url
 
 log = logging.getLogger(__name__)
 

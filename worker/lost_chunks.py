@@ -29,15 +29,16 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import redis
 
-from models.errors import JobNotFoundError
-from worker.chunk_list import chunk_task, feed, read_chunks
-from worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold
-from worker.settings import Settings
+from flowers.models.errors import JobNotFoundError
+from flowers.worker.chunk_list import chunk_task, feed, read_chunks
+from flowers.worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold
+from flowers.worker.label_job import LabelJob
+from flowers.worker.messages import MessageError
+from flowers.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ class LostChunks:
     """The watch of one labelling job (see the module's docstring); call it with the job's
     record at every look. It also feeds the job (`worker.chunk_list.feed`) each time."""
 
-    def __init__(self, store: JobStore, queue: str, job_id: str, template: dict[str, Any],
+    def __init__(self, store: JobStore, queue: str, job_id: str, job: LabelJob,
                  send: Callable[[str, Any], None], report: Callable[[str], None]) -> None:
-        """`template`: the job's chunk task less its number and paths; `send(name, argument)`
-        sends a task, `report(line)` says what was sent again."""
-        self.store, self.queue, self.job_id, self.template = store, queue, job_id, template
+        """`job`: the job's settings; `send(name, argument)` sends a task, `report(line)` says
+        what was sent again."""
+        self.store, self.queue, self.job_id, self.job = store, queue, job_id, job
         self.send, self.report = send, report
         self.seen: tuple[Any, ...] = ()
         self.since = time.monotonic()
@@ -120,11 +121,10 @@ class LostChunks:
                         "assembled (its worker died?): sent again")
             self.send("flowers.finish_label", self.job_id)
             return
-        parts_dir = Path(self.template["parts_dir"])
         photos = 0
         for index in sorted(lost):
-            paths = read_chunks(parts_dir, self.job_id, index, 1)[0]
-            self.send("flowers.label_chunk", chunk_task(self.job_id, self.template, index, paths))
+            paths = read_chunks(self.job.parts_dir, self.job_id, index, 1)[0]
+            self.send("flowers.label_chunk", chunk_task(self.job_id, self.job, index, paths))
             photos += len(paths)
         self.report(f"job {self.job_id}: {len(lost)} chunks were lost (a worker died as it took "
                     f"them from Redis): sent again, {photos} photos")
@@ -169,9 +169,14 @@ class Sweeper:
                 continue
             looked.add(job_id)
             if job_id not in self.watches:
+                try:
+                    job = LabelJob.from_dict(json.loads(record["chunk_task"]))
+                except (ValueError, MessageError) as exc:
+                    log.error("job %s: its record's chunk settings are not readable (%s); "
+                              "not looked after", job_id, exc)
+                    continue
                 self.watches[job_id] = LostChunks(
-                    self.store, self.settings.queue, job_id, json.loads(record["chunk_task"]),
-                    send, log.warning)
+                    self.store, self.settings.queue, job_id, job, send, log.warning)
             self.watches[job_id](record)
         for job_id in set(self.watches) - looked:
             del self.watches[job_id]

@@ -5,17 +5,17 @@ name, a path, a Redis key or a process argument must have exactly the form flowe
 job ids are 32 lowercase hex digits (`uuid4().hex`), chunk indexes whole numbers in the job's
 range, photo names relative paths that stay inside their photo folder, numbers in their ranges.
 A message that fails is refused with `MessageError` naming the field; the paths it names are
-then confined by `worker.confine` and compared with the job's own record.
+then confined by `worker.confine` and compared with the job's own record. A label chunk is read
+into its typed form by `worker.label_job.LabelChunk.from_message`, with these checks.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import FlowersError
+from flowers.models.errors import FlowersError
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 # A part's name holds its index in 8 digits (worker.results.part_path).
@@ -79,46 +79,17 @@ def photo_names(value: Any) -> tuple[str, ...]:
     return tuple(photo_name(name) for name in value)
 
 
-@dataclass(frozen=True)
-class LabelChunk:
-    """One `flowers.label_chunk` message, every field checked (`from_message`)."""
-
-    job_id: str
-    index: int
-    photo_dir: Path
-    bundle: Path
-    parts_dir: Path
-    paths: tuple[str, ...]
-    top_k: int
-    batch_size: int
-
-    @classmethod
-    def from_message(cls, message: Any, chunks: int | None = None) -> LabelChunk:
-        """The chunk of `message` (a dict as `worker.chunk_list.chunk_task` makes it), its
-        index below `chunks` when given; or `MessageError` naming the field that is wrong."""
-        if not isinstance(message, dict):
-            raise MessageError(f"a label chunk is a JSON object, not {type(message).__name__}")
-        return cls(
-            job_id=job_id(message.get("job_id")),
-            index=chunk_index(message.get("index"), chunks),
-            photo_dir=absolute_path(message.get("photo_dir"), "photo folder"),
-            bundle=absolute_path(message.get("bundle"), "bundle"),
-            parts_dir=absolute_path(message.get("parts_dir"), "parts folder"),
-            paths=photo_names(message.get("paths")),
-            top_k=whole_number(message.get("top_k"), "top-k", 1, 100_000),
-            batch_size=whole_number(message.get("batch_size"), "batch size", 1, MAX_BATCH_SIZE),
-        )
-
-
 def _shown(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else f"{shown[:56]}...{shown[-1]}"
 
 
-def check_photo_chunk(message: Any, photos: int, photo_dir: str) -> None:
+def check_photo_chunk(message: Any, photos: int, photo_dir: str,
+                      stages: list[dict[str, Any]]) -> None:
     """Checks a `flowers.photo_chunk` message of a job with `photos` photos below
-    `photo_dir`: its kind, index, batch size, and that every path is a photo inside that folder
-    (absolute, without `.` or `..` parts)."""
+    `photo_dir` whose request makes `stages`: its kind, index, batch size, that every path is
+    a photo inside that folder (absolute, without `.` or `..` parts), and that its stages
+    (network, weights, recipe) are the job's own, but for the passes counted at the fan-out."""
     if not isinstance(message, dict):
         raise MessageError(f"a photo chunk is a JSON object, not {type(message).__name__}")
     kind(message.get("kind"))
@@ -134,5 +105,9 @@ def check_photo_chunk(message: Any, photos: int, photo_dir: str) -> None:
             raise MessageError(f"photo path {_shown(path)} is not inside the job's photo "
                                f"folder {photo_dir}")
         photo_name(path[len(folder):])
-    if not isinstance(message.get("stages"), list):
-        raise MessageError("a photo chunk's stages must be a list")
+    sent = message.get("stages")
+    if not isinstance(sent, list) or not all(isinstance(stage, dict) for stage in sent) or [
+            {key: value for key, value in stage.items() if key != "passes"} for stage in sent
+    ] != stages or not all(isinstance(stage.get("passes"), int) for stage in sent):
+        raise MessageError("a photo chunk's stages (network, weights, recipe) are not its "
+                           "job's own")

@@ -2,7 +2,8 @@
 
 The key is the bundle's resolved path and its manifest's `bundle_id`, so a bundle retrained in
 place is loaded afresh, and two jobs with two bundles can share the same workers.
-Which backend runs a bundle (LiteRT or Keras) is `models.runners`' choice, from the manifest.
+Which backend runs a bundle (LiteRT or Keras) is `models.runtime.runners`' choice, from the
+manifest.
 A bundle whose manifest, labels.txt or model does not fit (the checks of `models.bundle`, the
 same on both backends) raises `BundleError`: the chunk's job fails with its one line.
 Created lazily inside the worker process, after the fork.
@@ -13,35 +14,22 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from models.bundle import decoding_mismatch, read_manifest, resize_method
-from models.predict import LABEL_BATCH_SIZE
-from models.runners import Runner, open_runner
+from flowers.models.bundle import decoding_mismatch, read_manifest, resize_method
+from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LoadedModel
+from flowers.models.runtime.runners import open_runner
 
 log = logging.getLogger(__name__)
 
 CAPACITY = 2
 
 
-@dataclass
-class LoadedModel:
-    """What labelling needs from a bundle: its identity, classes, input size, how photos are
-    resized for it, and a runner."""
-
-    bundle_id: str
-    class_names: list[str]
-    input_size: int
-    run: Runner
-    resize: str
-
-
 class ModelCache:
     """Keeps up to `capacity` bundles in memory; counts loads (one per bundle per process).
 
-    `runtime` and `threads`: what every bundle is run on here (see `models.runners`).
+    `runtime` and `threads`: what every bundle is run on here (see `models.runtime.runners`).
     """
 
     def __init__(self, runtime: str = "litert", threads: int = 1,
@@ -76,6 +64,6 @@ class ModelCache:
 @cache
 def model_cache() -> ModelCache:
     """This process's cache, running bundles on the runtime and threads of the settings."""
-    from worker.app import settings
+    from flowers.worker.app import settings
 
     return ModelCache(settings.runtime, settings.threads_per_process())

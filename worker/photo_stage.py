@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from models.errors import FlowersError
-from worker.chunk_list import chunked
-from worker.settings import Settings
+from flowers.models.errors import FlowersError
+from flowers.worker.chunk_list import chunked
+from flowers.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def photo_chunks(photos: list[str]) -> list[list[str]]:
 def stages_of(kind: str, request: dict[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
     """(photo folder, the photo stages a `kind` job runs, their batch size), from its request:
     one stage for retrain, one per recipe for evaluate."""
-    from models.evaluate import EvaluateRequest
-    from models.retrain import RetrainRequest
+    from flowers.models.training.evaluate import EvaluateRequest
+    from flowers.models.training.retrain import RetrainRequest
 
     if kind == "retrain":
         trainings = [RetrainRequest.from_dict(request)]
@@ -100,12 +100,12 @@ class StageProcess:
             return dict(json.loads(line))
 
     def _start(self) -> None:
-        from worker.train_process import PARENT_ENV
+        from flowers.worker.train_process import PARENT_ENV
 
         read_end, write_end = os.pipe()
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), "FLOWERS_STAGE_REPLIES":
                                   str(write_end)})
-        self.process = subprocess.Popen([sys.executable, "-m", "worker.photo_stage"],
+        self.process = subprocess.Popen([sys.executable, "-m", "flowers.worker.photo_stage"],
                                         stdin=subprocess.PIPE, env=env, pass_fds=[write_end])
         os.close(write_end)
         self.replies = os.fdopen(read_end, "rb")
@@ -141,10 +141,10 @@ def run_chunk(chunk: dict[str, Any], stages: dict[str, Any], settings: Settings
     counts what was cached and computed, and the milliseconds spent in all (`busy_ms`), on
     importing TensorFlow, building and converting networks (`setup_ms`), and of CPU time over
     all its threads (`cpu_ms`: on more than one thread, decoding overlaps the network)."""
-    from models import networks
-    from models.recipe import FineTuneRecipe
-    from models.training import PhotoStage
-    from worker.confine import photo_guard
+    from flowers.models import networks
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.trainer import PhotoStage
+    from flowers.worker.confine import photo_guard
 
     started, cpu = time.perf_counter(), time.process_time()
     paths = [Path(path) for path in chunk["paths"]]
@@ -198,8 +198,8 @@ def stage_summary(record: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    from models.runtime import set_network_threads
-    from worker.train_process import die_with_parent
+    from flowers.models.runtime.tensorflow_setup import set_network_threads
+    from flowers.worker.train_process import die_with_parent
 
     die_with_parent()
     replies = os.fdopen(int(os.environ["FLOWERS_STAGE_REPLIES"]), "w")

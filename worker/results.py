@@ -33,31 +33,29 @@ would write.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
-import itertools
 import json
 import logging
 import os
-import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from models import ownership
-from models.atomic import temporary_folder_beside, write_atomically, write_text_atomically
-from models.errors import UsageError
-from worker.sorted_parts import sorted_rows, unique_paths
+from flowers.models import ownership
+from flowers.models.atomic import write_text_atomically
+from flowers.models.errors import UsageError
+from flowers.worker.output_csv import now, write_csv, write_partitions
+from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
 log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.csv"
 JOB_FILE = "job.json"
-# The record of a partitioned output, inside its folder.
-MANIFEST = "manifest.json"
 # Fields of job.json that must match for rows to be mixed into one output.
 IDENTITY = ("bundle_id", "photo_dir", "top_k")
 
@@ -87,13 +85,6 @@ def read_job_record(output: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("csv_bytes") != size:
         return None
     return record
-
-
-def header(k: int) -> list[str]:
-    columns = ["path"]
-    for i in range(1, k + 1):
-        columns += [f"label_{i}", f"confidence_{i}"]
-    return [*columns, "error"]
 
 
 def format_row(path: str, labels: list[tuple[str, float]], error: str, k: int) -> list[str]:
@@ -175,10 +166,10 @@ def drop_stale_rows(parts_dir: Path, photo_dir: Path, k: int) -> Freshness:
         for row in rows:
             photo = photo_dir / row[0]
             stamp = photo_stamp(photo)
-            if not stamp or not walked(row[0]):
+            if not walked(row[0]) or not _still_a_photo(photo):
                 vanished += 1
-            elif len(row) != 2 * k + 3 or row[-1] != stamp:
-                changed += 1
+            elif not stamp or len(row) != 2 * k + 3 or row[-1] != stamp:
+                changed += 1  # a photo that cannot be read is tried again, as a fresh run would
             else:
                 fresh.append(row)
         kept += len(fresh)
@@ -191,10 +182,19 @@ def drop_stale_rows(parts_dir: Path, photo_dir: Path, k: int) -> Freshness:
     return Freshness(kept, changed, vanished)
 
 
+def _still_a_photo(path: Path) -> bool:
+    """Whether the walk would still find `path`: it is there (a link counts, even one that
+    leads nowhere) and is not a folder."""
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError as exc:
+        return exc.errno == errno.ENAMETOOLONG  # there, but too deep to name: an error row
+
+
 def walked(name: str) -> bool:
     """Whether the walk of a photo folder yields the relative path `name`
     (`models.dataset.walk_images`: image files, nothing hidden on the way)."""
-    from models.dataset import is_image_file
+    from flowers.models.dataset import is_image_file
 
     parts = name.split("/")
     return is_image_file(parts[-1]) and not any(part.startswith(".") for part in parts)
@@ -304,79 +304,9 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)
     else:
-        counts = _write_csv(output, k, rows)
-        record = {**identity, **counts, "finished": _now()}
+        counts = write_csv(output, k, rows)
+        record = {**identity, **counts, "finished": now()}
         write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
     ownership.remove_parts_folder(parts_dir)
     log.info("wrote %s: %d rows, %d errors", output, counts["rows"], counts["errors"])
     return {"rows": counts["rows"], "errors": counts["errors"]}
-
-
-def remove_partitioned(folder: Path) -> None:
-    """Removes a partitioned output flowers wrote: the files its manifest lists, the manifest,
-    and the folder once empty. Anything else (and a folder without such a manifest) stays."""
-    names = ownership.partitioned_files(folder)
-    if names is not None:
-        ownership.remove_own_files(folder, [*names, MANIFEST])
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _write_csv(path: Path, k: int, rows: Iterable[list[str]]) -> dict[str, Any]:
-    """Writes the header and `rows` to `path` atomically; returns rows, errors, csv_bytes and
-    the first and last path."""
-    counts: dict[str, Any] = {}
-
-    def write(handle: BinaryIO) -> None:
-        counts.update(rows=0, errors=0, first_path=None, last_path=None)
-        text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="",
-                                write_through=False)
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(header(k))
-        for row in rows:
-            writer.writerow(row)
-            counts["rows"] += 1
-            counts["errors"] += bool(row[-1])
-            if counts["first_path"] is None:
-                counts["first_path"] = row[0]
-            counts["last_path"] = row[0]
-        text.flush()
-        counts["csv_bytes"] = handle.tell()
-        text.detach()
-
-    write_atomically(path, write)
-    return counts
-
-
-def write_partitions(folder: Path, k: int, rows: Iterator[list[str]], per_file: int,
-                     identity: dict[str, Any]) -> dict[str, Any]:
-    """Writes `rows` (sorted by path) as FOLDER/part-00000.csv, part-00001.csv, ... of
-    `per_file` rows each, every one with the header, and FOLDER/manifest.json: the job record,
-    the totals and each file's rows, errors, bytes and first and last path. Read as one table
-    by globbing FOLDER/*.csv (DuckDB, polars, pandas). Built in a folder beside, renamed into
-    place: the folder appears whole or not at all."""
-    staging = temporary_folder_beside(folder)
-    try:
-        files: list[dict[str, Any]] = []
-        while True:
-            first = next(rows, None)
-            if first is None and files:
-                break
-            name = f"part-{len(files):05d}.csv"
-            batch = itertools.islice(rows, per_file - 1)
-            counts = _write_csv(staging / name, k,
-                                itertools.chain([first], batch) if first else ())
-            files.append({"name": name, **counts})
-        manifest = {**identity, "format": ownership.PARTITIONED_FORMAT, "header": header(k),
-                    "rows": sum(f["rows"] for f in files),
-                    "errors": sum(f["errors"] for f in files),
-                    "rows_per_file": per_file, "files": files, "finished": _now()}
-        write_text_atomically(staging / MANIFEST, json.dumps(manifest, indent=2))
-        remove_partitioned(folder)  # an earlier output of this job's command (--overwrite)
-        os.rename(staging, folder)  # fails if anything flowers did not write is left there
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest

@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from models.errors import SettingsError
+from flowers.models.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
-# What labelling can run a bundle on (models.runners.RUNTIMES, repeated so that reading the
+# What labelling can run a bundle on (models.runtime.runners.RUNTIMES, repeated so that reading the
 # settings imports nothing of the pipeline).
 RUNTIMES = ("litert", "keras")
 BROKER_SCHEMES = ("redis", "rediss")
@@ -224,6 +224,12 @@ def _broker_url(value: str | None) -> str | None:
     for number in ([database] if database else []) + databases:
         if not re.fullmatch(r"[0-9]{1,9}", number, re.ASCII):
             raise refused(f"names database {number!r}; a database is a number (/0, /1, ...)")
+    from redis.connection import parse_url  # its options (?socket_timeout=...), as Redis reads them
+
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise refused(f"has an option Redis cannot read ({exc})") from None
     return value
 
 
@@ -256,7 +262,12 @@ def _allowed_roots(value: str | None) -> tuple[Path, ...]:
             raise SettingsError(
                 f"FLOWERS_ALLOWED_ROOTS={_shown(value or '')}: {root!r} is not absolute; give "
                 "absolute folders separated by ':' (unset: no confinement)")
-        roots.append(path.resolve())
+        try:
+            roots.append(path.resolve())
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+            raise SettingsError(
+                f"FLOWERS_ALLOWED_ROOTS={_shown(value or '')}: {root!r} cannot be resolved "
+                f"({exc}); give folders that exist") from None
     return tuple(roots)
 
 

@@ -12,8 +12,8 @@ import os
 import stat
 from pathlib import Path
 
-from models.errors import SharedFileError
-from worker.results import JOB_FILE
+from flowers.models.errors import SharedFileError
+from flowers.worker.results import JOB_FILE
 
 READ = os.R_OK
 WRITE_IN = os.R_OK | os.W_OK | os.X_OK

@@ -1,16 +1,17 @@
 """Thin Celery tasks: JSON in (paths, names, numbers), job records out; the pipeline does the work.
 
 A pool process that labels never imports TensorFlow: it runs bundles on LiteRT
-(`models.runners`), and a new pool process imports LiteRT and the decoder in a background thread
-as it starts, so its first chunk finds them ready. TensorFlow comes in only with the Keras
-runtime (FLOWERS_RUNTIME=keras, or a bundle without model.tflite). Training runs in a process of
-its own that the retrain task starts and waits for (`worker.train_process`), so its TensorFlow
-memory is gone when it ends.
+(`models.runtime.runners`), and a new pool process imports LiteRT and the decoder in a
+background thread as it starts, so its first chunk finds them ready. TensorFlow comes in only
+with the Keras runtime (FLOWERS_RUNTIME=keras, or a bundle without model.tflite). Training
+runs in a process of its own that the retrain task starts and waits for
+(`worker.train_process`), so its TensorFlow memory is gone when it ends.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -24,18 +25,20 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 
-from models.errors import FlowersError
-from worker import messages, photo_stage, results, train_process
-from worker.app import app, settings
-from worker.chunk_list import feed
-from worker.confine import check_allowed, photo_guard
-from worker.jobs import (
+from flowers.models import ownership
+from flowers.models.errors import FlowersError
+from flowers.worker import messages, photo_stage, results, train_process
+from flowers.worker.app import app, settings
+from flowers.worker.chunk_list import feed
+from flowers.worker.confine import check_allowed, photo_guard
+from flowers.worker.jobs import (
     FINAL_STATES,
     JobStore,
     patient_client,
 )
-from worker.messages import MessageError
-from worker.shared_files import WRITE_IN, check_access, check_job_files
+from flowers.worker.label_job import LabelChunk, LabelJob
+from flowers.worker.messages import MessageError
+from flowers.worker.shared_files import WRITE_IN, check_access, check_job_files
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,9 @@ def job_store() -> JobStore:
 
 def _warm_up() -> None:
     try:
-        import models.predict  # noqa: F401 - the decoder and Pillow
+        import flowers.models.runtime.predict  # noqa: F401 - the decoder and Pillow
         if settings.runtime == "keras":
-            from models.runtime import configure_tensorflow
+            from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
             configure_tensorflow(settings.threads_per_process())
             import keras  # noqa: F401 - loading a bundle needs it; the import takes a second
@@ -81,7 +84,7 @@ def _training_refused(task: Task, job_id: str, kind: str) -> dict[str, Any] | No
 def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
     """Starts a whole-job task (train, evaluate): its photo stage goes out as chunk tasks over
     every worker process (`worker.photo_stage`); the last chunk done sends `flowers.fit`."""
-    from models.dataset import discover
+    from flowers.models.dataset import discover
 
     try:
         job_id = messages.job_id(task.request.id)
@@ -101,6 +104,12 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         photo_dir, stages, batch_size = photo_stage.stages_of(kind, request)
         roots = settings.allowed_roots
         root = check_allowed(photo_dir, roots, "photo folder")
+        if kind == "retrain":  # before any work, not at the end of the training
+            from flowers.models.bundle import output_folder
+
+            target, what = output_folder(request.get("output"), settings.home,
+                                         str(request.get("architecture")))
+            ownership.check_bundle_output(check_allowed(target, roots, "bundle output"), what)
         for stage in stages:
             if stage["weights"] not in ("imagenet", "none"):
                 check_allowed(stage["weights"], roots, "weights file")
@@ -111,8 +120,8 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         log.error("job %s failed: %s", job_id, exc)
         store.fail(job_id, exc)
         return {"error": str(exc)}
-    from models.recipe import FineTuneRecipe
-    from models.training import stage_passes
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.trainer import stage_passes
 
     for stage in stages:
         stage["passes"] = stage_passes(stage["recipe"],
@@ -154,14 +163,14 @@ def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, A
 
 @app.task(name="flowers.retrain", bind=True, acks_late=True, reject_on_worker_lost=True)
 def retrain(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Retrains a network's top on a photo folder and writes the bundle; see `models.retrain`.
-    Its photo stage is shared out first (`worker.photo_stage`)."""
+    """Retrains a network's top on a photo folder and writes the bundle; see
+    `models.training.retrain`. Its photo stage is shared out first (`worker.photo_stage`)."""
     return _fan_out(self, "retrain", request)
 
 
 @app.task(name="flowers.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
 def evaluate(self: Task, request: dict[str, Any]) -> dict[str, Any]:
-    """Cross-validates recipes on a photo folder; see `models.evaluate`. Its photo stage is
+    """Cross-validates recipes on a photo folder; see `models.training.evaluate`. Its photo stage is
     shared out first (`worker.photo_stage`)."""
     return _fan_out(self, "evaluate", request)
 
@@ -188,8 +197,11 @@ def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     try:
         record = store.get(job_id)
         kind = messages.kind(chunk.get("kind"))
-        photo_dir = Path(photo_stage.stages_of(kind, record.get("request") or {})[0]).resolve()
-        messages.check_photo_chunk(chunk, int(record.get("total") or 0), str(photo_dir))
+        if kind != {"train": "retrain", "evaluate": "evaluate"}.get(record.get("kind", "")):
+            raise MessageError(f"photo chunk of kind {kind!r} for a {record.get('kind')} job")
+        photo_dir, stages, _ = photo_stage.stages_of(kind, record.get("request") or {})
+        messages.check_photo_chunk(chunk, int(record.get("total") or 0),
+                                   str(Path(photo_dir).resolve()), stages)
     except (FlowersError, KeyError, TypeError, ValueError) as exc:
         log.error("job %s photo chunk %s refused: %s", job_id, chunk.get("index"), exc)
         store.fail(job_id, exc if isinstance(exc, FlowersError) else MessageError(
@@ -264,19 +276,14 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         return _refused("flowers.label_chunk", MessageError(f"no job {job_id} on this Redis"))
     try:
         record = store.get(job_id)
-        task = messages.LabelChunk.from_message(
-            chunk, int(record.get("chunks_listed") or 0) or None)
+        task = LabelChunk.from_message(chunk, int(record.get("chunks_listed") or 0) or None)
+        if task.job != LabelJob.from_dict(json.loads(record.get("chunk_task") or "null")):
+            raise MessageError(f"chunk {task.index}'s folders or settings are not its job's "
+                               "(as the job record has them)")
         roots = settings.allowed_roots
-        parts_dir = check_allowed(task.parts_dir, roots, "output")
-        root = check_allowed(task.photo_dir, roots, "photo folder")
-        bundle = check_allowed(task.bundle, roots, "bundle")
-        request = record.get("request") or {}
-        for field, named, recorded in (("parts folder", task.parts_dir, record.get("parts_dir")),
-                                       ("photo folder", task.photo_dir, request.get("photo_dir")),
-                                       ("bundle", task.bundle, request.get("bundle"))):
-            if str(named) != recorded:
-                raise MessageError(f"chunk {task.index} names the {field} {named}, not the "
-                                   f"job's ({recorded})")
+        parts_dir = check_allowed(task.job.parts_dir, roots, "output")
+        root = check_allowed(task.job.photo_dir, roots, "photo folder")
+        bundle = check_allowed(task.job.bundle, roots, "bundle")
         check_job_files(parts_dir)
     except FlowersError as exc:
         log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
@@ -286,25 +293,18 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": True}
     store.start(job_id, phase="labelling", worker=self.request.hostname or "")
     try:
-        from models.batching import decode_threads
-        from models.predict import label_photos
-        from worker.model_cache import model_cache
+        from flowers.models.runtime.batching import decode_threads
+        from flowers.models.runtime.predict import label_photos
+        from flowers.worker.model_cache import model_cache
 
         cache = model_cache()
         model = cache.get(bundle)
-        names = task.paths
-        k = task.top_k
-        stamps = [results.photo_stamp(root / name) for name in names]  # before reading
-        rows = [
-            [*results.format_row(name, row.labels, row.error, k), stamp]
-            for name, stamp, row in zip(names, stamps, label_photos(
-                (root / name for name in names), model.run, model.class_names,
-                model.input_size, k,
-                batch_size=task.batch_size,
-                threads=decode_threads(cache.threads), guard=photo_guard(roots),
-                resize=model.resize,
-            ), strict=True)
-        ]
+        stamps = [results.photo_stamp(root / name) for name in task.paths]  # before reading
+        labelled = label_photos((root / name for name in task.paths), model, task.job.top_k,
+                                batch_size=task.job.batch_size,
+                                threads=decode_threads(cache.threads), guard=photo_guard(roots))
+        rows = [[*results.format_row(name, row.labels, row.error, task.job.top_k), stamp]
+                for name, stamp, row in zip(task.paths, stamps, labelled, strict=True)]
         results.write_part(parts_dir, job_id, task.index, rows)
     except Exception as exc:
         if not store.fail(job_id, exc):
@@ -325,7 +325,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     else:
         try:
             feed(store, job_id, send_chunk)
-        except OSError as exc:  # the CLI's watch or the next chunk to finish feeds instead
+        except (OSError, MessageError) as exc:  # the CLI's watch or the next chunk feeds instead
             log.warning("job %s: cannot send its next chunks: %s", job_id, exc)
     return {"rows": len(rows), "errors": errors}
 

@@ -22,10 +22,10 @@ import subprocess
 import sys
 from typing import Any
 
-from models.errors import FlowersError
-from worker.confine import check_allowed, photo_guard
-from worker.jobs import JobStore, ProgressReporter, patient_client
-from worker.settings import Settings
+from flowers.models.errors import FlowersError
+from flowers.worker.confine import check_allowed, photo_guard
+from flowers.worker.jobs import JobStore, ProgressReporter, patient_client
+from flowers.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str
           ) -> subprocess.Popen[bytes]:
     """Starts the `kind` process for `job_id`; its logs go to this process's stderr."""
     env = dict(os.environ, FLOWERS_BROKER_URL=broker_url, **{PARENT_ENV: str(os.getpid())})
-    process = subprocess.Popen([sys.executable, "-m", "worker.train_process", kind, job_id],
+    process = subprocess.Popen([sys.executable, "-m", "flowers.worker.train_process", kind, job_id],
                                stdin=subprocess.PIPE, env=env)
     assert process.stdin is not None
     process.stdin.write(json.dumps(request).encode())
@@ -59,7 +59,7 @@ def die_with_parent() -> None:
 
 def _retrain(request: dict[str, Any], settings: Settings, store: JobStore,
              job_id: str) -> dict[str, Any]:
-    from models.retrain import RetrainRequest, retrain
+    from flowers.models.training.retrain import RetrainRequest, retrain
 
     retrain_request = RetrainRequest.from_dict(request)
     roots = settings.allowed_roots
@@ -76,7 +76,7 @@ def _retrain(request: dict[str, Any], settings: Settings, store: JobStore,
 
 def _evaluate(request: dict[str, Any], settings: Settings, store: JobStore,
               job_id: str) -> dict[str, Any]:
-    from models.evaluate import EvaluateRequest, evaluate
+    from flowers.models.training.evaluate import EvaluateRequest, evaluate
 
     evaluate_request = EvaluateRequest.from_dict(request)
     roots = settings.allowed_roots
@@ -94,7 +94,7 @@ def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
             store: JobStore) -> int:
     """Runs the `kind` job of `request`, keeping the job's record; returns the exit code."""
     try:
-        from models.runtime import configure_tensorflow
+        from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
         configure_tensorflow(settings.training_threads())
         summary = JOBS[kind](request, settings, store, job_id)

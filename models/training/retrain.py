@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from models import bundle, dataset, head, networks, report, training
-from models.decode import PREPROCESS_VERSION
-from models.errors import DatasetError
-from models.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
+from flowers.models import bundle, dataset, networks
+from flowers.models.decode import PREPROCESS_VERSION
+from flowers.models.errors import DatasetError
+from flowers.models.training import head, report, trainer
+from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def retrain(
     check_recipe(request.recipe)
     phase = "bottlenecks" if request.recipe == CODELAB else "activations"
     phase_start = time.perf_counter()
-    features = training.compute_features(
+    features = trainer.compute_features(
         request.recipe, request.fine_tune, spec, [photo.path for photo in photos],
         request.weights, weights_dir, home, request.bottleneck_batch_size,
         progress=lambda done, total: progress(phase, done, total, {}), guard=guard,
@@ -131,7 +132,7 @@ def retrain(
     dataset.check_training_classes(split, data.class_names, data.root)
 
     phase_start = time.perf_counter()
-    fitted = training.fit(
+    fitted = trainer.fit(
         features, labels, rows["training"], rows["validation"], len(data.class_names),
         request.head_config(), request.fine_tune,
         progress=lambda done, total, entry: progress("training", done, total, entry),
@@ -196,7 +197,7 @@ def retrain(
         "versions": library_versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
-    target = Path(request.output) if request.output else home / "bundles" / spec.name
+    target = bundle.output_folder(request.output, home, spec.name)[0]
     output = bundle.save_bundle(
         target, model, manifest, split_files,
         write_report=lambda path: report.write_report(

@@ -1,7 +1,7 @@
 """Split-layer activations in, the top of the network fine-tuned with a softmax on it out.
 
 The network is cut at its split layer: the bottom (pixels to activations) is what
-`models/activations.py` caches, the top (activations to pooled features) is trained here with
+`models/caches/activations.py` caches, the top (activations to pooled features) is trained here with
 BatchNorm frozen, then dropout and a softmax with an L2 penalty; Adam with its learning rate on
 a cosine to zero over the epochs, label smoothing, every view of every training photo once an
 epoch in a shuffled order. After each epoch the validation photos (view 0, and its mirror when
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models import networks
-from models.errors import UsageError
-from models.recipe import BEST_EPOCH, FineTuneRecipe
+from flowers.models import networks
+from flowers.models.errors import UsageError
+from flowers.models.training.recipe import BEST_EPOCH, FineTuneRecipe
 
 if TYPE_CHECKING:
     import keras
@@ -225,7 +225,7 @@ def export_model(trained: TrainedTop) -> keras.Model:
     """One Keras model: 0-255 RGB pixels in, probabilities out (mirror averaging inside)."""
     import keras
 
-    from models.layers import HorizontalFlip
+    from flowers.models.training.layers import HorizontalFlip
 
     network = trained.network
     spec = network.spec

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from models import dataset, folds, head, networks, training
-from models.errors import DatasetError
-from models.recipe import RECIPES, check_recipe
-from models.retrain import RetrainRequest
+from flowers.models import dataset, networks
+from flowers.models.errors import DatasetError
+from flowers.models.training import folds, head, trainer
+from flowers.models.training.recipe import RECIPES, check_recipe
+from flowers.models.training.retrain import RetrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def evaluate(
         settings = dataclasses.replace(base, recipe=recipe)
         phase = f"{recipe}: features"
         feature_start = time.perf_counter()
-        features = training.compute_features(
+        features = trainer.compute_features(
             recipe, settings.fine_tune, spec, [photo.path for photo in photos], settings.weights,
             weights_dir, home, settings.bottleneck_batch_size,
             progress=lambda done, total: progress(phase, done, total, {}), guard=guard,  # noqa: B023
@@ -118,7 +119,7 @@ def evaluate(
 
 
 def _cross_validate(
-    features: training.Features, kept: list[dataset.Photo], fold_of: list[int], k: int,
+    features: trainer.Features, kept: list[dataset.Photo], fold_of: list[int], k: int,
     settings: RetrainRequest, class_names: tuple[str, ...], progress: PhaseProgress,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -134,7 +135,7 @@ def _cross_validate(
         val_set = set(val_rows)
         train_rows = [row for row in rest if row not in val_set]
         phase = f"{settings.recipe}: fold {fold + 1}/{k}"
-        fitted = training.fit(
+        fitted = trainer.fit(
             features, labels, train_rows, val_rows, len(class_names), settings.head_config(),
             settings.fine_tune,
             progress=lambda done, total, entry: progress(phase, done, total, entry),  # noqa: B023

@@ -29,12 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from models import batching
-from models.atomic import write_atomically
-from models.bottlenecks import BatchRunner, Progress, content_hash, load_entry, store_entry
-from models.decode import PREPROCESS_VERSION, read_bytes
-from models.errors import ImageDecodeError
-from models.views import decode_views, views_key
+from flowers.models.atomic import write_atomically
+from flowers.models.caches.bottlenecks import (
+    BatchRunner,
+    Progress,
+    content_hash,
+    load_entry,
+    store_entry,
+)
+from flowers.models.decode import PREPROCESS_VERSION, read_bytes
+from flowers.models.errors import ImageDecodeError
+from flowers.models.runtime import batching
+from flowers.models.views import decode_views, views_key
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.atomic import write_atomically
-from models.errors import BundleError, ExportError
+from flowers.models.atomic import write_atomically
+from flowers.models.errors import BundleError, ExportError
 
 if TYPE_CHECKING:
     import keras
 
-    from models.bottlenecks import BatchRunner
+    from flowers.models.runtime.batching import BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def litert_runner(build: Callable[[], keras.Model], path: Path, threads: int
     """A LiteRT runner of the model `build` returns (uint8 pixels in, its outputs out as
     float32), converted to `path` unless already there: then nothing is built and TensorFlow
     is not imported. None (and a warning) when LiteRT cannot run it here."""
-    from models.runners import LiteRTRunner
+    from flowers.models.runtime.runners import LiteRTRunner
 
     if importlib.util.find_spec("ai_edge_litert") is None:
         log.warning("LiteRT is not installed here: the photo stage runs on Keras")
@@ -57,7 +57,7 @@ def litert_runner(build: Callable[[], keras.Model], path: Path, threads: int
         # Another process may have converted it while this one waited: then load that.
         if path.is_file() and (runner := _load(path, threads)) is not None:
             return runner
-        from models.litert import to_tflite
+        from flowers.models.runtime.litert import to_tflite
 
         model = build()
         try:
@@ -72,7 +72,7 @@ def litert_runner(build: Callable[[], keras.Model], path: Path, threads: int
 
 def _load(path: Path, threads: int) -> BatchRunner | None:
     """The LiteRT runner of a cached conversion; None, the file deleted, if it is damaged."""
-    from models.runners import LiteRTRunner
+    from flowers.models.runtime.runners import LiteRTRunner
 
     try:
         return LiteRTRunner(path, batch_size=1, threads=threads)

@@ -8,7 +8,7 @@ model. The batch dimension is left open: a runner fixes it once when it allocate
 `quantize`: None (float32), "float16" (weights stored as float16: half the file, float
 arithmetic) or "int8" (weights and activations as int8, calibrated on `representative`
 batches of real photos; input stays uint8 pixels and output float probabilities).
-`convert` runs any converter so (an imported codelab graph's, `models.poets_import`).
+`convert` runs any converter so (an imported codelab graph's, `models.codelab.importer`).
 Needs TensorFlow: only `flowers train`, `flowers export` and `flowers import-poets` call it.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import ExportError
+from flowers.models.errors import ExportError
 
 if TYPE_CHECKING:
     import keras

@@ -22,16 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.bundle import (
+from flowers.models.bundle import (
     FORMAT_VERSION,
     TFLITE_ENTRY,
     TFLITE_FILE,
     new_bundle_id,
     write_bundle_folder,
 )
-from models.decode import PREPROCESS_VERSIONS, RESIZE_CODELAB
-from models.errors import UsageError
-from models.poets_graph import PoetsGraph, read_poets_graph
+from flowers.models.codelab.graph import PoetsGraph, read_poets_graph
+from flowers.models.decode import PREPROCESS_VERSIONS, RESIZE_CODELAB
+from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def graph_to_tflite(graph: PoetsGraph, quantize: str | None = None) -> bytes:
     """The LiteRT flatbuffer of `graph_function(graph)`; raises `ExportError`."""
     import tensorflow as tf
 
-    from models.litert import convert
+    from flowers.models.runtime.litert import convert
 
     function = graph_function(graph)
     return convert(tf.lite.TFLiteConverter.from_concrete_functions([function], function),
@@ -96,7 +96,7 @@ def read_labels(path: Path, graph: PoetsGraph) -> list[str]:
 
 def imported_manifest(graph: PoetsGraph, class_names: list[str], labels: Path) -> dict[str, Any]:
     """The manifest of the bundle imported from `graph` (see the module docstring)."""
-    from models.retrain import library_versions
+    from flowers.models.training.retrain import library_versions
 
     size = graph.input_size
     family = graph.family

@@ -1,7 +1,8 @@
 """Photo paths and a loaded bundle in, each photo's top-k labels with confidences out.
 
-The runner (models.runners) gets one batch at a time. Photos are decoded one batch ahead by a
-thread pool, or between batches when the network has one thread (see `batching.decode_threads`).
+The runner (models.runtime.runners) gets one batch at a time. Photos are decoded one batch
+ahead by a thread pool, or between batches when the network has one thread (see
+`batching.decode_threads`).
 A photo that cannot be read gets a row with its reason and no labels; the others go on.
 """
 
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models import batching
-from models.decode import RESIZE_FLOWERS, load_image
-from models.errors import ImageDecodeError
+from flowers.models.decode import RESIZE_FLOWERS, load_image
+from flowers.models.errors import ImageDecodeError
+from flowers.models.runtime import batching
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ Runner = Callable[[np.ndarray], np.ndarray]
 # Photos decoded per group and handed to the runner at once. For Keras it is also the network's
 # batch: TensorFlow keeps the activation memory of the largest batch it has run, and 16 kept a
 # MobileNetV2 worker process near 0.93 GB (64: 1.7 GB) and was faster on two cores as well
-# (bench/results-issue3.txt). LiteRT runs its own batch size inside (models.runners).
+# (bench/results-issue3.txt). LiteRT runs its own batch size inside (models.runtime.runners).
 LABEL_BATCH_SIZE = 16
 
 
@@ -58,24 +59,35 @@ def _load(path: Path, size: int, guard: Guard | None, resize: str) -> np.ndarray
         return exc.reason
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """What labelling needs from a bundle: its identity, classes, input size, how photos are
+    squashed to it (`bundle.resize_method`), and a runner."""
+
+    bundle_id: str
+    class_names: list[str]
+    input_size: int
+    run: Runner
+    resize: str = RESIZE_FLOWERS
+
+
 def label_photos(
     paths: Iterable[Path],
-    runner: Runner,
-    class_names: list[str],
-    input_size: int,
+    model: LoadedModel,
     k: int,
     batch_size: int = LABEL_BATCH_SIZE,
     threads: int | None = None,
     guard: Guard | None = None,
-    resize: str = RESIZE_FLOWERS,
 ) -> Iterator[LabelRow]:
-    """Labels photos in input order, streaming: one row per path.
+    """Labels photos with `model` in input order, streaming: one row per path, with the `k`
+    most probable labels (at most one per class).
 
     `guard`, if given, may refuse a photo before it is read, with a reason for its row.
-    `resize`: how photos are squashed to the input (the bundle's, `bundle.resize_method`).
     `threads` decode beside the network (default `batching.decode_threads()`; 0: between
     batches, in this thread).
     """
+    runner, class_names, input_size, resize = (model.run, model.class_names, model.input_size,
+                                               model.resize)
     k = max(1, min(k, len(class_names)))
     threads = batching.decode_threads() if threads is None else threads
     with ExitStack() as stack:

@@ -13,6 +13,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
 
+import numpy as np
+
+# A network run on batches: a (N, size, size, 3) uint8 batch in, (N, ...) float32 out.
+BatchRunner = Callable[[np.ndarray], np.ndarray]
 Item = TypeVar("Item")
 Prepared = TypeVar("Prepared")
 
@@ -49,7 +53,7 @@ def decode_threads(network_threads: int | None = None) -> int:
     switching and cache misses, 0.4 to 1.5 ms of CPU a photo on two cores
     (bench/results-issue3.txt).
     """
-    from models.runtime import tensorflow_threads
+    from flowers.models.runtime.tensorflow_setup import tensorflow_threads
 
     threads = network_threads or tensorflow_threads()
     return 0 if threads == 1 else max(1, threads // 4)

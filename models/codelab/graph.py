@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import UsageError
-from models.networks import NETWORKS
+from flowers.models.errors import UsageError
+from flowers.models.networks import NETWORKS
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from models.dataset import Photo
-from models.errors import UsageError
+from flowers.models.dataset import Photo
+from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
 

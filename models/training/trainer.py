@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from models import activations, bottlenecks, converted, finetune, head, networks, runtime
-from models.recipe import CODELAB, FineTuneRecipe
+from flowers.models import networks
+from flowers.models.caches import activations, bottlenecks
+from flowers.models.runtime import converted, tensorflow_setup
+from flowers.models.training import finetune, head
+from flowers.models.training.recipe import CODELAB, FineTuneRecipe
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def photo_stage_runner(build: Callable[[], Any], spec: networks.NetworkSpec, wei
     cached in `home`, where that is faster (once cached, nothing is built), else Keras."""
     path = converted.converted_path(home, spec.name, weights_tag, part)
     if spec.litert_photo_stage and (passes >= CONVERT_FROM_PASSES or path.is_file()):
-        runner = converted.litert_runner(build, path, runtime.tensorflow_threads())
+        runner = converted.litert_runner(build, path, tensorflow_setup.tensorflow_threads())
         if runner is not None:
             return runner
     return networks.batch_runner(build())
@@ -93,7 +96,7 @@ class PhotoStage:
         time it took counted in `setup_seconds`."""
         if self.network is None:
             started = time.perf_counter()
-            runtime.configure_tensorflow(runtime.tensorflow_threads())
+            tensorflow_setup.configure_tensorflow(tensorflow_setup.tensorflow_threads())
             self.network = build()
             self.setup_seconds += time.perf_counter() - started
         return self.network

@@ -1,9 +1,9 @@
 """Training recipes by name, and the fine-tune recipe's settings as one frozen dataclass.
 
-    codelab    the codelab's softmax layer on frozen pooled features (`models/head.py`)
+    codelab    the codelab's softmax layer on frozen pooled features (`models/training/head.py`)
     fine-tune  the top of the network (from its registry split layer up) fine-tuned on cached
                activations of augmented views, topped with dropout and an L2 softmax
-               (`models/finetune.py`); the default
+               (`models/training/finetune.py`); the default
 
 The defaults were chosen by 5-fold cross-validation on the 1,500 shared flower photos
 (`flowers evaluate`, bench/results-issue12.txt), never by the shared test split. A bundle's
@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from models.errors import UsageError
+from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from models import batching
-from models.atomic import write_atomically
-from models.decode import PREPROCESS_VERSION, decode_image, read_bytes
-from models.errors import ImageDecodeError
+from flowers.models.atomic import write_atomically
+from flowers.models.decode import PREPROCESS_VERSION, decode_image, read_bytes
+from flowers.models.errors import ImageDecodeError
+from flowers.models.runtime import batching
 
 log = logging.getLogger(__name__)
 
 # Called with (photos done, photos in all) as batches finish.
 Progress = Callable[[int, int], None]
-# Maps a (N, size, size, 3) uint8 batch to (N, bottleneck_size) float32.
-BatchRunner = Callable[[np.ndarray], np.ndarray]
+# A network run on batches (`runtime.batching.BatchRunner`): pixels in, features out.
+BatchRunner = batching.BatchRunner
 
 
 def content_hash(data: bytes) -> str:

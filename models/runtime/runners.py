@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import BundleError, UsageError
+from flowers.models.errors import BundleError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ DEFAULT_RUNTIME = "litert"
 # Photos per interpreter call. On two cores, one thread per process, a MobileNetV2 photo took
 # 3.8 ms at batch 1 against 5.6 at 16 (bench/label_throughput.py --part runtime): XNNPACK's
 # working set for one photo stays in cache. Keras is the other way round (batches amortise
-# its per-call cost), see models.predict.LABEL_BATCH_SIZE.
+# its per-call cost), see models.runtime.predict.LABEL_BATCH_SIZE.
 LITERT_BATCH_SIZE = 1
 
 
@@ -117,7 +117,7 @@ class KerasRunner:
     runtime = "keras"
 
     def __init__(self, model: Any, batch_size: int) -> None:
-        from models.networks import batch_runner
+        from flowers.models.networks import batch_runner
 
         self.batch_size = batch_size
         self.run = batch_runner(model)
@@ -140,7 +140,7 @@ class RunnerChoice:
 
 def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> RunnerChoice:
     """The backend for `bundle` given the runtime asked for (see the module docstring)."""
-    from models.bundle import TFLITE_FILE, keras_model_file
+    from flowers.models.bundle import TFLITE_FILE, keras_model_file
 
     check_runtime(runtime)
     has_keras = keras_model_file(bundle, manifest) is not None
@@ -172,7 +172,7 @@ def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: i
     (unless `quiet`: the caller has shown `choose_runtime`'s warning itself). Raises
     `BundleError` when the model does not take the manifest's input_size or does not give one
     score per name of its class_names."""
-    from models.bundle import TFLITE_FILE, check_model_shapes, load_bundle
+    from flowers.models.bundle import TFLITE_FILE, check_model_shapes, load_bundle
 
     choice = choose_runtime(bundle, manifest, runtime)
     if choice.warning and not quiet:
@@ -182,7 +182,7 @@ def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: i
         check_model_shapes(bundle, manifest, TFLITE_FILE, runner.model_input_shape,
                            runner.model_output_shape)
         return runner
-    from models.runtime import configure_tensorflow
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
     configure_tensorflow(threads)
     return KerasRunner(load_bundle(bundle).model, keras_batch_size)

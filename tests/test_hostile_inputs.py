@@ -1,0 +1,236 @@
+"""Hostile inputs through the real command line, Redis and workers: photo folders that change
+between runs, class folders labels.txt cannot keep, bundles and outputs that are not what
+they seem. Each refusal is one line, before any work; nothing is lost."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from flowers.worker.jobs import JobStore
+from tests.conftest import (
+    SMALL_NETWORK,
+    WorkerFactory,
+    flowers_env,
+    part_paths,
+    run_flowers,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+
+
+def read_rows(path: Path) -> dict[str, list[str]]:
+    with open(path, newline="") as handle:
+        return {row[0]: row for row in list(csv.reader(handle))[1:]}
+
+
+def test_a_resume_keeps_only_rows_that_still_describe_their_photo(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, redis_url: str,
+    start_workers: WorkerFactory, tmp_path: Path,
+) -> None:
+    """Interrupted, then photos deleted and others replaced under the same names: the rerun
+    drops the deleted photos' rows, labels the replaced ones again, says how many of each, and
+    writes what a fresh run over the folder as it now is writes."""
+    bundle = trained_bundle[0]
+    env = flowers_env(flowers_home, redis_url, None)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(small), "--model", str(bundle), "--output", str(output),
+            "--chunk-size", "2", "--batch-size", "2")
+    worker = start_workers(1)
+    queued = run_flowers(*args, "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    parts = tmp_path / "labels.csv.parts"
+    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 4, timeout=120, what="4 chunks",
+             interval=0.05)
+    worker.kill()
+    redis.Redis.from_url(redis_url).delete("flowers")  # the queued chunks are lost too
+    labelled = sorted(set(part_paths(parts)))
+    assert 8 <= len(labelled) < 20, "interrupted mid-way"
+
+    deleted, replaced = labelled[:2], labelled[2:4]
+    for name in deleted:
+        (small / name).unlink()
+    roses = sorted((small / "roses").iterdir())
+    for name, other in zip(replaced, roses[-2:], strict=True):
+        shutil.copyfile(other, small / name)  # same name and folder, another photo
+    unlabelled = sorted({f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg")}
+                        - set(labelled))
+    (small / unlabelled[-1]).unlink()
+
+    start_workers(1)
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (f"resuming: {len(labelled) - 4} photos already labelled, 2 changed since "
+            f"(labelled again), 2 gone since (rows dropped); {17 - (len(labelled) - 4)} "
+            "to go") in rerun.stderr, rerun.stderr
+    assert "labelled 17 photos" in rerun.stdout, rerun.stdout
+
+    fresh = tmp_path / "fresh.csv"
+    again = run_flowers(*args[:5], str(fresh), *args[6:], env=env)
+    assert again.returncode == 0, again.stderr
+    resumed, expected = read_rows(output), read_rows(fresh)
+    assert list(resumed) == list(expected) == sorted(
+        f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg"))
+    for name, row in expected.items():
+        assert resumed[name][1::2] == row[1::2], name  # labels and error
+        assert [float(c) for c in resumed[name][2:-1:2]] == pytest.approx(
+            [float(c) for c in row[2:-1:2]], abs=1e-4), name
+
+
+def test_a_class_without_a_training_photo_is_refused_before_any_work(
+    small: Path, flowers_home: Path, tmp_path: Path
+) -> None:
+    """A class whose only photo the split puts in the test set could never be predicted (and
+    the test accuracy would still look good): refused at the scan, one line naming it."""
+    from flowers.models.dataset import which_set
+
+    name = next(f"lone-{n}.jpg" for n in range(1000) if which_set(f"lone-{n}.jpg", 10, 10)
+                == "testing")
+    (small / "tulips").mkdir()
+    shutil.copy(next((small / "roses").iterdir()), small / "tulips" / name)
+    result = run_flowers("train", str(small), "--output", str(tmp_path / "bundle"),
+                         "--weights", "none", env=flowers_env(flowers_home, None, None))
+    assert result.returncode == 2, result.stderr
+    assert "class 'tulips' has no photo in the training set (photos: 'tulips' 1" in \
+        result.stderr
+    assert not (flowers_home / "logs").exists(), "refused before a local cluster started"
+
+
+def test_photos_gone_before_the_training_are_named_in_the_bundle(
+    small: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """A photo the job found when it started and deleted before its training ran is skipped,
+    named with the reason, instead of vanishing from the count (the list goes through Redis
+    as the worker's fan-out keeps it)."""
+    from flowers.models.training.retrain import RetrainRequest, retrain
+
+    store = JobStore(redis.Redis.from_url(redis_url))
+    names = sorted(f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg"))
+    store.keep_photo_list("a" * 32, names)
+    (small / names[0]).unlink()
+    request = RetrainRequest(photo_dir=str(small), output=str(tmp_path / "bundle"),
+                             architecture="mobilenet_0.25_128", recipe="codelab",
+                             weights="none", how_many_training_steps=5,
+                             validation_percentage=10, testing_percentage=10)
+    summary = retrain(request, tmp_path / "home", None, found=store.photo_list("a" * 32))
+    assert summary["skipped"] == [{"path": names[0], "reason": "deleted or moved while the job "
+                                   "ran (it was there when the job started)"}]
+    assert summary["photos"] == len(names) - 1
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "tab\there", " padded"])
+def test_a_class_name_labels_txt_cannot_keep_is_refused_at_the_scan(
+    small: Path, flowers_home: Path, tmp_path: Path, name: str
+) -> None:
+    (small / name).mkdir()
+    for photo in list((small / "roses").iterdir())[:3]:
+        shutil.copy(photo, small / name / photo.name)
+    result = run_flowers("train", str(small), "--output", str(tmp_path / "bundle"),
+                         "--weights", "none", env=flowers_env(flowers_home, None, None))
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert f"class folder {name!r}" in line and "rename the folder" in line, line
+    assert not (tmp_path / "bundle").exists() and not (flowers_home / "logs").exists()
+
+
+def test_a_bundle_that_is_a_pipe_is_refused_without_reading_it(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, tmp_path: Path
+) -> None:
+    """A named pipe given as the bundle, or as its manifest.json or labels.txt, would block a
+    read forever: each is refused in one line, at once."""
+    env = flowers_env(flowers_home, None, None)
+    fifo = tmp_path / "model"
+    os.mkfifo(fifo)
+    bundles = {"the bundle": fifo}
+    for name in ("manifest.json", "labels.txt"):
+        copy = tmp_path / f"with-{name}"
+        shutil.copytree(trained_bundle[0], copy)
+        (copy / name).unlink()
+        os.mkfifo(copy / name)
+        bundles[name] = copy
+    for what, bundle in bundles.items():
+        result = run_flowers("label-dir", str(small), "--model", str(bundle), "--output",
+                             str(tmp_path / "out.csv"), env=env, timeout=60)
+        assert result.returncode in (1, 2), f"{what}: {result.stderr}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "unexpected" not in errors[0], f"{what}: {result.stderr}"
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_outputs_that_are_links_or_the_default_bundle_folder_are_checked_first(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, tmp_path: Path
+) -> None:
+    """An output path that is a symbolic link would write wherever it points (a thesis behind
+    `out.csv`); `flowers train` without --output writes to FLOWERS_HOME/bundles/NETWORK, which
+    is checked like --output, before any training. Each is refused in one line."""
+    env = flowers_env(flowers_home, None, None)
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("four years of work")
+    link = tmp_path / "out.csv"
+    link.symlink_to(thesis)
+    page = tmp_path / "page.html"
+    page.symlink_to(thesis)
+    folder = tmp_path / "bundle-link"
+    folder.symlink_to(tmp_path)
+    default = flowers_home / "bundles" / SMALL_NETWORK
+    default.mkdir(parents=True)
+    (default / "notes.txt").write_text("mine")
+    bundle = str(trained_bundle[0])
+    attempts = {
+        "is a symbolic link": [
+            ["label-dir", str(small), "--model", bundle, "--output", str(link), "--overwrite"],
+            ["review", bundle, "--output", str(page)],
+            ["train", str(small), "--output", str(folder), "--weights", "none"]],
+        "the default bundle folder (no --output given)": [
+            ["train", str(small), "--architecture", SMALL_NETWORK, "--weights", "none"]],
+    }
+    for words, commands in attempts.items():
+        for argv in commands:
+            result = run_flowers(*argv, env=env, timeout=120)
+            assert result.returncode == 2, result.stderr
+            assert words in result.stderr and "unexpected" not in result.stderr, result.stderr
+    assert thesis.read_text() == "four years of work"
+    assert sorted(path.name for path in default.iterdir()) == ["notes.txt"]
+    assert not (flowers_home / "logs").exists(), "refused before a local cluster started"
+
+
+def test_a_class_name_labels_txt_keeps_is_trained_and_labelled(small: Path) -> None:
+    """The scan and the bundle check use one rule: a name with a no-break space or a
+    zero-width joiner (in emoji) is kept, so the bundle trained on it is never refused."""
+    from flowers.models.bundle import check_manifest
+    from flowers.models.dataset import discover
+
+    names = ["fleur\u00a0rose", "sun\u200dflower"]
+    for name, old in zip(names, ("daisy", "roses"), strict=True):
+        (small / old).rename(small / name)
+    assert list(discover(small).class_names) == sorted(names)
+    check_manifest(small, {"format_version": 2, "bundle_id": "b", "architecture": "x",
+                           "input_size": [224, 224], "class_names": names})
+
+
+def test_cache_clear_removes_only_cache_entries(flowers_home: Path, tmp_path: Path) -> None:
+    """A file someone put in a cache folder, a link among the entries and a network folder
+    that is a link elsewhere are kept; the bytes said freed are the bytes removed."""
+    from flowers.models.caches.disk import clear
+
+    entries = flowers_home / "bottlenecks" / "net" / "v3" / "ab"
+    entries.mkdir(parents=True)
+    (entries / f"{'ab' * 32}.npy").write_bytes(b"x" * 100)
+    (entries / "notes.txt").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f"{'cd' * 32}.npy").write_bytes(b"y" * 10)
+    (flowers_home / "bottlenecks" / "linked").symlink_to(elsewhere)
+    (entries / f"{'ef' * 32}.npy").symlink_to(tmp_path / "gone.npy")  # a dangling link
+    listed = run_flowers("cache", env=flowers_env(flowers_home, None, None))
+    assert listed.returncode == 0 and "unexpected" not in listed.stderr, listed.stderr
+    assert clear(flowers_home) == 100
+    assert sorted(path.name for path in entries.iterdir()) == [f"{'ef' * 32}.npy", "notes.txt"]
+    assert (elsewhere / f"{'cd' * 32}.npy").exists()
