@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -42,12 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from data_options import add_data_options  # bench/ is on sys.path
+from data_options import add_data_options, copy_photos, select_photos  # bench/ on sys.path
 
-from flowers.models import dataset, networks
+from flowers.models import networks
 from flowers.models.caches.bottlenecks import (
     BatchRunner,
     BottleneckCache,
@@ -84,33 +82,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--whole-command", action="store_true", help="also time retrain twice")
     parser.add_argument("--how-many-training-steps", type=int, default=4000)
     return parser.parse_args(argv)
-
-
-def select_photos(root: Path, limit: int | None) -> tuple[dataset.Dataset, list[dataset.Photo]]:
-    """All photos, or `limit` of them taken evenly from every class."""
-    data = dataset.discover(root)
-    photos = list(data.photos)
-    if limit is None or limit >= len(photos):
-        return data, photos
-    rank: dict[int, int] = {}
-    order = []
-    for index, photo in enumerate(photos):
-        rank[photo.label] = rank.get(photo.label, -1) + 1
-        order.append((rank[photo.label], photo.label, index))
-    chosen = sorted(index for _, _, index in sorted(order)[:limit])
-    return data, [photos[i] for i in chosen]
-
-
-def copy_photos(photos: list[dataset.Photo], root: Path, dest: Path, prefix: str) -> list[Path]:
-    """Copies photos into dest/<class>/<prefix><name>; returns the new paths in input order."""
-    copies = []
-    for photo in photos:
-        relative = photo.path.relative_to(root)
-        target = dest / relative.parent / f"{prefix}{relative.name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(photo.path, target)
-        copies.append(target)
-    return copies
 
 
 def decode_in_pool(paths: list[Path], size: int, threads: int) -> tuple[np.ndarray, float, float]:
@@ -379,64 +350,6 @@ def bench_stage(args: argparse.Namespace, work: Path) -> None:
     )
 
 
-def retrain_in_process(request: dict[str, Any], home: str, weights_dir: str, threads: int) -> Any:
-    """Runs in a fresh spawned process: TensorFlow setup and import, then retrain."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.WARNING)
-    started = time.perf_counter()
-    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
-    from flowers.models.training.retrain import RetrainRequest, retrain
-
-    configure_tensorflow(threads)
-    summary = retrain(RetrainRequest.from_dict(request), Path(home), Path(weights_dir))
-    outside = time.perf_counter() - started - summary["seconds"]["total"]
-    summary["import_seconds"] = round(outside, 3)
-    return summary
-
-
-def run_retrain(request: dict[str, Any], home: Path, args: argparse.Namespace) -> tuple[Any, float]:
-    started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        summary = pool.apply(
-            retrain_in_process, (request, str(home), str(args.weights_dir), args.tf_threads)
-        )
-    return summary, time.perf_counter() - started
-
-
-def bench_whole_command(args: argparse.Namespace, work: Path) -> None:
-    data, photos = select_photos(args.photos, args.limit)
-    if len(photos) == len(data.photos):
-        cold_dir = data.root
-    else:
-        cold_dir = work / "whole-cold"
-        copy_photos(photos, data.root, cold_dir, "")
-    warm_dir = work / "whole-renamed"
-    copy_photos(photos, data.root, warm_dir, "renamed_")
-    home = work / "whole-home"
-    print(f"\n-- whole command: retrain, cold on {cold_dir}, then warm on {warm_dir}")
-    print(f"fresh home {home}; each run in a fresh process (spawn); "
-          f"{args.how_many_training_steps} training steps; renamed files fall into another "
-          "stable split, so accuracies differ")
-    totals = {}
-    for label, photo_dir in (("cold", cold_dir), ("warm", warm_dir)):
-        request = {
-            "photo_dir": str(photo_dir), "output": str(work / f"bundle-{label}"),
-            "architecture": args.architecture,
-            "how_many_training_steps": args.how_many_training_steps,
-            "bottleneck_batch_size": args.batch_size,
-        }
-        summary, wall = run_retrain(request, home, args)
-        totals[label] = summary["seconds"]["total"]
-        print(
-            f"{label}: seconds {summary['seconds']} | process start+imports "
-            f"{summary['import_seconds']:.2f} s | process wall {wall:.2f} s | cache hits "
-            f"{summary['bottleneck_cache_hits']}, computed {summary['bottlenecks_computed']} | "
-            f"test accuracy {summary['test_accuracy']:.3f}"
-        )
-    print(f"whole command total cold/warm: {totals['cold'] / totals['warm']:.2f}x "
-          f"({totals['cold']:.2f} s / {totals['warm']:.2f} s)")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -446,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="flowers-bench-") as tmp:
         bench_stage(args, Path(tmp))
         if args.whole_command:
+            from whole_retrain import bench_whole_command
+
             bench_whole_command(args, Path(tmp))
 
 

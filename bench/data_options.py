@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
+
+from flowers.models import dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -30,3 +33,30 @@ def command_env(home: Path, weights_dir: Path, **more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWERS_")}
     env.update(FLOWERS_HOME=str(home), FLOWERS_WEIGHTS_DIR=str(weights_dir), **more)
     return env
+
+
+def select_photos(root: Path, limit: int | None) -> tuple[dataset.Dataset, list[dataset.Photo]]:
+    """All photos, or `limit` of them taken evenly from every class."""
+    data = dataset.discover(root)
+    photos = list(data.photos)
+    if limit is None or limit >= len(photos):
+        return data, photos
+    rank: dict[int, int] = {}
+    order = []
+    for index, photo in enumerate(photos):
+        rank[photo.label] = rank.get(photo.label, -1) + 1
+        order.append((rank[photo.label], photo.label, index))
+    chosen = sorted(index for _, _, index in sorted(order)[:limit])
+    return data, [photos[i] for i in chosen]
+
+
+def copy_photos(photos: list[dataset.Photo], root: Path, dest: Path, prefix: str) -> list[Path]:
+    """Copies photos into dest/<class>/<prefix><name>; returns the new paths in input order."""
+    copies = []
+    for photo in photos:
+        relative = photo.path.relative_to(root)
+        target = dest / relative.parent / f"{prefix}{relative.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photo.path, target)
+        copies.append(target)
+    return copies

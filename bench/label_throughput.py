@@ -29,10 +29,9 @@ leg also prints its CPU seconds per photo (for (d): the worker's processes, Redi
 `--what-if-batch-size N` adds a warm run with `label-dir --batch-size N` to each repeat;
 `--cold-after S` waits S seconds after the worker is ready before its cold run.
 
-`--part old` times the old way: a fresh `flowers label IMG --model BUNDLE` per photo (as the
-codelab's label_image.py), against the best end-to-end rates (it runs the MobileNetV2
-throughput part first for them). `--part memory|enqueue` are
-in bench/label_memory.py (worker RSS over 10,000 photos; enqueueing 100,000 paths).
+`--part old`: a fresh `flowers label IMG --model BUNDLE` per photo (the codelab's way) against
+the best end-to-end rates (of the MobileNetV2 part, run first). `--part memory|enqueue` are in
+bench/label_memory.py (worker RSS over 10,000 photos; enqueueing 100,000 paths).
 
 Run from the repository root (small smoke run first, then the full one):
 
@@ -124,8 +123,8 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     load_done = clock()
     litert_runner = LiteRTRunner(Path(bundle) / TFLITE_FILE, threads=threads)
     litert_loaded = clock()
-    size, names = loaded.input_size, loaded.class_names
-    model = LoadedModel("bench", names, size, litert_runner)
+    size = loaded.input_size
+    model = LoadedModel("bench", loaded.class_names, size, litert_runner)
     cpu = time.process_time()
     pixels = [np.stack([load_image(Path(p), size) for p in chunk]) for chunk in paths]
     decode_cpu = time.process_time() - cpu

@@ -26,6 +26,9 @@ import redis
 from flowers.worker.embedded import RedisServer, start_redis, start_worker, stop_worker
 from flowers.worker.lost_chunks import label_chunks_in_hand
 
+# Fixtures of their own modules, for every test module.
+pytest_plugins = ["tests.label_data", "tests.fault_data"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FLOWERS_SHARED_DIR") or REPO.parent / "shared")
 PHOTOS = SHARED / "data" / "flower_photos"

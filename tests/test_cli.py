@@ -94,7 +94,7 @@ def test_debug_shows_tracebacks_and_debug_logs(
                          str(trained_bundle[0]), "--output", str(tmp_path / "out.csv"),
                          "--no-wait", env=env)  # no worker: the chunks stay queued
     assert queued.returncode == 0, queued.stderr
-    sent = f"DEBUG cli.queue: sent flowers.label_chunk to queue 'flowers' on {redis_url}"
+    sent = f"DEBUG flowers.cli.queue: sent flowers.label_chunk to queue 'flowers' on {redis_url}"
     if debug:
         assert failed.returncode == 1 and "Traceback (most recent call last)" in failed.stderr
         assert "models.errors.DatasetError: photo folder" in failed.stderr

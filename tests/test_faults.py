@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,68 +22,22 @@ import pytest
 import redis
 
 from flowers.worker.app import create_app
-from flowers.worker.embedded import RedisServer, free_port, start_redis
 from flowers.worker.results import part_path
 from flowers.worker.settings import Settings
-from tests.compose_file import redis_arguments
 from tests.conftest import (
     REPO,
     SMALL_NETWORK,
-    RunningWorker,
     WorkerFactory,
     chunks_in_flight,
-    copy_subset,
     flowers_env,
     job_ids,
-    part_paths,
-    resumed_counts,
     run_flowers,
     wait_for,
     wait_for_job,
 )
+from tests.fault_data import assert_complete, label_args, label_until_parts, parts_written
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
-
-# The options of docker-compose.yml's redis service: AOF, fsync every second, RDB, noeviction.
-PERSISTENT = tuple(redis_arguments())
-
-
-@pytest.fixture
-def photos(flower_photos: Path, tmp_path: Path) -> Path:
-    return copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses", "tulips"], 16)
-
-
-def read_paths(output: Path) -> list[str]:
-    with open(output, newline="") as handle:
-        rows = list(csv.reader(handle))[1:]
-    assert all(row[1] and not row[-1] for row in rows), "every photo labelled"
-    return [row[0] for row in rows]
-
-
-def assert_complete(output: Path, photos: Path) -> None:
-    expected = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg"))
-    assert read_paths(output) == expected, "exactly one row per photo"
-
-
-def label_args(photos: Path, bundle: Path, output: Path, *extra: str) -> tuple[str, ...]:
-    return ("label-dir", str(photos), "--model", str(bundle), "--output", str(output),
-            "--chunk-size", "4", "--batch-size", "2", *extra)
-
-
-def parts_written(output: Path) -> int:
-    return len(list(output.with_name(output.name + ".parts").glob("part-*.csv")))
-
-
-def label_until_parts(
-    broker_url: str, start_workers: WorkerFactory, args: tuple[str, ...],
-    env: dict[str, str], output: Path, parts: int, **worker_env: str,
-) -> RunningWorker:
-    """A new worker labels `args --no-wait` until `parts` chunks are written; returns it."""
-    worker = start_workers(1, broker_url=broker_url, **worker_env)
-    assert run_flowers(*args, "--no-wait", env=env).returncode == 0
-    wait_for(lambda: parts_written(output) >= parts, what=f"{parts} chunks")
-    return worker
-
 
 def test_pool_process_killed_mid_chunk(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
@@ -197,96 +150,6 @@ def test_a_chunk_lost_between_the_queue_and_a_worker_is_sent_again(
     assert cli.returncode == 0, stderr
     assert f"job {job_id}: 1 chunks were lost" in stderr
     assert f"sent again, {len(lost['paths'])} photos" in stderr
-    assert_complete(output, photos)
-
-
-@pytest.fixture
-def persistent_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
-    """Starts (and restarts, on the same port) a redis-server with compose's persistence."""
-    port = free_port()
-    servers: list[RedisServer] = []
-
-    def start(keep_data: bool = True) -> RedisServer:
-        directory = tmp_path / ("redis-data" if keep_data else f"redis-empty-{len(servers)}")
-        servers.append(start_redis(directory, port, *PERSISTENT))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-def test_redis_restarted_mid_job_keeps_the_job(
-    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
-    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
-    tmp_path: Path,
-) -> None:
-    server = persistent_redis(True)
-    output = tmp_path / "out.csv"
-    label_until_parts(server.url, start_workers, label_args(photos, trained_bundle[0], output),
-                      flowers_env(flowers_home, server.url, weights_dir), output, 2,
-                      FLOWERS_VISIBILITY_TIMEOUT="10")
-    server.stop()
-    time.sleep(2)
-    persistent_redis(True)
-    wait_for(output.exists, what="the output after Redis came back")
-    assert_complete(output, photos)
-
-
-def test_redis_killed_mid_job_keeps_the_job(
-    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
-    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
-    tmp_path: Path,
-) -> None:
-    """A crash, not a shutdown: with AOF fsynced every second, at most the last second of
-    writes is lost. What that loses: a chunk whose acknowledgement is lost comes back and
-    rewrites its part; a chunk whose taking (the pop off the list) was kept but whose record as
-    in a worker's hands was not is gone from Redis, and the waiting command sends it again."""
-    assert PERSISTENT[PERSISTENT.index("--appendfsync") + 1] == "everysec"
-    server = persistent_redis(True)
-    output = tmp_path / "out.csv"
-    start_workers(1, broker_url=server.url, FLOWERS_VISIBILITY_TIMEOUT="10")
-    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
-                            *label_args(photos, trained_bundle[0],
-                                                                     output)],
-                           env=flowers_env(flowers_home, server.url, weights_dir), cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: parts_written(output) >= 2, what="2 chunks")
-        server.process.kill()
-        server.process.wait()
-        time.sleep(1)
-        persistent_redis(True)
-        _, stderr = cli.communicate(timeout=240)
-    finally:
-        cli.kill()
-    assert cli.returncode == 0, stderr
-    assert_complete(output, photos)
-    assert f"cannot reach Redis at {server.url}" in stderr and \
-        f"Redis at {server.url} answers again" in stderr, "the wait without Redis is said"
-    print("chunks sent again after the crash:" if "were lost" in stderr else "none lost",
-          stderr.strip().splitlines()[-1:])
-
-
-def test_redis_restarted_empty_then_the_rerun_finishes(
-    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
-    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
-    tmp_path: Path,
-) -> None:
-    server = persistent_redis(True)
-    env = flowers_env(flowers_home, server.url, weights_dir)
-    output = tmp_path / "out.csv"
-    args = label_args(photos, trained_bundle[0], output)
-    label_until_parts(server.url, start_workers, args, env, output, 3)
-    server.stop()
-    persistent_redis(False)  # the same address, its data lost
-    time.sleep(1)
-    parts = output.with_name(output.name + ".parts")
-    before = len(part_paths(parts))
-    rerun = run_flowers(*args, env=env)
-    assert rerun.returncode == 0, rerun.stderr
-    done, to_go = resumed_counts(rerun.stderr)
-    assert done >= before >= 12 and done + to_go == 48, "only the missing photos relabelled"
     assert_complete(output, photos)
 
 

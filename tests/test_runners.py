@@ -32,8 +32,8 @@ from flowers.models.runtime.runners import (
 )
 from flowers.worker.model_cache import ModelCache
 from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers
+from tests.label_data import read_csv
 from tests.test_bundle import tampered
-from tests.test_label_queue import read_csv
 
 pytestmark = pytest.mark.model
 

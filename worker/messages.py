@@ -11,6 +11,7 @@ into its typed form by `worker.label_job.LabelChunk.from_message`, with these ch
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,9 @@ def check_photo_chunk(message: Any, photos: int, photo_dir: str,
                                f"folder {photo_dir}")
         photo_name(path[len(folder):])
     sent = message.get("stages")
+    own = json.loads(json.dumps(stages))  # as the message carries them: lists, not tuples
     if not isinstance(sent, list) or not all(isinstance(stage, dict) for stage in sent) or [
             {key: value for key, value in stage.items() if key != "passes"} for stage in sent
-    ] != stages or not all(isinstance(stage.get("passes"), int) for stage in sent):
+    ] != own or not all(isinstance(stage.get("passes"), int) for stage in sent):
         raise MessageError("a photo chunk's stages (network, weights, recipe) are not its "
                            "job's own")

@@ -184,16 +184,10 @@ def stage_process() -> photo_stage.StageProcess:
 def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     """Fills the shared cache for one chunk of a training job's photos (see
     `worker.photo_stage`); the worker that finishes the job's last chunk sends `flowers.fit`."""
-    try:
-        job_id = messages.job_id(chunk.get("job_id") if isinstance(chunk, dict) else None)
-    except MessageError as exc:
-        return _refused("flowers.photo_chunk", exc)
+    if (stop := _live_job("flowers.photo_chunk", chunk)) is not None:
+        return stop
+    job_id: str = chunk["job_id"]
     store = job_store()
-    state = store.state(job_id)
-    if state in FINAL_STATES:
-        return {"skipped": True}
-    if not state:
-        return _refused("flowers.photo_chunk", MessageError(f"no job {job_id} on this Redis"))
     try:
         record = store.get(job_id)
         kind = messages.kind(chunk.get("kind"))
@@ -264,16 +258,10 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     with the job's record before anything is read or written. The worker that finishes a
     job's last chunk assembles its output.
     """
-    try:
-        job_id = messages.job_id(chunk.get("job_id") if isinstance(chunk, dict) else None)
-    except MessageError as exc:
-        return _refused("flowers.label_chunk", exc)
+    if (stop := _live_job("flowers.label_chunk", chunk)) is not None:
+        return stop
+    job_id: str = chunk["job_id"]
     store = job_store()
-    state = store.state(job_id)
-    if state in FINAL_STATES:
-        return {"skipped": True}
-    if not state:
-        return _refused("flowers.label_chunk", MessageError(f"no job {job_id} on this Redis"))
     try:
         record = store.get(job_id)
         task = LabelChunk.from_message(chunk, int(record.get("chunks_listed") or 0) or None)
@@ -328,6 +316,21 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         except (OSError, MessageError) as exc:  # the CLI's watch or the next chunk feeds instead
             log.warning("job %s: cannot send its next chunks: %s", job_id, exc)
     return {"rows": len(rows), "errors": errors}
+
+
+def _live_job(task_name: str, chunk: Any) -> dict[str, Any] | None:
+    """None when `chunk` names a job as flowers makes them and it is going on; else what the
+    task returns: skipped for an ended job, refused (logged) for a malformed or unknown id."""
+    try:
+        job_id = messages.job_id(chunk.get("job_id") if isinstance(chunk, dict) else None)
+    except MessageError as exc:
+        return _refused(task_name, exc)
+    state = job_store().state(job_id)
+    if state in FINAL_STATES:
+        return {"skipped": True}
+    if not state:
+        return _refused(task_name, MessageError(f"no job {job_id} on this Redis"))
+    return None
 
 
 def _refused(task_name: str, error: MessageError) -> dict[str, Any]:

@@ -1,0 +1,57 @@
+"""What the label-dir tests share: a photo collection with broken files, and readers of the
+CSV, of `flowers label`'s output and of job records."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+BROKEN = {"broken/empty.jpg": b"", "broken/text.JPG": b"just some text\n"}
+
+
+@pytest.fixture
+def collection(flower_photos: Path, tmp_path: Path) -> Path:
+    """30 real photos in nested folders, broken files, and files that are not photos."""
+    root = tmp_path / "collection"
+    for index, name in enumerate(("daisy", "roses", "tulips")):
+        target = root / f"trip{index}" / ("day 1" if index else "") / name
+        target.mkdir(parents=True)
+        for photo in sorted((flower_photos / name).iterdir())[:10]:
+            shutil.copy(photo, target / photo.name.upper())
+    first = next((flower_photos / "sunflowers").iterdir()).read_bytes()
+    files = {**BROKEN, "broken/truncated.jpeg": first[:1500], ".hidden/x.jpg": first,
+             "notes.txt": b"not a photo", "trip0/.thumb.jpg": first}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def parse_label_output(text: str) -> dict[str, list[str]]:
+    """`flowers label` output as {path: [label, confidence, ..., error]}."""
+    rows: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if not line.startswith("  "):
+            current = line
+            rows[current] = []
+        elif line.startswith("  error: "):
+            rows[current].append("error:" + line[len("  error: "):])
+        else:
+            rows[current] += line.split()
+    return rows
+
+
+def job_record(url: str, job_id: str) -> dict[str, Any]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    return {str(k): str(v) for k, v in client.hgetall(f"flowers:job:{job_id}").items()}

@@ -1,0 +1,123 @@
+"""Redis restarted, killed or emptied in the middle of real label jobs: the job, or its rerun,
+ends with exactly one row per photo. Real Redis with the compose file's persistence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowers.worker.embedded import RedisServer, free_port, start_redis
+from tests.conftest import (
+    REPO,
+    WorkerFactory,
+    flowers_env,
+    part_paths,
+    resumed_counts,
+    run_flowers,
+    wait_for,
+)
+from tests.fault_data import (
+    PERSISTENT,
+    assert_complete,
+    label_args,
+    label_until_parts,
+    parts_written,
+)
+
+pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[Callable[[bool], RedisServer]]:
+    """Starts (and restarts, on the same port) a redis-server with compose's persistence."""
+    port = free_port()
+    servers: list[RedisServer] = []
+
+    def start(keep_data: bool = True) -> RedisServer:
+        directory = tmp_path / ("redis-data" if keep_data else f"redis-empty-{len(servers)}")
+        servers.append(start_redis(directory, port, *PERSISTENT))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_redis_restarted_mid_job_keeps_the_job(
+    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
+    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server = persistent_redis(True)
+    output = tmp_path / "out.csv"
+    label_until_parts(server.url, start_workers, label_args(photos, trained_bundle[0], output),
+                      flowers_env(flowers_home, server.url, weights_dir), output, 2,
+                      FLOWERS_VISIBILITY_TIMEOUT="10")
+    server.stop()
+    time.sleep(2)
+    persistent_redis(True)
+    wait_for(output.exists, what="the output after Redis came back")
+    assert_complete(output, photos)
+
+
+def test_redis_killed_mid_job_keeps_the_job(
+    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
+    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A crash, not a shutdown: with AOF fsynced every second, at most the last second of
+    writes is lost. What that loses: a chunk whose acknowledgement is lost comes back and
+    rewrites its part; a chunk whose taking (the pop off the list) was kept but whose record as
+    in a worker's hands was not is gone from Redis, and the waiting command sends it again."""
+    assert PERSISTENT[PERSISTENT.index("--appendfsync") + 1] == "everysec"
+    server = persistent_redis(True)
+    output = tmp_path / "out.csv"
+    start_workers(1, broker_url=server.url, FLOWERS_VISIBILITY_TIMEOUT="10")
+    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
+                            *label_args(photos, trained_bundle[0],
+                                                                     output)],
+                           env=flowers_env(flowers_home, server.url, weights_dir), cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: parts_written(output) >= 2, what="2 chunks")
+        server.process.kill()
+        server.process.wait()
+        time.sleep(1)
+        persistent_redis(True)
+        _, stderr = cli.communicate(timeout=240)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, stderr
+    assert_complete(output, photos)
+    assert f"cannot reach Redis at {server.url}" in stderr and \
+        f"Redis at {server.url} answers again" in stderr, "the wait without Redis is said"
+    print("chunks sent again after the crash:" if "were lost" in stderr else "none lost",
+          stderr.strip().splitlines()[-1:])
+
+
+def test_redis_restarted_empty_then_the_rerun_finishes(
+    persistent_redis: Callable[[bool], RedisServer], start_workers: WorkerFactory,
+    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server = persistent_redis(True)
+    env = flowers_env(flowers_home, server.url, weights_dir)
+    output = tmp_path / "out.csv"
+    args = label_args(photos, trained_bundle[0], output)
+    label_until_parts(server.url, start_workers, args, env, output, 3)
+    server.stop()
+    persistent_redis(False)  # the same address, its data lost
+    time.sleep(1)
+    parts = output.with_name(output.name + ".parts")
+    before = len(part_paths(parts))
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    done, to_go = resumed_counts(rerun.stderr)
+    assert done >= before >= 12 and done + to_go == 48, "only the missing photos relabelled"
+    assert_complete(output, photos)
