@@ -20,8 +20,8 @@ from tests.conftest import (
     flowers_env,
     part_paths,
     run_flowers,
-    wait_for,
 )
+from tests.fault_data import label_until_parts
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -43,15 +43,10 @@ def test_a_resume_keeps_only_rows_that_still_describe_their_photo(
     output = tmp_path / "labels.csv"
     args = ("label-dir", str(small), "--model", str(bundle), "--output", str(output),
             "--chunk-size", "2", "--batch-size", "2")
-    worker = start_workers(1)
-    queued = run_flowers(*args, "--no-wait", env=env)
-    assert queued.returncode == 0, queued.stderr
-    parts = tmp_path / "labels.csv.parts"
-    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 4, timeout=120, what="4 chunks",
-             interval=0.05)
+    worker = label_until_parts(redis_url, start_workers, args, env, output, 4)
     worker.kill()
     redis.Redis.from_url(redis_url).delete("flowers")  # the queued chunks are lost too
-    labelled = sorted(set(part_paths(parts)))
+    labelled = sorted(set(part_paths(tmp_path / "labels.csv.parts")))
     assert 8 <= len(labelled) < 20, "interrupted mid-way"
 
     deleted, replaced = labelled[:2], labelled[2:4]

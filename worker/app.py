@@ -1,6 +1,7 @@
 """The Celery app: JSON-only messages on Redis, settings fit for long batch work.
 
-Imports no TensorFlow: `celery -A worker.app worker` forks its pool before any model exists.
+Imports no TensorFlow: `celery -A flowers.worker.app worker` forks its pool before any model
+exists.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class LostChunkSweep(bootsteps.StartStopStep):
 
 def checked_settings() -> Settings:
     """This process's settings (`Settings.load`). A bad FLOWERS_* variable ends the process
-    with one line, not a traceback: `celery -A worker.app worker` imports this module before
+    with one line, not a traceback: `celery -A flowers.worker.app worker` imports this module before
     anything else of flowers runs (`flowers` itself has checked them before it gets here)."""
     try:
         return Settings.load()

@@ -184,10 +184,9 @@ def stage_process() -> photo_stage.StageProcess:
 def photo_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     """Fills the shared cache for one chunk of a training job's photos (see
     `worker.photo_stage`); the worker that finishes the job's last chunk sends `flowers.fit`."""
-    if (stop := _live_job("flowers.photo_chunk", chunk)) is not None:
-        return stop
-    job_id: str = chunk["job_id"]
-    store = job_store()
+    if isinstance(live := _live_job("flowers.photo_chunk", chunk), dict):
+        return live
+    job_id, store = live
     try:
         record = store.get(job_id)
         kind = messages.kind(chunk.get("kind"))
@@ -258,10 +257,9 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     with the job's record before anything is read or written. The worker that finishes a
     job's last chunk assembles its output.
     """
-    if (stop := _live_job("flowers.label_chunk", chunk)) is not None:
-        return stop
-    job_id: str = chunk["job_id"]
-    store = job_store()
+    if isinstance(live := _live_job("flowers.label_chunk", chunk), dict):
+        return live
+    job_id, store = live
     try:
         record = store.get(job_id)
         task = LabelChunk.from_message(chunk, int(record.get("chunks_listed") or 0) or None)
@@ -318,19 +316,21 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     return {"rows": len(rows), "errors": errors}
 
 
-def _live_job(task_name: str, chunk: Any) -> dict[str, Any] | None:
-    """None when `chunk` names a job as flowers makes them and it is going on; else what the
-    task returns: skipped for an ended job, refused (logged) for a malformed or unknown id."""
+def _live_job(task_name: str, chunk: Any) -> tuple[str, JobStore] | dict[str, Any]:
+    """The job `chunk` names, and the job records, when its id is one flowers makes and the
+    job is going on; else what the task returns: skipped for an ended job, refused (logged)
+    for a malformed or unknown id."""
     try:
         job_id = messages.job_id(chunk.get("job_id") if isinstance(chunk, dict) else None)
     except MessageError as exc:
         return _refused(task_name, exc)
-    state = job_store().state(job_id)
+    store = job_store()
+    state = store.state(job_id)
     if state in FINAL_STATES:
         return {"skipped": True}
     if not state:
         return _refused(task_name, MessageError(f"no job {job_id} on this Redis"))
-    return None
+    return job_id, store
 
 
 def _refused(task_name: str, error: MessageError) -> dict[str, Any]:
