@@ -100,9 +100,10 @@ def _register() -> None:
     from flowers.cli.run_worker import worker
     from flowers.cli.status import status
     from flowers.cli.train import train
+    from flowers.cli.workers import workers
 
     for command in (architectures, train, evaluate, import_poets, label_dir, label, export,
-                    review, status, cancel, cache, worker):
+                    review, status, cancel, cache, worker, workers):
         cli.add_command(command)
 
 

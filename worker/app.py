@@ -7,15 +7,17 @@ exists.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, ClassVar
 
 import redis
 from celery import Celery, bootsteps
 
 from flowers.models.errors import SettingsError
+from flowers.worker import liveness
 from flowers.worker.jobs import patient_client
 from flowers.worker.lost_chunks import SWEEP_SECONDS, Sweeper
-from flowers.worker.settings import Settings
+from flowers.worker.settings import HEARTBEAT_SECONDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("flowers", include=["flowers.worker.tasks"])
     configure(app, settings, settings.broker_url or LOCAL_BROKER_URL)
     app.steps["worker"].add(LostChunkSweep)  # lost chunks of the label jobs no CLI waits on
+    app.steps["worker"].add(Heartbeat)  # this worker's record on Redis (worker.liveness)
     return app
 
 
@@ -61,19 +64,19 @@ def configure(app: Celery, settings: Settings, broker_url: str) -> None:
     )
 
 
-class LostChunkSweep(bootsteps.StartStopStep):
-    """Runs `worker.lost_chunks.Sweeper` every `SWEEP_SECONDS` on the worker's timer, in its
-    main process: chunks lost from the label jobs no CLI waits on are sent again."""
+class RepeatedStep(bootsteps.StartStopStep):
+    """A bootstep that calls `run(worker)` every `interval` seconds on the worker's timer, in
+    its main process (whatever its pool processes are doing), from its start to its stop."""
 
     requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+    interval: ClassVar[float]
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.tref: Any = None
-        self.sweeper: Sweeper | None = None
 
     def start(self, worker: Any) -> None:
-        self.tref = worker.timer.call_repeatedly(SWEEP_SECONDS, self.sweep, (worker,),
+        self.tref = worker.timer.call_repeatedly(self.interval, self.run, (worker,),
                                                  priority=10)
 
     def stop(self, worker: Any) -> None:
@@ -81,7 +84,18 @@ class LostChunkSweep(bootsteps.StartStopStep):
             self.tref.cancel()
             self.tref = None
 
-    def sweep(self, worker: Any) -> None:
+    def run(self, worker: Any) -> None:
+        raise NotImplementedError
+
+
+class LostChunkSweep(RepeatedStep):
+    """Runs `worker.lost_chunks.Sweeper` every `SWEEP_SECONDS`: chunks lost from the label
+    jobs no CLI waits on are sent again."""
+
+    interval = SWEEP_SECONDS
+    sweeper: Sweeper | None = None
+
+    def run(self, worker: Any) -> None:
         worker_app = worker.app
         try:
             if self.sweeper is None:
@@ -96,10 +110,49 @@ class LostChunkSweep(bootsteps.StartStopStep):
             log.exception("the sweep for lost chunks failed")
 
 
+class Heartbeat(RepeatedStep):
+    """Writes this worker's record on Redis (`worker.liveness`) as it starts and every
+    `HEARTBEAT_SECONDS` after; removes it when the worker stops warmly."""
+
+    interval = HEARTBEAT_SECONDS
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.client: redis.Redis | None = None
+        self.started = time.time()
+
+    def start(self, worker: Any) -> None:
+        self.run(worker)
+        super().start(worker)
+
+    def stop(self, worker: Any) -> None:
+        super().stop(worker)
+        if self.client is not None:
+            try:
+                liveness.forget(self.client, worker.hostname)
+            except redis.RedisError as exc:
+                log.warning("could not remove this worker's record from Redis: %s", exc)
+
+    def run(self, worker: Any) -> None:
+        from celery.worker import state
+
+        try:
+            if self.client is None:  # not patient: a beat that cannot be written is skipped
+                self.client = redis.Redis.from_url(worker.app.conf.broker_url,
+                                                   socket_timeout=3, socket_connect_timeout=3)
+            tasks = [liveness.held_task(request) for request in list(state.active_requests)]
+            liveness.beat(self.client, worker.hostname, worker.app.conf.task_default_queue,
+                          self.started, tasks, settings.worker_timeout)
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written (Redis: %s)", exc)
+        except Exception:
+            log.exception("heartbeat failed")
+
+
 def checked_settings() -> Settings:
     """This process's settings (`Settings.load`). A bad FLOWERS_* variable ends the process
-    with one line, not a traceback: `celery -A flowers.worker.app worker` imports this module before
-    anything else of flowers runs (`flowers` itself has checked them before it gets here)."""
+    with one line, not a traceback: `celery -A flowers.worker.app worker` imports this module
+    before anything else of flowers runs (`flowers` itself has checked them before it gets here)."""
     try:
         return Settings.load()
     except SettingsError as exc:

@@ -27,6 +27,8 @@ FLOWERS_JOB_TTL             604800       60 to 315360000 (ten years) seconds a j
                                          on Redis after it last changed (a week)
 FLOWERS_QUEUED_CHUNKS       256          1 to 1000000 chunks of one labelling job sent to Redis
                                          and not yet done; keep it above the worker processes
+FLOWERS_WORKER_TIMEOUT      30           6 to 3600 seconds a worker may go without a heartbeat
+                                         (every 5 s) before it is taken for dead
 FLOWERS_ALLOWED_ROOTS       unset        existing folders, absolute, separated by ':', that
                                          tasks may read and write (unset: no confinement)
 FLOWERS_DEBUG               unset        1/0, true/false, yes/no, on/off: tracebacks and debug
@@ -97,6 +99,12 @@ JOB_TTL = WholeNumber(
     "; a running job's record must outlive the gaps between its updates")
 QUEUED_CHUNKS = WholeNumber("FLOWERS_QUEUED_CHUNKS", 256, 1, 1_000_000, "chunks",
                             "; keep it above the cluster's worker processes")
+# How often a worker tells Redis it is alive (worker.liveness).
+HEARTBEAT_SECONDS = 5
+WORKER_TIMEOUT = WholeNumber(
+    "FLOWERS_WORKER_TIMEOUT", 30, HEARTBEAT_SECONDS + 1, 3600, "seconds",
+    f"; above the heartbeat interval ({HEARTBEAT_SECONDS} s): a worker silent this long is "
+    "taken for dead")
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Settings:
     allowed_roots: tuple[Path, ...] = ()
     job_ttl: int = 7 * 24 * 3600
     queued_chunks: int = 256
+    worker_timeout: int = 30
     debug: bool = False
 
     @classmethod
@@ -133,6 +142,7 @@ class Settings:
             runtime=_runtime(env.get("FLOWERS_RUNTIME")),
             job_ttl=JOB_TTL.read(env),
             queued_chunks=QUEUED_CHUNKS.read(env),
+            worker_timeout=WORKER_TIMEOUT.read(env),
             allowed_roots=_allowed_roots(env.get("FLOWERS_ALLOWED_ROOTS")),
             debug=_flag("FLOWERS_DEBUG", env.get("FLOWERS_DEBUG")),
         )
