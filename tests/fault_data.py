@@ -28,7 +28,8 @@ def read_paths(output: Path) -> list[str]:
 
 
 def assert_complete(output: Path, photos: Path) -> None:
-    expected = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg"))
+    expected = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*")
+                      if p.suffix in (".jpg", ".png"))
     assert read_paths(output) == expected, "exactly one row per photo"
 
 

@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
+from PIL import Image
 
 BROKEN = {"broken/empty.jpg": b"", "broken/text.JPG": b"just some text\n"}
 
@@ -55,3 +57,13 @@ def parse_label_output(text: str) -> dict[str, list[str]]:
 def job_record(url: str, job_id: str) -> dict[str, Any]:
     client = redis.Redis.from_url(url, decode_responses=True)
     return {str(k): str(v) for k, v in client.hgetall(f"flowers:job:{job_id}").items()}
+
+
+def slow_photo(path: Path, side: int = 7000) -> Path:
+    """A photo that takes a while to decode (a PNG of side x side pixels): a chunk holding it
+    is still in a worker's hands well after the chunks before it are done, however fast they
+    are, so a test can interrupt a job mid-way without racing it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gradient = np.linspace(0, 255, side, dtype=np.uint8)
+    Image.fromarray(np.dstack([np.tile(gradient, (side, 1))] * 3)).save(path, compress_level=1)
+    return path

@@ -36,6 +36,7 @@ from tests.conftest import (
     wait_for_job,
 )
 from tests.fault_data import assert_complete, label_args, label_until_parts, parts_written
+from tests.label_data import slow_photo
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -73,6 +74,7 @@ def test_whole_worker_killed_and_another_started_later(
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
     output = tmp_path / "out.csv"
+    slow_photo(photos / "tulips" / "zz-big.png")  # the last chunk: still running at the kill
     first = label_until_parts(redis_url, start_workers,
                               label_args(photos, trained_bundle[0], output),
                               flowers_env(flowers_home, redis_url, weights_dir), output, 2,
