@@ -34,6 +34,7 @@ from pathlib import Path
 import redis
 
 from flowers.models.errors import QueueUnavailableError
+from flowers.worker.train_process import libc, parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -141,29 +142,21 @@ def stop_group_with_parent(parent: int) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     signal.signal(PARENT_GONE, kill_group)
-    death_signal = _end_with_parent(PARENT_GONE)
-    if death_signal is None:
-        return
-    death_signal()
-    if os.getppid() != parent:  # it died before the request above
+    if parent_death_signal(PARENT_GONE) and os.getppid() != parent:  # it died before
         kill_group(PARENT_GONE, None)
 
 
 def _end_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """For a child process: `signum` when the process that started it dies (Linux's
-    PR_SET_PDEATHSIG), so a command killed outright leaves no local Redis or worker behind.
-    Only from the main thread: the signal comes when the *thread* that started the child ends."""
-    if not sys.platform.startswith("linux") or \
-            threading.current_thread() is not threading.main_thread():
+    """For a child process to start (`preexec_fn`): `signum` when the process that started it
+    dies, so a command killed outright leaves no local Redis behind. Only from the main
+    thread: the signal comes when the *thread* that started the child ends."""
+    if threading.current_thread() is not threading.main_thread() or libc() is None:
         return None
-    import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    def ask() -> None:
+        parent_death_signal(signum)
 
-    def set_death_signal() -> None:
-        libc.prctl(1, signum)  # 1: PR_SET_PDEATHSIG
-
-    return set_death_signal
+    return ask
 
 
 # Seconds an interrupted command gives its worker's processes to exit before killing them.

@@ -165,10 +165,9 @@ def drop_stale_rows(parts_dir: Path, photo_dir: Path, k: int) -> Freshness:
         rows = [row for row in _read_rows(part) if row]
         for row in rows:
             photo = photo_dir / row[0]
-            stamp = photo_stamp(photo)
             if not walked(row[0]) or not _still_a_photo(photo):
                 vanished += 1
-            elif not stamp or len(row) != 2 * k + 3 or row[-1] != stamp:
+            elif len(row) != 2 * k + 3 or not (stamp := photo_stamp(photo)) or row[-1] != stamp:
                 changed += 1  # a photo that cannot be read is tried again, as a fresh run would
             else:
                 fresh.append(row)

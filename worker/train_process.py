@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import cache
 from typing import Any
 
 from flowers.models.errors import FlowersError
@@ -44,14 +45,32 @@ def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str
     return process
 
 
-def die_with_parent() -> None:
-    """Asks Linux to SIGKILL this process when the one that started it dies."""
-    parent = int(os.environ.get(PARENT_ENV) or 0)
+@cache
+def libc() -> Any:
+    """The C library (loaded once: load it before a fork, not in the child), or None."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: an orphan finishes its training alone
+        library = ctypes.CDLL(None, use_errno=True)
+        return library if hasattr(library, "prctl") else None
+    except OSError:
+        return None
+
+
+def parent_death_signal(signum: int) -> bool:
+    """Asks Linux to send this process `signum` when the process (strictly: the thread) that
+    started it dies (PR_SET_PDEATHSIG); False where that cannot be asked (not Linux)."""
+    library = libc()
+    if library is None:
+        return False
+    library.prctl(1, signum)  # 1: PR_SET_PDEATHSIG
+    return True
+
+
+def die_with_parent() -> None:
+    """Asks Linux to SIGKILL this process when the one that started it dies."""
+    parent = int(os.environ.get(PARENT_ENV) or 0)
+    if not parent_death_signal(signal.SIGKILL):  # not Linux: an orphan finishes alone
         return
     if parent and os.getppid() != parent:  # the parent died before the request above
         os._exit(3)
