@@ -45,6 +45,7 @@ def test_pool_process_killed_mid_chunk(
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
     output = tmp_path / "out.csv"
+    slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
     worker = label_until_parts(redis_url, start_workers,
                                label_args(photos, trained_bundle[0], output, "--chunk-size", "8"),
                                flowers_env(flowers_home, redis_url, weights_dir), output, 2)
@@ -54,11 +55,13 @@ def test_pool_process_killed_mid_chunk(
     running: list[tuple[str, dict[str, Any]]] = []
 
     def caught_running() -> bool:
+        """The chunk with the slow photo is taken: it stays in hand for seconds, not
+        milliseconds, so the kill lands while it runs."""
         running[:] = [(task_id, chunk) for task_id, chunk in chunks_in_flight(redis_url)
-                      if not part_path(parts, chunk["job_id"], chunk["index"]).exists()]
+                      if slow in chunk["paths"]]
         return bool(running)
 
-    wait_for(caught_running, what="a chunk taken and not yet written", interval=0.02)
+    wait_for(caught_running, what="the slow photo's chunk taken", interval=0.02)
     os.kill(child, signal.SIGKILL)
     ((task_id, chunk),) = running
     assert not part_path(parts, chunk["job_id"], chunk["index"]).exists(), "killed mid-chunk"
