@@ -46,15 +46,25 @@ def command_lines(processes: list[psutil.Process]) -> list[str]:
     return lines
 
 
-def start_training(photos: Path, home: Path, weights: Path, output: Path, **popen: Any
+def as_a_terminal_starts_it(*ignored: signal.Signals) -> None:
+    """The signal dispositions of a command typed at a terminal, whatever this test inherited
+    (a test run started in the background by a shell ignores SIGINT): default, but `ignored`."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+
+
+def start_training(photos: Path, home: Path, weights: Path, output: Path,
+                   ignored: tuple[signal.Signals, ...] = ()
                    ) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
-    """`flowers train` with a local cluster, in a session of its own (as a terminal runs it),
-    returned once its worker trains, with every process it started by then."""
+    """`flowers train` with a local cluster, in a session of its own (as a terminal runs it,
+    with the signals `ignored` ignored), returned once its worker trains, with every process
+    it started by then."""
     command = subprocess.Popen(
         [sys.executable, "-m", "flowers.cli", "train", str(photos), "--output", str(output),
          "--architecture", SMALL_NETWORK, "--epochs", "200", "--views", "1"],
         env=flowers_env(home, None, weights), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: as_a_terminal_starts_it(*ignored))
     parent = psutil.Process(command.pid)
     started: list[psutil.Process] = []
 
@@ -123,7 +133,7 @@ def test_a_command_started_under_nohup_survives_its_terminal_closing(
     stops it and everything it started."""
     command, started = start_training(
         photo_subset, flowers_home, weights_dir, tmp_path / "bundle",
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        ignored=(signal.SIGHUP,))
     try:
         os.killpg(command.pid, signal.SIGHUP)
         time.sleep(2)
