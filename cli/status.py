@@ -15,6 +15,7 @@ from flowers.cli.queue import connect
 from flowers.models.bundle import MANIFEST_FILE, imported_from, imported_note, read_manifest
 from flowers.models.errors import FlowersError, UsageError
 from flowers.worker.jobs import JobStore
+from flowers.worker.recovery import waiting_on_dead
 
 
 def _bundle_lines(bundle: Path, manifest: dict[str, Any]) -> list[str]:
@@ -67,13 +68,16 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
             "flowers status reads jobs on a cluster: set FLOWERS_BROKER_URL to its Redis "
             "(or pass a bundle folder to describe it)"
         )
-    record = JobStore(connect(url)).get(job_id)
+    client = connect(url)
+    record = JobStore(client).get(job_id)
     if as_json:
         click.echo(json.dumps(record, indent=2, sort_keys=True))
         return
     click.echo(f"job {job_id}: {record.get('kind', '?')} {record['state']}")
     if record["state"] in ("queued", "running"):
         click.echo(f"  {describe(record)}")
+        for line in waiting_on_dead(client, job_id, obj.settings.worker_timeout):
+            click.echo(f"  {line}")
     if record.get("message"):
         click.echo(f"  {record['message']}")
     result = record.get("result")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import click
 
@@ -12,14 +11,15 @@ from flowers.cli.context import CliContext
 from flowers.cli.progress import format_seconds
 from flowers.cli.queue import connect
 from flowers.models.errors import UsageError
-from flowers.worker.liveness import WorkerRecord, read_workers
+from flowers.worker.liveness import WorkerRecord, read_workers, server_time
 
 
 def describe_worker(record: WorkerRecord, timeout: int, now: float) -> list[str]:
     """A worker's lines: its state, then one line a task it runs."""
     silent = record.silent_for(now)
     state = ("alive" if record.alive(timeout, now) else
-             f"DEAD (silent over FLOWERS_WORKER_TIMEOUT={timeout} s)")
+             f"DEAD (silent over FLOWERS_WORKER_TIMEOUT={timeout} s"
+             f"{', its tasks put back' if record.recovered else ''})")
     lines = [f"{record.name}  queue {record.queue}  pid {record.pid} on {record.host}  "
              f"last heartbeat {format_seconds(silent)} ago  {state}  "
              f"{len(record.tasks)} tasks in hand"]
@@ -39,8 +39,9 @@ def workers(obj: CliContext, as_json: bool) -> None:
     if settings.broker_url is None:
         raise UsageError("flowers workers needs FLOWERS_BROKER_URL: the cluster whose workers to "
                          "list (a command without it runs its own worker for its own run)")
-    found = read_workers(connect(settings.broker_url))
-    now = time.time()
+    client = connect(settings.broker_url)
+    found = read_workers(client)
+    now = server_time(client)
     if as_json:
         click.echo(json.dumps([{**record.__dict__,
                                 "silent_seconds": round(record.silent_for(now), 3),

@@ -67,6 +67,10 @@ class JobNotFoundError(FlowersError):
     """Raised when no job with the given id is known to Redis."""
 
 
+class JobEndedError(FlowersError):
+    """Raised in a task whose job has ended meanwhile (cancelled, or finished by another run)."""
+
+
 class JobFailedError(FlowersError):
     """Raised when a job ends in failure on a worker."""
 

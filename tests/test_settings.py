@@ -100,7 +100,7 @@ def test_values_in_range_are_taken(name: str, value: str, field: str, expected: 
     ("FLOWERS_QUEUE", "q" * 201, "at most 200"),
     ("FLOWERS_RUNTIME", "onnx", "litert, keras"),
     ("FLOWERS_DEBUG", "maybe", "give 1 or 0"),
-    ("FLOWERS_WORKER_TIMEOUT", "5", "above the heartbeat interval"),
+    ("FLOWERS_WORKER_TIMEOUT", "14", "at least three heartbeat intervals"),
     ("FLOWERS_BROKER_URL", "redis//x", "no scheme://"),
     ("FLOWERS_BROKER_URL", "localhost:6379", "no scheme://"),
     ("FLOWERS_BROKER_URL", "REDIS://host:6379/0", "scheme 'REDIS', not redis"),

@@ -14,7 +14,7 @@ from tests.conftest import SMALL_NETWORK, WorkerFactory, flowers_env, run_flower
 
 pytestmark = pytest.mark.queue
 
-TIMEOUT = "6"
+TIMEOUT = "15"
 
 
 def listed(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -53,7 +53,7 @@ def test_workers_are_listed_with_their_heartbeat_and_the_tasks_they_hold(
     (dead,) = listed(env)
     assert not dead["alive"] and dead["silent_seconds"] > int(TIMEOUT)
     shown = run_flowers("workers", env=env)
-    assert "DEAD (silent over FLOWERS_WORKER_TIMEOUT=6 s)" in shown.stdout, shown.stdout
+    assert f"DEAD (silent over FLOWERS_WORKER_TIMEOUT={TIMEOUT} s)" in shown.stdout, shown.stdout
     assert f"flowers.fit job {job_id}" in shown.stdout
 
     second = start_workers(1, FLOWERS_WORKER_TIMEOUT=TIMEOUT)
@@ -66,7 +66,7 @@ def test_workers_are_listed_with_their_heartbeat_and_the_tasks_they_hold(
 def test_a_worker_timeout_not_above_the_heartbeat_is_refused_at_start(
     redis_url: str, flowers_home: Path
 ) -> None:
-    env = {**flowers_env(flowers_home, redis_url, None), "FLOWERS_WORKER_TIMEOUT": "5"}
+    env = {**flowers_env(flowers_home, redis_url, None), "FLOWERS_WORKER_TIMEOUT": "10"}
     started = run_flowers("worker", env=env, timeout=60)
     assert started.returncode == 2, started.stderr
-    assert "FLOWERS_WORKER_TIMEOUT='5'" in started.stderr and "heartbeat" in started.stderr
+    assert "FLOWERS_WORKER_TIMEOUT='10'" in started.stderr and "heartbeat" in started.stderr

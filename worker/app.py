@@ -7,16 +7,16 @@ exists.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from typing import Any, ClassVar
 
 import redis
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 from flowers.models.errors import SettingsError
 from flowers.worker import liveness
-from flowers.worker.jobs import patient_client
 from flowers.worker.lost_chunks import SWEEP_SECONDS, Sweeper
+from flowers.worker.recovery import DeadWorkers, put_back
 from flowers.worker.settings import HEARTBEAT_SECONDS, Settings
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,11 @@ class LostChunkSweep(RepeatedStep):
         worker_app = worker.app
         try:
             if self.sweeper is None:
-                self.sweeper = Sweeper(patient_client(worker_app.conf.broker_url),
-                                       Settings.from_env())
+                # Not patient: this runs on the timer the heartbeats run on, which a call
+                # retrying for minutes would hold up; a sweep that fails runs again soon.
+                self.sweeper = Sweeper(redis.Redis.from_url(
+                    worker_app.conf.broker_url, socket_timeout=10, socket_connect_timeout=3),
+                    Settings.from_env())
             queue = worker_app.conf.task_default_queue
             self.sweeper(lambda name, argument: worker_app.send_task(
                 name, args=[argument], queue=queue))
@@ -111,42 +114,141 @@ class LostChunkSweep(RepeatedStep):
 
 
 class Heartbeat(RepeatedStep):
-    """Writes this worker's record on Redis (`worker.liveness`) as it starts and every
-    `HEARTBEAT_SECONDS` after; removes it when the worker stops warmly."""
+    """This worker's record on Redis (`worker.liveness`), written as it starts, every
+    `HEARTBEAT_SECONDS` after, and the instant it receives a task; removed when it stops, once
+    its last task has ended (a warm stop lets running tasks finish, and they must not look
+    dead meanwhile). Every beat also looks for dead workers and puts their tasks back on their
+    queue (`worker.recovery`)."""
 
     interval = HEARTBEAT_SECONDS
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        self.client: redis.Redis | None = None
-        self.started = time.time()
+        self.beat: liveness.Beat | None = None
+        self.dead: DeadWorkers | None = None
+        self.connection: Any = None
+        self.worker: Any = None
+        self.stopped = threading.Event()
 
     def start(self, worker: Any) -> None:
-        self.run(worker)
+        self.worker = worker
+        signals.task_received.connect(self.received, weak=False)
+        signals.worker_shutdown.connect(self.shut_down, weak=False)
+        self.write(worker)
         super().start(worker)
 
     def stop(self, worker: Any) -> None:
+        """Warm stop: beats on from a thread while tasks still run (the pool stops after this
+        step and waits for them), then removes the record."""
+        self.end(worker, drain=True)
+
+    def terminate(self, worker: Any) -> None:
+        """Cold stop: the running tasks are killed and their messages go back; the record goes."""
+        self.end(worker, drain=False)
+
+    def end(self, worker: Any, drain: bool) -> None:
         super().stop(worker)
-        if self.client is not None:
+        signals.task_received.disconnect(self.received)
+        if self.connection is not None:
+            self.connection.release()
+            self.connection = None
+        if drain and _tasks_running():
+            threading.Thread(target=self.beat_until_drained, args=(worker,),
+                             name="flowers-heartbeat-drain", daemon=True).start()
+        else:
+            self.forget()
+
+    def beat_until_drained(self, worker: Any) -> None:
+        while _tasks_running() and not self.stopped.wait(HEARTBEAT_SECONDS):
+            self.write(worker)
+        self.forget()
+
+    def forget(self) -> None:
+        self.stopped.set()
+        if self.beat is not None:
             try:
-                liveness.forget(self.client, worker.hostname)
+                self.beat.forget()
             except redis.RedisError as exc:
                 log.warning("could not remove this worker's record from Redis: %s", exc)
 
+    def shut_down(self, **_: Any) -> None:
+        """The worker has stopped, its pool with it: nothing runs any more."""
+        signals.worker_shutdown.disconnect(self.shut_down)
+        self.forget()
+
+    def received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        """A task just taken: listed before it runs, so that it goes back if this worker dies."""
+        worker = self.worker
+        if worker is not None and request is not None and \
+                sender is getattr(worker, "consumer", sender):
+            self.write(worker, request)
+
     def run(self, worker: Any) -> None:
+        if self.write(worker):
+            self.look_for_dead_workers(worker)
+        elif self.dead is not None:
+            self.dead.start_over()  # a watcher that could not beat could not watch either
+
+    def write(self, worker: Any, received: Any = None) -> bool:
+        """Writes this worker's record, with the task `received` when given; True if written."""
         from celery.worker import state
 
+        if self.stopped.is_set():  # the record is gone for good
+            return False
         try:
-            if self.client is None:  # not patient: a beat that cannot be written is skipped
-                self.client = redis.Redis.from_url(worker.app.conf.broker_url,
-                                                   socket_timeout=3, socket_connect_timeout=3)
-            tasks = [liveness.held_task(request) for request in list(state.active_requests)]
-            liveness.beat(self.client, worker.hostname, worker.app.conf.task_default_queue,
-                          self.started, tasks, settings.worker_timeout)
+            if self.beat is None:  # not patient: a beat that cannot be written is skipped
+                client = redis.Redis.from_url(worker.app.conf.broker_url,
+                                              socket_timeout=3, socket_connect_timeout=3)
+                self.beat = liveness.Beat(
+                    client, worker.hostname, worker.app.conf.task_default_queue,
+                    steady=_beats_while_tasks_run(worker),
+                    record_seconds=settings.visibility_timeout + settings.worker_timeout,
+                    claim_seconds=settings.visibility_timeout)
+            requests = {request.id: request for group in (
+                state.reserved_requests, state.active_requests,
+                getattr(state, "scheduled_requests", ())) for request in list(group)}
+            if received is not None:
+                requests[received.id] = received
+            self.beat(liveness.held_task(request) for request in requests.values())
+            return True
         except redis.RedisError as exc:
             log.warning("heartbeat not written (Redis: %s)", exc)
         except Exception:
             log.exception("heartbeat failed")
+        return False
+
+    def look_for_dead_workers(self, worker: Any) -> None:
+        try:
+            if self.dead is None and self.beat is not None:
+                connection = worker.app.connection_for_write()
+                try:
+                    channel = connection.default_channel
+                except Exception:
+                    connection.release()
+                    raise
+                self.connection = connection
+                self.dead = DeadWorkers(self.beat.client, settings.worker_timeout,
+                                        settings.visibility_timeout,
+                                        lambda tag: put_back(channel, tag))
+            if self.dead is not None:
+                self.dead()
+        except redis.RedisError as exc:
+            log.warning("the look for dead workers could not reach Redis: %s", exc)
+        except Exception:
+            log.exception("the look for dead workers failed")
+
+
+def _tasks_running() -> bool:
+    from celery.worker import state
+
+    return bool(state.active_requests)
+
+
+def _beats_while_tasks_run(worker: Any) -> bool:
+    """True for a pool whose tasks leave the worker's timer running (prefork, threads)."""
+    pool = getattr(worker, "pool_cls", None)
+    module = getattr(pool, "__module__", "") or str(pool)
+    return not any(name in module for name in ("solo", "eventlet", "gevent"))
 
 
 def checked_settings() -> Settings:

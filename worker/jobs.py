@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from typing import Any
@@ -21,17 +20,22 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from flowers.models.errors import FlowersError, JobNotFoundError
+from flowers.models.errors import FlowersError, JobEndedError, JobNotFoundError
 from flowers.worker.settings import redact_url
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "flowers:job:"
+# Workers' heartbeat records (`worker.liveness`); a finish claim names its holder's.
+WORKER_PREFIX = "flowers:worker:"
 TTL_SECONDS = 7 * 24 * 3600  # the default of FLOWERS_JOB_TTL
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
-# Records a finished chunk once; returns 1 when it was the job's last one.
+# Records a finished chunk once; returns 1 when it was the job's last one. A job that has ended
+# stays as it ended (a chunk of a worker cut off from Redis may finish late).
 _CHUNK_DONE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 if added == 1 then
@@ -76,6 +80,34 @@ redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[1], 'exit_code', 
            'updated', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
+"""
+
+# Writes fields (ARGV[3..], name then value) unless the job has ended; returns 1 when it did.
+_UPDATE_LIVE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[1] .. ':finish') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'updated', ARGV[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Takes a job's finish claim (KEYS[1]) for holder ARGV[1], "TASK_ID WORKER_ID", for ARGV[2]
+# seconds: when it is free, when this holder has it, or when the same task message holds it
+# on a worker whose heartbeat record (ARGV[3] .. WORKER_ID) is gone or marked recovered (that
+# worker died and the message was put back). Returns 1 when taken.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+local take = not held or held == ARGV[1]
+if not take then
+  local task, worker = string.match(held, '^(%S+) (%S+)$')
+  if task and task == string.match(ARGV[1], '^(%S+) ') then
+    local record = ARGV[3] .. worker
+    take = redis.call('EXISTS', record) == 0 or redis.call('HEXISTS', record, 'recovered') == 1
+  end
+end
+if take then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
+return 0
 """
 
 # Records that every chunk is enqueued; returns 1 when they are all done already.
@@ -163,6 +195,21 @@ class JobStore:
             pipe.expire(key, self.ttl)
             pipe.execute()
 
+    def update_live(self, job_id: str, claim: str = "", **fields: Any) -> bool:
+        """`update` unless the job has ended (or is gone), or, with a `claim` holder, unless
+        that holder no longer has the job's finish claim; False, changing nothing, then: what a
+        worker writes late (it was cut off from Redis, and its task ran again elsewhere) never
+        changes a job that has ended or another run has taken over."""
+        args: list[str | float] = [time.time(), self.ttl, claim]
+        for name, value in fields.items():
+            args += [name, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+        return bool(self.client.eval(_UPDATE_LIVE, 1, self._key(job_id), *args))
+
+    def succeed(self, job_id: str, result: dict[str, Any], claim: str = "") -> bool:
+        """Marks a job succeeded with its result, unless it has ended already or `claim` no
+        longer holds its finish claim (False)."""
+        return self.update_live(job_id, claim, state="succeeded", phase="done", result=result)
+
     def keep_photo_list(self, job_id: str, names: list[str]) -> None:
         """Keeps the photos a training job found when it started (relative paths), so that its
         training can name those gone by the time it runs."""
@@ -231,15 +278,14 @@ class JobStore:
         if self.client.exists(self._key(job_id)) and self.state(job_id) not in FINAL_STATES:
             self.update(job_id, state="cancelled", message=f"superseded by job {successor}")
 
-    def claim_finish(self, job_id: str, seconds: int, holder: str | None = None) -> bool:
-        """True for one caller at a time: the one that assembles the job's output (or trains
-        it). The claim lapses after `seconds` (the visibility timeout: a merge is part of a
-        task, which must end within it), in case its holder died while merging. A `holder`
-        (a task id) that claims again gets it back: a redelivered task's first run died."""
-        key = self._key(job_id) + ":finish"
-        if holder is None:  # held by this process's id, for the one call
-            return bool(self.client.set(key, str(os.getpid()), nx=True, ex=seconds))
-        return hold(self.client, key, holder, seconds)
+    def claim_finish(self, job_id: str, seconds: int, holder: str) -> bool:
+        """True for one run at a time: the one that assembles the job's output (or trains it).
+        `holder`: "TASK_ID WORKER_ID" (`worker.liveness.claim_holder`). The claim lasts
+        `seconds` (the visibility timeout), renewed by its worker's heartbeats while the task
+        runs, and lapses if nothing renews it. The same task message taken again after its
+        worker was found dead (its messages put back, `worker.recovery`) takes it over."""
+        return bool(self.client.eval(_CLAIM, 1, self._key(job_id) + ":finish", holder, seconds,
+                                     WORKER_PREFIX))
 
     def finish_claim_left(self, job_id: str) -> int:
         """Seconds until the claim of `claim_finish` lapses (0 if none is held)."""
@@ -270,9 +316,13 @@ class JobStore:
 class ProgressReporter:
     """Writes a task's progress to its job record at most `interval` seconds apart."""
 
-    def __init__(self, store: JobStore, job_id: str, interval: float = 0.5) -> None:
+    def __init__(self, store: JobStore, job_id: str, interval: float = 0.5,
+                 claim: str = "") -> None:
+        """`claim`: the finish-claim holder the task runs as, if any; progress stops the task
+        (`JobEndedError`) once the job has ended or that holder has lost the claim."""
         self.store = store
         self.job_id = job_id
+        self.claim = claim
         self.interval = interval
         self.phase = ""
         self.phase_started = time.monotonic()
@@ -286,5 +336,9 @@ class ProgressReporter:
             return
         elapsed = now - self.phase_started
         rate = done / elapsed if elapsed > 0 and done else 0.0
-        self.store.update(self.job_id, phase=phase, done=done, total=total, rate=round(rate, 2))
+        if not self.store.update_live(self.job_id, self.claim, phase=phase, done=done,
+                                      total=total, rate=round(rate, 2)):
+            raise JobEndedError(f"job {self.job_id} has ended (cancelled, or finished by "
+                                "another worker), or another run of it has taken it over: "
+                                "this run stops")
         self.last_write = now

@@ -27,7 +27,7 @@ FLOWERS_JOB_TTL             604800       60 to 315360000 (ten years) seconds a j
                                          on Redis after it last changed (a week)
 FLOWERS_QUEUED_CHUNKS       256          1 to 1000000 chunks of one labelling job sent to Redis
                                          and not yet done; keep it above the worker processes
-FLOWERS_WORKER_TIMEOUT      30           6 to 3600 seconds a worker may go without a heartbeat
+FLOWERS_WORKER_TIMEOUT      30           15 to 3600 seconds a worker may go without a heartbeat
                                          (every 5 s) before it is taken for dead
 FLOWERS_ALLOWED_ROOTS       unset        existing folders, absolute, separated by ':', that
                                          tasks may read and write (unset: no confinement)
@@ -102,9 +102,9 @@ QUEUED_CHUNKS = WholeNumber("FLOWERS_QUEUED_CHUNKS", 256, 1, 1_000_000, "chunks"
 # How often a worker tells Redis it is alive (worker.liveness).
 HEARTBEAT_SECONDS = 5
 WORKER_TIMEOUT = WholeNumber(
-    "FLOWERS_WORKER_TIMEOUT", 30, HEARTBEAT_SECONDS + 1, 3600, "seconds",
-    f"; above the heartbeat interval ({HEARTBEAT_SECONDS} s): a worker silent this long is "
-    "taken for dead")
+    "FLOWERS_WORKER_TIMEOUT", 30, 3 * HEARTBEAT_SECONDS, 3600, "seconds",
+    f"; at least three heartbeat intervals ({HEARTBEAT_SECONDS} s each), so that one late or "
+    "lost heartbeat is not taken for a death: a worker silent this long is taken for dead")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from flowers.worker.jobs import (
     patient_client,
 )
 from flowers.worker.label_job import LabelChunk, LabelJob
+from flowers.worker.liveness import claim_holder
 from flowers.worker.messages import MessageError
 from flowers.worker.shared_files import WRITE_IN, check_access, check_job_files
 
@@ -137,8 +138,8 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
     return {"chunks": len(chunks), "photos": len(photos)}
 
 
-def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, Any]
-                        ) -> dict[str, Any]:
+def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, Any],
+                        claim: str) -> dict[str, Any]:
     """Runs a whole-job task's training (train, evaluate) in a process of its own (see
     `worker.train_process`) and waits for it; its record moves from running to succeeded, or
     failed with the reason."""
@@ -147,7 +148,7 @@ def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, A
         return refused
     store.update(job_id, state="running", phase="starting", worker=task.request.hostname or "",
                  pid=os.getpid())
-    process = train_process.start(kind, job_id, request, app.conf.broker_url)
+    process = train_process.start(kind, job_id, request, app.conf.broker_url, claim)
     code = process.wait()
     record = store.get(job_id)
     if code in (0, 1) and record.get("state") in FINAL_STATES:
@@ -231,7 +232,8 @@ def fit(self: Task, job_id: str, kind: str) -> dict[str, Any]:
     store = job_store()
     if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}
-    if not store.claim_finish(job_id, settings.visibility_timeout, self.request.id):
+    claim = claim_holder(self.request.id)
+    if not store.claim_finish(job_id, settings.visibility_timeout, claim):
         # Another worker trains it, or died training: look again once its claim lapses.
         fit.apply_async(args=[job_id, kind], countdown=store.finish_claim_left(job_id) + 1)
         return {"deferred": True}
@@ -245,7 +247,7 @@ def fit(self: Task, job_id: str, kind: str) -> dict[str, Any]:
         stages = photo_stage.stages_of(kind, request)[1]
         request["photo_stages"] = {stage["recipe"]: photo_stage.stage_summary(record, n)
                                    for n, stage in enumerate(stages)}
-    return _run_in_own_process(self, job_id, kind, request)
+    return _run_in_own_process(self, job_id, kind, request, claim)
 
 
 @app.task(name="flowers.label_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -307,7 +309,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     errors = sum(1 for row in rows if row[-2])  # the error cell, before the stamp
     process = f"{os.getpid()}@{socket.gethostname()}"
     if store.chunk_done(job_id, task.index, len(rows), errors, process, cache.loads):
-        finish_label(job_id)
+        merge_label_job(job_id, claim_holder(self.request.id))
     else:
         try:
             feed(store, job_id, send_chunk)
@@ -343,17 +345,23 @@ def send_chunk(chunk: dict[str, Any]) -> None:
     label_chunk.apply_async(args=[chunk])
 
 
-@app.task(name="flowers.finish_label", acks_late=True, reject_on_worker_lost=True)
-def finish_label(job_id: str) -> dict[str, Any]:
+@app.task(name="flowers.finish_label", bind=True, acks_late=True, reject_on_worker_lost=True)
+def finish_label(self: Task, job_id: str) -> dict[str, Any]:
     """Merges a finished labelling job's parts into its output (once, whoever calls it)."""
     try:
         job_id = messages.job_id(job_id)
     except MessageError as exc:
         return _refused("flowers.finish_label", exc)
+    return merge_label_job(job_id, claim_holder(self.request.id))
+
+
+def merge_label_job(job_id: str, claim: str) -> dict[str, Any]:
+    """Merges job `job_id`'s parts into its output, as the task message `claim` names (the
+    merge task's, or the last chunk's that calls this): one run at a time holds the claim."""
     store = job_store()
     if store.state(job_id) in FINAL_STATES:
         return {"skipped": True}
-    if not store.claim_finish(job_id, settings.visibility_timeout):
+    if not store.claim_finish(job_id, settings.visibility_timeout, claim):
         # Another worker is merging, or died merging: look again once its claim lapses.
         finish_label.apply_async(args=[job_id], countdown=store.finish_claim_left(job_id) + 1)
         return {"deferred": True}
@@ -369,7 +377,8 @@ def finish_label(job_id: str) -> dict[str, Any]:
         return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
-    store.update(job_id, phase="writing")
+    if not store.update_live(job_id, claim, phase="writing"):
+        return {"skipped": True}  # ended, or another run of this merge took it over
     try:
         k = int(results.read_identity(parts_dir)["k"])
         partition_rows = record.get("request", {}).get("partition_rows")
@@ -381,5 +390,8 @@ def finish_label(job_id: str) -> dict[str, Any]:
     started = float(record.get("started", record["created"]))
     summary = {"output": record["output"], **counts, "labelled": record["done"],
                "seconds": round(time.time() - started, 3)}
-    store.update(job_id, state="succeeded", phase="done", result=summary)
+    if not store.succeed(job_id, summary, claim):
+        log.warning("job %s had ended before this merge of it finished; its record is left as "
+                    "it was", job_id)
+        return {"skipped": True}
     return summary

@@ -23,7 +23,7 @@ import sys
 from functools import cache
 from typing import Any
 
-from flowers.models.errors import FlowersError
+from flowers.models.errors import FlowersError, JobEndedError
 from flowers.worker.confine import check_allowed, photo_guard
 from flowers.worker.jobs import JobStore, ProgressReporter, patient_client
 from flowers.worker.settings import Settings
@@ -31,12 +31,17 @@ from flowers.worker.settings import Settings
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "FLOWERS_TRAIN_PARENT"
+# The finish claim's holder the training runs as (`JobStore.claim_finish`): its progress and
+# result are written only while that holder has the claim.
+CLAIM_ENV = "FLOWERS_TRAIN_CLAIM"
 
 
-def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str
+def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str, claim: str
           ) -> subprocess.Popen[bytes]:
-    """Starts the `kind` process for `job_id`; its logs go to this process's stderr."""
-    env = dict(os.environ, FLOWERS_BROKER_URL=broker_url, **{PARENT_ENV: str(os.getpid())})
+    """Starts the `kind` process for `job_id`, running as finish-claim holder `claim`; its
+    logs go to this process's stderr."""
+    env = dict(os.environ, FLOWERS_BROKER_URL=broker_url,
+               **{PARENT_ENV: str(os.getpid()), CLAIM_ENV: claim})
     process = subprocess.Popen([sys.executable, "-m", "flowers.worker.train_process", kind, job_id],
                                stdin=subprocess.PIPE, env=env)
     assert process.stdin is not None
@@ -76,8 +81,8 @@ def die_with_parent() -> None:
         os._exit(3)
 
 
-def _retrain(request: dict[str, Any], settings: Settings, store: JobStore,
-             job_id: str) -> dict[str, Any]:
+def _retrain(request: dict[str, Any], settings: Settings, progress: ProgressReporter
+             ) -> dict[str, Any]:
     from flowers.models.training.retrain import RetrainRequest, retrain
 
     retrain_request = RetrainRequest.from_dict(request)
@@ -88,13 +93,12 @@ def _retrain(request: dict[str, Any], settings: Settings, store: JobStore,
         check_allowed(retrain_request.summaries_dir, roots, "summaries folder")
     if retrain_request.weights not in ("imagenet", "none"):
         check_allowed(retrain_request.weights, roots, "weights file")
-    return retrain(retrain_request, settings.home, settings.weights_dir,
-                   progress=ProgressReporter(store, job_id), guard=photo_guard(roots),
-                   found=store.photo_list(job_id))
+    return retrain(retrain_request, settings.home, settings.weights_dir, progress=progress,
+                   guard=photo_guard(roots), found=progress.store.photo_list(progress.job_id))
 
 
-def _evaluate(request: dict[str, Any], settings: Settings, store: JobStore,
-              job_id: str) -> dict[str, Any]:
+def _evaluate(request: dict[str, Any], settings: Settings, progress: ProgressReporter
+              ) -> dict[str, Any]:
     from flowers.models.training.evaluate import EvaluateRequest, evaluate
 
     evaluate_request = EvaluateRequest.from_dict(request)
@@ -103,20 +107,24 @@ def _evaluate(request: dict[str, Any], settings: Settings, store: JobStore,
     if evaluate_request.training.weights not in ("imagenet", "none"):
         check_allowed(evaluate_request.training.weights, roots, "weights file")
     return evaluate(evaluate_request, settings.home, settings.weights_dir,
-                    progress=ProgressReporter(store, job_id), guard=photo_guard(roots))
+                    progress=progress, guard=photo_guard(roots))
 
 
 JOBS = {"retrain": _retrain, "evaluate": _evaluate}
 
 
 def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
-            store: JobStore) -> int:
-    """Runs the `kind` job of `request`, keeping the job's record; returns the exit code."""
+            store: JobStore, claim: str) -> int:
+    """Runs the `kind` job of `request` as finish-claim holder `claim`, keeping the job's
+    record; returns the exit code."""
     try:
         from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
         configure_tensorflow(settings.training_threads())
-        summary = JOBS[kind](request, settings, store, job_id)
+        summary = JOBS[kind](request, settings, ProgressReporter(store, job_id, claim=claim))
+    except JobEndedError as exc:
+        log.warning("%s", exc)
+        return 1
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
         store.fail(job_id, exc)
@@ -125,7 +133,10 @@ def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
         log.exception("job %s failed", job_id)
         store.fail(job_id, exc)
         return 1
-    store.update(job_id, state="succeeded", phase="done", result=summary)
+    if not store.succeed(job_id, summary, claim):
+        log.warning("job %s had ended before this run of it finished (another worker ran it "
+                    "again while this one was out of reach?); its record is left as it was",
+                    job_id)
     return 0
 
 
@@ -138,8 +149,12 @@ def main() -> None:
     settings = Settings.from_env()
     assert settings.broker_url is not None, "started by the retrain task with the broker URL"
     store = JobStore(patient_client(settings.broker_url), settings.job_ttl)
-    store.update(job_id, train_pid=os.getpid())
-    sys.exit(run_job(kind, job_id, request, settings, store))
+    claim = os.environ.get(CLAIM_ENV, "")
+    if not store.update_live(job_id, claim, train_pid=os.getpid()):
+        log.warning("job %s has ended, or another run of it has taken it over: this run stops "
+                    "before it starts", job_id)
+        sys.exit(1)
+    sys.exit(run_job(kind, job_id, request, settings, store, claim))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""Dead workers: a whole worker SIGKILLed (process group: main, pool, training) while it holds
+label chunks or trains; its tasks are back at work within FLOWERS_WORKER_TIMEOUT, not after the
+visibility timeout (an hour here, the default). Real Redis, real workers, real photos.
+
+Each test prints how long the job took to end after the kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from flowers.worker.liveness import UNACKED, read_workers
+from tests.conftest import (
+    REPO,
+    SMALL_NETWORK,
+    RunningWorker,
+    StartedWorkers,
+    WorkerFactory,
+    chunks_in_flight,
+    flowers_env,
+    run_flowers,
+    wait_for,
+    wait_for_job,
+)
+from tests.fault_data import assert_complete, label_args
+from tests.label_data import slow_photo
+
+pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+
+TIMEOUT = 15  # FLOWERS_WORKER_TIMEOUT in these tests (30 by default; 15 the least)
+# The visibility timeout at its default (the suite's workers otherwise run with 30 s): nothing
+# comes back through it in these tests but where one says so.
+SETTINGS = {"FLOWERS_WORKER_TIMEOUT": str(TIMEOUT), "FLOWERS_VISIBILITY_TIMEOUT": "3600"}
+
+
+def holder_of(broker_url: str, workers: list[RunningWorker], task_name: str,
+              job: str | None = None, task_id: str | None = None) -> RunningWorker | None:
+    """The worker whose heartbeat record lists a task `task_name` (of `job`, of id `task_id`)."""
+    for record in read_workers(redis.Redis.from_url(broker_url)):
+        for task in record.tasks:
+            if task["name"] == task_name and job in (None, task["job"]) and \
+                    task_id in (None, task["id"]):
+                return next((worker for worker in workers if worker.pid == record.pid), None)
+    return None
+
+
+def put_back_lines(worker: RunningWorker, task_name: str) -> list[str]:
+    return [line for line in worker.log().splitlines()
+            if "put its task" in line and f"{task_name}[" in line]
+
+
+def nothing_left_in_hand(broker_url: str) -> None:
+    """No message is left in kombu's `unacked` hash (nothing can come back an hour later) and
+    the queue is empty."""
+    client = redis.Redis.from_url(broker_url)
+    wait_for(lambda: not client.hlen(UNACKED) and not client.llen("flowers"), timeout=30,
+             what="no message left in a worker's hands or on the queue")
+
+
+def test_a_worker_killed_holding_label_chunks_is_taken_for_dead_and_its_chunk_redone(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """Two workers; the one holding the chunk with a slow photo is killed outright; the other
+    puts the chunk back after the worker timeout; one row per photo."""
+    output = tmp_path / "out.csv"
+    slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), **SETTINGS}
+    workers = [start_workers(1, **SETTINGS) for _ in range(2)]
+    assert run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait",
+                       env=env).returncode == 0
+    held: list[tuple[str, RunningWorker]] = []
+
+    def slow_chunk_held() -> bool:
+        for task_id, chunk in chunks_in_flight(redis_url):
+            worker = holder_of(redis_url, workers, "flowers.label_chunk", task_id=task_id)
+            if slow in chunk["paths"] and worker is not None:
+                held.append((task_id, worker))
+                return True
+        return False
+
+    wait_for(slow_chunk_held, what="a worker listed holding the slow photo's chunk",
+             interval=0.05)
+    ((task_id, doomed),) = held
+    doomed.kill()
+    killed = time.monotonic()
+    wait_for(output.exists, timeout=60, what="the output, within a minute of the kill")
+    took = time.monotonic() - killed
+    print(f"label job ended {took:.1f} s after the kill (FLOWERS_WORKER_TIMEOUT={TIMEOUT})")
+    assert took < TIMEOUT + 20
+    assert_complete(output, photos)
+    (survivor,) = [worker for worker in workers if worker is not doomed]
+    (line,) = put_back_lines(survivor, "flowers.label_chunk")
+    assert task_id in line and f"FLOWERS_WORKER_TIMEOUT={TIMEOUT} s" in line
+    nothing_left_in_hand(redis_url)
+
+
+def test_a_worker_killed_alone_waits_for_the_next_worker_and_status_says_so(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """The only worker is killed holding a chunk: `flowers status` names the dead worker and
+    says its task goes back once a worker runs; a worker started later puts it back."""
+    output = tmp_path / "out.csv"
+    slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), **SETTINGS}
+    first = start_workers(1, **SETTINGS)
+    queued = run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait", env=env)
+    job_id = queued.stdout.strip().splitlines()[-1]
+    wait_for(lambda: any(slow in chunk["paths"] for _, chunk in chunks_in_flight(redis_url)),
+             what="the slow photo's chunk (the last) in hand", interval=0.05)
+    first.kill()
+    killed = time.monotonic()
+    time.sleep(2.5 * 5)  # two heartbeats missed
+    status = run_flowers("status", job_id, env=env)
+    assert f"waiting on worker flowers-{first.pid}@" in status.stdout, status.stdout
+    assert "goes back to its queue once a worker is running" in status.stdout
+    wait_for(lambda: f"DEAD (silent over FLOWERS_WORKER_TIMEOUT={TIMEOUT} s)" in
+             run_flowers("workers", env=env).stdout, timeout=TIMEOUT,
+             what="flowers workers showing the worker dead", interval=1)
+
+    started = time.monotonic() - killed
+    second = start_workers(1, **SETTINGS)
+    wait_for(output.exists, timeout=60, what="the output after the next worker started")
+    print(f"label job ended {time.monotonic() - killed:.1f} s after the kill, the next worker "
+          f"started {started:.1f} s after it")
+    assert_complete(output, photos)
+    assert put_back_lines(second, "flowers.label_chunk")
+    assert "its tasks put back" in run_flowers("workers", env=env).stdout
+    nothing_left_in_hand(redis_url)
+
+
+def test_a_worker_killed_while_training_and_the_training_runs_again_elsewhere(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), **SETTINGS}
+    workers = [start_workers(1, **SETTINGS) for _ in range(2)]
+    output = tmp_path / "bundle"
+    queued = run_flowers("train", str(photos), "--output", str(output), "--architecture",
+                         SMALL_NETWORK, "--views", "1", "--epochs", "3", "--no-wait", env=env)
+    job_id = queued.stdout.strip().splitlines()[-1]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    # In its training process, past the photo stage: the training task's own work.
+    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
+             timeout=120, what="the training process started")
+    doomed = holder_of(redis_url, workers, "flowers.fit", job_id)
+    assert doomed is not None, "the worker that trains is listed holding flowers.fit"
+    doomed.kill()
+    killed = time.monotonic()
+    record = wait_for_job(job_id, env, "the training run again")
+    took = time.monotonic() - killed
+    print(f"training job ended {took:.1f} s after the kill (FLOWERS_WORKER_TIMEOUT={TIMEOUT}), "
+          f"its second training {record['result']['seconds']['total']:.1f} s of that")
+    assert record["state"] == "succeeded", record
+    assert took < TIMEOUT + 20 + record["result"]["seconds"]["total"]
+    assert (output / "manifest.json").is_file() and record["result"]["bundle"] == str(output)
+    (survivor,) = [worker for worker in workers if worker is not doomed]
+    assert len(put_back_lines(survivor, "flowers.fit")) == 1
+    nothing_left_in_hand(redis_url)
+
+
+def test_a_task_longer_than_every_timeout_on_a_live_worker_runs_once(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    """A training that runs past the worker timeout and twice the visibility timeout (10 s
+    here) on a live worker, with another worker looking: delivered once."""
+    short = {**SETTINGS, "FLOWERS_VISIBILITY_TIMEOUT": "10"}
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), **short}
+    workers = [start_workers(1, **short) for _ in range(2)]
+    queued = run_flowers("train", str(photos), "--output", str(tmp_path / "bundle"),
+                         "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "300",
+                         "--no-wait", env=env)
+    job_id = queued.stdout.strip().splitlines()[-1]
+    record = wait_for_job(job_id, env, "the long training", timeout=300)
+    assert record["state"] == "succeeded", record
+    training = record["result"]["seconds"]["total"]
+    print(f"the training ran {training:.1f} s")
+    assert training > 20, "the training outlasts both timeouts twice over"
+    logs = "".join(worker.log() for worker in workers)
+    received = [line for line in logs.splitlines()
+                if "Task flowers.fit[" in line and line.endswith("received")]
+    assert len(received) == 1, received
+    assert "put its task" not in logs
+
+
+def test_a_worker_with_no_heartbeat_keeps_its_tasks_until_the_visibility_timeout(
+    redis_url: str, start_workers: WorkerFactory, started_workers: StartedWorkers,
+    photos: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A mixed cluster: a worker of the flowers before heartbeats holds a chunk and dies.
+    Today's worker does not take the chunk from it (nothing says that worker is dead), says so
+    once, and the visibility timeout brings the chunk back."""
+    output = tmp_path / "out.csv"
+    slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
+    visibility = 45
+    mixed = {**SETTINGS, "FLOWERS_VISIBILITY_TIMEOUT": str(visibility)}
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), **mixed}
+    old = started_workers.run(
+        [sys.executable, "-m", "celery", "-A", "tests.old_worker_app", "worker",
+         "--pool=prefork", "--concurrency=1", "--loglevel=INFO", "--without-gossip",
+         "--without-mingle", f"--hostname=old-{os.getpid()}@localhost"],
+        env=env, cwd=REPO)
+    run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait", env=env)
+    wait_for(lambda: any(slow in chunk["paths"] for _, chunk in chunks_in_flight(redis_url)),
+             what="the old worker holding the slow photo's chunk (the last)", interval=0.05)
+    os.killpg(old.pid, signal.SIGSTOP)  # it keeps the chunk while today's worker starts
+    assert read_workers(redis.Redis.from_url(redis_url)) == [], "the old worker has no record"
+    new = start_workers(1, **mixed)
+    old.kill()
+    killed = time.monotonic()
+    wait_for(lambda: "no heartbeat" in new.log(), timeout=3 * TIMEOUT, what="the note")
+    time.sleep(TIMEOUT + 5)
+    assert chunks_in_flight(redis_url), "the old worker's chunk is still where it was"
+    assert not output.exists()
+    wait_for(output.exists, timeout=visibility + 30, what="the output after the visibility timeout")
+    took = time.monotonic() - killed
+    print(f"label job ended {took:.1f} s after the kill, FLOWERS_VISIBILITY_TIMEOUT={visibility}")
+    assert took > visibility - 5
+    assert_complete(output, photos)
+    assert new.log().count("no heartbeat") == 1
+    assert "put its task" not in new.log()
