@@ -65,50 +65,14 @@ def nothing_left_in_hand(broker_url: str) -> None:
              what="no message left in a worker's hands or on the queue")
 
 
-def test_a_worker_killed_holding_label_chunks_is_taken_for_dead_and_its_chunk_redone(
-    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
-    flowers_home: Path, weights_dir: Path, tmp_path: Path,
-) -> None:
-    """Two workers; the one holding the chunk with a slow photo is killed outright; the other
-    puts the chunk back after the worker timeout; one row per photo."""
-    output = tmp_path / "out.csv"
-    slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
-    env = {**flowers_env(flowers_home, redis_url, weights_dir), **SETTINGS}
-    workers = [start_workers(1, **SETTINGS) for _ in range(2)]
-    assert run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait",
-                       env=env).returncode == 0
-    held: list[tuple[str, RunningWorker]] = []
-
-    def slow_chunk_held() -> bool:
-        for task_id, chunk in chunks_in_flight(redis_url):
-            worker = holder_of(redis_url, workers, "flowers.label_chunk", task_id=task_id)
-            if slow in chunk["paths"] and worker is not None:
-                held.append((task_id, worker))
-                return True
-        return False
-
-    wait_for(slow_chunk_held, what="a worker listed holding the slow photo's chunk",
-             interval=0.05)
-    ((task_id, doomed),) = held
-    doomed.kill()
-    killed = time.monotonic()
-    wait_for(output.exists, timeout=60, what="the output, within a minute of the kill")
-    took = time.monotonic() - killed
-    print(f"label job ended {took:.1f} s after the kill (FLOWERS_WORKER_TIMEOUT={TIMEOUT})")
-    assert took < TIMEOUT + 20
-    assert_complete(output, photos)
-    (survivor,) = [worker for worker in workers if worker is not doomed]
-    (line,) = put_back_lines(survivor, "flowers.label_chunk")
-    assert task_id in line and f"FLOWERS_WORKER_TIMEOUT={TIMEOUT} s" in line
-    nothing_left_in_hand(redis_url)
-
-
 def test_a_worker_killed_alone_waits_for_the_next_worker_and_status_says_so(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
-    """The only worker is killed holding a chunk: `flowers status` names the dead worker and
-    says its task goes back once a worker runs; a worker started later puts it back."""
+    """The only worker is killed outright (its whole process group) holding a label chunk:
+    `flowers status` names the silent worker and says its task goes back once a worker runs;
+    `flowers workers` lists it dead; a worker started later watches it for the timeout, puts
+    the chunk back (and says so once) and the job ends with one row per photo."""
     output = tmp_path / "out.csv"
     slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
     env = {**flowers_env(flowers_home, redis_url, weights_dir), **SETTINGS}
@@ -123,17 +87,20 @@ def test_a_worker_killed_alone_waits_for_the_next_worker_and_status_says_so(
     status = run_flowers("status", job_id, env=env)
     assert f"waiting on worker flowers-{first.pid}@" in status.stdout, status.stdout
     assert "goes back to its queue once a worker is running" in status.stdout
-    wait_for(lambda: f"DEAD (silent over FLOWERS_WORKER_TIMEOUT={TIMEOUT} s)" in
-             run_flowers("workers", env=env).stdout, timeout=TIMEOUT,
-             what="flowers workers showing the worker dead", interval=1)
 
     started = time.monotonic() - killed
     second = start_workers(1, **SETTINGS)
+    wait_for(lambda: f"DEAD (silent over FLOWERS_WORKER_TIMEOUT={TIMEOUT} s)" in
+             run_flowers("workers", env=env).stdout, timeout=TIMEOUT,
+             what="flowers workers showing the worker dead", interval=1)
     wait_for(output.exists, timeout=60, what="the output after the next worker started")
     print(f"label job ended {time.monotonic() - killed:.1f} s after the kill, the next worker "
           f"started {started:.1f} s after it")
+    took = time.monotonic() - killed
+    assert took < started + TIMEOUT + 20
     assert_complete(output, photos)
-    assert put_back_lines(second, "flowers.label_chunk")
+    (line,) = put_back_lines(second, "flowers.label_chunk")
+    assert f"FLOWERS_WORKER_TIMEOUT={TIMEOUT} s" in line and job_id in line
     assert "its tasks put back" in run_flowers("workers", env=env).stdout
     nothing_left_in_hand(redis_url)
 
@@ -178,7 +145,7 @@ def test_a_task_longer_than_every_timeout_on_a_live_worker_runs_once(
     env = {**flowers_env(flowers_home, redis_url, weights_dir), **short}
     workers = [start_workers(1, **short) for _ in range(2)]
     queued = run_flowers("train", str(photos), "--output", str(tmp_path / "bundle"),
-                         "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "300",
+                         "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "260",
                          "--no-wait", env=env)
     job_id = queued.stdout.strip().splitlines()[-1]
     record = wait_for_job(job_id, env, "the long training", timeout=300)
@@ -199,11 +166,12 @@ def test_a_worker_with_no_heartbeat_keeps_its_tasks_until_the_visibility_timeout
     tmp_path: Path,
 ) -> None:
     """A mixed cluster: a worker of the flowers before heartbeats holds a chunk and dies.
-    Today's worker does not take the chunk from it (nothing says that worker is dead), says so
-    once, and the visibility timeout brings the chunk back."""
+    Today's worker does not take the chunk from it (nothing says that worker is dead) and says
+    so once: the chunk is left to the visibility timeout, as before heartbeats (kombu's restore,
+    which the suite's other fault tests show at work)."""
     output = tmp_path / "out.csv"
     slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
-    visibility = 45
+    visibility = 3600
     mixed = {**SETTINGS, "FLOWERS_VISIBILITY_TIMEOUT": str(visibility)}
     env = {**flowers_env(flowers_home, redis_url, weights_dir), **mixed}
     old = started_workers.run(
@@ -220,13 +188,10 @@ def test_a_worker_with_no_heartbeat_keeps_its_tasks_until_the_visibility_timeout
     old.kill()
     killed = time.monotonic()
     wait_for(lambda: "no heartbeat" in new.log(), timeout=3 * TIMEOUT, what="the note")
-    time.sleep(TIMEOUT + 5)
+    time.sleep(TIMEOUT + 5)  # a worker with a record would have been found dead by now
     assert chunks_in_flight(redis_url), "the old worker's chunk is still where it was"
     assert not output.exists()
-    wait_for(output.exists, timeout=visibility + 30, what="the output after the visibility timeout")
-    took = time.monotonic() - killed
-    print(f"label job ended {took:.1f} s after the kill, FLOWERS_VISIBILITY_TIMEOUT={visibility}")
-    assert took > visibility - 5
-    assert_complete(output, photos)
     assert new.log().count("no heartbeat") == 1
     assert "put its task" not in new.log()
+    print(f"the old worker's chunk still in hand {time.monotonic() - killed:.1f} s after "
+          f"its kill (FLOWERS_VISIBILITY_TIMEOUT={visibility} s rules it)")
