@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from flowers.models.decode import load_image
+from flowers.models.training.calibration import expected_calibration_error, scale
 from tests.conftest import SMALL_NETWORK, copy_subset
 
 
@@ -54,6 +55,16 @@ def test_the_bundle_names_its_recipe_and_loads_in_safe_mode(
     accuracy = float(np.mean(probabilities.argmax(axis=1) == truth))
     assert accuracy == pytest.approx(bundle.manifest["metrics"]["test_accuracy"])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # Its calibration figures are those of the bundle's own test probabilities.
+    calibration = bundle.manifest["calibration"]
+    assert calibration["method"] == "temperature" and 0.05 <= calibration["temperature"] <= 20
+    assert calibration["fitted_on"] == {"photos": len(split["validation"])}
+    labels = np.array(truth)
+    assert calibration["test_ece_before"] == pytest.approx(
+        expected_calibration_error(probabilities, labels), abs=1e-4)
+    assert calibration["test_ece_after"] == pytest.approx(
+        expected_calibration_error(scale(probabilities, calibration["temperature"]), labels),
+        abs=1e-3)
     # Flip averaging is inside the model: a photo and its mirror image get the same answer.
     mirrored = bundle.model.predict(pixels[:, :, ::-1].astype(np.float32), verbose=0)
     np.testing.assert_allclose(mirrored, probabilities, atol=1e-5)

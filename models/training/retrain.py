@@ -23,6 +23,7 @@ from flowers.models import bundle, dataset, networks
 from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.errors import DatasetError
 from flowers.models.training import head, report, trainer
+from flowers.models.training.calibration import calibrate
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ def retrain(
         name: head.metrics(probabilities[name], labels[rows[name]], data.class_names)
         for name in dataset.SETS
     }
+    calibration = calibrate((probabilities["validation"], labels[rows["validation"]]),
+                            (probabilities["testing"], labels[rows["testing"]]))
     misclassified = _misclassified(probabilities["testing"], kept, rows["testing"], data)
     if request.summaries_dir:
         head.write_summaries(fitted.history, Path(request.summaries_dir))
@@ -193,6 +196,7 @@ def retrain(
             "history": [{name: value if np.isfinite(value) else None
                          for name, value in entry.items()} for entry in fitted.history],
         },
+        "calibration": calibration,
         phase: cache,
         "versions": library_versions(),
     }
