@@ -75,6 +75,15 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     click.echo(f"figures: {output}")
 
 
+def describe_trust(trust: dict[str, Any]) -> str:
+    """ECE before -> after temperature scaling; what the acceptance threshold gave."""
+    precision = trust.get("accept_precision")
+    shown = "none accepted" if precision is None else (
+        f"precision {precision:.3f}, coverage {trust['accept_coverage']:.3f}")
+    return (f"ECE {trust['ece_before']:.3f} -> {trust['ece_after']:.3f} calibrated; accepted "
+            f"at a {trust['accept_target']:.0%} precision target: {shown}")
+
+
 def print_figures(result: dict[str, Any]) -> None:
     """One line per recipe: mean +- std top-1, per-class recall, then each fold's accuracy."""
     classes: list[str] = result["classes"]
@@ -92,5 +101,8 @@ def print_figures(result: dict[str, Any]) -> None:
         folds = " ".join(f"{accuracy:.3f}" for accuracy in figures["fold_accuracy"])
         seconds = figures["seconds"] + figures["feature_seconds"]
         click.echo(f"{name} folds: {folds} ({seconds:.0f} s)")
+    for name, figures in result["recipes"].items():
+        if "calibration" in figures:
+            click.echo(f"{name} confidences: {describe_trust(figures['calibration'])}")
     if result["skipped"]:
         click.echo(f"skipped {len(result['skipped'])} photos that could not be read")

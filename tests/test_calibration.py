@@ -80,3 +80,21 @@ def test_calibrate_fits_on_held_out_photos_and_reports_on_the_test_photos() -> N
     assert found["test_ece_after"] < found["test_ece_before"]
     assert sum(b["count"] for b in found["test_reliability"]) == 2000
     assert found["fitted_on"] == {"photos": 2000}
+
+
+def test_a_folds_threshold_is_chosen_on_held_out_photos_and_holds_on_the_test_fold() -> None:
+    """What `flowers evaluate` reports a fold: temperature and acceptance threshold fitted on
+    its validation photos, precision and coverage measured on its test photos."""
+    from flowers.models.training.evaluate import ACCEPT_PRECISION, _trust
+
+    logits, labels = honest_scores(10_000, seed=3)
+    skewed = softmax(logits * 2.0)
+    trust = _trust(skewed[:5000], labels[:5000], skewed[5000:], labels[5000:])
+    assert trust["temperature"] == pytest.approx(2.0, rel=0.1)
+    assert trust["ece_after"] < 0.03 < trust["ece_before"]
+    assert trust["accept_precision"] == pytest.approx(ACCEPT_PRECISION, abs=0.015)
+    accepted = trust["accepted"]
+    assert trust["accept_coverage"] == pytest.approx(accepted.mean())
+    assert (trust["calibrated"][accepted].max(axis=1) >= trust["accept_threshold"]).all()
+    nothing_held_out = _trust(skewed[:0], labels[:0], skewed[:100], labels[:100])
+    assert nothing_held_out["temperature"] == 1.0 and nothing_held_out["accept_precision"] is None

@@ -56,6 +56,11 @@ def test_evaluate_three_folds_then_the_cache(
         recalls = [float(value) for value in line[3].split()]
         assert recalls == pytest.approx(
             [recipe["per_class_recall"][c] for c in ("daisy", "roses", "tulips")], abs=5e-4)
+        trust = recipe["calibration"]
+        assert 0 <= trust["ece_after"] <= 1 and 0 <= trust["ece_before"] <= 1
+        assert all(d["temperature"] > 0 for d in recipe["fold_details"])
+        assert f"{name} confidences: ECE {trust['ece_before']:.3f} -> {trust['ece_after']:.3f}" \
+            in result.stdout, result.stdout
         assert [d["test"] for d in recipe["fold_details"]] == [12, 12, 12]
         assert all(d["train"] + d["validation"] == 24 for d in recipe["fold_details"])
     assert figures["recipes"]["fine-tune"]["cache"] == {"cache_hits": 0, "computed": 72}

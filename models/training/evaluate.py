@@ -5,6 +5,12 @@ the recipe trains on the other folds (less a validation share picked by the spli
 name rule, for the choice of epoch) and is scored on the fold, exactly as `flowers train` would
 train and export it. The result gives each recipe's mean and standard deviation (ddof=1) of
 the folds' top-1 accuracy, each fold's accuracy, and per-class recall over all the folds.
+
+It also says how far the confidences can be trusted (`models.training.calibration`): in each
+fold a temperature is fitted on the fold's validation photos, and the test fold's expected
+calibration error is measured before and after it; an acceptance threshold is chosen on the
+calibrated validation photos for `ACCEPT_PRECISION`, and the test fold says what precision and
+coverage it really gives. The result keeps each fold's figures and all the folds' together.
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ import numpy as np
 
 from flowers.models import dataset, networks
 from flowers.models.errors import DatasetError
-from flowers.models.training import folds, head, trainer
+from flowers.models.training import calibration, folds, head, trainer
 from flowers.models.training.recipe import RECIPES, check_recipe
 from flowers.models.training.retrain import RetrainRequest
 
 log = logging.getLogger(__name__)
 
 PhaseProgress = Callable[[str, int, int, dict[str, Any]], None]
+
+# The precision the acceptance threshold is chosen for, on each fold's validation photos.
+ACCEPT_PRECISION = 0.98
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +134,9 @@ def _cross_validate(
     started = time.perf_counter()
     labels = np.array([photo.label for photo in kept], dtype=np.int64)
     predicted = np.zeros(len(kept), dtype=np.int64)
+    raw = np.zeros((len(kept), len(class_names)))
+    calibrated = np.zeros_like(raw)
+    accepted = np.zeros(len(kept), dtype=bool)
     accuracies: list[float] = []
     details: list[dict[str, Any]] = []
     for fold in range(k):
@@ -144,8 +156,12 @@ def _cross_validate(
         predicted[test_rows] = probs.argmax(axis=1)
         scored = head.metrics(probs, labels[test_rows], class_names)
         accuracies.append(float(scored["accuracy"]))
+        trust = _trust(fitted.probabilities(val_rows) if val_rows else raw[:0], labels[val_rows],
+                       probs, labels[test_rows])
+        raw[test_rows], calibrated[test_rows] = probs, trust.pop("calibrated")
+        accepted[test_rows] = trust.pop("accepted")
         details.append({"fold": fold, "train": len(train_rows), "validation": len(val_rows),
-                        "test": len(test_rows), "accuracy": scored["accuracy"],
+                        "test": len(test_rows), "accuracy": scored["accuracy"], **trust,
                         "seconds": round(fitted.seconds, 3), **fitted.details})
         log.info("%s: accuracy %.3f", phase, scored["accuracy"])
     recall = {name: float(np.mean(predicted[labels == i] == i))
@@ -156,7 +172,45 @@ def _cross_validate(
         "std_accuracy": float(np.std(accuracies, ddof=1)),
         "fold_accuracy": accuracies,
         "per_class_recall": recall,
+        "calibration": _overall_trust(raw, calibrated, accepted, labels),
         "fold_details": details,
         "cache": features.cache,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _trust(held_out: np.ndarray, held_out_labels: np.ndarray, test: np.ndarray,
+           test_labels: np.ndarray) -> dict[str, Any]:
+    """One fold's calibration figures: a temperature and an acceptance threshold fitted on the
+    held-out (validation) photos, measured on the test fold; with the test fold's calibrated
+    probabilities ("calibrated") and which of its photos are accepted ("accepted")."""
+    temperature = calibration.fit_temperature(held_out, held_out_labels)
+    calibrated = calibration.scale(test, temperature)
+    threshold = calibration.threshold_for_precision(
+        calibration.precision_curve(calibration.scale(held_out, temperature), held_out_labels),
+        ACCEPT_PRECISION) if len(held_out_labels) else None
+    accepted = (calibrated.max(axis=1) >= threshold if threshold is not None
+                else np.zeros(len(test_labels), dtype=bool))
+    return {"temperature": round(temperature, 6),
+            "ece_before": calibration.expected_calibration_error(test, test_labels),
+            "ece_after": calibration.expected_calibration_error(calibrated, test_labels),
+            "accept_threshold": threshold, **_accept_figures(calibrated, accepted, test_labels),
+            "calibrated": calibrated, "accepted": accepted}
+
+
+def _accept_figures(probabilities: np.ndarray, accepted: np.ndarray, labels: np.ndarray
+                    ) -> dict[str, float | None]:
+    """The precision of the accepted photos (None when none is) and their share of all."""
+    right = probabilities.argmax(axis=1) == labels
+    return {"accept_precision": float(right[accepted].mean()) if accepted.any() else None,
+            "accept_coverage": float(accepted.mean()) if len(labels) else 0.0}
+
+
+def _overall_trust(raw: np.ndarray, calibrated: np.ndarray, accepted: np.ndarray,
+                   labels: np.ndarray) -> dict[str, Any]:
+    """All the folds' test photos together: ECE before and after each fold's temperature, and
+    what each fold's acceptance threshold accepted."""
+    return {"method": "temperature", "accept_target": ACCEPT_PRECISION,
+            "ece_before": calibration.expected_calibration_error(raw, labels),
+            "ece_after": calibration.expected_calibration_error(calibrated, labels),
+            **_accept_figures(calibrated, accepted, labels)}
