@@ -89,7 +89,7 @@ return 1
 """
 
 __all__ = ["HEARTBEAT_SECONDS", "WORKER_ID", "Beat", "WorkerRecord", "claim_holder", "forget",
-           "held_task", "read_workers", "server_time", "take_recovery"]
+           "held_tags", "held_task", "read_workers", "server_time", "take_recovery"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,11 @@ class Beat:
     def forget(self) -> None:
         """Removes the record (the worker stops warmly)."""
         forget(self.client, self.id)
+
+
+def held_tags(client: redis.Redis) -> set[str]:
+    """The delivery tags of every message some worker holds (kombu's `unacked` hash)."""
+    return {text(tag) for tag in client.hkeys(UNACKED)}
 
 
 def claim_holder(task_id: str, worker_id: str = WORKER_ID) -> str:

@@ -37,6 +37,7 @@ from flowers.models.errors import JobNotFoundError
 from flowers.worker.chunk_list import chunk_task, feed, read_chunks
 from flowers.worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold
 from flowers.worker.label_job import LabelJob
+from flowers.worker.liveness import UNACKED
 from flowers.worker.messages import MessageError
 from flowers.worker.settings import Settings
 
@@ -56,7 +57,7 @@ def label_chunks_in_hand(client: redis.Redis) -> Iterator[tuple[str, dict[str, A
     """(task id, chunk) of each label chunk a worker has taken and not yet acknowledged: the
     messages kombu keeps in Redis' `unacked` hash until the task ends; the chunk is None for a
     message that cannot be read."""
-    for raw in client.hvals("unacked"):
+    for raw in client.hvals(UNACKED):
         try:
             message = json.loads(raw)[0]
             if message["headers"]["task"] != "flowers.label_chunk":

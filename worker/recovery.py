@@ -38,10 +38,10 @@ from flowers.worker.liveness import (
     UNACKED,
     UNACKED_INDEX,
     WorkerRecord,
+    held_tags,
     read_workers,
     server_time,
     take_recovery,
-    text,
 )
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class DeadWorkers:
             self.start_over()
         try:
             records = read_workers(self.client)
-            held = {text(tag) for tag in self.client.hkeys(UNACKED)}
+            held = held_tags(self.client)
         except redis.RedisError:
             self.start_over()
             raise
@@ -183,7 +183,7 @@ def waiting_on_dead(client: redis.Redis, job_id: str, timeout: int) -> list[str]
     saying when it goes back: what `flowers status` shows while a job waits on a dead worker."""
     now = server_time(client)
     records = read_workers(client)
-    held = {text(tag) for tag in client.hkeys(UNACKED)}
+    held = held_tags(client)
     someone_looks = any(record.alive(2 * HEARTBEAT_SECONDS, now) and record.steady
                         for record in records)
     lines = []
