@@ -16,7 +16,7 @@ cache writes with and without fsync; CPU seconds used), as is the warm stage's (
 photo bytes vs loading `.npy` entries). `--what-if-no-fsync` adds a third leg to each repeat:
 the cold stage with cache writes that skip the fsync, to show what that would gain.
 
-`--whole-command` also runs `models.training.retrain.retrain` twice against one fresh home,
+`--whole-command` also runs `flowers.models.training.retrain.retrain` twice against one fresh home,
 each in a fresh process: cold on the photos, then warm on renamed copies, printing each summary's
 "seconds" and the ratio of totals.
 

@@ -5,7 +5,7 @@ network, fine-tune's bottom below the split layer), measured side by side in one
 same real photos, decoded beforehand, with the threads a training process gets (all cores):
 
 a. Keras: `networks.batch_runner` on batches of `--batch-size` (as the photo stage runs it);
-b. LiteRT: the same model converted by `models.runtime.converted` (uint8 in, XNNPACK), photo
+b. LiteRT: the same model converted by `flowers.models.runtime.converted` (uint8 in, XNNPACK), photo
    by photo.
 
 (a) and (b) alternate `--repeats` times and the best run of each is compared; the conversion's

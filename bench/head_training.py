@@ -1,11 +1,12 @@
-"""Head training speed: 4,000 steps of `models.training.head.train_head` on cached bottlenecks.
+"""Head training speed: 4,000 steps of `flowers.models.training.head.train_head` on cached
+bottlenecks.
 
 The bottlenecks of the photos (all 1,500 flower photos by default) come from
 `compute_bottlenecks` and its cache under `--home`: a temporary folder by default, or a folder
 you name, reused by later runs so they skip the network. The photos are split as `flowers train`
-splits them (`models.dataset.stable_split`, 10% validation, 10% testing); the head is trained on
-the training set with `HeadConfig()` defaults (4,000 steps, batch 100, learning rate 0.01,
-accuracy every 10 steps) `--repeats` times. Each run prints its seconds for all steps (target
+splits them (`flowers.models.dataset.stable_split`, 10% validation, 10% testing); the head is
+trained on the training set with `HeadConfig()` defaults (4,000 steps, batch 100, learning rate
+0.01, accuracy every 10 steps) `--repeats` times. Each run prints its seconds for all steps (target
 <= 10 s), seconds per step and its final train/validation accuracy; then the median. One more
 run with a single evaluation at the end shows what the evaluations every 10 steps cost.
 

@@ -5,7 +5,7 @@ Not a benchmark itself; `bench/label_throughput.py` and `bench/label_memory.py` 
 - `make_bundle`: retrains a small head (few photos, few steps: its quality does not matter for
   speed) in a fresh spawned process, into a folder reused when it already holds the bundle;
 - `link_tree`: a tree of symlinks `NNN/NNNNNN_<photo name>` cycling over real photos;
-- `Cluster`: a real `redis-server` (worker.embedded.start_redis) and, on demand, a real
+- `Cluster`: a real `redis-server` (flowers.worker.embedded.start_redis) and, on demand, a real
   `flowers worker --concurrency N`, stopped on exit even on failure;
 - `run_flowers`: one `flowers ...` command in a fresh process, its wall time, CPU seconds and
   peak RSS taken from `os.wait4` for that child alone;

@@ -3,8 +3,8 @@ process, for a generated job of many rows.
 
 Writes the parts a job of ROWS photos would leave (chunks of 128 sorted paths in walk order, 5
 labels each, one row in a thousand an error, plus a resumed job's parts overlapping the first's),
-then merges them in a fresh process (`worker.results.merge_parts`, as the worker runs it) and
-reads that process's peak RSS from the kernel. Checks the output: sorted, one row per path.
+then merges them in a fresh process (`flowers.worker.results.merge_parts`, as the worker runs
+it) and reads that process's peak RSS from the kernel. Checks the output: sorted, one row per path.
 Target (issue 14): 10 million rows, merging process peak RSS <= 300 MB.
 
     .venv/bin/python bench/label_merge.py --rows 10000000 --work /tmp/merge-bench

@@ -114,7 +114,7 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     imported = clock()
     from flowers.models.bundle import TFLITE_FILE, load_bundle
     from flowers.models.decode import load_image
-    from flowers.models.runtime.predict import LoadedModel, label_photos
+    from flowers.models.runtime.predict import LabelOptions, LoadedModel, label_photos
     from flowers.models.runtime.runners import KerasRunner, LiteRTRunner
     from flowers.worker import results as parts
 
@@ -151,8 +151,8 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     cpu, figures["c_start"] = time.process_time(), time.monotonic()
     for index, chunk in enumerate(paths):
         rows = [parts.format_row(Path(p).name, row.labels, row.error, 3)
-                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), model, 3,
-                                                      batch_size=batch_size,
+                for p, row in zip(chunk, label_photos((Path(p) for p in chunk), model,
+                                                      LabelOptions(3, batch_size),
                                                       threads=0 if threads == 1 else None),
                                   strict=True)]
         parts.write_part(Path(parts_dir), "bench", rank * 100_000 + index, rows)

@@ -9,7 +9,7 @@ resize keeps the codelab's labels.
   sample the two agree on.
 - `--part resize`: every photo's probabilities from the original graph run as label_image.py
   runs it (decode_jpeg, TF1 resize_bilinear, (x - 127.5) / 127.5) against the imported
-  model.tflite fed by flowers' decoding with each resize (`models.decode.RESIZES`): top-1
+  model.tflite fed by flowers' decoding with each resize (`flowers.models.decode.RESIZES`): top-1
   agreement and probability differences; the reason imported bundles use the codelab's resize.
 
     .venv/bin/python bench/poets_import.py                  # both parts, 30 sampled photos

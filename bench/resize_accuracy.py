@@ -1,11 +1,11 @@
 """How the resize filter in decoding moves speed and accuracy: decode time per photo, and the
 test accuracy of the head `flowers train` fits, on the same random splits.
 
-For each filter: every photo decoded through `models.decode.decode_image` with that filter in
-place of the shipped `squash` (timed, one thread), MobileNetV2 bottlenecks of all of them, then
-`train_head` with the codelab's defaults on `--splits` random 80/20 splits (the same splits for
-every filter) and its accuracy on each split's 20%. Accuracy is shown against the shipped
-filter's on the same splits: mean difference, its standard error, and splits won.
+For each filter: every photo decoded through `flowers.models.decode.decode_image` with that
+filter in place of the shipped `squash` (timed, one thread), MobileNetV2 bottlenecks of all of
+them, then `train_head` with the codelab's defaults on `--splits` random 80/20 splits (the same
+splits for every filter) and its accuracy on each split's 20%. Accuracy is shown against the
+shipped filter's on the same splits: mean difference, its standard error, and splits won.
 
     .venv/bin/python bench/resize_accuracy.py                # 30 splits, four filters
     .venv/bin/python bench/resize_accuracy.py --splits 3     # a quick check

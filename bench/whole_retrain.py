@@ -1,6 +1,7 @@
-"""`bench/bottlenecks.py --whole-command`: `models.training.retrain.retrain` twice against one
-fresh home, each in a fresh (spawned) process: cold on the photos, then warm on renamed copies
-(the cache keys on content), printing each summary's seconds and the ratio of totals."""
+"""`bench/bottlenecks.py --whole-command`: `flowers.models.training.retrain.retrain` twice
+against one fresh home, each in a fresh (spawned) process: cold on the photos, then warm on
+renamed copies (the cache keys on content), printing each summary's seconds and the ratio of
+totals."""
 
 from __future__ import annotations
 

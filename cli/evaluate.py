@@ -12,7 +12,8 @@ from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue
 from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe
-from flowers.models.atomic import write_text_atomically
+from flowers.models import ownership
+from flowers.models.atomic import check_output_file, write_text_atomically
 from flowers.models.dataset import check_percentages, discover
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
@@ -37,7 +38,8 @@ from flowers.models.training.retrain import RetrainRequest
 @click.option("--validation-percentage", type=float, default=10.0, show_default=True,
               help="Share of each training fold held out to choose the epoch.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("evaluation.json"),
-              show_default=True, help="Write the figures here as JSON.")
+              show_default=True, help="Write the figures here as JSON (replacing only figures "
+              "flowers evaluate wrote).")
 @click.pass_obj
 def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, ...],
              architecture: str, weights: str, epochs: int, epoch_choice: str, views: int,
@@ -50,6 +52,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
         raise UsageError(f"--learning-rate {learning_rate} must be positive")
     check_percentages(validation_percentage, 0)
     data = discover(photo_dir)
+    output = check_output(output, data.root)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
     training = RetrainRequest(
@@ -67,12 +70,28 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
                    err=True)
         job_id = queue.submit("flowers.evaluate", "evaluate", request.to_dict())
         record = queue.wait(job_id, ProgressLine())
-    result = record["result"]
+    result = {"format": ownership.EVALUATION_FORMAT, "job_id": job_id, **record["result"]}
     print_figures(result)
-    output = output.resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output, json.dumps(result, indent=2) + "\n")
     click.echo(f"figures: {output}")
+
+
+def check_output(output: Path, photo_dir: Path) -> Path:
+    """`output` made absolute, or `UsageError` before any work when the figures may not go
+    there: a link, a folder, inside the photo folder or a bundle, or a file that is not figures
+    flowers evaluate wrote (`models.ownership`)."""
+    ownership.refuse_link(output, "--output")
+    output = check_output_file(output, "a JSON file")
+    if photo_dir == output.parent or photo_dir in output.parents:
+        raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
+    if (bundle := ownership.bundle_around(output.parent)) is not None:
+        raise UsageError(f"--output {output} is inside the model bundle {bundle}; "
+                         "write it elsewhere")
+    ownership.check_replaceable_file(output, "--output")
+    if output.exists() and not ownership.is_evaluation(output):
+        raise UsageError(f"--output {output} exists and is not figures flowers evaluate wrote: "
+                         "name a new file or move it away")
+    return output
 
 
 def describe_trust(trust: dict[str, Any]) -> str:

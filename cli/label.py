@@ -36,7 +36,12 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     choice = choose_runtime(bundle, manifest, runtime or obj.settings.runtime)
     if choice.warning:
         click.echo(f"note: {choice.warning}", err=True)
-    from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LoadedModel, label_photos
+    from flowers.models.runtime.predict import (
+        LABEL_BATCH_SIZE,
+        LabelOptions,
+        LoadedModel,
+        label_photos,
+    )
     from flowers.models.runtime.runners import open_runner
 
     # A few photos run as one batch of their own size: short batches are padded to full ones.
@@ -46,7 +51,8 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     failed = 0
     model = LoadedModel(str(manifest["bundle_id"]), list(manifest["class_names"]),
                         int(manifest["input_size"][0]), runner, resize_method(manifest))
-    rows = label_photos(images, model, top_k, batch_size=batch_size)
+    rows = label_photos(images, model, LabelOptions(min(top_k, len(model.class_names)),
+                                                    batch_size))
     for row in rows:
         click.echo(str(row.path))
         if row.error:

@@ -28,7 +28,7 @@ from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
 from flowers.models.dataset import check_photo_dir, walk_images
 from flowers.models.errors import DatasetError, UsageError
-from flowers.models.runtime.predict import LABEL_BATCH_SIZE
+from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.worker import output_csv, results
 from flowers.worker.chunk_list import ChunkWriter, chunked, feed
 from flowers.worker.label_job import LabelJob
@@ -136,8 +136,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     parts_dir = results.parts_dir_for(output)
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
                 "k": k, "bundle": str(bundle)}
-    job = LabelJob(photo_dir=root, bundle=bundle, parts_dir=parts_dir, top_k=k,
-                   batch_size=batch_size)
+    job = LabelJob(photo_dir=root, bundle=bundle, parts_dir=parts_dir,
+                   options=LabelOptions(top_k=k, batch_size=batch_size))
     with results.locked_parts(parts_dir, output):
         try:
             overwritten = None
@@ -193,7 +193,7 @@ def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str
     queue.jobs.update(job_id, window=queue.settings.queued_chunks, chunk_task=job.to_dict())
     chunks = images = 0
     with ChunkWriter(job.parts_dir, job_id) as listing:
-        for chunk in chunked(names, chunk_size, job.batch_size):
+        for chunk in chunked(names, chunk_size, job.options.batch_size):
             queue.check_cluster()
             chunks = listing.append(chunk) + 1
             images += len(chunk)

@@ -11,5 +11,6 @@ importable (for mypy, and `python -m flowers.cli` without installing):
     flowers.models    the ML pipeline: plain functions and classes, no Celery
     flowers.review    review pages: a labelled CSV or a bundle in, one HTML page out
 
-Imports go downward only: cli -> worker -> models, review -> models.
+Imports go downward only: cli -> worker -> models; review -> models, and worker.results for
+the results CSV's format (never the Celery app).
 """

@@ -59,20 +59,20 @@ def new_bundle_id() -> str:
 def save_bundle(
     output: Path,
     model: keras.Model,
+    tflite: bytes,
     manifest: dict[str, Any],
     split: dict[str, list[str]],
     write_report: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Writes the bundle (the Keras model and its LiteRT conversion) into a temporary sibling
-    folder, then renames it to `output`; fills the manifest's "models".
+    """Writes the bundle (the Keras model and `tflite`, its LiteRT conversion) into a temporary
+    sibling folder, then renames it to `output`; fills the manifest's "models".
 
     A reader sees the old bundle or the new one, never a half-written one.
     """
-    from flowers.models.runtime.litert import to_tflite
 
     def fill(staging: Path) -> None:
         model.save(staging / MODEL_FILE)
-        (staging / TFLITE_FILE).write_bytes(to_tflite(model))
+        (staging / TFLITE_FILE).write_bytes(tflite)
         manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
         (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
         if write_report is not None:
@@ -365,7 +365,7 @@ def load_bundle(bundle: Path) -> LoadedBundle:
     """Loads a bundle in Keras safe mode; raises `BundleError` if any part is missing or corrupt."""
     import keras
 
-    import flowers.models.training.layers  # noqa: F401 - registers the layers a fine-tuned bundle holds
+    import flowers.models.layers  # noqa: F401 - registers the layers a fine-tuned bundle holds
 
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)  # labels.txt checked against class_names too

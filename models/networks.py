@@ -4,11 +4,13 @@ A spec keeps together what must agree: the Keras constructor, input size, bottle
 the exact weight file name Keras uses. Every network here expects pixels scaled to [-1, 1];
 the built model starts with that scaling, so it takes raw 0-255 RGB pixels.
 TensorFlow is imported only when a network is built, so the registry is cheap to import.
+`library_versions()` names the Python, TensorFlow and Keras that built a bundle's network.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,3 +209,19 @@ def batch_runner(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
         return model(tf.cast(batch, tf.float32), training=False)
 
     return lambda batch: run(batch).numpy()
+
+
+def library_versions() -> dict[str, str]:
+    """Python, TensorFlow, Keras and flowers versions, as manifests record them."""
+    from importlib import metadata
+
+    import keras
+    import tensorflow as tf
+
+    versions = {"python": platform.python_version(), "tensorflow": tf.__version__,
+                "keras": keras.__version__}
+    try:
+        versions["flowers"] = metadata.version("flowers")
+    except metadata.PackageNotFoundError:
+        versions["flowers"] = "unknown"
+    return versions

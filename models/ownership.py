@@ -10,6 +10,7 @@ name:
     a partitioned CSV    OUTPUT/manifest.json with `"format": "flowers-partitioned-csv/1"`; only
                          the files it lists (and itself) are removed
     a review page        `<meta name="generator" content="flowers review">` in its head
+    evaluate's figures   a JSON object with `"format": "flowers-evaluation/1"` and its job id
     a results CSV        with --overwrite: a regular file, not inside a bundle
 
 A file or folder that lacks the mark is refused with one line naming it. Nothing is ever
@@ -37,6 +38,7 @@ BUNDLE_MANIFEST = "manifest.json"
 PARTS_FORMAT = "flowers-label-parts/1"
 PARTITIONED_FORMAT = "flowers-partitioned-csv/1"
 REVIEW_MARK = b'<meta name="generator" content="flowers review">'
+EVALUATION_FORMAT = "flowers-evaluation/1"
 # The job ids flowers makes (uuid4().hex).
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 # What a label job writes in its parts folder: its record, parts, chunk lists, and the
@@ -140,6 +142,15 @@ def is_review_page(path: Path) -> bool:
             return REVIEW_MARK in handle.read(4096)
     except OSError:
         return False
+
+
+def is_evaluation(path: Path) -> bool:
+    """Whether `path` is a regular file of `flowers evaluate`'s figures (its format and job)."""
+    figures = read_json_object(path)
+    if figures is None or figures.get("format") != EVALUATION_FORMAT:
+        return False
+    job = figures.get("job_id")
+    return isinstance(job, str) and bool(JOB_ID.fullmatch(job))
 
 
 def refuse_link(path: Path, what: str) -> None:

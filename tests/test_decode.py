@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,40 @@ def test_a_pipe_swapped_in_after_the_check_is_refused_once_open(
     os.mkfifo(tmp_path / "pipe.jpg")
     monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: regular)
     assert "a named pipe" in read_in_time(tmp_path / "pipe.jpg").reason
+
+
+def test_a_read_that_stalls_is_given_up_on_and_the_next_photos_go_on(
+    flower_photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled file system (a hung NFS or FUSE mount) blocks a read in the kernel; here the
+    read of one photo blocks until the test ends. Its row says so after the time limit, and the
+    photos after it are labelled."""
+    from flowers.models import decode
+    from flowers.models.runtime.predict import LabelOptions, LoadedModel, label_photos
+
+    stalled = touch(tmp_path / "stalled.jpg")
+    released = threading.Event()
+    original = decode._read_bytes
+
+    def blocking(path: Path) -> bytes:
+        if path == stalled:
+            released.wait(30)
+        return original(path)
+
+    monkeypatch.setattr(decode, "_read_bytes", blocking)
+    monkeypatch.setattr(decode, "READ_SECONDS", 0.5)
+    good = sorted((flower_photos / "daisy").glob("*.jpg"))[:2]
+    model = LoadedModel("b", ["a", "b"], 32, lambda batch: np.tile([0.25, 0.75], (len(batch), 1)))
+    try:
+        started = time.perf_counter()
+        rows = list(label_photos([stalled, *good], model, LabelOptions(1, 2), threads=1))
+        assert time.perf_counter() - started < 10
+    finally:
+        released.set()
+    assert rows[0].error == ("not read within 0.5 s (a stalled network or FUSE file system?): "
+                             "check the file system, then label it again")
+    assert [row.labels for row in rows[1:]] == [[("b", 0.75)]] * 2
+    assert read_bytes(stalled, seconds=5) == stalled.read_bytes()  # answered: read as before
 
 
 def test_a_device_or_a_link_to_one_is_refused_unread(tmp_path: Path) -> None:

@@ -30,6 +30,25 @@ def test_folds_are_stratified_disjoint_and_cover_every_photo() -> None:
         stratified_folds(photos, 11)
 
 
+def test_figures_replace_only_figures_flowers_evaluate_wrote(tmp_path: Path) -> None:
+    from flowers.cli.evaluate import check_output
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({"format": "flowers-evaluation/1", "job_id": "a" * 32}))
+    assert check_output(ours, photos) == ours
+    assert check_output(tmp_path / "new.json", photos) == tmp_path / "new.json"
+    for content in ('{"format": "flowers-evaluation/1"}', '{"job_id": "' + "a" * 32 + '"}',
+                    "[1, 2]", "not json"):
+        theirs = tmp_path / "theirs.json"
+        theirs.write_text(content)
+        with pytest.raises(UsageError, match="is not figures flowers evaluate wrote"):
+            check_output(theirs, photos)
+    with pytest.raises(UsageError, match="inside the photo folder"):
+        check_output(photos / "figures.json", photos)
+
+
 @pytest.mark.queue
 def test_evaluate_three_folds_then_the_cache(
     flower_photos: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
@@ -42,6 +61,7 @@ def test_evaluate_three_folds_then_the_cache(
                          "--how-many-training-steps", "50", "--output", str(output), env=env)
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
+    assert figures["format"] == "flowers-evaluation/1" and len(figures["job_id"]) == 32
     assert figures["folds"] == 3 and set(figures["recipes"]) == {"fine-tune", "codelab"}
     fold_of = figures["fold_of"]
     assert len(fold_of) == 36 and sorted(fold_of) == sorted(

@@ -85,6 +85,34 @@ def test_the_bundle_carries_a_litert_model_that_labels_as_keras_does(
                                atol=1e-4)
 
 
+def test_a_bundle_saved_before_the_layers_moved_still_loads(
+    fine_tuned: tuple[Path, dict[str, Any], Path], tmp_path: Path,
+) -> None:
+    """Bundles written before the layout change name the mirror layer's module
+    `flowers.models.training.layers`; Keras finds it by its registered name all the same."""
+    import shutil
+    import zipfile
+
+    from flowers.models.bundle import load_bundle
+
+    old = tmp_path / "old"
+    shutil.copytree(fine_tuned[0], old)
+    with zipfile.ZipFile(fine_tuned[0] / "model.keras") as source, \
+            zipfile.ZipFile(old / "model.keras", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                assert b'"module": "flowers.models.layers"' in data
+                data = data.replace(b'"module": "flowers.models.layers"',
+                                    b'"module": "flowers.models.training.layers"')
+            target.writestr(item, data)
+    pixels = np.stack([load_image(path, 224)
+                       for path in sorted((fine_tuned[2] / "daisy").iterdir())[:2]])
+    np.testing.assert_allclose(load_bundle(old).model.predict(pixels, verbose=0),
+                               load_bundle(fine_tuned[0]).model.predict(pixels, verbose=0),
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize(("name", "layer", "shape", "features"), [
     ("inception_v3", "mixed8", (8, 8, 1280), 2048),
     ("mobilenet_v2", "block_12_add", (14, 14, 96), 1280),

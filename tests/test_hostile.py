@@ -171,6 +171,8 @@ def test_nothing_flowers_did_not_write_is_replaced_or_removed(
     (thesis_parts / "thesis.txt").write_text("four years of work")
     page = tmp_path / "mine.html"
     page.write_text("<html>my own page</html>")
+    thesis = tmp_path / "thesis.json"
+    thesis.write_text('{"chapters": 5}')
     guarded = {folder: snapshot(folder) for folder in (webapp, thesis_parts, bundle, small)}
 
     attempts = {
@@ -189,6 +191,12 @@ def test_nothing_flowers_did_not_write_is_replaced_or_removed(
         "a bundle inside a bundle": ["train", str(small), "--output", str(bundle / "inner"),
                                      "--weights", "none"],
         "a page over a page of its own": ["review", str(bundle), "--output", str(page)],
+        "figures over a JSON file of its own": ["evaluate", str(small), "--output", str(thesis)],
+        "figures as a folder": ["evaluate", str(small), "--output", str(webapp)],
+        "figures inside the bundle": ["evaluate", str(small), "--output",
+                                      str(bundle / "figures.json")],
+        "figures inside the photo folder": ["evaluate", str(small), "--output",
+                                            str(small / "figures.json")],
     }
     for what, argv in attempts.items():
         result = run_flowers(*argv, env=env, timeout=120)
@@ -200,6 +208,7 @@ def test_nothing_flowers_did_not_write_is_replaced_or_removed(
     for folder, files in guarded.items():
         assert snapshot(folder) == files, f"{folder} changed"
     assert page.read_text() == "<html>my own page</html>"
+    assert thesis.read_text() == '{"chapters": 5}'
     assert not (flowers_home / "logs").exists(), "no local cluster was started"
 
 

@@ -122,9 +122,12 @@ def test_photos_gone_before_the_training_are_named_in_the_bundle(
     assert summary["photos"] == len(names) - 1
 
 
-@pytest.mark.parametrize("name", ["two\nlines", "tab\there", " padded"])
+@pytest.mark.parametrize(("name", "shown"), [
+    ("two\nlines", r"'two\nlines'"), ("tab\there", r"'tab\there'"), (" padded", "' padded'"),
+    (os.fsdecode(b"bad\xff"), r"'bad\xff'"),  # bytes that are not UTF-8, shown as bytes
+])
 def test_a_class_name_labels_txt_cannot_keep_is_refused_at_the_scan(
-    small: Path, flowers_home: Path, tmp_path: Path, name: str
+    small: Path, flowers_home: Path, tmp_path: Path, name: str, shown: str
 ) -> None:
     (small / name).mkdir()
     for photo in list((small / "roses").iterdir())[:3]:
@@ -133,7 +136,7 @@ def test_a_class_name_labels_txt_cannot_keep_is_refused_at_the_scan(
                          "--weights", "none", env=flowers_env(flowers_home, None, None))
     assert result.returncode == 2, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert f"class folder {name!r}" in line and "rename the folder" in line, line
+    assert f"class folder {shown} " in line and "rename the folder" in line, line
     assert not (tmp_path / "bundle").exists() and not (flowers_home / "logs").exists()
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from flowers.models.runtime.predict import LabelOptions
 from flowers.models.training.retrain import RetrainRequest
 from flowers.worker import results
 from flowers.worker.app import app, configure
@@ -49,7 +50,7 @@ def test_forged_task_messages_write_nothing(
         identity = {"bundle_id": "b", "photo_dir": str(photos), "top_k": 2, "k": 2,
                     "bundle": str(bundle)}
         results.prepare_parts(parts, identity, overwrite=False)
-        settings = LabelJob(photos, bundle, parts, 2, 2)
+        settings = LabelJob(photos, bundle, parts, LabelOptions(2, 2))
         job = store.create_job("label", {**identity, "output": str(output)},
                                output=str(output), parts_dir=str(parts), phase="labelling",
                                chunks_listed=4, chunk_task=settings.to_dict())
@@ -110,3 +111,31 @@ def test_forged_task_messages_write_nothing(
     written += [str(path) for path in tmp_path.rglob("part-*")]
     assert not written, written
     assert worker.poll() is None
+
+
+def test_a_forged_training_request_fails_its_job_naming_the_field(
+    redis_url: str, start_workers: WorkerFactory, small: Path, tmp_path: Path,
+) -> None:
+    """A retrain or evaluate message whose request holds a field of the wrong type fails its
+    job with one line naming the field, before any work; the worker lives on."""
+    worker = start_workers(1)
+    configure(app, Settings.from_env({}), redis_url)
+    store = JobStore(redis.Redis.from_url(redis_url))
+    request = RetrainRequest(photo_dir=str(small), output=str(tmp_path / "trained"),
+                             architecture=SMALL_NETWORK, recipe="codelab").to_dict()
+    forged = {
+        "how_many_training_steps is \"many\", not a whole number":
+            ("flowers.retrain", {**request, "how_many_training_steps": "many"}),
+        "views is \"6\", not a whole number":
+            ("flowers.retrain", {**request, "fine_tune": {"views": "6"}}),
+        "folds is 2.5, not a whole number":
+            ("flowers.evaluate", {"training": request, "folds": 2.5}),
+    }
+    for words, (task, argument) in forged.items():
+        job = store.create_job("train", argument)
+        app.send_task(task, args=[argument], queue="flowers", task_id=job)
+        wait_for(lambda: store.state(job) == "failed", timeout=60,  # noqa: B023
+                 what=f"job {job} to fail")
+        assert words in store.get(job)["message"], store.get(job)["message"]
+    assert "Traceback" not in worker.log() and worker.poll() is None
+    assert not (tmp_path / "trained").exists()

@@ -19,7 +19,7 @@ from tests.conftest import (
 )
 from tests.label_data import read_csv
 
-pytestmark = pytest.mark.queue
+pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
 
 def test_label_dir_without_a_broker_runs_a_local_cluster(

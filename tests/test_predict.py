@@ -12,7 +12,13 @@ import pytest
 
 from flowers.models.dataset import walk_images
 from flowers.models.runtime import batching, tensorflow_setup
-from flowers.models.runtime.predict import LabelRow, LoadedModel, label_photos, top_k
+from flowers.models.runtime.predict import (
+    LabelOptions,
+    LabelRow,
+    LoadedModel,
+    label_photos,
+    top_k,
+)
 from tests.test_dataset import deep_folder
 
 
@@ -39,7 +45,7 @@ def test_rows_keep_input_order_with_errors_in_place(
         return np.tile([0.2, 0.7, 0.1], (len(batch), 1))
 
     model = LoadedModel("stand-in", ["x", "y", "z"], 32, runner)
-    rows = list(label_photos(paths, model, 5, batch_size=3, threads=threads))
+    rows = list(label_photos(paths, model, LabelOptions(5, 3), threads=threads))
     assert [row.path for row in rows] == paths
     assert rows[1].error.startswith("not an image") and rows[1].labels == []
     assert "not found" in rows[-1].error
@@ -77,7 +83,7 @@ def test_every_photo_the_walk_finds_is_one_row_pipes_and_deep_paths_too(
     def label() -> None:
         model = LoadedModel("stand-in", ["x", "y"], 32,
                             lambda batch: np.tile([0.3, 0.7], (len(batch), 1)))
-        rows.extend(label_photos(paths, model, 1, batch_size=2, threads=threads))
+        rows.extend(label_photos(paths, model, LabelOptions(1, 2), threads=threads))
 
     labelling = threading.Thread(target=label, daemon=True)
     labelling.start()

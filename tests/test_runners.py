@@ -241,6 +241,14 @@ def test_label_dir_refuses_a_bad_manifest_before_any_work_and_a_misfit_in_the_wo
     (line,) = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
     assert "manifest.json's class_names is \"abcde\"" in line
     assert not output.exists() and not job_ids(redis_url)
+    names = json.loads((trained_bundle[0] / "manifest.json").read_text())["class_names"]
+    swapped = tampered(trained_bundle[0], tmp_path / "swapped", labels=names[::-1])
+    refused = run_flowers("label-dir", str(photo_subset), "--model", str(swapped), "--output",
+                          str(output), env=env)  # labelled on LiteRT, which reads no labels.txt
+    assert refused.returncode == 1, refused.stderr
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert "labels.txt" in line and "does not match manifest.json's class_names" in line, line
+    assert not output.exists() and not job_ids(redis_url)
 
     start_workers(1)
     misfit = tampered(trained_bundle[0], tmp_path / "misfit", input_size=[128, 128])

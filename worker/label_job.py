@@ -1,10 +1,11 @@
 """A label job's settings and its chunks as typed values: made in one place, checked once,
 JSON on the wire, read by attribute everywhere else.
 
-`flowers label-dir` makes one `LabelJob` (photo folder, bundle, parts folder, top-k, batch
-size); the job record keeps it (`chunk_task`), and every `flowers.label_chunk` message carries
-it flat, with the chunk's job id, index and photo paths (`LabelChunk.to_message`): the same JSON
-object as before these types existed, so workers of either version read each other's chunks.
+`flowers label-dir` makes one `LabelJob` (photo folder, bundle, parts folder, and the
+`LabelOptions` the pipeline labels with: top-k, batch size); the job record keeps it
+(`chunk_task`), and every `flowers.label_chunk` message carries it flat, with the chunk's job
+id, index and photo paths (`LabelChunk.to_message`): the same JSON object as before these types
+existed, so workers of either version read each other's chunks.
 Reading a message checks every field (`worker.messages`) before anything uses it.
 """
 
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flowers.models.runtime.predict import MAX_BATCH_SIZE, MAX_TOP_K, LabelOptions
 from flowers.worker.messages import (
-    MAX_BATCH_SIZE,
     MessageError,
     absolute_path,
     chunk_index,
@@ -24,24 +25,26 @@ from flowers.worker.messages import (
     whole_number,
 )
 
-# Labels a photo's row may hold, at most.
-MAX_TOP_K = 100_000
-
 
 @dataclass(frozen=True)
 class LabelJob:
-    """What every chunk of one label job shares."""
+    """What every chunk of one label job shares: absolute folders (checked when made) and how
+    its photos are labelled (`LabelOptions` checks itself)."""
 
     photo_dir: Path
     bundle: Path
     parts_dir: Path
-    top_k: int
-    batch_size: int
+    options: LabelOptions
+
+    def __post_init__(self) -> None:
+        for name, path in (("photo folder", self.photo_dir), ("bundle", self.bundle),
+                           ("parts folder", self.parts_dir)):
+            absolute_path(str(path) if isinstance(path, Path) else path, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {"photo_dir": str(self.photo_dir), "bundle": str(self.bundle),
-                "parts_dir": str(self.parts_dir), "top_k": self.top_k,
-                "batch_size": self.batch_size}
+                "parts_dir": str(self.parts_dir), "top_k": self.options.top_k,
+                "batch_size": self.options.batch_size}
 
     @classmethod
     def from_dict(cls, data: Any) -> LabelJob:
@@ -53,8 +56,10 @@ class LabelJob:
             photo_dir=absolute_path(data.get("photo_dir"), "photo folder"),
             bundle=absolute_path(data.get("bundle"), "bundle"),
             parts_dir=absolute_path(data.get("parts_dir"), "parts folder"),
-            top_k=whole_number(data.get("top_k"), "top-k", 1, MAX_TOP_K),
-            batch_size=whole_number(data.get("batch_size"), "batch size", 1, MAX_BATCH_SIZE),
+            options=LabelOptions(
+                top_k=whole_number(data.get("top_k"), "top-k", 1, MAX_TOP_K),
+                batch_size=whole_number(data.get("batch_size"), "batch size", 1, MAX_BATCH_SIZE),
+            ),
         )
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from flowers.models.errors import FlowersError
+from flowers.models.runtime.predict import MAX_BATCH_SIZE
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 # A part's name holds its index in 8 digits (worker.results.part_path).
 MAX_INDEX = 10**8 - 1
 MAX_PHOTOS_PER_CHUNK = 100_000
-MAX_BATCH_SIZE = 4096
 KINDS = ("retrain", "evaluate")
 
 

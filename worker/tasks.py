@@ -288,10 +288,9 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         cache = model_cache()
         model = cache.get(bundle)
         stamps = [results.photo_stamp(root / name) for name in task.paths]  # before reading
-        labelled = label_photos((root / name for name in task.paths), model, task.job.top_k,
-                                batch_size=task.job.batch_size,
+        labelled = label_photos((root / name for name in task.paths), model, task.job.options,
                                 threads=decode_threads(cache.threads), guard=photo_guard(roots))
-        rows = [[*results.format_row(name, row.labels, row.error, task.job.top_k), stamp]
+        rows = [[*results.format_row(name, row.labels, row.error, task.job.options.top_k), stamp]
                 for name, stamp, row in zip(task.paths, stamps, labelled, strict=True)]
         results.write_part(parts_dir, job_id, task.index, rows)
     except Exception as exc:

@@ -3,5 +3,6 @@
     graph       a graph file in: its architecture, tensors, input size and classes
     importer    a graph and labels in, a flowers bundle out (`flowers import-poets`)
 
-May import the top-level modules of `flowers.models`, `runtime` and `training`.
+May import the top-level modules of `flowers.models` and `runtime`; never `caches`, `training`
+or `export`.
 """

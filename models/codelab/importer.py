@@ -32,6 +32,7 @@ from flowers.models.bundle import (
 from flowers.models.codelab.graph import PoetsGraph, read_poets_graph
 from flowers.models.decode import PREPROCESS_VERSIONS, RESIZE_CODELAB
 from flowers.models.errors import UsageError
+from flowers.models.networks import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ def read_labels(path: Path, graph: PoetsGraph) -> list[str]:
 
 def imported_manifest(graph: PoetsGraph, class_names: list[str], labels: Path) -> dict[str, Any]:
     """The manifest of the bundle imported from `graph` (see the module docstring)."""
-    from flowers.models.training.retrain import library_versions
 
     size = graph.input_size
     family = graph.family

@@ -8,5 +8,5 @@
     predict           photos and a runner in, each photo's top labels out
 
 May import the top-level modules of `flowers.models` (errors, atomic, decode, networks, bundle);
-never `caches`, `training` or `codelab`.
+never `caches`, `training`, `codelab` or `export`.
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flowers.models.decode import RESIZE_FLOWERS, load_image
-from flowers.models.errors import ImageDecodeError
+from flowers.models.errors import ImageDecodeError, UsageError
 from flowers.models.runtime import batching
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,24 @@ Runner = Callable[[np.ndarray], np.ndarray]
 # MobileNetV2 worker process near 0.93 GB (64: 1.7 GB) and was faster on two cores as well
 # (bench/results-issue3.txt). LiteRT runs its own batch size inside (models.runtime.runners).
 LABEL_BATCH_SIZE = 16
+# Labels a photo's row may hold, and photos a batch may hold, at most.
+MAX_TOP_K = 100_000
+MAX_BATCH_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """How photos are labelled: the `top_k` labels each row keeps (at most one per class) and
+    the photos decoded and handed to the runner at once. Checked when made."""
+
+    top_k: int = 1
+    batch_size: int = LABEL_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        for name, value, high in (("top-k", self.top_k, MAX_TOP_K),
+                                  ("batch size", self.batch_size, MAX_BATCH_SIZE)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise UsageError(f"{name} {value!r} is not a whole number from 1 to {high}")
 
 
 @dataclass(frozen=True)
@@ -74,13 +92,13 @@ class LoadedModel:
 def label_photos(
     paths: Iterable[Path],
     model: LoadedModel,
-    k: int,
-    batch_size: int = LABEL_BATCH_SIZE,
+    options: LabelOptions,
     threads: int | None = None,
     guard: Guard | None = None,
 ) -> Iterator[LabelRow]:
-    """Labels photos with `model` in input order, streaming: one row per path, with the `k`
-    most probable labels (at most one per class).
+    """Labels photos with `model` in input order, streaming: one row per path, with the
+    `options.top_k` most probable labels (at most one per class), `options.batch_size` photos
+    a batch.
 
     `guard`, if given, may refuse a photo before it is read, with a reason for its row.
     `threads` decode beside the network (default `batching.decode_threads()`; 0: between
@@ -88,7 +106,7 @@ def label_photos(
     """
     runner, class_names, input_size, resize = (model.run, model.class_names, model.input_size,
                                                model.resize)
-    k = max(1, min(k, len(class_names)))
+    k, batch_size = min(options.top_k, len(class_names)), options.batch_size
     threads = batching.decode_threads() if threads is None else threads
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="decode")

@@ -1,7 +1,6 @@
 """Training: photos and a recipe in, a fitted classifier, its metrics and a bundle out.
 
     recipe      the recipes by name; the fine-tune recipe's settings as a frozen dataclass
-    layers      the Keras layers bundles need beyond the standard ones
     head        the codelab recipe: a softmax layer on bottlenecks
     finetune    the fine-tune recipe: the top of the network on split-layer activations
     trainer     either recipe: its features computed (cached) and a classifier fitted
@@ -11,5 +10,6 @@
     folds       stratified k-fold assignment
     evaluate    cross-validation of recipes
 
-May import the top-level modules of `flowers.models`, `runtime` and `caches`; never `codelab`.
+May import the top-level modules of `flowers.models`, `runtime` and `caches`; never `codelab`
+or `export`.
 """

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from flowers.models import dataset, networks
-from flowers.models.errors import DatasetError
+from flowers.models.errors import DatasetError, UsageError
 from flowers.models.training import calibration, folds, head, trainer
 from flowers.models.training.recipe import RECIPES, check_recipe
 from flowers.models.training.retrain import RetrainRequest
+from flowers.models.typed import field_values
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,14 @@ class EvaluateRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluateRequest:
-        return cls(RetrainRequest.from_dict(data["training"]), int(data.get("folds", 5)),
-                   tuple(data.get("recipes") or RECIPES), data.get("photo_stages"))
+        """The request of `data` (what `to_dict` makes), each field's type checked
+        (`UsageError` naming the field)."""
+        values = field_values(cls, data, "the evaluate request")
+        if "training" not in values:
+            raise UsageError("the evaluate request has no training settings")
+        values["training"] = RetrainRequest.from_dict(values["training"])
+        values["recipes"] = values.get("recipes") or RECIPES
+        return cls(**values)
 
 
 def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:

@@ -225,7 +225,7 @@ def export_model(trained: TrainedTop) -> keras.Model:
     """One Keras model: 0-255 RGB pixels in, probabilities out (mirror averaging inside)."""
     import keras
 
-    from flowers.models.training.layers import HorizontalFlip
+    from flowers.models.layers import HorizontalFlip
 
     network = trained.network
     spec = network.spec

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from flowers.models.errors import UsageError
+from flowers.models.typed import field_values
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ class FineTuneRecipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> FineTuneRecipe:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in (data or {}).items() if key in names}
-        if "crop_area" in values:
-            values["crop_area"] = tuple(values["crop_area"])
-        return cls(**values)
+        """The recipe of `data` (what `to_dict` makes), each field's type checked
+        (`UsageError` naming the field); None: the defaults."""
+        return cls(**field_values(cls, {} if data is None else data, "the fine-tune recipe"))

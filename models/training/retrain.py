@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,9 +21,11 @@ import numpy as np
 from flowers.models import bundle, dataset, networks
 from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.errors import DatasetError
+from flowers.models.runtime.litert import to_tflite
 from flowers.models.training import head, report, trainer
 from flowers.models.training.calibration import calibrate
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
+from flowers.models.typed import field_values
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class RetrainRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrainRequest:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in data.items() if key in names}
+        """The request of `data` (what `to_dict` makes), each field's type checked
+        (`UsageError` naming the field)."""
+        values = field_values(cls, data, "the training request")
         values["fine_tune"] = FineTuneRecipe.from_dict(values.get("fine_tune"))
         return cls(**values)
 
@@ -198,12 +200,12 @@ def retrain(
         },
         "calibration": calibration,
         phase: cache,
-        "versions": library_versions(),
+        "versions": networks.library_versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
     target = bundle.output_folder(request.output, home, spec.name)[0]
     output = bundle.save_bundle(
-        target, model, manifest, split_files,
+        target, model, to_tflite(model), manifest, split_files,
         write_report=lambda path: report.write_report(
             path, fitted.history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
@@ -249,19 +251,3 @@ def _misclassified(
                 "confidence": round(float(p[guess]), 6),
             })
     return wrong
-
-
-def library_versions() -> dict[str, str]:
-    """Python, TensorFlow, Keras and flowers versions, as manifests record them."""
-    from importlib import metadata
-
-    import keras
-    import tensorflow as tf
-
-    versions = {"python": platform.python_version(), "tensorflow": tf.__version__,
-                "keras": keras.__version__}
-    try:
-        versions["flowers"] = metadata.version("flowers")
-    except metadata.PackageNotFoundError:
-        versions["flowers"] = "unknown"
-    return versions
