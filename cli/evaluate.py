@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
@@ -14,9 +15,10 @@ from flowers.cli.queue import open_queue
 from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file, write_text_atomically
-from flowers.models.dataset import check_percentages, discover
+from flowers.models.dataset import check_percentages, check_photo_dir, discover, walk_images
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
+from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.evaluate import EvaluateRequest
 from flowers.models.training.recipe import RECIPES
 from flowers.models.training.retrain import RetrainRequest
@@ -36,7 +38,16 @@ from flowers.models.training.retrain import RetrainRequest
 @click.option("--how-many-training-steps", type=click.IntRange(min=1), default=4000,
               show_default=True, help="codelab: training steps.")
 @click.option("--validation-percentage", type=float, default=10.0, show_default=True,
-              help="Share of each training fold held out to choose the epoch.")
+              help="Share of each fold's training photos held out to choose the epoch and, "
+                   "with the testing share, to calibrate: as flowers train holds them out.")
+@click.option("--testing-percentage", type=float, default=10.0, show_default=True,
+              help="Share of each fold's training photos held out beside the validation share "
+                   "to calibrate (flowers train's test split).")
+@click.option("--accept-precision", type=float, default=DEFAULT_ACCEPT_PRECISION,
+              show_default=True, help="The precision `accept` is chosen for, in (0, 1].")
+@click.option("--stray", "stray_dir", type=click.Path(path_type=Path), default=None,
+              help="A folder of photos of none of the classes: how many each fold calls "
+                   "unknown (they fit nothing).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("evaluation.json"),
               show_default=True, help="Write the figures here as JSON (replacing only figures "
               "flowers evaluate wrote).")
@@ -45,13 +56,22 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
              architecture: str, weights: str, epochs: int, epoch_choice: str, views: int,
              flip_average: bool,
              split_layer: str | None, learning_rate: float | None,
-             how_many_training_steps: int, validation_percentage: float, output: Path) -> None:
-    """Cross-validate training recipes on PHOTO_DIR (stratified k-fold) and compare them."""
+             how_many_training_steps: int, validation_percentage: float,
+             testing_percentage: float, accept_precision: float, stray_dir: Path | None,
+             output: Path) -> None:
+    """Cross-validate training recipes on PHOTO_DIR (stratified k-fold) and compare them:
+    accuracy, and how far their confidences and decisions can be trusted."""
     spec = get_spec(architecture)
     if learning_rate is not None and learning_rate <= 0:
         raise UsageError(f"--learning-rate {learning_rate} must be positive")
-    check_percentages(validation_percentage, 0)
+    check_percentages(validation_percentage, testing_percentage)
+    check_precision(accept_precision)
     data = discover(photo_dir)
+    if stray_dir is not None:
+        stray_dir = check_photo_dir(stray_dir)
+        if next(walk_images(stray_dir), None) is None:
+            raise UsageError(f"--stray {stray_dir} holds no photos: name a folder of photos of "
+                             "none of the classes")
     output = check_output(output, data.root)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
@@ -61,9 +81,11 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
         fine_tune=fine_tune_recipe(epochs, epoch_choice, views, flip_average, split_layer,
                                    learning_rate, None),
         how_many_training_steps=how_many_training_steps,
-        validation_percentage=validation_percentage, testing_percentage=0.0,
+        validation_percentage=validation_percentage, testing_percentage=testing_percentage,
+        accept_precision=accept_precision,
     )
-    request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES)
+    request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES,
+                              stray_dir=str(stray_dir) if stray_dir else None)
     with open_queue(obj.settings, local_processes=obj.settings.processes()) as queue:
         click.echo(f"{folds}-fold cross-validation of {', '.join(request.recipes)} with "
                    f"{spec.name} on {len(data.photos)} photos in {len(data.class_names)} classes",
@@ -95,12 +117,18 @@ def check_output(output: Path, photo_dir: Path) -> Path:
 
 
 def describe_trust(trust: dict[str, Any]) -> str:
-    """ECE before -> after temperature scaling; what the acceptance threshold gave."""
+    """ECE before -> after temperature scaling; what `accept` and `unknown` gave."""
     precision = trust.get("accept_precision")
     shown = "none accepted" if precision is None else (
         f"precision {precision:.3f}, coverage {trust['accept_coverage']:.3f}")
-    return (f"ECE {trust['ece_before']:.3f} -> {trust['ece_after']:.3f} calibrated; accepted "
-            f"at a {trust['accept_target']:.0%} precision target: {shown}")
+    line = (f"ECE {trust['ece_before']:.3f} -> {trust['ece_after']:.3f} calibrated; accepted "
+            f"at a {trust['accept_target']:.0%} precision target: {shown}; unknown: "
+            f"{trust['unknown_rate']:.1%} of the photos of the classes")
+    if trust.get("stray_photos"):
+        per_fold = trust["stray_unknown"]
+        line += (f", {np.mean(per_fold):.1f} of {trust['stray_photos']} stray photos (per fold "
+                 f"{' '.join(str(n) for n in per_fold)})")
+    return line
 
 
 def print_figures(result: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
+from flowers.models.runtime.decisions import check_precision, load_decider
 from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 
 
@@ -23,10 +24,16 @@ from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="What runs the bundle; default FLOWERS_RUNTIME, else litert.")
+@click.option("--accept-precision", type=float, default=None,
+              help="Accept at the threshold for this precision, in (0, 1] (default: the "
+                   "bundle's own).")
 @click.pass_obj
 def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
-          runtime: str | None) -> None:
-    """Print the top labels and confidences of each IMAGE."""
+          runtime: str | None, accept_precision: float | None) -> None:
+    """Print the top labels and calibrated confidences of each IMAGE, and its decision:
+    accept, review, or unknown (none of the bundle's classes)."""
+    if accept_precision is not None:
+        check_precision(accept_precision)
     bundle = bundle.resolve()
     manifest = read_manifest(bundle)  # a clear error before any runtime starts
     if warning := decoding_mismatch(bundle, manifest):
@@ -49,8 +56,13 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     runner = open_runner(bundle, manifest, choice.runtime, obj.settings.threads_per_process(),
                          batch_size, quiet=True)
     failed = 0
+    decider = load_decider(bundle, manifest, accept_precision)
+    if decider is None:
+        click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
+                   "bundles): retrain it (flowers train) for accept / review / unknown", err=True)
     model = LoadedModel(str(manifest["bundle_id"]), list(manifest["class_names"]),
-                        int(manifest["input_size"][0]), runner, resize_method(manifest))
+                        int(manifest["input_size"][0]), runner, resize_method(manifest),
+                        decider)
     rows = label_photos(images, model, LabelOptions(min(top_k, len(model.class_names)),
                                                     batch_size))
     for row in rows:
@@ -60,5 +72,7 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
             click.echo(f"  error: {row.error}")
         for name, confidence in row.labels:
             click.echo(f"  {name:<20} {confidence:.6f}")
+        if row.decision:
+            click.echo(f"  decision: {row.decision}")
     if failed:
         raise click.exceptions.Exit(1)

@@ -28,6 +28,7 @@ from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
 from flowers.models.dataset import check_photo_dir, walk_images
 from flowers.models.errors import DatasetError, UsageError
+from flowers.models.runtime.decisions import DECISIONS, check_precision, load_decider
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.worker import output_csv, results
 from flowers.worker.chunk_list import ChunkWriter, chunked, feed
@@ -105,15 +106,21 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
               help="Write OUTPUT as a folder of sorted CSV files of this many rows each, "
                    "with manifest.json (for very large jobs; read them as one table by "
                    "globbing OUTPUT/*.csv).")
+@click.option("--accept-precision", type=float, default=None,
+              help="Accept the photos whose confidence reaches the threshold the bundle's "
+                   "held-out photos give for this precision, in (0, 1] (default: the one it "
+                   "was trained for, 0.98 unless said otherwise).")
 @click.option("--overwrite", is_flag=True, help="Start over: drop earlier rows and output.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
 @click.pass_obj
 def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_k: int,
-              chunk_size: int, batch_size: int, partition_rows: int | None, overwrite: bool,
-              wait: bool) -> None:
+              chunk_size: int, batch_size: int, partition_rows: int | None,
+              accept_precision: float | None, overwrite: bool, wait: bool) -> None:
     """Label every photo below PHOTO_DIR with a bundle, into one CSV sorted by path."""
     settings = obj.settings
+    if accept_precision is not None:
+        check_precision(accept_precision)
     root = check_photo_dir(photo_dir)
     if next(walk_images(root), None) is None:
         raise DatasetError(
@@ -132,12 +139,22 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
             "without it the local cluster lives only while the command waits"
         )
+    decider = load_decider(bundle, manifest, accept_precision)
+    if decider is None:
+        if accept_precision is not None:
+            raise UsageError(f"--accept-precision: {bundle} makes no decisions (made before "
+                             "flowers calibrated its bundles): retrain it to get them")
+        click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
+                   "bundles): its rows' decision is empty; retrain it (flowers train) for "
+                   "accept / review / unknown", err=True)
     k = min(top_k, len(manifest["class_names"]))
     parts_dir = results.parts_dir_for(output)
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,
-                "k": k, "bundle": str(bundle)}
+                "k": k, "bundle": str(bundle),
+                "decisions": None if decider is None else decider.settings()}
     job = LabelJob(photo_dir=root, bundle=bundle, parts_dir=parts_dir,
-                   options=LabelOptions(top_k=k, batch_size=batch_size))
+                   options=LabelOptions(top_k=k, batch_size=batch_size,
+                                        accept_precision=accept_precision))
     with results.locked_parts(parts_dir, output):
         try:
             overwritten = None
@@ -184,6 +201,11 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         f"labelled {summary['rows']} photos ({summary['errors']} errors) in "
         f"{format_seconds(summary['seconds'])}: {summary['output']}"
     )
+    if decider is not None:
+        counts = summary.get("decided") or {}
+        click.echo(", ".join(f"{name} {counts.get(name, 0)}" for name in DECISIONS) +
+                   f" (accepted at {decider.accept_threshold:.3f} calibrated confidence, for "
+                   f"{decider.accept_precision:g} precision)")
 
 
 def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str],

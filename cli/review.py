@@ -30,8 +30,10 @@ def _describe(summary: PageSummary, what: str) -> str:
               help="Photo folder the CSV's paths are relative to (default: the one its "
                    "label-dir job recorded); for a bundle, where its test photos are "
                    "(default: the manifest's photo folder).")
-@click.option("--below", type=click.FloatRange(0, 1), default=0.6, show_default=True,
-              help="Photos whose best label is less confident go to 'check by hand'.")
+@click.option("--below", type=click.FloatRange(0, 1), default=None,
+              help="Photos whose best label is less confident go to 'check by hand' (default: "
+                   "those the bundle's threshold decided `review`; 0.6 for a CSV without "
+                   "decisions).")
 @click.option("--per-label", type=click.IntRange(min=1), default=48, show_default=True,
               help="Thumbnails per label: three quarters lowest confidence, a quarter a random "
                    "sample of the others (for a bundle: misclassified photos per true class).")
@@ -39,7 +41,7 @@ def _describe(summary: PageSummary, what: str) -> str:
               help="Thumbnails in 'check by hand', least confident first.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random sample, so the same CSV gives the same page.")
-def review(source: Path, output: Path, photo_dir: Path | None, below: float, per_label: int,
+def review(source: Path, output: Path, photo_dir: Path | None, below: float | None, per_label: int,
            check_limit: int, seed: int) -> None:
     """Write a page of photos for SOURCE: a results CSV of label-dir, or a bundle folder."""
     ownership.refuse_link(output, "--output")

@@ -16,6 +16,7 @@ from flowers.models.bundle import output_folder
 from flowers.models.dataset import check_percentages, check_training_classes, discover, stable_split
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
+from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
 from flowers.models.training.retrain import RetrainRequest
 from flowers.worker.messages import MAX_BATCH_SIZE
@@ -48,6 +49,10 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               help="Write TensorBoard summaries here.")
 @click.option("--bottleneck-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64,
               show_default=True)
+@click.option("--accept-precision", type=float, default=DEFAULT_ACCEPT_PRECISION,
+              show_default=True,
+              help="The precision `accept` is chosen for on the held-out photos, in (0, 1]; "
+                   "label-dir may ask another.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
 @click.option("--print-misclassified-test-images", is_flag=True)
@@ -58,9 +63,10 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
           split_layer: str | None, how_many_training_steps: int, train_batch_size: int | None,
           learning_rate: float | None, eval_step_interval: int, validation_percentage: float,
           testing_percentage: float, summaries_dir: Path | None, bottleneck_batch_size: int,
-          wait: bool, print_misclassified_test_images: bool) -> None:
+          accept_precision: float, wait: bool, print_misclassified_test_images: bool) -> None:
     """Retrain the top of an ImageNet network on PHOTO_DIR (one sub-folder per class)."""
     settings = obj.settings
+    check_precision(accept_precision)
     spec = get_spec(architecture)
     for name, value in (("--how-many-training-steps", how_many_training_steps),
                         ("--train-batch-size", train_batch_size),
@@ -99,7 +105,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
         eval_step_interval=eval_step_interval,
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
         summaries_dir=str(summaries_dir.resolve()) if summaries_dir else None,
-        bottleneck_batch_size=bottleneck_batch_size,
+        bottleneck_batch_size=bottleneck_batch_size, accept_precision=accept_precision,
     )
     with open_queue(settings, local_processes=settings.processes()) as queue:
         click.echo(f"training {spec.name} ({recipe}) on {len(data.photos)} photos in "
@@ -124,6 +130,8 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         f"train {_percent(summary['train_accuracy'])})"
     )
     click.echo(f"bundle: {summary['bundle']}")
+    if trust := summary.get("trust"):
+        click.echo(describe_trust(trust))
     cache = summary["cache"]
     unit = "views" if cache["kind"] == "activations" else "photos"
     click.echo(
@@ -145,3 +153,18 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         for item in wrong:
             click.echo(f"  {item['path']}: {item['true']} taken for {item['predicted']} "
                        f"({item['confidence']:.2f})")
+
+
+def describe_trust(trust: dict[str, Any]) -> str:
+    """Calibration and decisions in one line, as `flowers train` prints them."""
+    coverage = trust["held_out_coverage"]
+    precision = trust["held_out_precision"]
+    accepted = (f"held-out precision {precision:.3f}, coverage {coverage:.3f}"
+                if precision is not None else "no held-out photo reaches it")
+    unknown = ("" if trust["unknown_threshold"] is None else
+               f"; unknown beyond distance {trust['unknown_threshold']:.3f} from every "
+               f"training photo (keeps {trust['unknown_keep']:.0%} of held-out photos)")
+    return (f"confidences calibrated (temperature {trust['temperature']:.3f}): test ECE "
+            f"{trust['test_ece_before']:.3f} -> {trust['test_ece_after']:.3f}; accept at "
+            f"{trust['accept_threshold']:.3f} for {trust['accept_precision']:g} precision: "
+            f"{accepted}{unknown}")

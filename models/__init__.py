@@ -14,8 +14,9 @@ Where both flows meet, the modules at this level; they import one another and no
                 activation cache stores and the fine-tune recipe trains on
     networks    the base networks by name (registry, weights), the library versions used
     layers      the Keras layers bundles hold beyond the standard ones
+    manifest    a bundle's manifest.json checked: field types, labels.txt, the model's shapes
     bundle      a trained model as a self-describing folder: written (its model.tflite handed
-                in by whoever converted it), read and checked
+                in by whoever converted it) and read
 
 Sub-packages, each importing only the modules above and the sub-packages it names:
     runtime     running networks: TensorFlow threads, batching, LiteRT conversion and its cache,

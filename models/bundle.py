@@ -28,10 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from flowers.models import ownership
 from flowers.models.atomic import read_regular_file, temporary_folder_beside
-from flowers.models.dataset import class_name_problem
 from flowers.models.errors import BundleError, GraphGivenAsBundleError, UsageError
+from flowers.models.manifest import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    check_labels_file,
+    check_manifest,
+    check_model_shapes,
+    resize_method,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -40,12 +49,13 @@ log = logging.getLogger(__name__)
 
 # 2: model.tflite beside model.keras, listed in the manifest's "models". Format 1 bundles
 # (model.keras only) still load and label, on Keras.
-FORMAT_VERSION = 2
+# 3: calibrated probabilities and features as two named outputs, the manifest's decisions.
+FORMAT_VERSION = 3
 MODEL_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
-LABELS_FILE = "labels.txt"
-MANIFEST_FILE = "manifest.json"
 SPLIT_FILE = "split.json"
+# The training photos' features, (photos, feature size) float16: what `unknown` is measured by.
+FEATURES_FILE = "features.npy"
 # The manifest's description of model.tflite.
 TFLITE_ENTRY = {"file": TFLITE_FILE, "input": "uint8 RGB pixels, 0-255 (N, size, size, 3)",
                 "output": "class probabilities (N, classes)", "quantization": "none (float32)"}
@@ -63,9 +73,11 @@ def save_bundle(
     manifest: dict[str, Any],
     split: dict[str, list[str]],
     write_report: Callable[[Path], None] | None = None,
+    features: np.ndarray | None = None,
 ) -> Path:
-    """Writes the bundle (the Keras model and `tflite`, its LiteRT conversion) into a temporary
-    sibling folder, then renames it to `output`; fills the manifest's "models".
+    """Writes the bundle (the Keras model and `tflite`, its LiteRT conversion; the training
+    photos' `features`, if given) into a temporary sibling folder, then renames it to
+    `output`; fills the manifest's "models".
 
     A reader sees the old bundle or the new one, never a half-written one.
     """
@@ -73,6 +85,8 @@ def save_bundle(
     def fill(staging: Path) -> None:
         model.save(staging / MODEL_FILE)
         (staging / TFLITE_FILE).write_bytes(tflite)
+        if features is not None:
+            np.save(staging / FEATURES_FILE, features.astype(np.float16), allow_pickle=False)
         manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
         (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
         if write_report is not None:
@@ -209,96 +223,6 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     return manifest
 
 
-def _refuse(bundle: Path, field: str, found: Any, wanted: str) -> BundleError:
-    shown = json.dumps(found, ensure_ascii=False)
-    shown = shown if len(shown) <= 80 else f"{shown[:76]} ..."
-    return BundleError(f"bundle {bundle}: {MANIFEST_FILE}'s {field} is {shown}, not {wanted}: "
-                       "retrain or re-export the bundle")
-
-
-def _one_line_name(name: Any) -> bool:
-    """A non-empty class name that labels.txt keeps: the rule of the scan that made it
-    (`dataset.class_name_problem`), so a bundle trained on a folder is never refused here."""
-    return isinstance(name, str) and bool(name.strip()) and class_name_problem(name) is None
-
-
-def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
-    """Raises `BundleError` unless the fields whoever labels reads have the types flowers writes:
-    input_size [N, N]; class_names two or more distinct names, each one printable line;
-    architecture and bundle_id non-empty strings; preprocessing, models, imported, not_included
-    and metrics, where present, objects; models.keras a file name inside the bundle."""
-    for key in ("architecture", "bundle_id"):
-        if not isinstance(manifest[key], str) or not manifest[key].strip():
-            raise _refuse(bundle, key, manifest[key], "a non-empty string")
-    size = manifest["input_size"]
-    if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1]
-            and type(size[0]) is int and type(size[1]) is int and size[0] > 0):
-        raise _refuse(bundle, "input_size", size, "[N, N] with N a positive whole number of pixels")
-    names = manifest["class_names"]
-    if not isinstance(names, list) or len(names) < 2:
-        raise _refuse(bundle, "class_names", names, "a list of two or more class names")
-    for name in names:
-        if not _one_line_name(name):
-            raise _refuse(bundle, "class name", name,
-                          "a non-empty name that labels.txt keeps on one line")
-    if len(set(names)) != len(names):
-        twice = sorted({name for name in names if names.count(name) > 1})
-        raise _refuse(bundle, "class_names", names, f"distinct names ({twice[0]!r} is repeated)")
-    for key in ("preprocessing", "models", "imported", "not_included", "metrics"):
-        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
-            raise _refuse(bundle, key, manifest[key], "an object")
-    preprocessing = manifest.get("preprocessing") or {}
-    for key in ("resize_method", "version"):
-        if preprocessing.get(key) is not None and not isinstance(preprocessing[key], str):
-            raise _refuse(bundle, f"preprocessing.{key}", preprocessing[key], "a string")
-    keras_name = (manifest.get("models") or {}).get("keras")
-    if keras_name is not None and (not isinstance(keras_name, str) or
-                                   Path(keras_name).name != keras_name or keras_name in ("", "..")):
-        raise _refuse(bundle, "models.keras", keras_name, "a file name in the bundle")
-    resize_method(manifest)
-
-
-def check_labels_file(bundle: Path, manifest: dict[str, Any]) -> None:
-    """Raises `BundleError` unless labels.txt lists the manifest's class_names, one a line
-    (trailing blank lines aside), whatever runtime is to run the bundle."""
-    path = bundle / LABELS_FILE
-    try:
-        labels = read_regular_file(path).decode("utf-8").splitlines()
-    except FileNotFoundError:
-        raise BundleError(f"bundle {bundle} lacks {LABELS_FILE}: retrain or re-export the "
-                          "bundle") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path} is unreadable ({exc}): retrain or re-export the "
-                          "bundle") from None
-    while labels and not labels[-1].strip():
-        labels.pop()
-    names = list(manifest["class_names"])
-    if labels != names:
-        shown = lambda items: json.dumps(items, ensure_ascii=False)[:120]  # noqa: E731
-        raise BundleError(
-            f"bundle {bundle}: {path.name} ({len(labels)} labels, {shown(labels)}) does not "
-            f"match {MANIFEST_FILE}'s class_names ({len(names)}, {shown(names)}): retrain or "
-            f"re-export the bundle, or write {LABELS_FILE} from class_names, one a line")
-
-
-def check_model_shapes(bundle: Path, manifest: dict[str, Any], model_file: str,
-                       input_shape: tuple[int | None, ...],
-                       output_shape: tuple[int | None, ...]) -> None:
-    """Raises `BundleError` unless the opened model takes the manifest's input_size (N, N, 3
-    pixels, any batch) and gives one score per name of its class_names."""
-    size = int(manifest["input_size"][0])
-    if tuple(input_shape[1:]) != (size, size, 3):
-        raise BundleError(
-            f"bundle {bundle}: {model_file} takes photos of {list(input_shape[1:])} but "
-            f"{MANIFEST_FILE}'s input_size is [{size}, {size}]: retrain or re-export the bundle")
-    classes = len(manifest["class_names"])
-    if len(output_shape) != 2 or output_shape[-1] != classes:
-        scores = output_shape[-1] if len(output_shape) == 2 else list(output_shape[1:])
-        raise BundleError(
-            f"bundle {bundle}: {model_file} gives {scores} scores per photo but "
-            f"{MANIFEST_FILE}'s class_names has {classes} names: retrain or re-export the bundle")
-
-
 @dataclass
 class LoadedBundle:
     """A bundle in memory: its Keras model, its manifest and its class names."""
@@ -314,18 +238,6 @@ class LoadedBundle:
     @property
     def input_size(self) -> int:
         return int(self.manifest["input_size"][0])
-
-
-def resize_method(manifest: dict[str, Any]) -> str:
-    """How labelling resizes photos for this bundle (`models.decode.RESIZES`): what the
-    manifest's preprocessing names, else flowers' own (bundles made by flowers train)."""
-    from flowers.models.decode import RESIZE_FLOWERS, RESIZES
-
-    method = (manifest.get("preprocessing") or {}).get("resize_method", RESIZE_FLOWERS)
-    if method not in RESIZES:
-        raise BundleError(f"the manifest's resize_method {method!r} is none this flowers knows "
-                          f"({', '.join(RESIZES)}): upgrade flowers")
-    return str(method)
 
 
 def imported_from(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -379,8 +291,14 @@ def load_bundle(bundle: Path) -> LoadedBundle:
             f"cannot load {model_path} ({type(exc).__name__}: {exc}); it may be truncated or hold "
             "custom code, which safe mode refuses: retrain the bundle"
         ) from None
+    # A bundle's model names its outputs (probabilities, features); an older one has one.
+    # (Keras gives a loaded model's output_shape as a list, its output as the dict it was.)
+    outputs = model.output if isinstance(model.output, dict) else {"probabilities": model.output}
+    shapes = {name: tuple(tensor.shape) for name, tensor in outputs.items()}
+    features = shapes.get("features")
     check_model_shapes(bundle, manifest, MODEL_FILE, _shape(model.input_shape),
-                       _shape(model.output_shape))
+                       _shape(shapes.get("probabilities")),
+                       None if features is None else _shape(features))
     return LoadedBundle(bundle, model, manifest)
 
 

@@ -198,17 +198,24 @@ def build_base_network(
     return keras.Model(pixels, bottleneck, name=f"{spec.name.replace('.', '_')}_base")
 
 
-def batch_runner(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """Wraps `model` in one graph traced once for uint8 batches of any length."""
+def batch_runner(model: keras.Model) -> Callable[[np.ndarray], Any]:
+    """Wraps `model` in one graph traced once for uint8 batches of any length; its output as
+    an array (a dict of them for a model with named outputs, such as a bundle's)."""
     import tensorflow as tf
 
     size = model.input_shape[1]
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
-    def run(batch: tf.Tensor) -> tf.Tensor:
+    def run(batch: tf.Tensor) -> Any:
         return model(tf.cast(batch, tf.float32), training=False)
 
-    return lambda batch: run(batch).numpy()
+    def numpy(batch: np.ndarray) -> Any:
+        outputs = run(batch)
+        if isinstance(outputs, dict):
+            return {name: value.numpy() for name, value in outputs.items()}
+        return outputs.numpy()
+
+    return numpy
 
 
 def library_versions() -> dict[str, str]:

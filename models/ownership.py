@@ -69,7 +69,7 @@ def is_bundle(folder: Path) -> bool:
 
 # Every file a bundle may hold (models.bundle, models.codelab.importer).
 BUNDLE_FILES = frozenset({"manifest.json", "labels.txt", "model.keras", "model.tflite",
-                          "split.json", "report.png", "graph.pb"})
+                          "split.json", "report.png", "graph.pb", "features.npy"})
 
 
 def check_bundle_output(output: Path, what: str = "--output") -> None:

@@ -4,7 +4,9 @@ test photos it got wrong.
 Everything comes from the manifest (no TensorFlow): architecture, preprocessing, training
 arguments, split, accuracy per split, per-class precision and recall, the test confusion
 matrix, the learning curves (drawn from the manifest's history; a bundle made before the
-manifest kept it shows its report.png instead) and the misclassified test photos, found under
+manifest kept it shows its report.png instead), how far its confidences can be trusted (the
+calibration's reliability diagram, the acceptance curve and the thresholds: `trust_charts`)
+and the misclassified test photos, found under
 the manifest's photo folder or `photo_dir`: per true class at most `per_class`, the most
 confident mistakes first.
 """
@@ -62,6 +64,34 @@ def misclassified_by_class(manifest: dict[str, Any], per_class: int) -> list[dic
     return shown
 
 
+def trust_charts(manifest: dict[str, Any]) -> list[charts.SquareChart]:
+    """The reliability diagram of the calibrated test photos (accuracy against confidence per
+    bin, beside the diagonal of perfect calibration) and the acceptance curve (precision
+    against coverage of the held-out photos, the chosen threshold marked); none for a bundle
+    made before it recorded them."""
+    shown = []
+    bins = (manifest.get("calibration") or {}).get("test_reliability") or []
+    if bins:
+        shown.append(charts.square_chart(
+            "reliability", {"ideal": [(0.0, 0.0), (1.0, 1.0)],
+                            "measured": [(b["confidence"], b["accuracy"]) for b in bins]},
+            [(b["confidence"], b["accuracy"], f"{b['count']} photos at {b['confidence']:.2f}: "
+              f"{b['accuracy']:.0%} right") for b in bins],
+            "calibrated confidence", "accuracy"))
+    accept = (manifest.get("decisions") or {}).get("accept") or {}
+    curve = accept.get("curve") or []
+    if curve:
+        chosen = [p for p in curve if p["threshold"] >= accept["threshold"]]
+        dots = [(chosen[-1]["coverage"], chosen[-1]["precision"],
+                 f"threshold {accept['threshold']:.3f}: precision {chosen[-1]['precision']:.3f}, "
+                 f"coverage {chosen[-1]['coverage']:.3f}")] if chosen else []
+        shown.append(charts.square_chart(
+            "precision against coverage",
+            {"measured": [(p["coverage"], p["precision"]) for p in curve]}, dots,
+            "coverage (share accepted)", "precision", y_low=0.5))
+    return shown
+
+
 def confusion_shades(matrix: list[list[int]]) -> list[list[float]]:
     """Each cell's share of its row (true class), for shading the matrix."""
     return [[count / (sum(row) or 1) for count in row] for row in matrix]
@@ -86,6 +116,7 @@ def write_bundle_page(bundle: Path, output: Path, photo_dir: Path | None,
         matrix=matrix, shades=confusion_shades(matrix), wrong=wrong,
         wrong_total=len(metrics.get("misclassified_test_images", [])), thumbnails=thumbnails,
         skipped=skipped[:SKIPPED_ROWS], skipped_total=len(skipped),
+        trust_charts=trust_charts(manifest),
     )
     return PageSummary(output, page_bytes, sum(manifest.get("split", {}).values()),
                        len(manifest["class_names"]), len(skipped), len(thumbnails))

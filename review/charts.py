@@ -1,4 +1,5 @@
-"""Numbers in, the geometry of small SVG charts out: a confidence histogram, learning curves.
+"""Numbers in, the geometry of small SVG charts out: a confidence histogram, learning curves,
+and charts on the unit square (a reliability diagram, precision against coverage).
 
 The templates draw the SVG from these coordinates; nothing here writes markup.
 """
@@ -96,3 +97,39 @@ def line_chart(title: str, steps: list[float], series: dict[str, list[float | No
     x_ticks = [(x_of(x_low + x_span * f), f"{x_low + x_span * f:g}") for f in (0, 0.5, 1)]
     y_ticks = [(y_of(y_top * f), f"{y_top * f:.2g}") for f in (0, 0.5, 1)]
     return LineChart(title, width, height, lines, x_ticks, y_ticks)
+
+
+@dataclass(frozen=True)
+class Dot:
+    x: float
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class SquareChart:
+    """Lines and dots over [0, 1] x [0, 1] (y from `y_low`), with their axis names."""
+
+    title: str
+    size: int
+    lines: list[Line]
+    dots: list[Dot]
+    x_name: str
+    y_name: str
+    y_low: float
+
+
+def square_chart(title: str, series: dict[str, list[tuple[float, float]]],
+                 dots: list[tuple[float, float, str]], x_name: str, y_name: str,
+                 y_low: float = 0.0, size: int = 220) -> SquareChart:
+    """`series` (name -> (x, y) points, both in [0, 1]) and labelled `dots`, y shown from
+    `y_low` to 1 (points under it sit on the axis)."""
+    span = (1.0 - y_low) or 1.0
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return round(x * size, 2), round(size - max(0.0, y - y_low) / span * size, 2)
+
+    lines = [Line(name, " ".join("{},{}".format(*at(x, y)) for x, y in points))
+             for name, points in series.items() if points]
+    return SquareChart(title, size, lines, [Dot(*at(x, y), label) for x, y, label in dots],
+                       x_name, y_name, y_low)

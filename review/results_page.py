@@ -1,8 +1,9 @@
 """A labelled CSV and its photo folder in, the review page of the labelling out.
 
 results.csv -> selection (one streaming pass) -> thumbnails of the rows shown -> results.html:
-a summary (photos, labels, errors; the bundle and date from the job record beside the CSV),
-a "check by hand" section of the least confident photos below `below`, one section per label
+a summary (photos, labels, errors, each decision; the bundle, date and thresholds from the job
+record beside the CSV), the photos decided `unknown` and those to check by hand (decided
+`review`, or in a CSV without decisions those below `below`), one section per label
 (count, confidence histogram, lowest confidence first, then a random sample of the others) and
 the error rows with their reasons.
 """
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class ReviewOptions:
     """What `flowers review` was asked to show of a CSV."""
 
-    below: float = 0.6
+    below: float | None = None  # None: by the CSV's decisions, else 0.6
     per_label: int = 48
     check_limit: int = 240
     seed: int = 0

@@ -32,6 +32,8 @@ pytest_plugins = ["tests.label_data", "tests.fault_data"]
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FLOWERS_SHARED_DIR") or REPO.parent / "shared")
 PHOTOS = SHARED / "data" / "flower_photos"
+# Photos of none of the flower classes (a cat, coins, the moon, ...).
+OUT_OF_SET = SHARED / "data" / "out_of_set"
 KERAS_WEIGHTS = SHARED / "weights" / "keras"
 # The codelab's own graphs: a retrained_graph.pb made by its retrain.py, and its base network.
 CODELAB_WEIGHTS = SHARED / "weights" / "codelab"
@@ -49,6 +51,11 @@ def _require(path: Path, what: str) -> Path:
 @pytest.fixture(scope="session")
 def flower_photos() -> Path:
     return _require(PHOTOS, "the flower_photos data set")
+
+
+@pytest.fixture(scope="session")
+def out_of_set() -> Path:
+    return _require(OUT_OF_SET, "the out_of_set photos (none of the classes)")
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ def test_retrain_writes_a_self_describing_bundle(
 ) -> None:
     path, summary = trained_bundle
     assert sorted(p.name for p in path.iterdir()) == [
-        "labels.txt", "manifest.json", "model.keras", "model.tflite", "report.png", "split.json"]
+        "features.npy", "labels.txt", "manifest.json", "model.keras", "model.tflite",
+        "report.png", "split.json"]
     assert (path / "labels.txt").read_text() == "daisy\nroses\ntulips\n"
     manifest = read_manifest(path)
     assert manifest["architecture"] == SMALL_NETWORK
@@ -40,6 +41,18 @@ def test_retrain_writes_a_self_describing_bundle(
     assert set(metrics["test_per_class"]) == {"daisy", "roses", "tulips"}
     assert {"tensorflow", "keras", "python", "flowers"} <= set(manifest["versions"])
     assert (path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # What decisions need: the training photos' features (the codelab recipe's bottlenecks),
+    # the acceptance curve and thresholds fitted on the held-out photos.
+    features = np.load(path / "features.npy")
+    assert features.shape == (manifest["split"]["training"], manifest["bottleneck_size"])
+    decisions = manifest["decisions"]
+    assert decisions["unknown"]["feature_size"] == manifest["bottleneck_size"]
+    assert decisions["unknown"]["reference_photos"] == manifest["split"]["training"]
+    assert decisions["accept"]["target_precision"] == 0.98
+    curve = decisions["accept"]["curve"]
+    assert curve and curve[-1]["coverage"] == 1.0
+    held_out = manifest["split"]["validation"] + manifest["split"]["testing"]
+    assert manifest["calibration"]["fitted_on"]["photos"] == held_out
 
 
 def test_bundle_model_reproduces_the_recorded_test_results(
@@ -51,7 +64,7 @@ def test_bundle_model_reproduces_the_recorded_test_results(
     manifest = loaded.manifest
     test_files = json.loads((path / "split.json").read_text())["testing"]
     pixels = np.stack([load_image(photo_subset / name, loaded.input_size) for name in test_files])
-    probabilities = loaded.model.predict(pixels, verbose=0)
+    probabilities = loaded.model.predict(pixels, verbose=0)["probabilities"]
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     predicted = [loaded.class_names[i] for i in probabilities.argmax(axis=1)]
     truth = [name.split("/")[0] for name in test_files]

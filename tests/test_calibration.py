@@ -6,15 +6,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from flowers.models.errors import BundleError, UsageError
+from flowers.models.runtime.decisions import (
+    ACCEPT,
+    REVIEW,
+    UNKNOWN,
+    Decider,
+    check_precision,
+    threshold_for,
+)
 from flowers.models.training.calibration import (
-    calibrate,
     expected_calibration_error,
     fit_temperature,
     precision_curve,
     reliability,
     scale,
-    threshold_for_precision,
 )
+from flowers.models.training.trust import HeldOut, apply, fit_trust
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -67,34 +75,66 @@ def test_the_precision_curve_and_the_threshold_for_a_target() -> None:
     curve = precision_curve(probabilities, labels)
     assert [(p["threshold"], p["precision"], p["coverage"]) for p in curve] == [
         (0.9, 1.0, 0.2), (0.8, pytest.approx(2 / 3), 0.6), (0.7, 0.75, 0.8), (0.6, 0.6, 1.0)]
-    assert threshold_for_precision(curve, 0.75) == 0.7
-    assert threshold_for_precision(curve, 1.0) == 0.9
-    assert threshold_for_precision(curve[1:], 0.99) is None
+    assert threshold_for(curve, 0.75) == 0.7
+    assert threshold_for(curve, 1.0) == 0.9
+    assert threshold_for(curve[1:], 0.99) > 1.0, "no threshold reaches it: nothing is accepted"
+    for bad in (0, -0.5, 1.01, float("nan"), True, "0.9"):
+        with pytest.raises(UsageError, match="is not a precision in \\(0, 1\\]"):
+            check_precision(bad)  # type: ignore[arg-type]
 
 
-def test_calibrate_fits_on_held_out_photos_and_reports_on_the_test_photos() -> None:
-    logits, labels = honest_scores(4_000, seed=2)
-    skewed = softmax(logits * 3.0)
-    found = calibrate((skewed[:2000], labels[:2000]), (skewed[2000:], labels[2000:]))
-    assert found["method"] == "temperature" and found["temperature"] == pytest.approx(3, rel=0.15)
-    assert found["test_ece_after"] < found["test_ece_before"]
-    assert sum(b["count"] for b in found["test_reliability"]) == 2000
-    assert found["fitted_on"] == {"photos": 2000}
+def clustered_features(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Features near one centre per class (what a network gives photos of its classes)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(5, 32))
+    return centres[labels] + rng.normal(0, 0.3, size=(len(labels), 32))
 
 
-def test_a_folds_threshold_is_chosen_on_held_out_photos_and_holds_on_the_test_fold() -> None:
-    """What `flowers evaluate` reports a fold: temperature and acceptance threshold fitted on
-    its validation photos, precision and coverage measured on its test photos."""
-    from flowers.models.training.evaluate import ACCEPT_PRECISION, _trust
+def test_trust_is_fitted_on_held_out_halves_and_holds_on_new_photos() -> None:
+    """What `flowers train` fits and `flowers evaluate` measures: a temperature, an acceptance
+    threshold for the target precision and an unknown threshold, from held-out photos; on
+    photos none of it saw, the precision of `accept` is near the target, about 5% of photos of
+    the classes are `unknown`, and photos far from every class are."""
+    logits, labels = honest_scores(14_000, seed=3)
+    skewed = softmax(logits * 0.5)  # underconfident, as label smoothing leaves a network
+    features = clustered_features(labels, seed=4)
+    halves = [HeldOut(skewed[a:b], labels[a:b], features[a:b]) for a, b in ((0, 2000),
+                                                                         (2000, 4000))]
+    reference = features[4000:6000]
+    found = fit_trust(halves[0], halves[1], reference, 0.9)
+    assert found.temperature == pytest.approx(0.5, rel=0.1)
+    assert found.calibration["test_ece_after"] < 0.03 < found.calibration["test_ece_before"]
+    assert found.calibration["fitted_on"]["photos"] == 4000
+    accept = found.decisions["accept"]
+    assert accept["target_precision"] == 0.9 and accept["held_out_precision"] >= 0.9
+    unknown = found.decisions["unknown"]
+    assert (unknown["keep"], unknown["feature_size"], unknown["reference_photos"]) == (
+        0.95, 32, 2000)
 
-    logits, labels = honest_scores(10_000, seed=3)
-    skewed = softmax(logits * 2.0)
-    trust = _trust(skewed[:5000], labels[:5000], skewed[5000:], labels[5000:])
-    assert trust["temperature"] == pytest.approx(2.0, rel=0.1)
-    assert trust["ece_after"] < 0.03 < trust["ece_before"]
-    assert trust["accept_precision"] == pytest.approx(ACCEPT_PRECISION, abs=0.015)
-    accepted = trust["accepted"]
-    assert trust["accept_coverage"] == pytest.approx(accepted.mean())
-    assert (trust["calibrated"][accepted].max(axis=1) >= trust["accept_threshold"]).all()
-    nothing_held_out = _trust(skewed[:0], labels[:0], skewed[:100], labels[:100])
-    assert nothing_held_out["temperature"] == 1.0 and nothing_held_out["accept_precision"] is None
+    new = slice(6000, 14_000)
+    decided = np.array(apply(found, skewed[new], features[new], reference))
+    right = skewed[new].argmax(axis=1) == labels[new]
+    assert right[decided == ACCEPT].mean() == pytest.approx(0.9, abs=0.02)
+    assert np.mean(decided == UNKNOWN) == pytest.approx(0.05, abs=0.015)
+    strays = np.random.default_rng(5).normal(0, 1.0, size=(50, 32)) * 3
+    stray_decisions = apply(found, skewed[:50], strays, reference)
+    assert stray_decisions.count(UNKNOWN) >= 48
+    looser = np.array(apply(found, skewed[new], features[new], reference, accept_precision=0.8))
+    assert np.mean(looser == ACCEPT) > np.mean(decided == ACCEPT)
+
+
+def test_with_no_held_out_photo_nothing_is_accepted_or_unknown() -> None:
+    empty = HeldOut(np.zeros((0, 5)), np.zeros(0, dtype=np.int64), np.zeros((0, 32)))
+    found = fit_trust(empty, empty, np.ones((3, 32)), 0.98)
+    assert found.temperature == 1.0 and "unknown" not in found.decisions
+    probabilities = softmax(np.eye(5) * 10)
+    assert apply(found, probabilities, np.ones((5, 32)), np.ones((3, 32))) == [REVIEW] * 5
+
+
+def test_a_decider_asks_for_features_when_its_bundle_measures_unknown_by_them() -> None:
+    decider = Decider(0.98, 0.9, 0.2, np.eye(3, dtype=np.float32))
+    probabilities = np.array([[0.95, 0.05, 0.0], [0.6, 0.4, 0.0], [0.99, 0.01, 0.0]])
+    features = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.1], [1.0, 1.0, 1.0]])
+    assert decider.decide(probabilities, features) == [ACCEPT, REVIEW, UNKNOWN]
+    with pytest.raises(BundleError, match="gives no features"):
+        decider.decide(probabilities, None)

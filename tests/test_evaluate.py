@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -51,14 +52,19 @@ def test_figures_replace_only_figures_flowers_evaluate_wrote(tmp_path: Path) -> 
 
 @pytest.mark.queue
 def test_evaluate_three_folds_then_the_cache(
-    flower_photos: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
+    flower_photos: Path, out_of_set: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
 ) -> None:
     photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses", "tulips"], 12)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    for photo in sorted(out_of_set.glob("*.jpg"))[:3]:
+        shutil.copy(photo, stray / photo.name)
     env = flowers_env(flowers_home, None, weights_dir)
     output = tmp_path / "figures.json"
     result = run_flowers("evaluate", str(photos), "--folds", "3", "--architecture",
                          SMALL_NETWORK, "--views", "2", "--epochs", "1",
-                         "--how-many-training-steps", "50", "--output", str(output), env=env)
+                         "--how-many-training-steps", "50", "--stray", str(stray),
+                         "--output", str(output), env=env)
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
     assert figures["format"] == "flowers-evaluation/1" and len(figures["job_id"]) == 32
@@ -82,17 +88,25 @@ def test_evaluate_three_folds_then_the_cache(
         assert f"{name} confidences: ECE {trust['ece_before']:.3f} -> {trust['ece_after']:.3f}" \
             in result.stdout, result.stdout
         assert [d["test"] for d in recipe["fold_details"]] == [12, 12, 12]
-        assert all(d["train"] + d["validation"] == 24 for d in recipe["fold_details"])
+        assert all(d["train"] + d["held_out"] == 24 and d["held_out"] >= d["validation"]
+                   for d in recipe["fold_details"])
+        assert trust["stray_photos"] == 3 and len(trust["stray_unknown"]) == 3
+        assert all(0 <= n <= 3 for n in trust["stray_unknown"])
+        assert f"of 3 stray photos (per fold {' '.join(map(str, trust['stray_unknown']))})" \
+            in result.stdout, result.stdout
+        assert 0 <= trust["unknown_rate"] <= 1
+    # The cluster's photo stage computed the flower photos' views; the evaluation itself adds
+    # the stray photos' (cached alike, never trained on).
     assert figures["recipes"]["fine-tune"]["cache"] == {"cache_hits": 0, "computed": 72}
 
     shown = run_flowers("cache", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert re.search(rf"^bottlenecks +{re.escape(SMALL_NETWORK)} +36 ", shown.stdout, re.M)
-    assert re.search(rf"^activations +{re.escape(SMALL_NETWORK)} +36 ", shown.stdout, re.M), \
-        "an entry a photo, its 2 views in it"
-    # 36 photos are too few network passes to be worth converting for LiteRT.
+    assert re.search(rf"^bottlenecks +{re.escape(SMALL_NETWORK)} +39 ", shown.stdout, re.M)
+    assert re.search(rf"^activations +{re.escape(SMALL_NETWORK)} +39 ", shown.stdout, re.M), \
+        "an entry a photo (36 flowers, 3 stray), its 2 views in it"
+    # 39 photos are too few network passes to be worth converting for LiteRT.
     assert not re.search(r"^litert ", shown.stdout, re.M)
     cleared = run_flowers("cache", "--clear", "--kind", "activations", env=env)
     assert cleared.returncode == 0 and "cleared" in cleared.stdout
     after = run_flowers("cache", env=env).stdout
-    assert "activations" not in after and re.search(r"^bottlenecks .* 36 ", after, re.M)
+    assert "activations" not in after and re.search(r"^bottlenecks .* 39 ", after, re.M)

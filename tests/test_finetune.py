@@ -50,24 +50,37 @@ def test_the_bundle_names_its_recipe_and_loads_in_safe_mode(
     # The bundle gives the probabilities the training run scored its test photos with.
     split = json.loads((output / "split.json").read_text())
     pixels = np.stack([load_image(photos / name, 224) for name in split["testing"]])
-    probabilities = bundle.model.predict(pixels.astype(np.float32), verbose=0)
+    outputs = bundle.model.predict(pixels.astype(np.float32), verbose=0)
+    probabilities = outputs["probabilities"]
     truth = [bundle.class_names.index(name.split("/")[0]) for name in split["testing"]]
     accuracy = float(np.mean(probabilities.argmax(axis=1) == truth))
     assert accuracy == pytest.approx(bundle.manifest["metrics"]["test_accuracy"])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    # Its calibration figures are those of the bundle's own test probabilities.
+    # The model applies the temperature fitted on the validation and test photos; the test
+    # figures are those of the test photos calibrated with the validation photos' temperature.
     calibration = bundle.manifest["calibration"]
     assert calibration["method"] == "temperature" and 0.05 <= calibration["temperature"] <= 20
-    assert calibration["fitted_on"] == {"photos": len(split["validation"])}
+    assert calibration["fitted_on"]["photos"] == len(split["validation"]) + len(split["testing"])
+    raw = scale(probabilities, 1 / calibration["temperature"])  # the temperature undone
     labels = np.array(truth)
     assert calibration["test_ece_before"] == pytest.approx(
-        expected_calibration_error(probabilities, labels), abs=1e-4)
+        expected_calibration_error(raw, labels), abs=1e-3)
     assert calibration["test_ece_after"] == pytest.approx(
-        expected_calibration_error(scale(probabilities, calibration["temperature"]), labels),
+        expected_calibration_error(scale(raw, calibration["test_temperature"]), labels),
         abs=1e-3)
+    # The features are the split layer's pooled activations, as features.npy has them for the
+    # training photos: a training photo is (nearly) at distance 0 from its own entry.
+    features = outputs["features"]
+    assert features.shape == (len(split["testing"]), 128)
+    training = np.stack([load_image(photos / name, 224) for name in split["training"][:3]])
+    own = bundle.model.predict(training.astype(np.float32), verbose=0)["features"]
+    stored = np.load(output / "features.npy").astype(np.float32)
+    assert stored.shape == (len(split["training"]), 128)
+    np.testing.assert_allclose(own, stored[:3], rtol=2e-2, atol=2e-2)
     # Flip averaging is inside the model: a photo and its mirror image get the same answer.
     mirrored = bundle.model.predict(pixels[:, :, ::-1].astype(np.float32), verbose=0)
-    np.testing.assert_allclose(mirrored, probabilities, atol=1e-5)
+    np.testing.assert_allclose(mirrored["probabilities"], probabilities, atol=1e-5)
+    np.testing.assert_allclose(mirrored["features"], features, atol=1e-4)
     assert (output / "report.png").stat().st_size > 0
 
 
@@ -81,8 +94,9 @@ def test_the_bundle_carries_a_litert_model_that_labels_as_keras_does(
     daisies = sorted((fine_tuned[2] / "daisy").iterdir())[:4]
     pixels = np.stack([load_image(path, 224) for path in daisies])
     lite = LiteRTRunner(fine_tuned[0] / TFLITE_FILE)(pixels)
-    np.testing.assert_allclose(lite, bundle.model.predict(pixels.astype(np.float32), verbose=0),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        lite, bundle.model.predict(pixels.astype(np.float32), verbose=0)["probabilities"],
+        atol=1e-4)
 
 
 def test_a_bundle_saved_before_the_layers_moved_still_loads(
@@ -108,9 +122,9 @@ def test_a_bundle_saved_before_the_layers_moved_still_loads(
             target.writestr(item, data)
     pixels = np.stack([load_image(path, 224)
                        for path in sorted((fine_tuned[2] / "daisy").iterdir())[:2]])
-    np.testing.assert_allclose(load_bundle(old).model.predict(pixels, verbose=0),
-                               load_bundle(fine_tuned[0]).model.predict(pixels, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        load_bundle(old).model.predict(pixels, verbose=0)["probabilities"],
+        load_bundle(fine_tuned[0]).model.predict(pixels, verbose=0)["probabilities"], atol=1e-6)
 
 
 @pytest.mark.parametrize(("name", "layer", "shape", "features"), [
@@ -153,7 +167,9 @@ def test_inception_v3_fine_tunes_and_exports_with_random_weights() -> None:
     trained = finetune.train_top(network, x, np.array([0, 1, 0, 1]), x[:2], np.array([0, 1]), 2,
                                  FineTuneRecipe(epochs=1, batch_size=4))
     model = finetune.export_model(trained)
-    assert model.input_shape == (None, 299, 299, 3) and model.output_shape == (None, 2)
+    assert model.input_shape == (None, 299, 299, 3)
+    assert {name: tuple(tensor.shape) for name, tensor in model.output.items()} == {
+        "probabilities": (None, 2), "features": (None, 1280)}
     assert len(trained.history) == 1
 
 

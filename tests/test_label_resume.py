@@ -164,8 +164,9 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     assert "resuming" not in over.stderr
     wait_for(output.exists, what="the overwritten output")
     rows = read_csv(output)
-    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
-    assert {len(row) for row in rows} == {6}, "no row of the first job (top 3) mixed in"
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "decision",
+                       "error"]
+    assert {len(row) for row in rows} == {7}, "no row of the first job (top 3) mixed in"
     assert len({row[0] for row in rows[1:]}) == len(rows) - 1 == 34
     assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == "0" * 32
     status = json.loads(run_flowers("status", first_job, "--json", env=env).stdout)
@@ -177,7 +178,7 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     assert replaced.returncode == 0, replaced.stderr
     assert json.loads(results.job_record_for(output).read_text())["bundle_id"] == \
         read_manifest(bundle)["bundle_id"]
-    assert {len(row) for row in read_csv(output)} == {8} and len(read_csv(output)) == 35
+    assert {len(row) for row in read_csv(output)} == {9} and len(read_csv(output)) == 35
 
 
 def test_a_chunk_that_breaks_after_its_job_ended_leaves_the_job_as_it_was(

@@ -19,10 +19,11 @@ IDENTITY = {"bundle_id": "b1", "photo_dir": "/photos", "top_k": 3, "k": 2, "bund
 
 def test_header_and_rows_follow_the_schema() -> None:
     assert output_csv.header(2) == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
-                                 "error"]
-    assert results.format_row("a/b.jpg", [("roses", 0.91234567), ("daisy", 0.0876)], "", 2) == [
-        "a/b.jpg", "roses", "0.912346", "daisy", "0.087600", ""]
-    assert results.format_row("x.jpg", [], "empty file", 2) == ["x.jpg", "", "", "", "",
+                                 "decision", "error"]
+    assert results.format_row("a/b.jpg", [("roses", 0.91234567), ("daisy", 0.0876)], "", 2,
+                              "accept") == ["a/b.jpg", "roses", "0.912346", "daisy", "0.087600",
+                                            "accept", ""]
+    assert results.format_row("x.jpg", [], "empty file", 2) == ["x.jpg", "", "", "", "", "",
                                                                 "empty file"]
 
 
@@ -30,12 +31,15 @@ def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
     parts = tmp_path / "out.csv.parts"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
     results.claim_parts(parts, JOB)
-    row = lambda name: results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2)  # noqa: E731
-    results.write_part(parts, JOB, 1, [row("z.jpg"), row("a/b.jpg")])
-    results.write_part(parts, JOB, 0, [row("a.jpg"), row("z.jpg")])
+    def row(name: str, decision: str = "review") -> list[str]:
+        return results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2, decision)
+
+    results.write_part(parts, JOB, 1, [row("z.jpg"), row("a/b.jpg", "unknown")])
+    results.write_part(parts, JOB, 0, [row("a.jpg", "accept"), row("z.jpg")])
     assert list(results.done_paths(parts)) == ["a.jpg", "a/b.jpg", "z.jpg"]
     counts = results.merge_parts(parts, tmp_path / "out.csv", 2)
-    assert counts == {"rows": 3, "errors": 0}
+    assert counts == {"rows": 3, "errors": 0,
+                      "decided": {"accept": 1, "unknown": 1, "review": 1}}
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == output_csv.header(2)
@@ -49,9 +53,24 @@ def test_rows_from_another_bundle_are_never_mixed_in(tmp_path: Path) -> None:
     results.prepare_parts(parts, IDENTITY, overwrite=False)  # same bundle: resume
     with pytest.raises(UsageError, match=r"another bundle id.*--overwrite"):
         results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=False)
-    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "x"]])
+    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "", "x"]])
     results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=True)
     assert list(results.done_paths(parts)) == []
+
+
+def test_rows_decided_with_other_thresholds_are_never_mixed_in(tmp_path: Path) -> None:
+    """A job resumed with another --accept-precision (or a bundle that decides otherwise)
+    refuses, as one resumed with another bundle does."""
+    parts = tmp_path / "out.csv.parts"
+    thresholds = {"accept_precision": 0.98, "accept_threshold": 0.9, "unknown_threshold": 0.1}
+    decided = {**IDENTITY, "decisions": thresholds}
+    results.prepare_parts(parts, decided, overwrite=False)
+    results.prepare_parts(parts, decided, overwrite=False)
+    other = {**decided, "decisions": {**thresholds, "accept_precision": 0.95,
+                                      "accept_threshold": 0.7}}
+    for identity in (other, IDENTITY):
+        with pytest.raises(UsageError, match=r"another decision thresholds .*--overwrite"):
+            results.prepare_parts(parts, identity, overwrite=False)
 
 
 def test_a_rerun_takes_the_parts_over(tmp_path: Path) -> None:
@@ -68,7 +87,7 @@ def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
     parts, output = tmp_path / "out.csv.parts", tmp_path / "out.csv"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
     results.claim_parts(parts, JOB)
-    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "empty file"],
+    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "", "empty file"],
                                           results.format_row("b.jpg", [("a", 1.0)], "", 2)])
     results.merge_parts(parts, output, 2)
     record = results.read_job_record(output)
@@ -76,9 +95,10 @@ def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
     assert {key: record[key] for key in (*IDENTITY, "job_id", "rows", "errors")} == {
         **IDENTITY, "job_id": JOB, "rows": 2, "errors": 1}
     assert record["csv_bytes"] == output.stat().st_size
+    assert record["columns"] == output_csv.header(2)
     assert record["finished"].startswith("20")
     with open(output, "a") as handle:  # the CSV changed since: the record no longer holds
-        handle.write("c.jpg,,,,,edited by hand\n")
+        handle.write("c.jpg,,,,,,edited by hand\n")
     assert results.read_job_record(output) is None
 
 

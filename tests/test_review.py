@@ -80,6 +80,12 @@ document.getElementById("frame").addEventListener("load", function () {
       t => ({section: t.closest("section").id, cls: t.className, rows: rows(t)})),
     curves: Array.from(doc.querySelectorAll("svg.curve")).map(
       s => Array.from(s.querySelectorAll("polyline")).map(p => p.points.numberOfItems)),
+    squares: Array.from(doc.querySelectorAll("svg.square")).map(s => ({
+      label: s.getAttribute("aria-label"),
+      lines: Array.from(s.querySelectorAll("polyline")).map(p => p.points.numberOfItems),
+      dots: s.querySelectorAll("circle").length})),
+    trust: texts(doc, "#trust-figures"),
+    unknown: texts(doc, "#unknown .confidence"),
     misclassified: texts(doc, "#misclassified figcaption"),
   });
 });
@@ -91,6 +97,39 @@ def write_results(path: Path, rows: list[list[str]], k: int = 1) -> Path:
     with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         csv.writer(handle, lineterminator="\n").writerows([header(k), *rows])
     return path
+
+
+def test_a_csv_with_decisions_is_checked_by_them_and_an_older_one_below_the_threshold(
+    tmp_path: Path,
+) -> None:
+    """`unknown` photos first, then those decided `review`, each lowest confidence first, with
+    a count of each decision; a CSV from before decisions (no such column) is checked below
+    0.6 as it was."""
+    decided = [("a.jpg", 0.99, "accept"), ("b.jpg", 0.70, "review"), ("c.jpg", 0.95, "unknown"),
+               ("d.jpg", 0.50, "review"), ("e.jpg", 0.40, "unknown"), ("f.jpg", 0.97, "accept")]
+    rows = [format_row(name, [("daisy", c)], "", 1, decision) for name, c, decision in decided]
+    rows.append(format_row("bad.jpg", [], "empty file (0 bytes)", 1))
+    picked = select_results(write_results(tmp_path / "new.csv", rows))
+    assert picked.has_decisions and picked.below is None
+    assert picked.decided == {"accept": 2, "review": 2, "unknown": 2}
+    assert [row.path for row in picked.unknown] == ["e.jpg", "c.jpg"]
+    assert [row.path for row in picked.unsure] == ["d.jpg", "b.jpg"]
+    assert picked.error_count == 1 and picked.labels[0].count == 6
+    strict = select_results(tmp_path / "new.csv", below=0.8)  # asked for: below it, unknown aside
+    assert [row.path for row in strict.unsure] == ["d.jpg", "b.jpg"]
+    assert [row.path for row in strict.unknown] == ["e.jpg", "c.jpg"]
+
+    older = tmp_path / "old.csv"
+    with open(older, "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(
+            [["path", "label_1", "confidence_1", "error"],
+             *[[name, "daisy", f"{c:.6f}", ""] for name, c, _ in decided]])
+    old = select_results(older)
+    assert not old.has_decisions and old.below == 0.6 and not old.unknown
+    assert [row.path for row in old.unsure] == ["e.jpg", "d.jpg"]
+    forged = write_results(tmp_path / "forged.csv", [format_row("x.jpg", [("daisy", 0.9)], "", 1,
+                                                                "maybe")])
+    assert select_results(forged).errors[0].reason.startswith("malformed row: decision 'maybe'")
 
 
 def test_selection_keeps_the_lowest_a_seeded_sample_and_the_errors(tmp_path: Path) -> None:
@@ -111,7 +150,7 @@ def test_selection_keeps_the_lowest_a_seeded_sample_and_the_errors(tmp_path: Pat
     assert (picked.unsure_count, [row.confidence for row in picked.unsure]) == (
         50, [i / 100 for i in range(5)])
     assert [(error.path, error.reason) for error in picked.errors] == [
-        ("bad.jpg", "empty file (0 bytes)"), ("short.jpg", "malformed row: 2 cells, expected 4")]
+        ("bad.jpg", "empty file (0 bytes)"), ("short.jpg", "malformed row: 2 cells, expected 5")]
     assert (picked.rows, picked.labelled, picked.error_count) == (102, 100, 2)
 
 
@@ -274,8 +313,13 @@ def test_results_page_in_a_real_browser(
         assert len(section["sample"]) == 1
         assert float(section["sample"][0]) >= confidences[per_label - 2] - 5e-4
 
-    unsure = sorted(float(row[2]) for row in labelled if float(row[2]) < below)
+    # The photos decided unknown have a section of their own, ahead of those to check by hand
+    # (here, as asked, those below `below`).
+    unsure = sorted(float(row[2]) for row in labelled
+                    if float(row[2]) < below and row[-2] != "unknown")
     assert unsure and [float(c) for c in seen["check"]] == pytest.approx(unsure, abs=5e-4)
+    unknown = sorted(float(row[2]) for row in labelled if row[-2] == "unknown")
+    assert [float(c) for c in seen["unknown"]] == pytest.approx(unknown, abs=5e-4)
 
     (error_table,) = [t for t in seen["tables"] if t["cls"] == "error-rows"]
     assert [cells[1:] for cells in error_table["rows"]] == [[row[0], row[-1]] for row in errors]
@@ -286,6 +330,10 @@ def test_results_page_in_a_real_browser(
     assert (summary["summary-rows"], summary["summary-errors"]) == (str(len(rows)),
                                                                     str(len(errors)))
     assert summary["summary-unsure"] == str(len(unsure))
+    decided = Counter(row[-2] for row in labelled)
+    assert {name: summary[f"summary-{name}"] for name in ("accept", "review", "unknown")} == {
+        name: str(decided[name]) for name in ("accept", "review", "unknown")}
+    assert sum(decided.values()) == len(labelled) and "" not in decided
     manifest = json.loads((trained_bundle[0] / "manifest.json").read_text())
     assert manifest["bundle_id"] in summary["summary-bundle"]
     assert SMALL_NETWORK in summary["summary-bundle"]
@@ -342,6 +390,16 @@ def test_bundle_page_in_a_real_browser(
     assert arguments["architecture"] == SMALL_NETWORK
     # Accuracy and cross-entropy, train and validation, one point per history entry.
     assert seen["curves"] == [[len(metrics["history"])] * 2] * 2
+    # The reliability diagram (a point per bin beside the diagonal) and the acceptance curve
+    # (a point per held-out confidence, the chosen threshold marked).
+    bins = manifest["calibration"]["test_reliability"]
+    curve = manifest["decisions"]["accept"]["curve"]
+    assert [(s["label"].split(":")[0], s["lines"], s["dots"]) for s in seen["squares"]] == [
+        ("reliability", [2, len(bins)], len(bins)),
+        ("precision against coverage", [len(curve)], 1 if manifest["decisions"]["accept"][
+            "threshold"] <= 1 else 0)]
+    (figures,) = seen["trust"]
+    assert f"temperature of {manifest['calibration']['temperature']:.3f}" in figures
     wrong = metrics["misclassified_test_images"]
     assert len(seen["misclassified"]) == len(wrong)
     for item, caption in zip(sorted(wrong, key=lambda i: (manifest["class_names"].index(

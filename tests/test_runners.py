@@ -86,7 +86,7 @@ def test_runners_slice_long_batches_and_pad_short_ones(
 def test_bundles_carry_the_fast_model_and_choose_litert(trained_bundle: tuple[Path, Any]) -> None:
     bundle, _ = trained_bundle
     manifest = read_manifest(bundle)
-    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["models"]["tflite"]["file"] == TFLITE_FILE
     assert choose_runtime(bundle, manifest, "litert").runtime == "litert"
     assert choose_runtime(bundle, manifest, "keras").runtime == "keras"
@@ -115,8 +115,11 @@ def test_an_old_bundle_labels_on_keras_with_a_note_until_exported_in_place(
     assert choose_runtime(bundle, manifest, "litert").runtime == "litert"
     after = run_flowers("label", photo, "--model", str(bundle), env=env)
     assert after.returncode == 0 and "note:" not in after.stderr, after.stderr
-    # The same top labels, confidences within the printed 6 decimals' rounding.
-    first, second = before.stdout.split(), after.stdout.split()
+    # The same top labels, confidences within the printed 6 decimals' rounding; the same
+    # decision.
+    decided = before.stdout.splitlines()[-1]
+    assert decided == after.stdout.splitlines()[-1] and decided.startswith("  decision: ")
+    first, second = before.stdout.split()[:-2], after.stdout.split()[:-2]
     assert first[1::2] == second[1::2]
     assert all(abs(float(a) - float(b)) <= 2e-6 for a, b in zip(first[2::2], second[2::2],
                                                                  strict=True))

@@ -44,7 +44,7 @@ def _merge_peak(tmp_path: Path, photos: int, per_part: int) -> tuple[int, list[l
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert counts == {"rows": photos, "errors": 0}
+    assert counts == {"rows": photos, "errors": 0, "decided": {}}
     with open(output, newline="") as handle:
         return peak, list(csv.reader(handle))[1:]
 
@@ -138,7 +138,7 @@ def test_a_partitioned_output_reads_as_one_sorted_table(tmp_path: Path) -> None:
             for name in names[index:index + 4]])
     output = tmp_path / "out"
     counts = results.merge_parts(parts, output, 1, partition_rows=10)
-    assert counts == {"rows": 25, "errors": 1}
+    assert counts == {"rows": 25, "errors": 1, "decided": {}}
     manifest = json.loads((output / "manifest.json").read_text())
     files = sorted(output.glob("*.csv"))
     assert [f.name for f in files] == ["part-00000.csv", "part-00001.csv", "part-00002.csv"]

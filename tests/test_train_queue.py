@@ -68,7 +68,7 @@ def test_train_through_redis_and_a_worker(
         bundle.manifest["split"]["testing"] == 75
     training = json.loads((output / "split.json").read_text())["training"]
     pixels = np.stack([load_image(photo_subset / name, 224) for name in training])
-    probabilities = bundle.model.predict(pixels, verbose=0)
+    probabilities = bundle.model.predict(pixels, verbose=0)["probabilities"]
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     truth = [bundle.class_names.index(name.split("/")[0]) for name in training]
     accuracy = np.mean(probabilities.argmax(axis=1) == truth)

@@ -22,6 +22,7 @@ from flowers.worker.messages import (
     chunk_index,
     job_id,
     photo_names,
+    precision,
     whole_number,
 )
 
@@ -42,9 +43,12 @@ class LabelJob:
             absolute_path(str(path) if isinstance(path, Path) else path, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"photo_dir": str(self.photo_dir), "bundle": str(self.bundle),
-                "parts_dir": str(self.parts_dir), "top_k": self.options.top_k,
-                "batch_size": self.options.batch_size}
+        settings = {"photo_dir": str(self.photo_dir), "bundle": str(self.bundle),
+                    "parts_dir": str(self.parts_dir), "top_k": self.options.top_k,
+                    "batch_size": self.options.batch_size}
+        if self.options.accept_precision is not None:  # else as before it existed
+            settings["accept_precision"] = self.options.accept_precision
+        return settings
 
     @classmethod
     def from_dict(cls, data: Any) -> LabelJob:
@@ -59,6 +63,7 @@ class LabelJob:
             options=LabelOptions(
                 top_k=whole_number(data.get("top_k"), "top-k", 1, MAX_TOP_K),
                 batch_size=whole_number(data.get("batch_size"), "batch size", 1, MAX_BATCH_SIZE),
+                accept_precision=precision(data.get("accept_precision")),
             ),
         )
 

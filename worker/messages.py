@@ -44,6 +44,15 @@ def whole_number(value: Any, field: str, low: int, high: int) -> int:
     return value
 
 
+def precision(value: Any) -> float | None:
+    """An acceptance precision: None (the bundle's own), or a number in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise MessageError(f"accept precision {_shown(value)} is not a number in (0, 1]")
+    return float(value)
+
+
 def chunk_index(value: Any, count: int | None) -> int:
     """A chunk's index: a whole number below the job's `count` of chunks (when known)."""
     return whole_number(value, "chunk index", 0,

@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from flowers.models.bundle import decoding_mismatch, read_manifest, resize_method
+from flowers.models.runtime.decisions import load_decider
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LoadedModel
 from flowers.models.runtime.runners import open_runner
 
@@ -49,7 +50,8 @@ class ModelCache:
             return self.entries[key]
         run = open_runner(path, manifest, self.runtime, self.threads, LABEL_BATCH_SIZE)
         model = LoadedModel(key[1], list(manifest["class_names"]),
-                            int(manifest["input_size"][0]), run, resize_method(manifest))
+                            int(manifest["input_size"][0]), run, resize_method(manifest),
+                            load_decider(path, manifest))
         self.loads += 1
         log.info("process %d loaded bundle %s (%s) on %s", os.getpid(), path, key[1],
                  getattr(run, "runtime", "?"))

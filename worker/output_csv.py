@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ def header(k: int) -> list[str]:
     columns = ["path"]
     for i in range(1, k + 1):
         columns += [f"label_{i}", f"confidence_{i}"]
-    return [*columns, "error"]
+    return [*columns, "decision", "error"]
 
 
 def _retire_partitioned(folder: Path) -> Path | None:
@@ -65,12 +66,12 @@ def now() -> str:
 
 
 def write_csv(path: Path, k: int, rows: Iterable[list[str]]) -> dict[str, Any]:
-    """Writes the header and `rows` to `path` atomically; returns rows, errors, csv_bytes and
-    the first and last path."""
+    """Writes the header and `rows` to `path` atomically; returns rows, errors, decided (the
+    count of each decision), csv_bytes and the first and last path."""
     counts: dict[str, Any] = {}
 
     def write(handle: BinaryIO) -> None:
-        counts.update(rows=0, errors=0, first_path=None, last_path=None)
+        counts.update(rows=0, errors=0, decided={}, first_path=None, last_path=None)
         text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="",
                                 write_through=False)
         writer = csv.writer(text, lineterminator="\n")
@@ -79,6 +80,8 @@ def write_csv(path: Path, k: int, rows: Iterable[list[str]]) -> dict[str, Any]:
             writer.writerow(row)
             counts["rows"] += 1
             counts["errors"] += bool(row[-1])
+            if row[-2]:
+                counts["decided"][row[-2]] = counts["decided"].get(row[-2], 0) + 1
             if counts["first_path"] is None:
                 counts["first_path"] = row[0]
             counts["last_path"] = row[0]
@@ -112,6 +115,7 @@ def write_partitions(folder: Path, k: int, rows: Iterator[list[str]], per_file: 
         manifest = {**identity, "format": ownership.PARTITIONED_FORMAT, "header": header(k),
                     "rows": sum(f["rows"] for f in files),
                     "errors": sum(f["errors"] for f in files),
+                    "decided": _summed([f["decided"] for f in files]),
                     "rows_per_file": per_file, "files": files, "finished": now()}
         write_text_atomically(staging / MANIFEST, json.dumps(manifest, indent=2))
         retired = _retire_partitioned(folder)  # an earlier output (--overwrite): moved aside
@@ -122,3 +126,7 @@ def write_partitions(folder: Path, k: int, rows: Iterator[list[str]], per_file: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    return dict(sum(map(Counter, counts), Counter()))

@@ -15,15 +15,19 @@ labels only the photos the parts lack. A part that a chunk of an overwritten job
 is not one of the listed jobs', and is never read.
 
 Beside the finished OUTPUT, OUTPUT.job.json records how its rows were made: the bundle (path
-and id), photo folder, top-k, job id, when it finished, and the CSV's rows, errors and size in
-bytes (so a reader can tell whether the record still describes the CSV beside it).
+and id), photo folder, top-k, the decision thresholds, job id, when it finished, the CSV's
+columns, and its rows, errors, count of each decision (`decided`) and size in bytes (so a
+reader can tell whether the record still describes the CSV beside it).
 
 With `--partition-rows N` OUTPUT is a folder instead: part-00000.csv, part-00001.csv, ... of N
 rows each (each with the header, together sorted by path) and manifest.json, the job record
 with each file's rows, errors, size and first and last path.
 
-CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,error
-(a part's rows also end with the photo's stamp, `photo_stamp`, dropped when merged).
+CSV schema: path,label_1,confidence_1,...,label_K,confidence_K,decision,error
+(`output_csv.header`; a part's rows also end with the photo's stamp, `photo_stamp`, dropped
+when merged). `decision` is accept, review or unknown (`models.runtime.decisions`), empty on
+error rows and for a bundle that makes no decisions; before it existed the schema had no such
+column (the job record's `columns` says which a CSV has).
 
 A resumed job keeps only fresh rows: each is checked against its photo's stamp now
 (`drop_stale_rows`), so the output equals what a fresh run over the folder as it now is
@@ -49,15 +53,17 @@ from typing import Any
 from flowers.models import ownership
 from flowers.models.atomic import write_text_atomically
 from flowers.models.errors import UsageError
-from flowers.worker.output_csv import now, write_csv, write_partitions
+from flowers.worker.output_csv import header, now, write_csv, write_partitions
 from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
 log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.csv"
 JOB_FILE = "job.json"
-# Fields of job.json that must match for rows to be mixed into one output.
-IDENTITY = ("bundle_id", "photo_dir", "top_k")
+# Fields of job.json that must match for rows to be mixed into one output: "decisions" holds the
+# thresholds the rows were decided with (None for a bundle that makes no decisions).
+IDENTITY = {"bundle_id": "bundle id", "photo_dir": "photo dir", "top_k": "top k",
+            "decisions": "decision thresholds (bundle and --accept-precision)"}
 
 
 def parts_dir_for(output: Path) -> Path:
@@ -87,15 +93,17 @@ def read_job_record(output: Path) -> dict[str, Any] | None:
     return record
 
 
-def format_row(path: str, labels: list[tuple[str, float]], error: str, k: int) -> list[str]:
-    """A CSV row: labels padded to k with empty cells, confidences with 6 decimals."""
+def format_row(path: str, labels: list[tuple[str, float]], error: str, k: int,
+               decision: str = "") -> list[str]:
+    """A CSV row: labels padded to k with empty cells, confidences with 6 decimals, the
+    decision, the error."""
     cells = [path]
     for i in range(k):
         if i < len(labels):
             cells += [labels[i][0], f"{labels[i][1]:.6f}"]
         else:
             cells += ["", ""]
-    return [*cells, error]
+    return [*cells, decision, error]
 
 
 def _csv_text(rows: Iterable[list[str]]) -> str:
@@ -167,7 +175,7 @@ def drop_stale_rows(parts_dir: Path, photo_dir: Path, k: int) -> Freshness:
             photo = photo_dir / row[0]
             if not walked(row[0]) or not _still_a_photo(photo):
                 vanished += 1
-            elif len(row) != 2 * k + 3 or not (stamp := photo_stamp(photo)) or row[-1] != stamp:
+            elif len(row) != 2 * k + 4 or not (stamp := photo_stamp(photo)) or row[-1] != stamp:
                 changed += 1  # a photo that cannot be read is tried again, as a fresh run would
             else:
                 fresh.append(row)
@@ -248,11 +256,11 @@ def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) ->
             recorded = json.loads(job_file.read_text())
         except ValueError:
             recorded = {}
-        for key in IDENTITY:
-            if recorded.get(key) != identity[key]:
+        for key, name in IDENTITY.items():
+            if recorded.get(key) != identity.get(key):
                 raise UsageError(
-                    f"{parts_dir} holds rows made with another {key.replace('_', ' ')} "
-                    f"({recorded.get(key)!r}, now {identity[key]!r}): "
+                    f"{parts_dir} holds rows made with another {name} "
+                    f"({recorded.get(key)!r}, now {identity.get(key)!r}): "
                     "pass --overwrite to start over"
                 )
         return
@@ -297,15 +305,15 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
 
     One CSV, its record beside it as OUTPUT.job.json; or, with `partition_rows`, a folder of
     CSV files of that many rows each (`write_partitions`)."""
-    rows = (row[:2 * k + 2] for row in
+    rows = (row[:2 * k + 3] for row in
             unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir)))  # less its stamp
     identity = read_identity(parts_dir)
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)
     else:
         counts = write_csv(output, k, rows)
-        record = {**identity, **counts, "finished": now()}
+        record = {**identity, "columns": header(k), **counts, "finished": now()}
         write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
     ownership.remove_parts_folder(parts_dir)
     log.info("wrote %s: %d rows, %d errors", output, counts["rows"], counts["errors"])
-    return {"rows": counts["rows"], "errors": counts["errors"]}
+    return {"rows": counts["rows"], "errors": counts["errors"], "decided": counts["decided"]}

@@ -114,6 +114,8 @@ def _fan_out(task: Task, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         for stage in stages:
             if stage["weights"] not in ("imagenet", "none"):
                 check_allowed(stage["weights"], roots, "weights file")
+        if kind == "evaluate" and request.get("stray_dir"):
+            check_allowed(request["stray_dir"], roots, "stray photos folder")
         found = discover(root).photos
         photos = [str(photo.path) for photo in found]
         store.keep_photo_list(job_id, [photo.path.relative_to(root).as_posix() for photo in found])
@@ -290,7 +292,8 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         stamps = [results.photo_stamp(root / name) for name in task.paths]  # before reading
         labelled = label_photos((root / name for name in task.paths), model, task.job.options,
                                 threads=decode_threads(cache.threads), guard=photo_guard(roots))
-        rows = [[*results.format_row(name, row.labels, row.error, task.job.options.top_k), stamp]
+        rows = [[*results.format_row(name, row.labels, row.error, task.job.options.top_k,
+                                     row.decision), stamp]
                 for name, stamp, row in zip(task.paths, stamps, labelled, strict=True)]
         results.write_part(parts_dir, job_id, task.index, rows)
     except Exception as exc:

@@ -7,14 +7,16 @@
     add_fast_model(bundle)                             model.tflite added to an older bundle
 
 Every form takes uint8 RGB pixels (N, size, size, 3), 0-255, as decoded, and gives class
-probabilities: the network's scaling is inside. The SavedModel's `serving_default` signature
-also returns the class names. The labels are a `labels.txt` beside the .tflite (what the
-codelab's Android and iOS samples read), not TFLite metadata: the one library that writes that
-metadata (tflite-support) has had no release since 2023. An output is written in a temporary
-sibling folder and renamed into place; one that exists is refused. A bundle imported from the
-codelab (`models.codelab.importer`) has no Keras model: its float model.tflite is copied, and other
-forms are converted again from the graph it keeps (int8 needs training photos it does not
-list). Needs TensorFlow.
+probabilities: the network's scaling is inside, and so is the bundle's calibration (the
+confidences are those label-dir writes). The features output a bundle's own model has for
+flowers' `unknown` check is left out (`probabilities_model`). The SavedModel's `serving_default`
+signature also returns the class names. The labels are a `labels.txt` beside the .tflite (what
+the codelab's Android and iOS samples read), not TFLite metadata: the one library that writes
+that metadata (tflite-support) has had no release since 2023. An output is written in a
+temporary sibling folder and renamed into place; one that exists is refused. A bundle imported
+from the codelab (`models.codelab.importer`) has no Keras model: its float model.tflite is
+copied, and other forms are converted again from the graph it keeps (int8 needs training photos
+it does not list). Needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -116,17 +118,29 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
             log.info("exported %s as %s to %s", bundle, fmt, output)
             return output
         loaded = load_bundle(bundle)
+        model = probabilities_model(loaded.model)
         if fmt == "tflite":
-            (staging / TFLITE_FILE).write_bytes(to_tflite(loaded.model, quantize, representative))
+            (staging / TFLITE_FILE).write_bytes(to_tflite(model, quantize, representative))
             shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
         else:
-            _write_saved_model(loaded.model, loaded.class_names, staging)
+            _write_saved_model(model, loaded.class_names, staging)
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("exported %s as %s to %s", bundle, fmt, output)
     return output
+
+
+def probabilities_model(model: Any) -> Any:
+    """A bundle's model with its (calibrated) probabilities as the one output: what other
+    clients take. The features output, which only flowers' `unknown` check reads (against the
+    bundle's features.npy), stays in the bundle."""
+    import keras
+
+    if not isinstance(model.output, dict):
+        return model
+    return keras.Model(model.input, model.output["probabilities"], name=model.name)
 
 
 def _write_saved_model(model: Any, class_names: list[str], folder: Path) -> None:

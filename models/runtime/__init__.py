@@ -5,7 +5,8 @@
     litert            a Keras model in, a LiteRT flatbuffer out
     converted         LiteRT conversions of feature networks, made once and kept
     runners           a bundle in, the runner that labels with it (LiteRT, Keras, a codelab graph)
-    predict           photos and a runner in, each photo's top labels out
+    decisions         a bundle's thresholds in, each photo's accept / review / unknown out
+    predict           photos and a runner in, each photo's top labels and decision out
 
 May import the top-level modules of `flowers.models` (errors, atomic, decode, networks, bundle);
 never `caches`, `training`, `codelab` or `export`.

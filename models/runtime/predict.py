@@ -20,6 +20,8 @@ import numpy as np
 from flowers.models.decode import RESIZE_FLOWERS, load_image
 from flowers.models.errors import ImageDecodeError, UsageError
 from flowers.models.runtime import batching
+from flowers.models.runtime.decisions import Decider, check_precision
+from flowers.models.runtime.runners import Scored
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +44,27 @@ class LabelOptions:
 
     top_k: int = 1
     batch_size: int = LABEL_BATCH_SIZE
+    # The precision `accept` is chosen for; None: the one the bundle was trained for.
+    accept_precision: float | None = None
 
     def __post_init__(self) -> None:
         for name, value, high in (("top-k", self.top_k, MAX_TOP_K),
                                   ("batch size", self.batch_size, MAX_BATCH_SIZE)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
                 raise UsageError(f"{name} {value!r} is not a whole number from 1 to {high}")
+        if self.accept_precision is not None:
+            check_precision(self.accept_precision)
 
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One photo's result: top labels with confidences, or the reason it has none."""
+    """One photo's result: top labels with confidences and the decision (accept, review,
+    unknown; "" when the bundle makes none), or the reason it has none."""
 
     path: Path
     labels: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
+    decision: str = ""
 
 
 def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tuple[str, float]]:
@@ -80,13 +88,19 @@ def _load(path: Path, size: int, guard: Guard | None, resize: str) -> np.ndarray
 @dataclass(frozen=True)
 class LoadedModel:
     """What labelling needs from a bundle: its identity, classes, input size, how photos are
-    squashed to it (`bundle.resize_method`), and a runner."""
+    squashed to it (`bundle.resize_method`), a runner (with `scores` when its model gives
+    features), and its decider (None: the bundle makes no decisions)."""
 
     bundle_id: str
     class_names: list[str]
     input_size: int
     run: Runner
     resize: str = RESIZE_FLOWERS
+    decider: Decider | None = None
+
+    def scores(self, batch: np.ndarray) -> Scored:
+        scores = getattr(self.run, "scores", None)
+        return scores(batch) if scores is not None else Scored(self.run(batch), None)
 
 
 def label_photos(
@@ -97,16 +111,16 @@ def label_photos(
     guard: Guard | None = None,
 ) -> Iterator[LabelRow]:
     """Labels photos with `model` in input order, streaming: one row per path, with the
-    `options.top_k` most probable labels (at most one per class), `options.batch_size` photos
-    a batch.
+    `options.top_k` most probable labels (at most one per class) and the decision of the
+    model's decider at `options.accept_precision`, `options.batch_size` photos a batch.
 
     `guard`, if given, may refuse a photo before it is read, with a reason for its row.
     `threads` decode beside the network (default `batching.decode_threads()`; 0: between
     batches, in this thread).
     """
-    runner, class_names, input_size, resize = (model.run, model.class_names, model.input_size,
-                                               model.resize)
+    class_names, input_size, resize = model.class_names, model.input_size, model.resize
     k, batch_size = min(options.top_k, len(class_names)), options.batch_size
+    decider = None if model.decider is None else model.decider.at(options.accept_precision)
     threads = batching.decode_threads() if threads is None else threads
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="decode")
@@ -116,12 +130,15 @@ def label_photos(
         )
         for batch in batches:
             decoded = [item for _, item in batch if isinstance(item, np.ndarray)]
-            outputs = runner(np.stack(decoded)) if decoded else None
+            scored = model.scores(np.stack(decoded)) if decoded else None
+            decisions = ([""] * len(decoded) if decider is None or scored is None
+                         else decider.decide(*scored))
             row = 0
             for path, item in batch:
                 if isinstance(item, str):
                     yield LabelRow(path, error=item)
                 else:
-                    assert outputs is not None
-                    yield LabelRow(path, top_k(outputs[row], class_names, k))
+                    assert scored is not None
+                    yield LabelRow(path, top_k(scored.probabilities[row], class_names, k),
+                                   decision=decisions[row])
                     row += 1

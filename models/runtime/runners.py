@@ -2,6 +2,12 @@
 
     runner = open_runner(bundle, manifest, runtime="litert", threads=1)
     probabilities = runner(pixels)      # (N, size, size, 3) uint8 -> (N, classes) float32
+    scored = runner.scores(pixels)      # the same, and the photos' features (None if the
+                                        # model gives none: made before bundles carried them)
+
+A bundle's model gives its calibrated probabilities (named `probabilities`) and, since bundles
+decide accept / review / unknown, the photo's `features` as a second output (looked up by name
+in the LiteRT model's signature, so the order of its output tensors does not matter).
 
 Two backends, chosen from the bundle's manifest and the runtime asked for:
 - "litert" (default): the bundle's model.tflite in LiteRT's interpreter with the XNNPACK
@@ -22,7 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +45,13 @@ DEFAULT_RUNTIME = "litert"
 # working set for one photo stays in cache. Keras is the other way round (batches amortise
 # its per-call cost), see models.runtime.predict.LABEL_BATCH_SIZE.
 LITERT_BATCH_SIZE = 1
+
+
+class Scored(NamedTuple):
+    """A batch's probabilities, and its features when the model gives them."""
+
+    probabilities: np.ndarray
+    features: np.ndarray | None
 
 
 def check_runtime(runtime: str) -> str:
@@ -72,16 +85,22 @@ class LiteRTRunner:
                               "flowers export BUNDLE --format tflite --in-place") from None
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
+        named = _named_outputs(self.interpreter) if len(outputs) == 2 else {}
+        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or not (
+                len(outputs) == 1 or set(named) == {"probabilities", "features"}):
             shapes = [list(detail["shape"]) for detail in inputs + outputs]
             raise BundleError(
                 f"{model_path} takes {len(inputs)} inputs and gives {len(outputs)} outputs "
-                f"(shapes {shapes}), not one batch of photos (N, size, size, 3) in and one of "
-                "scores out: retrain or re-export the bundle")
-        (given,), (taken,) = inputs, outputs
+                f"(shapes {shapes}), not one batch of photos (N, size, size, 3) in and "
+                "probabilities (and features) out: retrain or re-export the bundle")
+        (given,) = inputs
+        taken = named.get("probabilities", outputs[0])
+        features = named.get("features")
         # The model's own shapes, before the batch is fixed: checked against the manifest.
         self.model_input_shape = tuple(int(d) for d in given["shape"])
         self.model_output_shape = tuple(int(d) for d in taken["shape"])
+        self.model_features_shape = (None if features is None
+                                     else tuple(int(d) for d in features["shape"]))
         self.input_size = int(given["shape"][1])
         self.interpreter.resize_tensor_input(
             given["index"], [batch_size, self.input_size, self.input_size, 3], strict=True
@@ -89,22 +108,37 @@ class LiteRTRunner:
         self.interpreter.allocate_tensors()
         self.input_index = int(given["index"])
         self.output_index = int(taken["index"])
+        self.features_index = None if features is None else int(features["index"])
         self.input_dtype = given["dtype"]
         self.output_shape = tuple(int(d) for d in taken["shape"][1:])
         self.classes = self.output_shape[-1]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.scores(batch).probabilities
+
+    def scores(self, batch: np.ndarray) -> Scored:
         outputs = np.empty((len(batch), *self.output_shape), dtype=np.float32)
-        invoke = self.interpreter.invoke
+        features = (None if self.model_features_shape is None else np.empty(
+            (len(batch), *self.model_features_shape[1:]), dtype=np.float32))
+        invoke, get = self.interpreter.invoke, self.interpreter.get_tensor
         for start in range(0, len(batch), self.batch_size):
             piece = batch[start:start + self.batch_size]
             self.interpreter.set_tensor(
                 self.input_index, pad_to(piece, self.batch_size).astype(self.input_dtype,
                                                                          copy=False))
             invoke()
-            outputs[start:start + len(piece)] = self.interpreter.get_tensor(
-                self.output_index)[:len(piece)]
-        return outputs
+            outputs[start:start + len(piece)] = get(self.output_index)[:len(piece)]
+            if features is not None:
+                features[start:start + len(piece)] = get(self.features_index)[:len(piece)]
+        return Scored(outputs, features)
+
+
+def _named_outputs(interpreter: Any) -> dict[str, dict[str, Any]]:
+    """The model's outputs by the names its (only) signature gives them; {} without one."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return {}
+    return dict(interpreter.get_signature_runner(next(iter(signatures))).get_output_details())
 
 
 class KerasRunner:
@@ -123,11 +157,19 @@ class KerasRunner:
         self.run = batch_runner(model)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        outputs = []
+        return self.scores(batch).probabilities
+
+    def scores(self, batch: np.ndarray) -> Scored:
+        probabilities, features = [], []
         for start in range(0, len(batch), self.batch_size):
             piece = batch[start:start + self.batch_size]
-            outputs.append(self.run(pad_to(piece, self.batch_size))[:len(piece)])
-        return np.concatenate(outputs)
+            outputs = self.run(pad_to(piece, self.batch_size))
+            named = outputs if isinstance(outputs, dict) else {"probabilities": outputs}
+            probabilities.append(np.asarray(named["probabilities"])[:len(piece)])
+            if "features" in named:
+                features.append(np.asarray(named["features"])[:len(piece)])
+        return Scored(np.concatenate(probabilities),
+                      np.concatenate(features) if features else None)
 
 
 @dataclass(frozen=True)
@@ -180,7 +222,7 @@ def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: i
     if choice.runtime == "litert":
         runner = LiteRTRunner(bundle / TFLITE_FILE, threads=threads)
         check_model_shapes(bundle, manifest, TFLITE_FILE, runner.model_input_shape,
-                           runner.model_output_shape)
+                           runner.model_output_shape, runner.model_features_shape)
         return runner
     from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 

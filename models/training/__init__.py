@@ -6,6 +6,7 @@
     trainer     either recipe: its features computed (cached) and a classifier fitted
     report      report.png: learning curves and the confusion matrix
     calibration temperature scaling on held-out scores; ECE, reliability, precision curves
+    trust       held-out photos in, a bundle's temperature, acceptance curve, unknown threshold
     retrain     a retraining request in, a bundle out: the whole pipeline
     folds       stratified k-fold assignment
     evaluate    cross-validation of recipes

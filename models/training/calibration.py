@@ -15,12 +15,12 @@ classes never changes, so neither does the top-1 label.
 - `reliability(p, y)`: the per-bin figures a reliability diagram draws;
 - `precision_curve(p, y)`: for each threshold on the top probability, the precision of the
   photos at or above it and the share of photos they are (coverage).
+`models.training.trust` fits a bundle's calibration and decisions with them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -118,27 +118,3 @@ def precision_curve(probabilities: np.ndarray, labels: np.ndarray) -> list[dict[
                        "precision": float(hits[end] / (end + 1)),
                        "coverage": float((end + 1) / len(confidence))})
     return points
-
-
-def threshold_for_precision(curve: list[dict[str, float]], target: float) -> float | None:
-    """The lowest threshold whose precision (of everything at or above it) reaches `target`,
-    or None when no threshold does."""
-    reaching = [point["threshold"] for point in curve if point["precision"] >= target]
-    return min(reaching) if reaching else None
-
-
-def calibrate(held_out: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
-              ) -> dict[str, Any]:
-    """Fits the temperature on `held_out` (probabilities, labels) and reports ECE before and
-    after on `test`, with the calibrated reliability bins: what a bundle's manifest keeps."""
-    temperature = fit_temperature(*held_out)
-    test_probabilities, test_labels = test
-    calibrated = scale(test_probabilities, temperature)
-    return {
-        "method": "temperature",
-        "temperature": round(temperature, 6),
-        "fitted_on": {"photos": len(held_out[1])},
-        "test_ece_before": round(expected_calibration_error(test_probabilities, test_labels), 6),
-        "test_ece_after": round(expected_calibration_error(calibrated, test_labels), 6),
-        "test_reliability": reliability(calibrated, test_labels),
-    }

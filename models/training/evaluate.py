@@ -6,11 +6,14 @@ name rule, for the choice of epoch) and is scored on the fold, exactly as `flowe
 train and export it. The result gives each recipe's mean and standard deviation (ddof=1) of
 the folds' top-1 accuracy, each fold's accuracy, and per-class recall over all the folds.
 
-It also says how far the confidences can be trusted (`models.training.calibration`): in each
-fold a temperature is fitted on the fold's validation photos, and the test fold's expected
-calibration error is measured before and after it; an acceptance threshold is chosen on the
-calibrated validation photos for `ACCEPT_PRECISION`, and the test fold says what precision and
-coverage it really gives. The result keeps each fold's figures and all the folds' together.
+It also says how far each fold's answers can be trusted, as `flowers train` fits them
+(`models.training.trust`): the fold's training photos hold out validation% + testing% (by the
+split's file name rule), whose two halves fit the temperature, the acceptance threshold for the
+target precision and the `unknown` threshold; the test fold then says what they give: expected
+calibration error before and after, the precision and coverage of `accept`, the share of its
+flower photos called `unknown`, and of the stray photos (`stray_dir`: photos of none of the
+classes, never used to fit anything) how many are called `unknown`. The result keeps each
+fold's figures and all the folds' together.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 
 from flowers.models import dataset, networks
 from flowers.models.errors import DatasetError, UsageError
-from flowers.models.training import calibration, folds, head, trainer
+from flowers.models.runtime.decisions import ACCEPT, UNKNOWN
+from flowers.models.training import calibration, folds, head, trainer, trust
 from flowers.models.training.recipe import RECIPES, check_recipe
 from flowers.models.training.retrain import RetrainRequest
 from flowers.models.typed import field_values
@@ -34,9 +38,6 @@ from flowers.models.typed import field_values
 log = logging.getLogger(__name__)
 
 PhaseProgress = Callable[[str, int, int, dict[str, Any]], None]
-
-# The precision the acceptance threshold is chosen for, on each fold's validation photos.
-ACCEPT_PRECISION = 0.98
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +54,13 @@ class EvaluateRequest:
     # Each recipe's photo stage, where it was shared out over the cluster before this run
     # (worker.photo_stage): cache_hits, computed, seconds; recorded in place of this run's pass.
     photo_stages: dict[str, dict[str, Any]] | None = None
+    # Photos of none of the classes: how many each fold's thresholds call unknown.
+    stray_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"training": self.training.to_dict(), "folds": self.folds,
-                "recipes": list(self.recipes), "photo_stages": self.photo_stages}
+                "recipes": list(self.recipes), "photo_stages": self.photo_stages,
+                "stray_dir": self.stray_dir}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluateRequest:
@@ -87,6 +91,7 @@ def evaluate(
     data = dataset.discover(Path(base.photo_dir))
     photos = list(data.photos)
     folds.stratified_folds(photos, request.folds)  # refuse too many folds before any work
+    strays = sorted(dataset.walk_images(Path(request.stray_dir))) if request.stray_dir else []
     results: dict[str, Any] = {}
     kept_paths: set[Path] | None = None
     assignment: dict[str, int] = {}
@@ -96,23 +101,25 @@ def evaluate(
         phase = f"{recipe}: features"
         feature_start = time.perf_counter()
         features = trainer.compute_features(
-            recipe, settings.fine_tune, spec, [photo.path for photo in photos], settings.weights,
-            weights_dir, home, settings.bottleneck_batch_size,
+            recipe, settings.fine_tune, spec, [photo.path for photo in photos] + strays,
+            settings.weights, weights_dir, home, settings.bottleneck_batch_size,
             progress=lambda done, total: progress(phase, done, total, {}), guard=guard,  # noqa: B023
         )
         feature_seconds = round(time.perf_counter() - feature_start, 3)
-        kept = [photos[i] for i in features.kept]
+        # Rows follow the paths read: the flower photos', then the stray photos'.
+        kept = [photos[i] for i in features.kept if i < len(photos)]
+        stray_rows = list(range(len(kept), len(features.kept)))
         if kept_paths is None:
             kept_paths = {photo.path for photo in kept}
             skipped = [{"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
-                       for path, reason in features.skipped]
+                       for path, reason in features.skipped if data.root in Path(path).parents]
         elif kept_paths != {photo.path for photo in kept}:
             raise DatasetError(f"{data.root}: photos changed while they were evaluated; rerun")
         fold_of = folds.stratified_folds(kept, request.folds)
         assignment = {photo.path.relative_to(data.root).as_posix(): fold
                       for photo, fold in zip(kept, fold_of, strict=True)}
         results[recipe] = _cross_validate(features, kept, fold_of, request.folds, settings,
-                                          data.class_names, progress)
+                                          data.class_names, progress, stray_rows)
         results[recipe]["feature_seconds"] = feature_seconds
         shared = (request.photo_stages or {}).get(recipe)
         if shared:  # the cluster computed the features before this pass read them
@@ -137,22 +144,24 @@ def evaluate(
 def _cross_validate(
     features: trainer.Features, kept: list[dataset.Photo], fold_of: list[int], k: int,
     settings: RetrainRequest, class_names: tuple[str, ...], progress: PhaseProgress,
+    stray_rows: list[int] | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    stray_rows = stray_rows or []
     labels = np.array([photo.label for photo in kept], dtype=np.int64)
     predicted = np.zeros(len(kept), dtype=np.int64)
     raw = np.zeros((len(kept), len(class_names)))
     calibrated = np.zeros_like(raw)
-    accepted = np.zeros(len(kept), dtype=bool)
+    decided = np.full(len(kept), "", dtype=object)
     accuracies: list[float] = []
     details: list[dict[str, Any]] = []
     for fold in range(k):
         test_rows = [row for row, f in enumerate(fold_of) if f == fold]
-        rest = [row for row, f in enumerate(fold_of) if f != fold]
-        val_rows = [row for row in rest if dataset.which_set(
-            kept[row].path.name, settings.validation_percentage, 0) == "validation"]
-        val_set = set(val_rows)
-        train_rows = [row for row in rest if row not in val_set]
+        held: dict[str, list[int]] = {name: [] for name in dataset.SETS}  # as train splits them
+        for row in (row for row, f in enumerate(fold_of) if f != fold):
+            held[dataset.which_set(kept[row].path.name, settings.validation_percentage,
+                                   settings.testing_percentage)].append(row)
+        train_rows, val_rows = held["training"], held["validation"]
         phase = f"{settings.recipe}: fold {fold + 1}/{k}"
         fitted = trainer.fit(
             features, labels, train_rows, val_rows, len(class_names), settings.head_config(),
@@ -163,61 +172,55 @@ def _cross_validate(
         predicted[test_rows] = probs.argmax(axis=1)
         scored = head.metrics(probs, labels[test_rows], class_names)
         accuracies.append(float(scored["accuracy"]))
-        trust = _trust(fitted.probabilities(val_rows) if val_rows else raw[:0], labels[val_rows],
-                       probs, labels[test_rows])
-        raw[test_rows], calibrated[test_rows] = probs, trust.pop("calibrated")
-        accepted[test_rows] = trust.pop("accepted")
-        details.append({"fold": fold, "train": len(train_rows), "validation": len(val_rows),
-                        "test": len(test_rows), "accuracy": scored["accuracy"], **trust,
-                        "seconds": round(fitted.seconds, 3), **fitted.details})
+        reference = fitted.photo_features(train_rows)
+        halves = [trust.HeldOut(fitted.probabilities(held[name]), labels[held[name]],
+                                fitted.photo_features(held[name]))
+                  for name in ("validation", "testing")]
+        fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
+        raw[test_rows] = probs
+        calibrated[test_rows] = calibration.scale(probs, fold_trust.temperature)
+        decided[test_rows] = trust.apply(fold_trust, probs, fitted.photo_features(test_rows),
+                                         reference)
+        strays = trust.apply(fold_trust, fitted.probabilities(stray_rows),
+                             fitted.photo_features(stray_rows), reference)
+        details.append({
+            "fold": fold, "train": len(train_rows), "validation": len(val_rows),
+            "held_out": len(val_rows) + len(held["testing"]), "test": len(test_rows),
+            "accuracy": scored["accuracy"], "temperature": round(fold_trust.temperature, 6),
+            "accept_threshold": fold_trust.decisions["accept"]["threshold"],
+            "unknown_threshold": (fold_trust.decisions.get("unknown") or {}).get("threshold"),
+            **_trust_figures(probs, calibrated[test_rows], decided[test_rows], labels[test_rows],
+                             strays),
+            "seconds": round(fitted.seconds, 3), **fitted.details})
         log.info("%s: accuracy %.3f", phase, scored["accuracy"])
     recall = {name: float(np.mean(predicted[labels == i] == i))
               for i, name in enumerate(class_names) if np.any(labels == i)}
+    stray_unknown = [d["stray_unknown"] for d in details]
     return {
         "settings": settings.recipe_settings(),
         "mean_accuracy": float(np.mean(accuracies)),
         "std_accuracy": float(np.std(accuracies, ddof=1)),
         "fold_accuracy": accuracies,
         "per_class_recall": recall,
-        "calibration": _overall_trust(raw, calibrated, accepted, labels),
+        "calibration": {"method": "temperature", "accept_target": settings.accept_precision,
+                        **_trust_figures(raw, calibrated, decided, labels, []),
+                        "stray_photos": len(stray_rows), "stray_unknown": stray_unknown},
         "fold_details": details,
         "cache": features.cache,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
 
-def _trust(held_out: np.ndarray, held_out_labels: np.ndarray, test: np.ndarray,
-           test_labels: np.ndarray) -> dict[str, Any]:
-    """One fold's calibration figures: a temperature and an acceptance threshold fitted on the
-    held-out (validation) photos, measured on the test fold; with the test fold's calibrated
-    probabilities ("calibrated") and which of its photos are accepted ("accepted")."""
-    temperature = calibration.fit_temperature(held_out, held_out_labels)
-    calibrated = calibration.scale(test, temperature)
-    threshold = calibration.threshold_for_precision(
-        calibration.precision_curve(calibration.scale(held_out, temperature), held_out_labels),
-        ACCEPT_PRECISION) if len(held_out_labels) else None
-    accepted = (calibrated.max(axis=1) >= threshold if threshold is not None
-                else np.zeros(len(test_labels), dtype=bool))
-    return {"temperature": round(temperature, 6),
-            "ece_before": calibration.expected_calibration_error(test, test_labels),
-            "ece_after": calibration.expected_calibration_error(calibrated, test_labels),
-            "accept_threshold": threshold, **_accept_figures(calibrated, accepted, test_labels),
-            "calibrated": calibrated, "accepted": accepted}
-
-
-def _accept_figures(probabilities: np.ndarray, accepted: np.ndarray, labels: np.ndarray
-                    ) -> dict[str, float | None]:
-    """The precision of the accepted photos (None when none is) and their share of all."""
-    right = probabilities.argmax(axis=1) == labels
-    return {"accept_precision": float(right[accepted].mean()) if accepted.any() else None,
-            "accept_coverage": float(accepted.mean()) if len(labels) else 0.0}
-
-
-def _overall_trust(raw: np.ndarray, calibrated: np.ndarray, accepted: np.ndarray,
-                   labels: np.ndarray) -> dict[str, Any]:
-    """All the folds' test photos together: ECE before and after each fold's temperature, and
-    what each fold's acceptance threshold accepted."""
-    return {"method": "temperature", "accept_target": ACCEPT_PRECISION,
-            "ece_before": calibration.expected_calibration_error(raw, labels),
+def _trust_figures(raw: np.ndarray, calibrated: np.ndarray, decided: np.ndarray,
+                   labels: np.ndarray, strays: list[str]) -> dict[str, Any]:
+    """ECE before and after calibration; the precision of the photos decided `accept` (None
+    when none is) and their share of all (coverage); the share decided `unknown`; how many of
+    the stray photos are `unknown`."""
+    right = calibrated.argmax(axis=1) == labels
+    accepted = decided == ACCEPT
+    return {"ece_before": calibration.expected_calibration_error(raw, labels),
             "ece_after": calibration.expected_calibration_error(calibrated, labels),
-            **_accept_figures(calibrated, accepted, labels)}
+            "accept_precision": float(right[accepted].mean()) if accepted.any() else None,
+            "accept_coverage": float(accepted.mean()) if len(labels) else 0.0,
+            "unknown_rate": float(np.mean(decided == UNKNOWN)) if len(labels) else 0.0,
+            "stray_unknown": strays.count(UNKNOWN)}

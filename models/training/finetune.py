@@ -221,18 +221,38 @@ class _StepCallback:
         return Callback()
 
 
-def export_model(trained: TrainedTop) -> keras.Model:
-    """One Keras model: 0-255 RGB pixels in, probabilities out (mirror averaging inside)."""
+def pooled_split_features(activations: np.ndarray, flip_average: bool) -> np.ndarray:
+    """What the exported model gives as its features from (N, views, *shape) activations: the
+    split layer's activations averaged over its positions, of view 0 (and of its mirror, view
+    1, averaged in, when flip averaging)."""
+    views = 2 if flip_average and activations.shape[1] > 1 else 1
+    return np.stack([activations[:, view].astype(np.float32).mean(axis=(1, 2))
+                     for view in range(views)]).mean(axis=0)
+
+
+def export_model(trained: TrainedTop, temperature: float = 1.0) -> keras.Model:
+    """One Keras model: 0-255 RGB pixels in; out, `probabilities` (mirror averaging inside,
+    calibrated by `temperature`) and `features` (`pooled_split_features` of the photo)."""
     import keras
 
-    from flowers.models.layers import HorizontalFlip
+    from flowers.models.layers import HorizontalFlip, Temperature
 
     network = trained.network
     spec = network.spec
+    application = network.application
+    both = keras.Model(application.input, [application.output,
+                                           application.get_layer(network.split_layer).output],
+                       name="network_and_split")
     pixels = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="pixels")
     scale = networks.scaling_layer(spec)
-    probabilities = trained.final(network.application(scale(pixels)))
+    pool = keras.layers.GlobalAveragePooling2D(name="split_pool")
+    pooled, split = both(scale(pixels))
+    probabilities, features = trained.final(pooled), pool(split)
     if trained.flip_average:
-        mirrored = trained.final(network.application(scale(HorizontalFlip(name="mirror")(pixels))))
-        probabilities = keras.layers.Average(name="flip_average")([probabilities, mirrored])
-    return keras.Model(pixels, probabilities, name=f"flowers_{spec.name.replace('.', '_')}")
+        pooled, split = both(scale(HorizontalFlip(name="mirror")(pixels)))
+        probabilities = keras.layers.Average(name="flip_average")(
+            [probabilities, trained.final(pooled)])
+        features = keras.layers.Average(name="features_average")([features, pool(split)])
+    calibrated = Temperature(temperature, name="calibration")(probabilities)
+    return keras.Model(pixels, {"probabilities": calibrated, "features": features},
+                       name=f"flowers_{spec.name.replace('.', '_')}")

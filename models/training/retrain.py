@@ -21,10 +21,11 @@ import numpy as np
 from flowers.models import bundle, dataset, networks
 from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.errors import DatasetError
+from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.runtime.litert import to_tflite
 from flowers.models.training import head, report, trainer
-from flowers.models.training.calibration import calibrate
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
+from flowers.models.training.trust import HeldOut, fit_trust
 from flowers.models.typed import field_values
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,14 @@ class RetrainRequest:
     testing_percentage: float = 10.0
     summaries_dir: str | None = None
     bottleneck_batch_size: int = 64
+    # The precision the acceptance threshold is chosen for, on the held-out photos.
+    accept_precision: float = DEFAULT_ACCEPT_PRECISION
     # What a photo stage shared out over the cluster before this run did (worker.photo_stage):
     # cache_hits, computed, seconds; recorded in place of this run's pass over the warm cache.
     photo_stage: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_precision(self.accept_precision)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,15 +152,19 @@ def retrain(
         name: head.metrics(probabilities[name], labels[rows[name]], data.class_names)
         for name in dataset.SETS
     }
-    calibration = calibrate((probabilities["validation"], labels[rows["validation"]]),
-                            (probabilities["testing"], labels[rows["testing"]]))
+    reference = fitted.photo_features(rows["training"])
+    held_out = {name: HeldOut(probabilities[name], labels[rows[name]],
+                              fitted.photo_features(rows[name]))
+                for name in ("validation", "testing")}
+    trust = fit_trust(held_out["validation"], held_out["testing"], reference,
+                      request.accept_precision)
     misclassified = _misclassified(probabilities["testing"], kept, rows["testing"], data)
     if request.summaries_dir:
         head.write_summaries(fitted.history, Path(request.summaries_dir))
 
     progress("export", 0, 1, {})
     phase_start = time.perf_counter()
-    model = fitted.export()
+    model = fitted.export(trust.temperature)
     relative = lambda photo: photo.path.relative_to(data.root).as_posix()  # noqa: E731
     skipped = [
         {"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
@@ -198,14 +208,15 @@ def retrain(
             "history": [{name: value if np.isfinite(value) else None
                          for name, value in entry.items()} for entry in fitted.history],
         },
-        "calibration": calibration,
+        "calibration": trust.calibration,
+        "decisions": trust.decisions,
         phase: cache,
         "versions": networks.library_versions(),
     }
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
     target = bundle.output_folder(request.output, home, spec.name)[0]
     output = bundle.save_bundle(
-        target, model, to_tflite(model), manifest, split_files,
+        target, model, to_tflite(model), manifest, split_files, features=reference,
         write_report=lambda path: report.write_report(
             path, fitted.history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
@@ -228,6 +239,7 @@ def retrain(
         "skipped": skipped,
         "recipe": request.recipe,
         "cache": {"kind": phase, **cache},
+        "trust": trust.summary(),
         "seconds": {name: round(value, 3) for name, value in timings.items()},
     }
 

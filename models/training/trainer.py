@@ -190,12 +190,22 @@ class Fitted:
         assert self.top is not None
         return self.top.probabilities(x)
 
-    def export(self) -> Any:
-        """The whole model as one Keras model: 0-255 RGB pixels in, probabilities out."""
+    def photo_features(self, rows: Sequence[int]) -> np.ndarray:
+        """The features the exported model gives for feature rows `rows`: the bottlenecks
+        (codelab), the split layer's pooled activations (fine-tune)."""
+        x = self.features.arrays[list(rows)]
+        if self.codelab is not None:
+            return np.asarray(x, dtype=np.float32)
+        assert self.top is not None
+        return finetune.pooled_split_features(x, self.top.flip_average)
+
+    def export(self, temperature: float = 1.0) -> Any:
+        """The whole model as one Keras model: 0-255 RGB pixels in; out, `probabilities`
+        calibrated by `temperature` and the photo's `features` (`photo_features`)."""
         if self.top is not None:
-            return finetune.export_model(self.top)
+            return finetune.export_model(self.top, temperature)
         assert self.codelab is not None
-        return _codelab_model(self.features, self.codelab)
+        return _codelab_model(self.features, self.codelab, temperature)
 
 
 def fit(
@@ -221,15 +231,19 @@ def fit(
     return Fitted(features, top.history, details, top=top, seconds=time.perf_counter() - started)
 
 
-def _codelab_model(features: Features, trained: head.TrainedHead) -> Any:
-    """The base network (built now if the cache spared it) topped with the trained softmax."""
+def _codelab_model(features: Features, trained: head.TrainedHead, temperature: float) -> Any:
+    """The base network (built now if the cache spared it) topped with the trained softmax,
+    calibrated by `temperature`; its bottleneck is the `features` output."""
     import keras
+
+    from flowers.models.layers import Temperature
 
     spec = features.spec
     base = features.network
     if base is None:
         base = networks.build_base_network(spec.name, features.weights, features.weights_dir)
     final = keras.layers.Dense(trained.bias.shape[0], activation="softmax", name="final_result")
-    probabilities = final(base.output)
+    probabilities = Temperature(temperature, name="calibration")(final(base.output))
     final.set_weights([trained.kernel, trained.bias])
-    return keras.Model(base.input, probabilities, name=f"flowers_{spec.name.replace('.', '_')}")
+    return keras.Model(base.input, {"probabilities": probabilities, "features": base.output},
+                       name=f"flowers_{spec.name.replace('.', '_')}")

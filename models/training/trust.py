@@ -1,0 +1,142 @@
+"""Held-out photos in, what a bundle needs to say how far to trust each answer out: the
+temperature its model applies, the acceptance curve and threshold, the `unknown` threshold.
+
+Two halves of held-out photos (the validation and test splits at training; a fold's held-out
+share in `flowers evaluate`) are cross-fitted: each half's probabilities are calibrated with
+the temperature fitted on the other half, so every held-out score is one its calibration never
+saw. Those scores give the test half's expected calibration error before and after, and the
+precision-against-threshold curve the acceptance threshold is read from (the lowest threshold
+whose precision reaches the target; `label-dir --accept-precision` reads another from the same
+curve). The temperature the model applies is then fitted on both halves together.
+
+The `unknown` threshold comes from the same held-out photos of the classes alone: the distance
+from each one's features to its nearest training photo's, at the share `UNKNOWN_KEEP` of them
+(what is farther than every one of those is none of the classes). Stray photos never tune it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flowers.models.bundle import FEATURES_FILE
+from flowers.models.runtime.decisions import (
+    nearest_distance,
+    normalised,
+    threshold_for,
+)
+from flowers.models.training import calibration
+
+# The share of held-out photos of the classes that the `unknown` threshold keeps as known.
+UNKNOWN_KEEP = 0.95
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out photos: the network's probabilities (uncalibrated), labels and features."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    features: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What fitting gives: the temperature for the model, the manifest's `calibration` and
+    `decisions`, and each held-out photo's cross-fitted calibrated probabilities."""
+
+    temperature: float
+    calibration: dict[str, Any]
+    decisions: dict[str, Any]
+    cross_fitted: np.ndarray  # rows: the first half's photos, then the second's
+
+    def summary(self) -> dict[str, Any]:
+        """The figures `flowers train` prints."""
+        accept, unknown = self.decisions["accept"], self.decisions.get("unknown") or {}
+        return {"temperature": self.temperature,
+                "test_ece_before": self.calibration["test_ece_before"],
+                "test_ece_after": self.calibration["test_ece_after"],
+                "accept_precision": accept["target_precision"],
+                "accept_threshold": accept["threshold"],
+                "held_out_precision": accept["held_out_precision"],
+                "held_out_coverage": accept["held_out_coverage"],
+                "unknown_threshold": unknown.get("threshold"),
+                "unknown_keep": unknown.get("keep")}
+
+
+def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
+              target_precision: float) -> Trust:
+    """Fits on held-out halves `first` (validation) and `second` (test) against the training
+    photos' features `reference`; see the module docstring. Either half may be empty: the
+    other then serves alone, uncrossed; with none, nothing is accepted or called unknown."""
+    both = _joined(first, second)
+    temperature = calibration.fit_temperature(both.probabilities, both.labels)
+    if len(first) and len(second):  # each half calibrated by the other's temperature
+        fitted_first = calibration.fit_temperature(first.probabilities, first.labels)
+        fitted_second = calibration.fit_temperature(second.probabilities, second.labels)
+        crossed = np.concatenate([calibration.scale(first.probabilities, fitted_second),
+                                  calibration.scale(second.probabilities, fitted_first)])
+        test, test_temperature = second, fitted_first
+    else:
+        crossed = calibration.scale(both.probabilities, temperature)
+        test, test_temperature = both, temperature
+    test_calibrated = calibration.scale(test.probabilities, test_temperature)
+    curve = calibration.precision_curve(crossed, both.labels)
+    threshold = threshold_for(curve, target_precision)
+    accepted = crossed.max(axis=1) >= threshold if len(both) else np.zeros(0, dtype=bool)
+    right = crossed.argmax(axis=1) == both.labels
+    summary = {
+        "method": "temperature",
+        "temperature": round(temperature, 6),
+        "in_model": True,
+        "fitted_on": {"photos": len(both), "splits": "validation and testing"},
+        "test_temperature": round(test_temperature, 6),
+        "test_ece_before": round(calibration.expected_calibration_error(
+            test.probabilities, test.labels), 6),
+        "test_ece_after": round(calibration.expected_calibration_error(
+            test_calibrated, test.labels), 6),
+        "test_reliability": calibration.reliability(test_calibrated, test.labels),
+    }
+    decisions: dict[str, Any] = {"accept": {
+        "target_precision": target_precision,
+        "threshold": round(threshold, 6),
+        "held_out_precision": float(right[accepted].mean()) if accepted.any() else None,
+        "held_out_coverage": float(accepted.mean()) if len(both) else 0.0,
+        "curve": [{name: round(value, 6) for name, value in point.items()} for point in curve],
+    }}
+    if len(both) and len(reference):
+        distances = nearest_distance(both.features, normalised(reference))
+        decisions["unknown"] = {
+            "method": "nearest training photo: 1 - cosine similarity of the features",
+            "features": FEATURES_FILE,
+            "feature_size": int(reference.shape[1]),
+            "reference_photos": len(reference),
+            "keep": UNKNOWN_KEEP,
+            "threshold": round(float(np.quantile(distances, UNKNOWN_KEEP)), 6),
+        }
+    return Trust(temperature, summary, decisions, crossed)
+
+
+def _joined(first: HeldOut, second: HeldOut) -> HeldOut:
+    return HeldOut(*(np.concatenate([a, b]) for a, b in (
+        (first.probabilities, second.probabilities), (first.labels, second.labels),
+        (first.features, second.features))))
+
+
+def apply(trust: Trust, probabilities: np.ndarray, features: np.ndarray,
+          reference: np.ndarray, accept_precision: float | None = None) -> list[str]:
+    """The decisions `trust` makes for photos of `probabilities` (uncalibrated) and
+    `features`: what a bundle fitted so would answer (used by `flowers evaluate`)."""
+    from flowers.models.runtime.decisions import Decider
+
+    accept = trust.decisions["accept"]
+    precision = accept["target_precision"] if accept_precision is None else accept_precision
+    unknown = trust.decisions.get("unknown")
+    decider = Decider(precision, threshold_for(accept["curve"], precision),
+                      None if unknown is None else unknown["threshold"], normalised(reference))
+    return decider.decide(calibration.scale(probabilities, trust.temperature), features)
