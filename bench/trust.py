@@ -67,6 +67,7 @@ def train(photos: Path, env: dict[str, str], work: Path) -> Path:
 def without_unknown(bundle: Path, work: Path) -> Path:
     """A copy of `bundle` that makes the same decisions but for `unknown`."""
     copy = work / "bundle-without-unknown"
+    shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["decisions"]["unknown"]
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-cv", action="store_true")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="Label with this default bundle instead of training one.")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="flowers-trust-"))
@@ -105,7 +108,7 @@ def main() -> None:
         env = {k: v for k, v in running.env.items() if k != "FLOWERS_BROKER_URL"}
         if not args.skip_cv:
             evaluate(photos, stray, args.folds, env, work)
-        bundle = train(photos, env, work)
+        bundle = args.bundle.resolve() if args.bundle else train(photos, env, work)
         running.start_worker(os.cpu_count() or 1)
         rate, decided = label(stray, bundle, running.env, work, "stray")
         print(f"\n{stray}: {decided.get('unknown', 0)} of {sum(decided.values())} unknown "
