@@ -150,7 +150,7 @@ def measure_process(rank: int, bundle: str, paths: list[list[str]], threads: int
     barrier.wait()
     cpu, figures["c_start"] = time.process_time(), time.monotonic()
     for index, chunk in enumerate(paths):
-        rows = [parts.format_row(Path(p).name, row.labels, row.error, 3)
+        rows = [[*parts.format_row(Path(p).name, row.labels, row.error, 3, row.decision), "1-2-3"]
                 for p, row in zip(chunk, label_photos((Path(p) for p in chunk), model,
                                                       LabelOptions(3, batch_size),
                                                       threads=0 if threads == 1 else None),

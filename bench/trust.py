@@ -46,8 +46,9 @@ def evaluate(photos: Path, stray: Path, folds: int, env: dict[str, str], work: P
           f"{'accept at':>10}{'precision':>10}{'coverage':>9}{'unknown':>8}{'stray':>7}")
     for d in figures["fold_details"]:
         precision = "-" if d["accept_precision"] is None else f"{d['accept_precision']:.3f}"
+        threshold = "none" if d["accept_threshold"] is None else f"{d['accept_threshold']:.3f}"
         print(f"{d['fold']:<5}{d['held_out']:>9}{d['accuracy']:>9.3f}{d['temperature']:>7.3f}"
-              f"{d['ece_before']:>11.3f}{d['ece_after']:>7.3f}{d['accept_threshold']:>10.3f}"
+              f"{d['ece_before']:>11.3f}{d['ece_after']:>7.3f}{threshold:>10}"
               f"{precision:>10}{d['accept_coverage']:>9.3f}{d['unknown_rate']:>8.3f}"
               f"{d['stray_unknown']:>7}")
     print(f"figures: {output}")

@@ -151,5 +151,7 @@ def print_figures(result: dict[str, Any]) -> None:
     for name, figures in result["recipes"].items():
         if "calibration" in figures:
             click.echo(f"{name} confidences: {describe_trust(figures['calibration'])}")
+            click.echo(f"{name} fold ECE: " + ", ".join(
+                f"{d['ece_before']:.3f} -> {d['ece_after']:.3f}" for d in figures["fold_details"]))
     if result["skipped"]:
         click.echo(f"skipped {len(result['skipped'])} photos that could not be read")

@@ -13,6 +13,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
+from flowers.models.errors import UsageError
 from flowers.models.runtime.decisions import check_precision, load_decider
 from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 
@@ -57,6 +58,9 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
                          batch_size, quiet=True)
     failed = 0
     decider = load_decider(bundle, manifest, accept_precision)
+    if decider is None and accept_precision is not None:
+        raise UsageError(f"--accept-precision: {bundle} makes no decisions (made before flowers "
+                         "calibrated its bundles): retrain it to get them")
     if decider is None:
         click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
                    "bundles): retrain it (flowers train) for accept / review / unknown", err=True)

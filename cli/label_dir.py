@@ -203,9 +203,12 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     )
     if decider is not None:
         counts = summary.get("decided") or {}
+        how = (f"accepted at {decider.accept_threshold:.3f} calibrated confidence, for "
+               f"{decider.accept_precision:g} precision" if decider.accept_threshold <= 1 else
+               f"none accepted: no threshold reached {decider.accept_precision:g} precision on "
+               "the bundle's held-out photos")
         click.echo(", ".join(f"{name} {counts.get(name, 0)}" for name in DECISIONS) +
-                   f" (accepted at {decider.accept_threshold:.3f} calibrated confidence, for "
-                   f"{decider.accept_precision:g} precision)")
+                   f" ({how})")
 
 
 def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str],

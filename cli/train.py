@@ -164,7 +164,8 @@ def describe_trust(trust: dict[str, Any]) -> str:
     unknown = ("" if trust["unknown_threshold"] is None else
                f"; unknown beyond distance {trust['unknown_threshold']:.3f} from every "
                f"training photo (keeps {trust['unknown_keep']:.0%} of held-out photos)")
+    threshold = trust["accept_threshold"]
+    at = "nothing" if threshold is None else f"at {threshold:.3f}"
     return (f"confidences calibrated (temperature {trust['temperature']:.3f}): test ECE "
-            f"{trust['test_ece_before']:.3f} -> {trust['test_ece_after']:.3f}; accept at "
-            f"{trust['accept_threshold']:.3f} for {trust['accept_precision']:g} precision: "
-            f"{accepted}{unknown}")
+            f"{trust['test_ece_before']:.3f} -> {trust['test_ece_after']:.3f}; accept {at} "
+            f"for {trust['accept_precision']:g} precision: {accepted}{unknown}")

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # (model.keras only) still load and label, on Keras.
 # 3: calibrated probabilities and features as two named outputs, the manifest's decisions.
 FORMAT_VERSION = 3
+# What a bundle without decisions is, model.tflite and all (format 1 had no model.tflite).
+FORMAT_WITHOUT_DECISIONS = 2
 MODEL_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 SPLIT_FILE = "split.json"
@@ -154,12 +156,14 @@ def keras_model_file(bundle: Path, manifest: dict[str, Any]) -> Path | None:
 
 def add_tflite(bundle: Path, tflite: bytes) -> None:
     """Adds (or replaces) model.tflite in an existing bundle and lists it in the manifest, each
-    file renamed into place; the manifest's format version becomes the current one."""
+    file renamed into place; the manifest's format version becomes the current one (for a
+    bundle without decisions, the last one without them: older readers still take it)."""
     from flowers.models.atomic import write_atomically, write_text_atomically
 
     manifest = read_manifest(bundle)
     write_atomically(bundle / TFLITE_FILE, lambda handle: handle.write(tflite))
-    manifest["format_version"] = FORMAT_VERSION
+    manifest["format_version"] = (FORMAT_VERSION if manifest.get("decisions")
+                                  else FORMAT_WITHOUT_DECISIONS)
     models = manifest.get("models") if isinstance(manifest.get("models"), dict) else None
     manifest["models"] = {**(models or {"keras": MODEL_FILE}), "tflite": TFLITE_ENTRY}
     write_text_atomically(bundle / MANIFEST_FILE, json.dumps(manifest, indent=2))

@@ -34,8 +34,9 @@ def _one_line_name(name: Any) -> bool:
 def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
     """Raises `BundleError` unless the fields whoever labels reads have the types flowers writes:
     input_size [N, N]; class_names two or more distinct names, each one printable line;
-    architecture and bundle_id non-empty strings; preprocessing, models, imported, not_included
-    and metrics, where present, objects; models.keras a file name inside the bundle."""
+    architecture and bundle_id non-empty strings; preprocessing, models, imported, not_included,
+    metrics, calibration and decisions, where present, objects (`decisions` is read whole by
+    `models.runtime.decisions.load_decider`); models.keras a file name inside the bundle."""
     for key in ("architecture", "bundle_id"):
         if not isinstance(manifest[key], str) or not manifest[key].strip():
             raise _refuse(bundle, key, manifest[key], "a non-empty string")
@@ -53,7 +54,8 @@ def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
     if len(set(names)) != len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
         raise _refuse(bundle, "class_names", names, f"distinct names ({twice[0]!r} is repeated)")
-    for key in ("preprocessing", "models", "imported", "not_included", "metrics"):
+    for key in ("preprocessing", "models", "imported", "not_included", "metrics", "calibration",
+                "decisions"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise _refuse(bundle, key, manifest[key], "an object")
     preprocessing = manifest.get("preprocessing") or {}
@@ -110,7 +112,7 @@ def check_model_shapes(bundle: Path, manifest: dict[str, Any], model_file: str,
             f"{MANIFEST_FILE}'s class_names has {classes} names: retrain or re-export the bundle")
     unknown = (manifest.get("decisions") or {}).get("unknown")
     if unknown is not None:
-        wanted = unknown.get("feature_size") if isinstance(unknown, dict) else None
+        wanted = unknown.get("feature_size") if isinstance(unknown, dict) else unknown
         if features_shape is None or tuple(features_shape[1:]) != (wanted,):
             given = "no features" if features_shape is None else (
                 f"features of {list(features_shape[1:])}")

@@ -11,6 +11,7 @@ name:
                          the files it lists (and itself) are removed
     a review page        `<meta name="generator" content="flowers review">` in its head
     evaluate's figures   a JSON object with `"format": "flowers-evaluation/1"` and its job id
+                         (before the format was recorded: every field evaluate wrote)
     a results CSV        with --overwrite: a regular file, not inside a bundle
 
 A file or folder that lacks the mark is refused with one line naming it. Nothing is ever
@@ -145,12 +146,17 @@ def is_review_page(path: Path) -> bool:
 
 
 def is_evaluation(path: Path) -> bool:
-    """Whether `path` is a regular file of `flowers evaluate`'s figures (its format and job)."""
+    """Whether `path` is a regular file of `flowers evaluate`'s figures: its format and job id
+    (or, written before the format was recorded, every field evaluate wrote)."""
     figures = read_json_object(path)
-    if figures is None or figures.get("format") != EVALUATION_FORMAT:
+    if figures is None:
         return False
+    if figures.get("format") is None:
+        return all(key in figures for key in ("photo_dir", "architecture", "folds", "recipes",
+                                              "fold_of", "request"))
     job = figures.get("job_id")
-    return isinstance(job, str) and bool(JOB_ID.fullmatch(job))
+    return (figures["format"] == EVALUATION_FORMAT and isinstance(job, str)
+            and bool(JOB_ID.fullmatch(job)))
 
 
 def refuse_link(path: Path, what: str) -> None:

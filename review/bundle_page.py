@@ -81,9 +81,10 @@ def trust_charts(manifest: dict[str, Any]) -> list[charts.SquareChart]:
     accept = (manifest.get("decisions") or {}).get("accept") or {}
     curve = accept.get("curve") or []
     if curve:
-        chosen = [p for p in curve if p["threshold"] >= accept["threshold"]]
+        threshold = accept.get("threshold")
+        chosen = [] if threshold is None else [p for p in curve if p["threshold"] >= threshold]
         dots = [(chosen[-1]["coverage"], chosen[-1]["precision"],
-                 f"threshold {accept['threshold']:.3f}: precision {chosen[-1]['precision']:.3f}, "
+                 f"threshold {threshold:.3f}: precision {chosen[-1]['precision']:.3f}, "
                  f"coverage {chosen[-1]['coverage']:.3f}")] if chosen else []
         shown.append(charts.square_chart(
             "precision against coverage",

@@ -40,7 +40,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 def parse_label_output(text: str) -> dict[str, list[str]]:
-    """`flowers label` output as {path: [label, confidence, ..., error]}."""
+    """`flowers label` output as {path: [label, confidence, ..., "decision:D"]}, or
+    {path: ["error:REASON"]}."""
     rows: dict[str, list[str]] = {}
     current = ""
     for line in text.splitlines():
@@ -49,6 +50,8 @@ def parse_label_output(text: str) -> dict[str, list[str]]:
             rows[current] = []
         elif line.startswith("  error: "):
             rows[current].append("error:" + line[len("  error: "):])
+        elif line.startswith("  decision: "):
+            rows[current].append("decision:" + line[len("  decision: "):])
         else:
             rows[current] += line.split()
     return rows

@@ -121,6 +121,8 @@ def tampered(bundle: Path, target: Path, labels: list[str] | None = None,
     ({"models": ["model.keras"]}, "models", '["model.keras"]'),
     ({"models": {"keras": "../../elsewhere.keras"}}, "models.keras", '"../../elsewhere.keras"'),
     ({"metrics": [0.9]}, "metrics", "[0.9]"),
+    ({"decisions": 5}, "decisions", "5"),
+    ({"calibration": "temperature"}, "calibration", '"temperature"'),
 ])
 def test_manifest_fields_of_the_wrong_type_are_refused_on_reading(
     trained_bundle: tuple[Path, Any], tmp_path: Path, fields: dict[str, Any], field: str,
@@ -211,3 +213,40 @@ def test_a_bundle_from_another_decoding_version_gets_a_warning(
     assert warning is not None
     assert "rgb8-exif-bilinear-squash-v1" in warning and PREPROCESS_VERSION in warning
     assert "retrain" in warning
+
+
+@pytest.mark.parametrize("change", [
+    {"accept": {"target_precision": 0.98, "curve": "steep"}},
+    {"accept": {"target_precision": 2, "curve": []}},
+    {"unknown": {"threshold": "far", "feature_size": 256}},
+    {"unknown": {"threshold": 0.3, "feature_size": "big"}},
+    {"unknown": {"threshold": float("nan"), "feature_size": 256}},
+])
+def test_damaged_decisions_are_one_line_naming_them(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, change: dict[str, Any],
+) -> None:
+    from flowers.models.runtime.decisions import load_decider
+
+    decisions = {**read_manifest(trained_bundle[0])["decisions"], **change}
+    copy = tampered(trained_bundle[0], tmp_path / "bundle", decisions=decisions)
+    with pytest.raises(BundleError, match=r"manifest.json's decisions are damaged \(.*\): "
+                                          r"retrain the bundle$"):
+        load_decider(copy, json.loads((copy / "manifest.json").read_text()))
+
+
+def test_training_features_that_are_not_a_regular_file_are_refused_unread(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    import os
+
+    from flowers.models.runtime.decisions import load_decider
+
+    copy = broken_copy(trained_bundle[0], tmp_path)
+    (copy / "features.npy").unlink()
+    os.mkfifo(copy / "features.npy")  # would block a reader forever
+    with pytest.raises(BundleError, match=r"features\.npy .*not a regular file"):
+        load_decider(copy, read_manifest(copy))
+    (copy / "features.npy").unlink()
+    np.save(copy / "features.npy", np.zeros((3, 7), dtype=np.float16))
+    with pytest.raises(BundleError, match=r"holds \(3, 7\) features, not \(photos, "):
+        load_decider(copy, read_manifest(copy))

@@ -131,6 +131,19 @@ def test_with_no_held_out_photo_nothing_is_accepted_or_unknown() -> None:
     assert apply(found, probabilities, np.ones((5, 32)), np.ones((3, 32))) == [REVIEW] * 5
 
 
+def test_a_target_no_threshold_reaches_accepts_nothing_and_says_so() -> None:
+    curve = [{"threshold": 0.9, "precision": 0.95, "coverage": 0.5}]
+    decider = Decider(0.99, threshold_for(curve, 0.99))
+    assert decider.decide(np.array([[1.0, 0.0]]), None) == [REVIEW]
+    assert decider.settings()["accept_threshold"] is None  # JSON keeps no infinity
+    logits, _ = honest_scores(400, seed=6)
+    wrong = (logits.argmax(axis=1) + 1) % 5  # every held-out photo's best label is wrong
+    found = fit_trust(HeldOut(softmax(logits), wrong, np.ones((400, 4))),
+                      HeldOut(softmax(logits), wrong, np.ones((400, 4))), np.ones((2, 4)), 0.5)
+    accept = found.decisions["accept"]
+    assert accept["threshold"] is None and accept["held_out_precision"] is None
+
+
 def test_a_decider_asks_for_features_when_its_bundle_measures_unknown_by_them() -> None:
     decider = Decider(0.98, 0.9, 0.2, np.eye(3, dtype=np.float32))
     probabilities = np.array([[0.95, 0.05, 0.0], [0.6, 0.4, 0.0], [0.99, 0.01, 0.0]])

@@ -83,6 +83,13 @@ def test_label_dir_decides_every_photo_by_the_bundles_thresholds(
         assert summary in done.stdout, done.stdout
     assert counts[0.5]["accept"] >= counts[None]["accept"]
     assert counts[0.5]["unknown"] == counts[None]["unknown"], "the same unknown threshold"
+    # What unknown tells apart: the stray photos from the flowers (a bundle whose features
+    # did not match its training photos' would call everything unknown, or nothing).
+    decided = {path: row[-2] for path, row in body.items() if not row[-1]}
+    strays = [decided[path] for path in decided if path.startswith("stray/")]
+    flowers = [decided[path] for path in decided if not path.startswith("stray/")]
+    assert strays.count("unknown") >= 2, decided
+    assert flowers.count("unknown") <= len(flowers) // 3, decided
 
     shown = run_flowers("label", str(mixed_folder / "stray" / "broken.jpg"),
                         str(next((mixed_folder / "daisy").iterdir())), "--model", str(bundle),
@@ -133,9 +140,10 @@ def test_a_bundle_made_before_decisions_labels_as_before(
         assert [(row[i], float(row[i + 1])) for i in (1, 3, 5)] == [
             (names[j], pytest.approx(float(probabilities[j]), abs=2e-6))
             for j in np.argsort(-probabilities, kind="stable")]
-    refused = run_flowers("label-dir", str(mixed_folder), "--model", str(old), "--output",
-                          str(tmp_path / "again.csv"), "--accept-precision", "0.9", env=env)
-    assert refused.returncode == 2 and "makes no decisions" in refused.stderr
+    for argv in (["label-dir", str(mixed_folder), "--output", str(tmp_path / "again.csv")],
+                 ["label", str(daisies[0])]):
+        refused = run_flowers(*argv, "--model", str(old), "--accept-precision", "0.9", env=env)
+        assert refused.returncode == 2 and "makes no decisions" in refused.stderr
 
 
 def test_a_precision_outside_zero_to_one_is_a_usage_error(

@@ -40,6 +40,10 @@ def test_figures_replace_only_figures_flowers_evaluate_wrote(tmp_path: Path) -> 
     ours.write_text(json.dumps({"format": "flowers-evaluation/1", "job_id": "a" * 32}))
     assert check_output(ours, photos) == ours
     assert check_output(tmp_path / "new.json", photos) == tmp_path / "new.json"
+    before = tmp_path / "before.json"  # written before the format was recorded
+    before.write_text(json.dumps(dict.fromkeys(
+        ("photo_dir", "architecture", "folds", "recipes", "fold_of", "request"), 1)))
+    assert check_output(before, photos) == before
     for content in ('{"format": "flowers-evaluation/1"}', '{"job_id": "' + "a" * 32 + '"}',
                     "[1, 2]", "not json"):
         theirs = tmp_path / "theirs.json"
@@ -86,6 +90,9 @@ def test_evaluate_three_folds_then_the_cache(
         assert 0 <= trust["ece_after"] <= 1 and 0 <= trust["ece_before"] <= 1
         assert all(d["temperature"] > 0 for d in recipe["fold_details"])
         assert f"{name} confidences: ECE {trust['ece_before']:.3f} -> {trust['ece_after']:.3f}" \
+            in result.stdout, result.stdout
+        assert f"{name} fold ECE: " + ", ".join(
+            f"{d['ece_before']:.3f} -> {d['ece_after']:.3f}" for d in recipe["fold_details"]) \
             in result.stdout, result.stdout
         assert [d["test"] for d in recipe["fold_details"]] == [12, 12, 12]
         assert all(d["train"] + d["held_out"] == 24 and d["held_out"] >= d["validation"]

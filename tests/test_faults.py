@@ -237,7 +237,8 @@ def test_two_jobs_with_two_bundles_on_the_same_workers(
         assert_complete(output, photos)
     with open(outputs[other], newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "decision",
+                       "error"]
     assert {row[1] for row in rows[1:]} <= {"daisy", "tulips"}
     with open(outputs[trained_bundle[0]], newline="") as handle:
         assert "roses" in {row[1] for row in list(csv.reader(handle))[1:]}

@@ -143,13 +143,13 @@ def test_a_class_name_labels_txt_cannot_keep_is_refused_at_the_scan(
 def test_a_bundle_that_is_a_pipe_is_refused_without_reading_it(
     small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, tmp_path: Path
 ) -> None:
-    """A named pipe given as the bundle, or as its manifest.json or labels.txt, would block a
-    read forever: each is refused in one line, at once."""
+    """A named pipe given as the bundle, or as its manifest.json, labels.txt or features.npy,
+    would block a read forever: each is refused in one line, at once."""
     env = flowers_env(flowers_home, None, None)
     fifo = tmp_path / "model"
     os.mkfifo(fifo)
     bundles = {"the bundle": fifo}
-    for name in ("manifest.json", "labels.txt"):
+    for name in ("manifest.json", "labels.txt", "features.npy"):
         copy = tmp_path / f"with-{name}"
         shutil.copytree(trained_bundle[0], copy)
         (copy / name).unlink()

@@ -44,7 +44,7 @@ def test_label_dir_with_two_worker_processes(
 
     rows = read_csv(output)
     assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
-                       "label_3", "confidence_3", "error"]
+                       "label_3", "confidence_3", "decision", "error"]
     paths = [row[0] for row in rows[1:]]
     assert paths == sorted(paths) and len(paths) == len(set(paths)) == 33
     expected = sorted(p.relative_to(collection).as_posix() for p in collection.rglob("*")
@@ -56,13 +56,14 @@ def test_label_dir_with_two_worker_processes(
     assert errors["broken/empty.jpg"] == "empty file (0 bytes)"
     for row in rows[1:]:
         if row[-1]:
-            assert row[1:-1] == [""] * 6
+            assert row[1:-1] == [""] * 7, "an error row: no labels, no decision"
         else:
             confidences = [float(c) for c in row[2:-1:2]]
             assert confidences == sorted(confidences, reverse=True)
             assert all(0 <= c <= 1 and len(s.split(".")[1]) == 6
                        for c, s in zip(confidences, row[2:-1:2], strict=True))
-            assert sorted(row[1:-1:2]) == ["daisy", "roses", "tulips"]
+            assert sorted(row[1:-2:2]) == ["daisy", "roses", "tulips"]
+            assert row[-2] in ("accept", "review", "unknown")
 
     # Every row agrees with `flowers label` on the same photo.
     single = run_flowers("label", *(str(collection / p) for p in paths), "--model", str(bundle),
@@ -74,8 +75,8 @@ def test_label_dir_with_two_worker_processes(
         if row[-1]:
             assert mine == ["error:" + row[-1]]
         else:
-            assert mine[0::2] == row[1:-1:2]
-            for theirs, ours in zip(mine[1::2], row[2:-1:2], strict=True):
+            assert mine[:-1][0::2] == row[1:-2:2] and mine[-1] == f"decision:{row[-2]}"
+            for theirs, ours in zip(mine[1:-1:2], row[2:-1:2], strict=True):
                 assert abs(float(theirs) - float(ours)) <= 2e-6
 
     # Both pool processes labelled chunks, and each loaded the bundle exactly once.

@@ -33,7 +33,8 @@ def test_label_dir_without_a_broker_runs_a_local_cluster(
     assert result.returncode == 0, result.stderr
     rows = read_csv(output)
     assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2",
-                       "label_3", "confidence_3", "error"], "top-k is capped at 3 classes"
+                       "label_3", "confidence_3", "decision", "error"], \
+        "top-k is capped at 3 classes"
     assert len(rows) == 34
     again = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
                         "--output", str(output), env=env)

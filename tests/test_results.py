@@ -31,8 +31,8 @@ def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
     parts = tmp_path / "out.csv.parts"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
     results.claim_parts(parts, JOB)
-    def row(name: str, decision: str = "review") -> list[str]:
-        return results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2, decision)
+    def row(name: str, decision: str = "review") -> list[str]:  # and the photo's stamp
+        return [*results.format_row(name, [("a", 0.5), ("b", 0.5)], "", 2, decision), "1-2-3"]
 
     results.write_part(parts, JOB, 1, [row("z.jpg"), row("a/b.jpg", "unknown")])
     results.write_part(parts, JOB, 0, [row("a.jpg", "accept"), row("z.jpg")])
@@ -56,6 +56,27 @@ def test_rows_from_another_bundle_are_never_mixed_in(tmp_path: Path) -> None:
     results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "", "x"]])
     results.prepare_parts(parts, {**IDENTITY, "bundle_id": "b2"}, overwrite=True)
     assert list(results.done_paths(parts)) == []
+
+
+def test_rows_a_worker_of_the_previous_version_wrote_merge_into_the_same_columns(
+    tmp_path: Path,
+) -> None:
+    """A half-upgraded cluster: a part row without the decision cell (path, labels, error,
+    stamp) comes out with an empty decision, its error in the error column."""
+    parts, output = tmp_path / "out.csv.parts", tmp_path / "out.csv"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    results.claim_parts(parts, JOB)
+    results.write_part(parts, JOB, 0, [["a.jpg", "daisy", "0.900000", "", "", "", "1-2-3"],
+                                          ["b.jpg", "", "", "", "", "empty file", "4-5-6"],
+                                          [*results.format_row("c.jpg", [("roses", 0.8)], "", 2,
+                                                               "accept"), "7-8-9"]])
+    assert results.merge_parts(parts, output, 2) == {"rows": 3, "errors": 1,
+                                                     "decided": {"accept": 1}}
+    with open(output, newline="") as handle:
+        assert list(csv.reader(handle))[1:] == [
+            ["a.jpg", "daisy", "0.900000", "", "", "", ""],
+            ["b.jpg", "", "", "", "", "", "empty file"],
+            ["c.jpg", "roses", "0.800000", "", "", "accept", ""]]
 
 
 def test_rows_decided_with_other_thresholds_are_never_mixed_in(tmp_path: Path) -> None:
@@ -87,8 +108,9 @@ def test_merge_records_the_job_beside_the_csv(tmp_path: Path) -> None:
     parts, output = tmp_path / "out.csv.parts", tmp_path / "out.csv"
     results.prepare_parts(parts, IDENTITY, overwrite=False)
     results.claim_parts(parts, JOB)
-    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "", "empty file"],
-                                          results.format_row("b.jpg", [("a", 1.0)], "", 2)])
+    results.write_part(parts, JOB, 0, [["a.jpg", "", "", "", "", "", "empty file", "1-2-3"],
+                                          [*results.format_row("b.jpg", [("a", 1.0)], "", 2),
+                                           "1-2-4"]])
     results.merge_parts(parts, output, 2)
     record = results.read_job_record(output)
     assert record is not None
@@ -113,7 +135,7 @@ def test_shared_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
         parts = tmp_path / "out.csv.parts"
         results.prepare_parts(parts, IDENTITY, overwrite=False)
         results.claim_parts(parts, JOB)
-        results.write_part(parts, JOB, 0, [results.format_row("a.jpg", [], "x", 2)])
+        results.write_part(parts, JOB, 0, [[*results.format_row("a.jpg", [], "x", 2), "1-2-3"]])
         files = [parts / results.JOB_FILE, results.part_path(parts, JOB, 0)]
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
         folder = temporary_folder_beside(tmp_path / "bundle")

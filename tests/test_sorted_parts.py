@@ -21,7 +21,7 @@ IDENTITY = {"bundle_id": "b1", "photo_dir": "/photos", "top_k": 1, "k": 1}
 
 
 def _row(path: str, label: str = "a") -> list[str]:
-    return results.format_row(path, [(label, 0.5)], "", 1)
+    return [*results.format_row(path, [(label, 0.5)], "", 1), "1-2-3"]  # and its photo's stamp
 
 
 def _job_of_parts(parts: Path, photos: int, per_part: int) -> None:
@@ -134,7 +134,8 @@ def test_a_partitioned_output_reads_as_one_sorted_table(tmp_path: Path) -> None:
     names = [f"{n:03d}.jpg" for n in range(25)]
     for index in range(0, 25, 4):
         results.write_part(parts, JOB, index, [
-            results.format_row(name, [("daisy", 0.5)], "bad" if name == "007.jpg" else "", 1)
+            [*results.format_row(name, [("daisy", 0.5)], "bad" if name == "007.jpg" else "", 1),
+             "1-2-3"]
             for name in names[index:index + 4]])
     output = tmp_path / "out"
     counts = results.merge_parts(parts, output, 1, partition_rows=10)

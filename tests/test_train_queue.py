@@ -166,7 +166,7 @@ def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
             return list(csv.reader(handle))
 
     before = label(tmp_path / "before.csv")
-    assert before[0][1:-1] == ["label_1", "confidence_1", "label_2", "confidence_2"]
+    assert before[0][1:-1] == ["label_1", "confidence_1", "label_2", "confidence_2", "decision"]
     assert {row[1] for row in before[1:]} <= {"daisy", "tulips"}
 
     queued = run_flowers("train", str(three), *args, "--no-wait", env=train_env)

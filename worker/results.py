@@ -106,6 +106,15 @@ def format_row(path: str, labels: list[tuple[str, float]], error: str, k: int,
     return [*cells, decision, error]
 
 
+def output_row(part_row: list[str], k: int) -> list[str]:
+    """A part's row as the output has it: less its stamp. A row a worker of the previous
+    version wrote (no decision cell: path, labels, error, stamp) gets an empty decision, so a
+    cluster half upgraded writes every row in the columns of the header."""
+    if len(part_row) == 2 * k + 3:
+        return [*part_row[:2 * k + 1], "", part_row[2 * k + 1]]
+    return part_row[:2 * k + 3]
+
+
 def _csv_text(rows: Iterable[list[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -305,8 +314,8 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
 
     One CSV, its record beside it as OUTPUT.job.json; or, with `partition_rows`, a folder of
     CSV files of that many rows each (`write_partitions`)."""
-    rows = (row[:2 * k + 3] for row in
-            unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir)))  # less its stamp
+    rows = (output_row(row, k) for row in
+            unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir)))
     identity = read_identity(parts_dir)
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)

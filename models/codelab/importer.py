@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flowers.models.bundle import (
-    FORMAT_VERSION,
+    FORMAT_WITHOUT_DECISIONS,
     TFLITE_ENTRY,
     TFLITE_FILE,
     new_bundle_id,
@@ -101,7 +101,7 @@ def imported_manifest(graph: PoetsGraph, class_names: list[str], labels: Path) -
     size = graph.input_size
     family = graph.family
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_WITHOUT_DECISIONS,  # it makes none
         "bundle_id": new_bundle_id(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "architecture": graph.architecture,

@@ -16,6 +16,7 @@ imported from the codelab) gives none either (`load_decider` returns None).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from flowers.models.atomic import read_regular_file
 from flowers.models.bundle import FEATURES_FILE
 from flowers.models.errors import BundleError, UsageError
 
@@ -42,9 +44,14 @@ def check_precision(value: float, what: str = "--accept-precision") -> float:
 
 def threshold_for(curve: Sequence[dict[str, float]], precision: float) -> float:
     """The lowest threshold whose held-out precision (of every photo at or above it) reaches
-    `precision`; 1.0 past the highest confidence (accept nothing) when none does."""
+    `precision`; infinity (accept nothing) when none does."""
     reaching = [point["threshold"] for point in curve if point["precision"] >= precision]
-    return min(reaching) if reaching else math.nextafter(1.0, 2.0)
+    return min(reaching) if reaching else math.inf
+
+
+def shown_threshold(threshold: float) -> float | None:
+    """A threshold as JSON keeps it: None for one no confidence reaches."""
+    return None if math.isinf(threshold) else round(threshold, 6)
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -100,7 +107,7 @@ class Decider:
     def settings(self) -> dict[str, Any]:
         """What a job record keeps of the thresholds used."""
         return {"accept_precision": self.accept_precision,
-                "accept_threshold": round(self.accept_threshold, 6),
+                "accept_threshold": shown_threshold(self.accept_threshold),
                 "unknown_threshold": (None if self.unknown_threshold is None
                                       else round(self.unknown_threshold, 6))}
 
@@ -120,20 +127,24 @@ def load_decider(bundle: Path, manifest: dict[str, Any],
         target = check_precision(accept["target_precision"], "the bundle's target precision")
         unknown = decisions.get("unknown")
         threshold = None if unknown is None else float(unknown["threshold"])
-    except (KeyError, TypeError, ValueError, UsageError) as exc:
+        size = None if unknown is None else int(unknown["feature_size"])
+        if threshold is not None and not math.isfinite(threshold):
+            raise ValueError(f"unknown threshold {threshold}")
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError) as exc:
         raise BundleError(f"{bundle}/manifest.json's decisions are damaged ({exc}): retrain "
                           "the bundle") from None
     precision = target if accept_precision is None else accept_precision
     reference = None
-    if threshold is not None:
-        reference = _reference(bundle / FEATURES_FILE, int(unknown.get("feature_size", 0)))
+    if threshold is not None and size is not None:
+        reference = _reference(bundle / FEATURES_FILE, size)
     return Decider(precision, threshold_for(curve, precision), threshold, reference, tuple(curve))
 
 
 def _reference(path: Path, size: int) -> np.ndarray:
-    """The training photos' features, normalised, from the bundle's file."""
+    """The training photos' features, normalised, from the bundle's file (a regular file only:
+    a pipe put there cannot block the reader)."""
     try:
-        features = np.load(path, allow_pickle=False)
+        features = np.load(io.BytesIO(read_regular_file(path)), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path} ({exc}): retrain the bundle") from None
     if features.ndim != 2 or features.shape[1] != size or len(features) == 0:

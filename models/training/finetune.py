@@ -174,7 +174,13 @@ def train_top(
     data = (tf.data.Dataset.range(count).shuffle(count, seed=recipe.seed,
                                                  reshuffle_each_iteration=True)
             .batch(recipe.batch_size).map(batch).prefetch(2))
-    trained = TrainedTop(network, final, recipe.flip_average)
+    # Averaging a photo with its mirror needs the mirror view (view 1) to be scored and
+    # calibrated on: with one view the exported model does without it, as the scores did.
+    flip_average = recipe.flip_average and views > 1
+    if recipe.flip_average and not flip_average:
+        log.warning("one view a photo: no mirror view to average with (flip averaging needs "
+                    "--views 2 or more), so the model labels each photo as it is")
+    trained = TrainedTop(network, final, flip_average)
     best: tuple[float, list[Any]] | None = None
     for epoch in range(recipe.epochs):
         done_before = epoch * steps_per_epoch

@@ -193,11 +193,11 @@ class Fitted:
     def photo_features(self, rows: Sequence[int]) -> np.ndarray:
         """The features the exported model gives for feature rows `rows`: the bottlenecks
         (codelab), the split layer's pooled activations (fine-tune)."""
-        x = self.features.arrays[list(rows)]
         if self.codelab is not None:
-            return np.asarray(x, dtype=np.float32)
-        assert self.top is not None
-        return finetune.pooled_split_features(x, self.top.flip_average)
+            return np.asarray(self.features.arrays[list(rows)], dtype=np.float32)
+        assert self.top is not None  # only the views the features are made of are copied
+        return finetune.pooled_split_features(self.features.arrays[list(rows), :2],
+                                              self.top.flip_average)
 
     def export(self, temperature: float = 1.0) -> Any:
         """The whole model as one Keras model: 0-255 RGB pixels in; out, `probabilities`
@@ -227,7 +227,7 @@ def fit(
     top = finetune.train_top(network, x_train, y_train, x_val, y_val, num_classes, fine_tune,
                              progress=progress)
     details = {"split_layer": network.split_layer, "activation_shape": list(network.shape),
-               "best_epoch": top.best_epoch}
+               "best_epoch": top.best_epoch, "flip_average": top.flip_average}
     return Fitted(features, top.history, details, top=top, seconds=time.perf_counter() - started)
 
 

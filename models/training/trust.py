@@ -25,6 +25,7 @@ from flowers.models.bundle import FEATURES_FILE
 from flowers.models.runtime.decisions import (
     nearest_distance,
     normalised,
+    shown_threshold,
     threshold_for,
 )
 from flowers.models.training import calibration
@@ -104,7 +105,7 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
     }
     decisions: dict[str, Any] = {"accept": {
         "target_precision": target_precision,
-        "threshold": round(threshold, 6),
+        "threshold": shown_threshold(threshold),
         "held_out_precision": float(right[accepted].mean()) if accepted.any() else None,
         "held_out_coverage": float(accepted.mean()) if len(both) else 0.0,
         "curve": [{name: round(value, 6) for name, value in point.items()} for point in curve],
