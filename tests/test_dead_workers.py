@@ -148,7 +148,7 @@ def test_a_task_longer_than_every_timeout_on_a_live_worker_runs_once(
     env = {**flowers_env(flowers_home, redis_url, weights_dir), **short}
     workers = [start_workers(1, **short) for _ in range(2)]
     queued = run_flowers("train", str(photos), "--output", str(tmp_path / "bundle"),
-                         "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "280",
+                         "--architecture", SMALL_NETWORK, "--views", "2", "--epochs", "400",
                          "--no-wait", env=env)
     job_id = queued.stdout.strip().splitlines()[-1]
     record = wait_for_job(job_id, env, "the long training", timeout=300)
