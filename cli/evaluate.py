@@ -102,13 +102,7 @@ def check_output(output: Path, photo_dir: Path) -> Path:
     """`output` made absolute, or `UsageError` before any work when the figures may not go
     there: a link, a folder, inside the photo folder or a bundle, or a file that is not figures
     flowers evaluate wrote (`models.ownership`)."""
-    ownership.refuse_link(output, "--output")
-    output = check_output_file(output, "a JSON file")
-    if photo_dir == output.parent or photo_dir in output.parents:
-        raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
-    if (bundle := ownership.bundle_around(output.parent)) is not None:
-        raise UsageError(f"--output {output} is inside the model bundle {bundle}; "
-                         "write it elsewhere")
+    output = check_output_file(ownership.check_output_place(output, photo_dir), "a JSON file")
     ownership.check_replaceable_file(output, "--output")
     if output.exists() and not ownership.is_evaluation(output):
         raise UsageError(f"--output {output} exists and is not figures flowers evaluate wrote: "

@@ -8,13 +8,14 @@ keras` or the bundle lacks model.tflite; then it is the one command that loads T
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from flowers.cli.context import CliContext
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
 from flowers.models.errors import UsageError
-from flowers.models.runtime.decisions import check_precision, load_decider
+from flowers.models.runtime.decisions import Decider, check_precision, load_decider
 from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 
 
@@ -57,13 +58,7 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     runner = open_runner(bundle, manifest, choice.runtime, obj.settings.threads_per_process(),
                          batch_size, quiet=True)
     failed = 0
-    decider = load_decider(bundle, manifest, accept_precision)
-    if decider is None and accept_precision is not None:
-        raise UsageError(f"--accept-precision: {bundle} makes no decisions (made before flowers "
-                         "calibrated its bundles): retrain it to get them")
-    if decider is None:
-        click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
-                   "bundles): retrain it (flowers train) for accept / review / unknown", err=True)
+    decider = bundle_decider(bundle, manifest, accept_precision)
     model = LoadedModel(str(manifest["bundle_id"]), list(manifest["class_names"]),
                         int(manifest["input_size"][0]), runner, resize_method(manifest),
                         decider)
@@ -80,3 +75,19 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
             click.echo(f"  decision: {row.decision}")
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def bundle_decider(bundle: Path, manifest: dict[str, Any], accept_precision: float | None,
+                   left_out: str = "") -> Decider | None:
+    """The bundle's decider at `accept_precision` (`load_decider`). A bundle that makes no
+    decisions gets a note on stderr (with `left_out`, what that leaves out of the output), or,
+    when a precision was asked of it, `UsageError`."""
+    decider = load_decider(bundle, manifest, accept_precision)
+    if decider is None and accept_precision is not None:
+        raise UsageError(f"--accept-precision: {bundle} makes no decisions (made before flowers "
+                         "calibrated its bundles): retrain it to get them")
+    if decider is None:
+        click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
+                   f"bundles): {left_out}retrain it (flowers train) for accept / review / "
+                   "unknown", err=True)
+    return decider

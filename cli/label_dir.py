@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from flowers.cli.context import CliContext
+from flowers.cli.label import bundle_decider
 from flowers.cli.progress import ProgressLine, format_seconds
 from flowers.cli.queue import Queue, open_queue
 from flowers.models import ownership
@@ -28,7 +29,7 @@ from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
 from flowers.models.dataset import check_photo_dir, walk_images
 from flowers.models.errors import DatasetError, UsageError
-from flowers.models.runtime.decisions import DECISIONS, check_precision, load_decider
+from flowers.models.runtime.decisions import DECISIONS, check_precision
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.worker import output_csv, results
 from flowers.worker.chunk_list import ChunkWriter, chunked, feed
@@ -56,13 +57,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
     """`output` made absolute, or `UsageError` before any work when flowers may not write there:
     inside the photo folder or a bundle, something flowers did not write (`models.ownership`),
     or an earlier output without --overwrite."""
-    ownership.refuse_link(output, "--output")
-    output = output.resolve()
-    if output == photo_dir or photo_dir in output.parents:
-        raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
-    if (bundle := ownership.bundle_around(output)) is not None:
-        raise UsageError(f"--output {output} is inside the model bundle {bundle}; "
-                         "write it elsewhere")
+    output = ownership.check_output_place(output, photo_dir)
     if not partitioned:
         output = check_output_file(output, "a CSV file (or pass --partition-rows)")
         ownership.check_replaceable_file(output, "--output")
@@ -139,14 +134,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
             "without it the local cluster lives only while the command waits"
         )
-    decider = load_decider(bundle, manifest, accept_precision)
-    if decider is None:
-        if accept_precision is not None:
-            raise UsageError(f"--accept-precision: {bundle} makes no decisions (made before "
-                             "flowers calibrated its bundles): retrain it to get them")
-        click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
-                   "bundles): its rows' decision is empty; retrain it (flowers train) for "
-                   "accept / review / unknown", err=True)
+    decider = bundle_decider(bundle, manifest, accept_precision, "its rows' decision is empty; ")
     k = min(top_k, len(manifest["class_names"]))
     parts_dir = results.parts_dir_for(output)
     identity = {"bundle_id": manifest["bundle_id"], "photo_dir": str(root), "top_k": top_k,

@@ -167,6 +167,19 @@ def refuse_link(path: Path, what: str) -> None:
                          "file or folder itself")
 
 
+def check_output_place(output: Path, photo_dir: Path) -> Path:
+    """`output` (a command's --output) made absolute, or `UsageError` when it is a symbolic
+    link, or in the photo folder or a bundle, where flowers writes nothing."""
+    refuse_link(output, "--output")
+    output = output.resolve()
+    if output == photo_dir or photo_dir in output.parents:
+        raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
+    if (bundle := bundle_around(output)) is not None:
+        raise UsageError(f"--output {output} is inside the model bundle {bundle}; "
+                         "write it elsewhere")
+    return output
+
+
 def check_replaceable_file(path: Path, what: str) -> None:
     """Refuses (`UsageError`) a path that --overwrite may not replace: anything but a regular
     file, or a file inside a model bundle."""
