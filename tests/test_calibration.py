@@ -22,7 +22,7 @@ from flowers.models.training.calibration import (
     reliability,
     scale,
 )
-from flowers.models.training.trust import HeldOut, apply, fit_trust
+from flowers.models.training.trust import HeldOut, Trust, fit_trust
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -81,6 +81,13 @@ def test_the_precision_curve_and_the_threshold_for_a_target() -> None:
     for bad in (0, -0.5, 1.01, float("nan"), True, "0.9"):
         with pytest.raises(UsageError, match="is not a precision in \\(0, 1\\]"):
             check_precision(bad)  # type: ignore[arg-type]
+
+
+def apply(trust: Trust, probabilities: np.ndarray, features: np.ndarray,
+          reference: np.ndarray, accept_precision: float | None = None) -> list[str]:
+    """What a bundle fitted with `trust` decides for photos of `probabilities` (uncalibrated)."""
+    return trust.decider(reference, accept_precision).decide(
+        scale(probabilities, trust.temperature), features)
 
 
 def clustered_features(labels: np.ndarray, seed: int) -> np.ndarray:

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from flowers.models.errors import FlowersError
+from flowers.models.errors import FlowersError, UsageError
+from flowers.models.runtime.decisions import check_precision
 from flowers.models.runtime.predict import MAX_BATCH_SIZE
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -48,9 +49,10 @@ def precision(value: Any) -> float | None:
     """An acceptance precision: None (the bundle's own), or a number in (0, 1]."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise MessageError(f"accept precision {_shown(value)} is not a number in (0, 1]")
-    return float(value)
+    try:
+        return check_precision(value)  # the CLI's own check; the message shows the value cut
+    except UsageError:
+        raise MessageError(f"accept precision {_shown(value)} is not a number in (0, 1]") from None
 
 
 def chunk_index(value: Any, count: int | None) -> int:

@@ -179,10 +179,12 @@ def _cross_validate(
         fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
         raw[test_rows] = probs
         calibrated[test_rows] = calibration.scale(probs, fold_trust.temperature)
-        decided[test_rows] = trust.apply(fold_trust, probs, fitted.photo_features(test_rows),
-                                         reference)
-        strays = trust.apply(fold_trust, fitted.probabilities(stray_rows),
-                             fitted.photo_features(stray_rows), reference)
+        decider = fold_trust.decider(reference)
+        decided[test_rows] = decider.decide(calibrated[test_rows],
+                                            fitted.photo_features(test_rows))
+        strays = decider.decide(
+            calibration.scale(fitted.probabilities(stray_rows), fold_trust.temperature),
+            fitted.photo_features(stray_rows))
         details.append({
             "fold": fold, "train": len(train_rows), "validation": len(val_rows),
             "held_out": len(val_rows) + len(held["testing"]), "test": len(test_rows),
@@ -216,11 +218,10 @@ def _trust_figures(raw: np.ndarray, calibrated: np.ndarray, decided: np.ndarray,
     """ECE before and after calibration; the precision of the photos decided `accept` (None
     when none is) and their share of all (coverage); the share decided `unknown`; how many of
     the stray photos are `unknown`."""
-    right = calibrated.argmax(axis=1) == labels
-    accepted = decided == ACCEPT
+    precision, coverage = trust.accept_figures(calibrated.argmax(axis=1) == labels,
+                                               decided == ACCEPT)
     return {"ece_before": calibration.expected_calibration_error(raw, labels),
             "ece_after": calibration.expected_calibration_error(calibrated, labels),
-            "accept_precision": float(right[accepted].mean()) if accepted.any() else None,
-            "accept_coverage": float(accepted.mean()) if len(labels) else 0.0,
+            "accept_precision": precision, "accept_coverage": coverage,
             "unknown_rate": float(np.mean(decided == UNKNOWN)) if len(labels) else 0.0,
             "stray_unknown": strays.count(UNKNOWN)}

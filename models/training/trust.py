@@ -23,6 +23,7 @@ import numpy as np
 
 from flowers.models.bundle import FEATURES_FILE
 from flowers.models.runtime.decisions import (
+    Decider,
     nearest_distance,
     normalised,
     shown_threshold,
@@ -55,6 +56,16 @@ class Trust:
     calibration: dict[str, Any]
     decisions: dict[str, Any]
     cross_fitted: np.ndarray  # rows: the first half's photos, then the second's
+
+    def decider(self, reference: np.ndarray, accept_precision: float | None = None) -> Decider:
+        """What a bundle fitted so decides with (of calibrated probabilities: scale them by
+        `temperature` first), against the training photos' features `reference`, at
+        `accept_precision` (default: the target it was fitted for)."""
+        accept, unknown = self.decisions["accept"], self.decisions.get("unknown")
+        precision = accept["target_precision"] if accept_precision is None else accept_precision
+        return Decider(precision, threshold_for(accept["curve"], precision),
+                       None if unknown is None else unknown["threshold"], normalised(reference),
+                       tuple(accept["curve"]))
 
     def summary(self) -> dict[str, Any]:
         """The figures `flowers train` prints."""
@@ -90,7 +101,7 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
     curve = calibration.precision_curve(crossed, both.labels)
     threshold = threshold_for(curve, target_precision)
     accepted = crossed.max(axis=1) >= threshold if len(both) else np.zeros(0, dtype=bool)
-    right = crossed.argmax(axis=1) == both.labels
+    precision, coverage = accept_figures(crossed.argmax(axis=1) == both.labels, accepted)
     summary = {
         "method": "temperature",
         "temperature": round(temperature, 6),
@@ -106,8 +117,8 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
     decisions: dict[str, Any] = {"accept": {
         "target_precision": target_precision,
         "threshold": shown_threshold(threshold),
-        "held_out_precision": float(right[accepted].mean()) if accepted.any() else None,
-        "held_out_coverage": float(accepted.mean()) if len(both) else 0.0,
+        "held_out_precision": precision,
+        "held_out_coverage": coverage,
         "curve": [{name: round(value, 6) for name, value in point.items()} for point in curve],
     }}
     if len(both) and len(reference):
@@ -129,15 +140,8 @@ def _joined(first: HeldOut, second: HeldOut) -> HeldOut:
         (first.features, second.features))))
 
 
-def apply(trust: Trust, probabilities: np.ndarray, features: np.ndarray,
-          reference: np.ndarray, accept_precision: float | None = None) -> list[str]:
-    """The decisions `trust` makes for photos of `probabilities` (uncalibrated) and
-    `features`: what a bundle fitted so would answer (used by `flowers evaluate`)."""
-    from flowers.models.runtime.decisions import Decider
-
-    accept = trust.decisions["accept"]
-    precision = accept["target_precision"] if accept_precision is None else accept_precision
-    unknown = trust.decisions.get("unknown")
-    decider = Decider(precision, threshold_for(accept["curve"], precision),
-                      None if unknown is None else unknown["threshold"], normalised(reference))
-    return decider.decide(calibration.scale(probabilities, trust.temperature), features)
+def accept_figures(right: np.ndarray, accepted: np.ndarray) -> tuple[float | None, float]:
+    """The precision of the accepted photos (None when none is: `right` says which photos'
+    best label is right) and their share of all (coverage)."""
+    return (float(right[accepted].mean()) if accepted.any() else None,
+            float(accepted.mean()) if len(accepted) else 0.0)
