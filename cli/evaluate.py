@@ -11,7 +11,7 @@ import numpy as np
 
 from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
-from flowers.cli.queue import open_queue
+from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file, write_text_atomically
@@ -86,6 +86,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     )
     request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES,
                               stray_dir=str(stray_dir) if stray_dir else None)
+    require_training_here(obj.settings, "flowers evaluate")
     with open_queue(obj.settings, local_processes=obj.settings.processes()) as queue:
         click.echo(f"{folds}-fold cross-validation of {', '.join(request.recipes)} with "
                    f"{spec.name} on {len(data.photos)} photos in {len(data.class_names)} classes",

@@ -1,6 +1,7 @@
 """`flowers export BUNDLE --format tflite|saved_model --output PATH`: the bundle for phones
-(LiteRT, with labels.txt) or servers (a SavedModel for TF Serving); `--in-place` adds
-model.tflite to a bundle made before bundles carried one. Runs here, with TensorFlow."""
+(LiteRT, with its metadata and labels.txt) or servers (a SavedModel for TF Serving);
+`--in-place` adds model.tflite to a bundle made before bundles carried one. The float tflite is
+the bundle's own, copied without TensorFlow; the other forms convert, with TensorFlow."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.models.bundle import read_manifest
-from flowers.models.errors import UsageError
+from flowers.models.errors import UsageError, require_tensorflow
 from flowers.models.export import FORMATS
 from flowers.models.runtime.litert import QUANTIZATIONS
 
@@ -41,16 +42,17 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
     elif output.exists():
         raise UsageError(f"{output} exists: choose another --output or remove it")
     from flowers.models.export import add_fast_model, export_bundle, representative_photos
-    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
+    if in_place or quantize or fmt != "tflite":  # a conversion: one line without TensorFlow
+        require_tensorflow("flowers export " + ("--in-place" if in_place else f"--format {fmt}"
+                           + (f" --quantize {quantize}" if quantize else "")))
     if quantize == "int8":
         representative_photos(bundle.resolve(), manifest, photos)
-
-    configure_tensorflow(obj.settings.threads_per_process())
+    threads = obj.settings.threads_per_process()
     if in_place:
-        click.echo(f"added {add_fast_model(bundle)}")
+        click.echo(f"added {add_fast_model(bundle, threads)}")
         return
     assert output is not None
-    written = export_bundle(bundle, fmt, output, quantize, photos)
+    written = export_bundle(bundle, fmt, output, quantize, photos, threads)
     size = sum(path.stat().st_size for path in written.rglob("*") if path.is_file())
     click.echo(f"wrote {written} ({size / 1e6:.1f} MB)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from flowers.cli.context import CliContext
-from flowers.models.errors import UsageError
+from flowers.models.errors import UsageError, require_tensorflow
 
 
 @click.command("import-poets")
@@ -38,6 +38,7 @@ def import_poets(obj: CliContext, graph: Path, labels: Path, architecture: str |
             raise UsageError(f"{what} {path} does not exist or is not a file")
     if output.exists():
         raise UsageError(f"--output {output} exists: choose another folder or remove it")
+    require_tensorflow("flowers import-poets (it converts the graph)")
     from flowers.models.codelab.importer import import_poets as run_import
     from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 

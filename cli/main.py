@@ -19,6 +19,12 @@ INTERRUPTED_REMOTE = ("interrupted: a job already sent to the cluster goes on th
                       "(flowers status JOB_ID; flowers cancel JOB_ID)")
 
 
+# Modules of an optional extra, and the extra that installs them: a command that reaches one on
+# an install without it says so in one line (commands check what they surely need up front).
+OPTIONAL_MODULES = {"tensorflow": "flowers[train]", "keras": "flowers[train]",
+                    "matplotlib": "flowers[train]", "flower": "flowers[monitor]"}
+
+
 class UsageFailure(click.ClickException):
     """A bad argument found past click's own checks: one line, exit code 2."""
 
@@ -53,6 +59,11 @@ class FlowersGroup(click.Group):
                     f"lost Redis: {exc} (it did not come back within about two minutes); "
                     "check that it runs, then run the same command again: it resumes"
                 ) from None
+            if isinstance(exc, ModuleNotFoundError) and (
+                    extra := OPTIONAL_MODULES.get((exc.name or "").split(".")[0])):
+                raise click.ClickException(
+                    f"flowers {ctx.invoked_subcommand} needs {exc.name}, which this install "
+                    f"lacks: pip install '{extra}'") from None
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
             ) from None

@@ -16,7 +16,12 @@ from urllib.parse import urlsplit
 import redis
 
 from flowers.cli.progress import ProgressLine
-from flowers.models.errors import JobFailedError, JobNotFoundError, QueueUnavailableError
+from flowers.models.errors import (
+    JobFailedError,
+    JobNotFoundError,
+    QueueUnavailableError,
+    require_tensorflow,
+)
 from flowers.worker.embedded import LocalCluster, local_cluster
 from flowers.worker.jobs import FINAL_STATES, JobStore, patient_client
 from flowers.worker.settings import Settings, redact_url
@@ -114,6 +119,15 @@ class Queue:
             error.exit_code = int(record.get("exit_code", 1))
             raise error
         return record
+
+
+def require_training_here(settings: Settings, command: str) -> None:
+    """Without a broker the command's own local worker trains: then TensorFlow must be here
+    (`MissingDependencyError`, one line, before any work); with one, the cluster's workers
+    train."""
+    if not settings.broker_url:
+        require_tensorflow(f"{command} without FLOWERS_BROKER_URL (its local worker trains "
+                           "on this machine)")
 
 
 @contextmanager

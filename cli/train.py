@@ -9,7 +9,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
-from flowers.cli.queue import open_queue
+from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
 from flowers.models import ownership
 from flowers.models.bundle import output_folder
@@ -95,6 +95,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
             "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
             "without it the local cluster lives only while the command waits"
         )
+    require_training_here(settings, "flowers train")
     request = RetrainRequest(
         photo_dir=str(data.root), output=str(output) if output else None, recipe=recipe,
         fine_tune=fine_tune, architecture=spec.name,

@@ -3,7 +3,8 @@
     BUNDLE/model.keras     the Keras model: 0-255 RGB pixels in, class probabilities out
                            (the network's own scaling is a layer inside it)
     BUNDLE/model.tflite    the same model for LiteRT (format 2 on): uint8 pixels in,
-                           probabilities out; what labelling runs
+                           probabilities out; what labelling runs. Its TFLite metadata
+                           (`models.tflite_metadata`) names the classes for other clients
     BUNDLE/labels.txt      one class name a line, in output order (as the codelab wrote it)
     BUNDLE/manifest.json   architecture, input size, preprocessing, classes, training
                            arguments, split, skipped photos, metrics, versions, creation time
@@ -41,6 +42,7 @@ from flowers.models.manifest import (
     check_model_shapes,
     resize_method,
 )
+from flowers.models.tflite_metadata import ModelCard, with_metadata
 
 if TYPE_CHECKING:
     import keras
@@ -60,12 +62,19 @@ SPLIT_FILE = "split.json"
 FEATURES_FILE = "features.npy"
 # The manifest's description of model.tflite.
 TFLITE_ENTRY = {"file": TFLITE_FILE, "input": "uint8 RGB pixels, 0-255 (N, size, size, 3)",
-                "output": "class probabilities (N, classes)", "quantization": "none (float32)"}
+                "output": "class probabilities (N, classes)", "quantization": "none (float32)",
+                "metadata": "TFLite metadata: name, version (the bundle id), the input image, "
+                            "labels.txt packed in as the probabilities' axis labels"}
 REPORT_FILE = "report.png"
 
 
 def new_bundle_id() -> str:
     return uuid.uuid4().hex
+
+
+def labelled(tflite: bytes, manifest: dict[str, Any]) -> bytes:
+    """`tflite` with the TFLite metadata of the bundle `manifest` describes."""
+    return with_metadata(tflite, ModelCard.of_manifest(manifest))
 
 
 def save_bundle(
@@ -86,7 +95,7 @@ def save_bundle(
 
     def fill(staging: Path) -> None:
         model.save(staging / MODEL_FILE)
-        (staging / TFLITE_FILE).write_bytes(tflite)
+        (staging / TFLITE_FILE).write_bytes(labelled(tflite, manifest))
         if features is not None:
             np.save(staging / FEATURES_FILE, features.astype(np.float16), allow_pickle=False)
         manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
@@ -161,6 +170,7 @@ def add_tflite(bundle: Path, tflite: bytes) -> None:
     from flowers.models.atomic import write_atomically, write_text_atomically
 
     manifest = read_manifest(bundle)
+    tflite = labelled(tflite, manifest)
     write_atomically(bundle / TFLITE_FILE, lambda handle: handle.write(tflite))
     manifest["format_version"] = (FORMAT_VERSION if manifest.get("decisions")
                                   else FORMAT_WITHOUT_DECISIONS)

@@ -77,3 +77,21 @@ class JobFailedError(FlowersError):
 
 class ExportError(FlowersError):
     """Raised when a bundle cannot be converted or exported in the format asked for."""
+
+
+# What a labelling-only install lacks for training, evaluating, importing and converting.
+TRAIN_EXTRA = "pip install 'flowers[train]'"
+
+
+class MissingDependencyError(FlowersError):
+    """Raised when a command or format needs an optional package this install lacks."""
+
+
+def require_tensorflow(what: str) -> None:
+    """Raises `MissingDependencyError` (one line naming the extra) if TensorFlow is not
+    installed here; `what` is what needs it ("flowers export --format saved_model")."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MissingDependencyError(
+            f"{what} needs TensorFlow, which this install lacks: {TRAIN_EXTRA}")

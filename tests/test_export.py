@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import pytest
 
 from flowers.models.bundle import LABELS_FILE, SPLIT_FILE, TFLITE_FILE, read_manifest
 from flowers.models.decode import load_image
-from flowers.models.errors import UsageError
+from flowers.models.errors import BundleError, UsageError
 from flowers.models.export import export_bundle, representative_photos
 from flowers.models.runtime.runners import LiteRTRunner
+from flowers.models.tflite_metadata import ModelCard, read_metadata, with_metadata
 from tests.conftest import flowers_env, run_flowers
 
 pytestmark = pytest.mark.model
@@ -58,11 +60,71 @@ def test_tflite_export_is_the_bundle_model_with_labels_beside_it(
     tmp_path: Path,
 ) -> None:
     bundle, _ = trained_bundle
-    output = export_bundle(bundle, "tflite", tmp_path / "phone")
+    manifest = read_manifest(bundle)
+    result = run_flowers("export", str(bundle), "--output", str(tmp_path / "phone"),
+                         env=flowers_env(tmp_path / "home", None, None))
+    assert result.returncode == 0, result.stderr
+    assert "TensorSpec" not in result.stdout + result.stderr, "no converter output"
+    output = tmp_path / "phone"
     assert sorted(p.name for p in output.iterdir()) == [LABELS_FILE, TFLITE_FILE]
     assert (output / LABELS_FILE).read_text() == (bundle / LABELS_FILE).read_text()
+    assert (output / TFLITE_FILE).read_bytes() == (bundle / TFLITE_FILE).read_bytes(), "copied"
+    packed = read_metadata((output / TFLITE_FILE).read_bytes())
+    assert packed is not None and packed.version == manifest["bundle_id"]
+    assert packed.labels == tuple(manifest["class_names"])
+    assert packed.output_names == ("probabilities", "features")
     exported = LiteRTRunner(output / TFLITE_FILE)(test_photos)
-    assert np.abs(exported - bundle_probabilities).max() < 1e-5
+    assert np.array_equal(exported, bundle_probabilities)
+
+
+def without_metadata(bundle: Path) -> bytes:
+    """The bundle's model converted again, as bundles were written before they carried
+    TFLite metadata."""
+    from flowers.models.bundle import load_bundle
+    from flowers.models.runtime.litert import to_tflite
+
+    converted = to_tflite(load_bundle(bundle).model)
+    assert read_metadata(converted) is None
+    return converted
+
+
+def test_a_bundle_model_that_is_old_missing_another_bundles_or_damaged(
+    trained_bundle: tuple[Path, Any], test_photos: np.ndarray, bundle_probabilities: np.ndarray,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Made before metadata: exported with it. Missing or another bundle's: converted again
+    (TensorFlow is here). Damaged: refused, nothing written."""
+    bundle, _ = trained_bundle
+    manifest = read_manifest(bundle)
+    raw = without_metadata(bundle)
+    other = with_metadata(raw, replace(ModelCard.of_manifest(manifest), bundle_id="0" * 32))
+    cases = {"old": raw, "missing": None, "another": other}
+    for name, model in cases.items():
+        copy = tmp_path / f"bundle-{name}"
+        shutil.copytree(bundle, copy)
+        (copy / TFLITE_FILE).unlink()
+        if model is not None:
+            (copy / TFLITE_FILE).write_bytes(model)
+        caplog.clear()
+        output = export_bundle(copy, "tflite", tmp_path / f"out-{name}")
+        exported = (output / TFLITE_FILE).read_bytes()
+        packed = read_metadata(exported)
+        assert packed is not None and packed.version == manifest["bundle_id"], name
+        assert packed.labels == tuple(manifest["class_names"]), name
+        scores = LiteRTRunner(output / TFLITE_FILE)(test_photos)
+        assert np.abs(scores - bundle_probabilities).max() < 1e-5, name
+        converted = "converting it again" in caplog.text
+        assert converted == (name != "old"), (name, caplog.text)
+        assert (copy / TFLITE_FILE).is_file() == (model is not None), "the bundle is not changed"
+
+    damaged = tmp_path / "bundle-damaged"
+    shutil.copytree(bundle, damaged)
+    whole = (bundle / TFLITE_FILE).read_bytes()
+    for broken in (whole[: len(whole) // 2], b"TFL3" * 100, whole[:4] + b"XXXX" + whole[8:]):
+        (damaged / TFLITE_FILE).write_bytes(broken)
+        with pytest.raises(BundleError, match=r"model\.tflite"):
+            export_bundle(damaged, "tflite", tmp_path / "out-damaged")
+        assert not (tmp_path / "out-damaged").exists()
 
 
 # int8's bound is loose: the small bundle is MobileNet v1 at width 0.25 (the most sensitive to
@@ -121,3 +183,71 @@ def test_export_errors_are_one_line_and_write_nothing(
         assert result.returncode == 2, (extra, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["moved", "taken"]
+
+
+def test_mediapipe_image_classifier_names_the_bundle_classes(
+    trained_bundle: tuple[Path, Any], test_photos: np.ndarray, bundle_probabilities: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    """A real client of the exported file: MediaPipe Tasks' ImageClassifier (the API of
+    Android, iOS and web apps) names each category from the metadata alone, and scores the
+    photos flowers decoded exactly as LiteRT does in the workers."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    bundle, _ = trained_bundle
+    names = read_manifest(bundle)["class_names"]
+    output = export_bundle(bundle, "tflite", tmp_path / "phone")
+    (output / LABELS_FILE).unlink()  # the names come from inside model.tflite
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(output / TFLITE_FILE)),
+        max_results=len(names))
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for pixels, ours in zip(test_photos[:6], bundle_probabilities[:6], strict=True):
+            photo = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
+            head = classifier.classify(photo).classifications[0]
+            assert head.head_name == "probabilities"
+            scores = {category.category_name: category.score for category in head.categories}
+            assert sorted(scores) == sorted(names)
+            assert max(abs(scores[name] - ours[index]) for index, name in enumerate(names)) < 1e-5
+
+
+def test_the_metadata_read_by_the_schemas_own_reader(trained_bundle: tuple[Path, Any]) -> None:
+    """Every field the issue names, read with the generated reader of metadata_schema.fbs."""
+    from ai_edge_litert import schema_py_generated as model_schema
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+
+    bundle, _ = trained_bundle
+    manifest = read_manifest(bundle)
+    tflite = (bundle / TFLITE_FILE).read_bytes()
+    model = model_schema.Model.GetRootAs(tflite, 0)
+    (data,) = [model.Buffers(model.Metadata(index).Buffer()).DataAsNumpy().tobytes()
+               for index in range(model.MetadataLength())
+               if model.Metadata(index).Name() == b"TFLITE_METADATA"]
+    assert schema.ModelMetadata.ModelMetadataBufferHasIdentifier(data, 0)
+    metadata = schema.ModelMetadataT.InitFromObj(schema.ModelMetadata.GetRootAs(data, 0))
+    assert metadata.version.decode() == manifest["bundle_id"]
+    assert manifest["architecture"] in metadata.name.decode()
+    assert manifest["bundle_id"] in metadata.description.decode()
+    (subgraph,) = metadata.subgraphMetadata
+    (image,) = subgraph.inputTensorMetadata
+    size = manifest["input_size"][0]
+    assert image.content.contentPropertiesType == schema.ContentProperties.ImageProperties
+    assert image.content.contentProperties.colorSpace == schema.ColorSpaceType.RGB
+    assert (image.content.contentProperties.defaultSize.width,
+            image.content.contentProperties.defaultSize.height) == (size, size)
+    (unit,) = image.processUnits
+    assert unit.optionsType == schema.ProcessUnitOptions.NormalizationOptions
+    assert (list(unit.options.mean), list(unit.options.std)) == ([0.0], [1.0])
+    probabilities, features = subgraph.outputTensorMetadata
+    assert (probabilities.name, features.name) == (b"probabilities", b"features")
+    (labels,) = probabilities.associatedFiles
+    assert (labels.name, labels.type) == (b"labels.txt",
+                                          schema.AssociatedFileType.TENSOR_AXIS_LABELS)
+    # The outputs in that order, by the signature's names.
+    subgraph_outputs = [model.Subgraphs(0).Outputs(index) for index in range(2)]
+    signature = model.SignatureDefs(0)
+    named = {signature.Outputs(index).TensorIndex(): signature.Outputs(index).Name()
+             for index in range(2)}
+    assert [named[tensor] for tensor in subgraph_outputs] == [b"probabilities", b"features"]

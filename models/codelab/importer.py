@@ -26,6 +26,7 @@ from flowers.models.bundle import (
     FORMAT_WITHOUT_DECISIONS,
     TFLITE_ENTRY,
     TFLITE_FILE,
+    labelled,
     new_bundle_id,
     write_bundle_folder,
 )
@@ -159,7 +160,7 @@ def import_poets(graph_path: Path, labels: Path, output: Path, architecture: str
     tflite = graph_to_tflite(graph)
 
     def fill(staging: Path) -> None:
-        (staging / TFLITE_FILE).write_bytes(tflite)
+        (staging / TFLITE_FILE).write_bytes(labelled(tflite, manifest))
         shutil.copyfile(graph.path, staging / GRAPH_FILE)
 
     write_bundle_folder(output, manifest, fill)

@@ -1,22 +1,28 @@
 """A bundle in, a model for phones or servers out: a LiteRT folder or a TensorFlow SavedModel.
 
-    export_bundle(bundle, "tflite", output)            OUTPUT/model.tflite + OUTPUT/labels.txt
-    export_bundle(bundle, "tflite", output, "int8")    the same, quantized
+    export_bundle(bundle, "tflite", output)            OUTPUT/model.tflite + OUTPUT/labels.txt:
+                                                       the bundle's own, copied (no TensorFlow)
+    export_bundle(bundle, "tflite", output, "int8")    the same, quantized (converted again)
     export_bundle(bundle, "saved_model", output)       OUTPUT/ for tf.saved_model.load and TF
                                                        Serving, labels in OUTPUT/assets
     add_fast_model(bundle)                             model.tflite added to an older bundle
 
 Every form takes uint8 RGB pixels (N, size, size, 3), 0-255, as decoded, and gives class
 probabilities: the network's scaling is inside, and so is the bundle's calibration (the
-confidences are those label-dir writes). The features output a bundle's own model has for
-flowers' `unknown` check is left out (`probabilities_model`). The SavedModel's `serving_default`
-signature also returns the class names. The labels are a `labels.txt` beside the .tflite (what
-the codelab's Android and iOS samples read), not TFLite metadata: the one library that writes
-that metadata (tflite-support) has had no release since 2023. An output is written in a
-temporary sibling folder and renamed into place; one that exists is refused. A bundle imported
-from the codelab (`models.codelab.importer`) has no Keras model: its float model.tflite is
-copied, and other forms are converted again from the graph it keeps (int8 needs training photos
-it does not list). Needs TensorFlow.
+confidences are those label-dir writes). Every .tflite carries TFLite metadata naming its
+classes (`models.tflite_metadata`: MediaPipe's ImageClassifier returns category names), and
+labels.txt lies beside it too (what the codelab's Android and iOS samples read).
+
+The float .tflite is the bundle's model.tflite, checked (LiteRT loads it, its shapes fit the
+manifest, its metadata names this bundle) and copied: it keeps the `features` output that
+flowers' `unknown` check reads, listed after the probabilities. A missing one, or another
+bundle's, is converted again where TensorFlow is installed; a damaged one is refused. The
+quantized forms and the SavedModel are converted from the Keras model with the probabilities
+as their one output (`probabilities_model`) and need TensorFlow (`MissingDependencyError`
+otherwise). An output is written in a temporary sibling folder and renamed into place; one that
+exists is refused. A bundle imported from the codelab (`models.codelab.importer`) has no Keras
+model: other forms are converted again from the graph it keeps (int8 needs training photos it
+does not list).
 """
 
 from __future__ import annotations
@@ -30,20 +36,25 @@ from typing import Any
 
 import numpy as np
 
-from flowers.models.atomic import temporary_folder_beside
+from flowers.models.atomic import read_regular_file, temporary_folder_beside
 from flowers.models.bundle import (
     LABELS_FILE,
     SPLIT_FILE,
     TFLITE_FILE,
     imported_from,
+    labelled,
     load_bundle,
     read_manifest,
 )
-from flowers.models.errors import UsageError
+from flowers.models.errors import BundleError, UsageError, require_tensorflow
+from flowers.models.manifest import check_model_shapes
+from flowers.models.tflite_metadata import read_metadata
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("tflite", "saved_model")
+# A flatbuffer's own limit.
+MAX_MODEL_BYTES = 2**31
 # Training photos that calibrate an int8 model: enough to settle every activation's range.
 REPRESENTATIVE_PHOTOS = 200
 
@@ -94,11 +105,17 @@ def _staged(output: Path) -> Path:
     return temporary_folder_beside(output)
 
 
-def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = None,
-                  photos: Path | None = None) -> Path:
-    """Writes `bundle` as `fmt` to the folder `output` (see the module docstring)."""
-    from flowers.models.runtime.litert import to_tflite
+def _converting(what: str, threads: int) -> None:
+    """Before a conversion: `MissingDependencyError` without TensorFlow, else its pools sized."""
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
 
+    require_tensorflow(what)
+    configure_tensorflow(threads)
+
+
+def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = None,
+                  photos: Path | None = None, threads: int = 1) -> Path:
+    """Writes `bundle` as `fmt` to the folder `output` (see the module docstring)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if quantize and fmt != "tflite":
@@ -106,30 +123,81 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
     bundle = Path(bundle).resolve()
     output = Path(output).resolve()
     manifest = read_manifest(bundle)
+    handed_over = None
+    if fmt == "tflite" and quantize is None:  # the bundle's own model: checked before any work
+        handed_over = bundle_tflite(bundle, manifest, threads)
+    else:
+        _converting(f"flowers export --format {fmt}"
+                    + (f" --quantize {quantize}" if quantize else ""), threads)
     representative = None
     if quantize == "int8":
         paths = representative_photos(bundle, manifest, photos)
         representative = _batches(paths, int(manifest["input_size"][0]))
     staging = _staged(output)
     try:
-        if imported_from(manifest):
-            _export_imported(bundle, manifest, fmt, staging, quantize)
-            staging.rename(output)
-            log.info("exported %s as %s to %s", bundle, fmt, output)
-            return output
-        loaded = load_bundle(bundle)
-        model = probabilities_model(loaded.model)
-        if fmt == "tflite":
-            (staging / TFLITE_FILE).write_bytes(to_tflite(model, quantize, representative))
+        if handed_over is not None:
+            (staging / TFLITE_FILE).write_bytes(handed_over)
             shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
+        elif imported_from(manifest):
+            _export_imported(bundle, manifest, fmt, staging, quantize)
         else:
-            _write_saved_model(model, loaded.class_names, staging)
+            from flowers.models.runtime.litert import to_tflite
+
+            loaded = load_bundle(bundle)
+            model = probabilities_model(loaded.model)
+            if fmt == "tflite":
+                (staging / TFLITE_FILE).write_bytes(
+                    labelled(to_tflite(model, quantize, representative), manifest))
+                shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
+            else:
+                _write_saved_model(model, loaded.class_names, staging)
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("exported %s as %s to %s", bundle, fmt, output)
     return output
+
+
+def bundle_tflite(bundle: Path, manifest: dict[str, Any], threads: int = 1) -> bytes:
+    """The bundle's model.tflite as `--format tflite` hands it over: LiteRT loads it, its
+    shapes fit the manifest, and its metadata names this bundle (added here to a model.tflite
+    made before bundles carried metadata). Missing, or another bundle's: converted again from
+    the bundle (needs TensorFlow, else `MissingDependencyError`). Damaged: `BundleError`."""
+    from flowers.models.runtime.runners import LiteRTRunner
+
+    path = bundle / TFLITE_FILE
+    if not path.is_file():
+        problem = f"{path} is missing"
+    else:
+        try:
+            data = read_regular_file(path, MAX_MODEL_BYTES)
+        except OSError as exc:
+            raise BundleError(f"cannot read {path} ({exc.strerror or exc})") from None
+        packed = read_metadata(data)  # a damaged flatbuffer or metadata: BundleError
+        runner = LiteRTRunner(path, batch_size=1)  # one LiteRT cannot load: BundleError
+        check_model_shapes(bundle, manifest, TFLITE_FILE, runner.model_input_shape,
+                           runner.model_output_shape, runner.model_features_shape)
+        if packed is None or packed.version == manifest["bundle_id"]:
+            return labelled(data, manifest)  # the same bytes where its metadata is current
+        problem = (f"{path} is bundle {packed.version}'s, not this bundle's "
+                   f"({manifest['bundle_id']})")
+    _converting(f"{problem}: converting it again", threads)
+    log.warning("%s: converting it again from the bundle (flowers export BUNDLE --in-place "
+                "puts the result in the bundle)", problem)
+    return labelled(_converted(bundle, manifest), manifest)
+
+
+def _converted(bundle: Path, manifest: dict[str, Any]) -> bytes:
+    """The bundle's model converted to LiteRT again: its Keras model's, or an imported
+    bundle's graph's (needs TensorFlow)."""
+    from flowers.models.runtime.litert import to_tflite
+
+    if imported_from(manifest):
+        from flowers.models.codelab.importer import graph_to_tflite, reopen_graph
+
+        return graph_to_tflite(reopen_graph(bundle, manifest))
+    return to_tflite(load_bundle(bundle).model)
 
 
 def probabilities_model(model: Any) -> Any:
@@ -177,11 +245,9 @@ def _export_imported(bundle: Path, manifest: dict[str, Any], fmt: str, staging: 
     """Writes an imported codelab bundle as `fmt` into `staging`, from the graph it keeps."""
     from flowers.models.codelab.importer import graph_function, graph_to_tflite, reopen_graph
 
-    if fmt == "tflite" and quantize is None:
-        shutil.copy(bundle / TFLITE_FILE, staging / TFLITE_FILE)
-    elif fmt == "tflite":
+    if fmt == "tflite":
         (staging / TFLITE_FILE).write_bytes(
-            graph_to_tflite(reopen_graph(bundle, manifest), quantize))
+            labelled(graph_to_tflite(reopen_graph(bundle, manifest), quantize), manifest))
     else:
         graph = reopen_graph(bundle, manifest)
         _write_graph_saved_model(graph_function(graph), list(manifest["class_names"]),
@@ -209,18 +275,13 @@ def _write_graph_saved_model(function: Any, class_names: list[str], size: int,
     _write_label_assets(folder, class_names)
 
 
-def add_fast_model(bundle: Path) -> Path:
+def add_fast_model(bundle: Path, threads: int = 1) -> Path:
     """Converts an existing bundle's Keras model (an imported bundle: its graph) and adds it as
     model.tflite (see `bundle.add_tflite`); returns the file."""
     from flowers.models.bundle import add_tflite
-    from flowers.models.runtime.litert import to_tflite
 
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)
-    if imported_from(manifest):
-        from flowers.models.codelab.importer import graph_to_tflite, reopen_graph
-
-        add_tflite(bundle, graph_to_tflite(reopen_graph(bundle, manifest)))
-        return bundle / TFLITE_FILE
-    add_tflite(bundle, to_tflite(load_bundle(bundle).model))
+    _converting("flowers export --in-place", threads)
+    add_tflite(bundle, _converted(bundle, manifest))
     return bundle / TFLITE_FILE

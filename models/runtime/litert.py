@@ -14,6 +14,8 @@ Needs TensorFlow: only `flowers train`, `flowers export` and `flowers import-poe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -75,10 +77,17 @@ def convert(converter: Any, quantize: str | None = None,
             raise ExportError("int8 quantization needs representative photos; none were given")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([batch] for batch in batches)
+    printed = io.StringIO()
     try:
-        return bytes(converter.convert())
+        # Keras' export prints the model's signature (its TensorSpec dumps) to stdout: a line
+        # of the debug log instead.
+        with contextlib.redirect_stdout(printed):
+            return bytes(converter.convert())
     except Exception as exc:  # the converter raises its own ConverterError and plain ones
         raise ExportError(
             f"cannot convert the model to LiteRT ({type(exc).__name__}: {exc}); "
             "label with FLOWERS_RUNTIME=keras"
         ) from None
+    finally:
+        if printed.getvalue():
+            log.debug("the converter printed: %s", printed.getvalue().strip())

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from flowers.models.errors import BundleError, UsageError
+from flowers.models.errors import BundleError, UsageError, require_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +186,25 @@ def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Runn
 
     check_runtime(runtime)
     has_keras = keras_model_file(bundle, manifest) is not None
-    if runtime == "keras" and has_keras:
-        return RunnerChoice("keras")
+    tensorflow_here = importlib.util.find_spec("tensorflow") is not None
     tflite = bundle / TFLITE_FILE
+    if runtime == "keras" and has_keras and (tensorflow_here or not tflite.is_file()):
+        require_tensorflow(f"FLOWERS_RUNTIME=keras (labelling {bundle} on Keras)")
+        return RunnerChoice("keras")
     if not tflite.is_file():
         if not has_keras:
             raise BundleError(f"{bundle} has neither {TFLITE_FILE} nor a Keras model: "
                               "retrain or re-import it")
+        require_tensorflow(f"labelling {bundle}, which has no {TFLITE_FILE} (made before "
+                           "bundles carried one; `flowers export BUNDLE --in-place` adds it "
+                           "where TensorFlow is),")
         return RunnerChoice("keras", f"{bundle} has no {TFLITE_FILE} (made before bundles "
                             "carried one), so it runs on Keras, about 2x slower: add it with "
                             f"`flowers export {bundle} --format tflite --in-place`")
     if runtime == "keras":
         return RunnerChoice("litert", f"{bundle} has no Keras model (an imported bundle): "
-                            "it runs on LiteRT")
+                            "it runs on LiteRT" if not has_keras else "TensorFlow is not "
+                            "installed here: labelling on LiteRT, not Keras")
     if importlib.util.find_spec("ai_edge_litert") is None:
         if not has_keras:
             raise BundleError(f"{bundle} needs LiteRT, which is not installed here: "
