@@ -98,6 +98,12 @@ def test_train_without_a_broker_runs_a_local_cluster(
     assert load_bundle(output).manifest["architecture"] == SMALL_NETWORK
     (log,) = (flowers_home / "logs").glob("worker-*.log")
     assert "flowers.retrain" in log.read_text() and "succeeded" in log.read_text()
+    # Off a terminal the progress is log lines, each with its count, and rate once known.
+    progress = re.compile(r"^(\w+) +(\d+)/(\d+) \[[#.]+\]( [0-9.]+/s( ETA \w+)?)?$")
+    lines = [found for line in result.stderr.splitlines() if (found := progress.match(line))]
+    assert "photos" in {found[1] for found in lines}, result.stderr
+    assert any(found[4] for found in lines if found[1] == "photos"), "a rate"
+    assert "\r" not in result.stderr
 
 
 def test_failure_on_the_worker_reaches_the_cli(
