@@ -76,10 +76,12 @@ def test_commands_that_need_tensorflow_say_so_in_one_line(
         (["import-poets", str(graph), "--labels", str(labels), "-o", str(tmp_path / "out")],
          ["import-poets"]),
         (["label", str(photo), "-m", str(bare)], [TFLITE_FILE]),
+        (["label-dir", str(photo_subset), "-m", str(bare), "-o", str(tmp_path / "out.csv")],
+         [TFLITE_FILE]),
     ]
     for args, words in cases:
         one_line_needing_the_extra(run_flowers(*args, env=env), *words)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+    assert not any((tmp_path / name).exists() for name in ("out", "out.json", "out.csv"))
     assert not (bare / TFLITE_FILE).exists()
 
 
