@@ -37,9 +37,11 @@ def test_merge_sorts_dedupes_and_removes_parts(tmp_path: Path) -> None:
     results.write_part(parts, JOB, 1, [row("z.jpg"), row("a/b.jpg", "unknown")])
     results.write_part(parts, JOB, 0, [row("a.jpg", "accept"), row("z.jpg")])
     assert list(results.done_paths(parts)) == ["a.jpg", "a/b.jpg", "z.jpg"]
-    counts = results.merge_parts(parts, tmp_path / "out.csv", 2)
+    told: list[int] = []
+    counts = results.merge_parts(parts, tmp_path / "out.csv", 2, progress=told.append, every=2)
     assert counts == {"rows": 3, "errors": 0,
                       "decided": {"accept": 1, "unknown": 1, "review": 1}}
+    assert told == [2], "the rows written, every 2 rows"
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == output_csv.header(2)

@@ -205,10 +205,12 @@ class JobStore:
             args += [name, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
         return bool(self.client.eval(_UPDATE_LIVE, 1, self._key(job_id), *args))
 
-    def succeed(self, job_id: str, result: dict[str, Any], claim: str = "") -> bool:
-        """Marks a job succeeded with its result, unless it has ended already or `claim` no
-        longer holds its finish claim (False)."""
-        return self.update_live(job_id, claim, state="succeeded", phase="done", result=result)
+    def succeed(self, job_id: str, result: dict[str, Any], claim: str = "",
+                **fields: Any) -> bool:
+        """Marks a job succeeded with its result (and `fields`), unless it has ended already
+        or `claim` no longer holds its finish claim (False)."""
+        return self.update_live(job_id, claim, state="succeeded", phase="done", result=result,
+                                **fields)
 
     def keep_photo_list(self, job_id: str, names: list[str]) -> None:
         """Keeps the photos a training job found when it started (relative paths), so that its

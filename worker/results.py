@@ -44,7 +44,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.csv"
 JOB_FILE = "job.json"
+# The merge tells its progress every this many rows written.
+PROGRESS_ROWS = 10_000
 # Fields of job.json that must match for rows to be mixed into one output: "decisions" holds the
 # thresholds the rows were decided with (None for a bundle that makes no decisions).
 IDENTITY = {"bundle_id": "bundle id", "photo_dir": "photo dir", "top_k": "top k",
@@ -306,16 +308,19 @@ def done_paths(parts_dir: Path) -> Iterator[str]:
         yield row[0]
 
 
-def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | None = None
+def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | None = None,
+                progress: Callable[[int], None] | None = None, every: int = PROGRESS_ROWS
                 ) -> dict[str, int]:
     """Writes every part's rows, sorted by path and one per path (the earliest part's), to
     `output` and its job record; drops the parts. Streams: a k-way merge of the sorted parts
-    (`worker.sorted_parts`), so memory does not grow with the rows.
+    (`worker.sorted_parts`), so memory does not grow with the rows. `progress(rows)` is told
+    the rows written so far every `every` rows.
 
     One CSV, its record beside it as OUTPUT.job.json; or, with `partition_rows`, a folder of
     CSV files of that many rows each (`write_partitions`)."""
-    rows = (output_row(row, k) for row in
-            unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir)))
+    rows = _told((output_row(row, k) for row in
+                  unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir))),
+                 progress, every)
     identity = read_identity(parts_dir)
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)
@@ -326,3 +331,12 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
     ownership.remove_parts_folder(parts_dir)
     log.info("wrote %s: %d rows, %d errors", output, counts["rows"], counts["errors"])
     return {"rows": counts["rows"], "errors": counts["errors"], "decided": counts["decided"]}
+
+
+def _told(rows: Iterator[list[str]], progress: Callable[[int], None] | None, every: int
+          ) -> Iterator[list[str]]:
+    """`rows`, telling `progress` the count passed every `every` rows."""
+    for count, row in enumerate(rows, 1):
+        if progress is not None and count % every == 0:
+            progress(count)
+        yield row

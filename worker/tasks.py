@@ -27,7 +27,7 @@ from celery.signals import worker_process_init
 
 from flowers.models import ownership
 from flowers.models.errors import FlowersError
-from flowers.worker import messages, photo_stage, results, train_process
+from flowers.worker import label_merge, messages, photo_stage, results, train_process
 from flowers.worker.app import app, settings
 from flowers.worker.chunk_list import feed
 from flowers.worker.confine import check_allowed, photo_guard
@@ -39,7 +39,7 @@ from flowers.worker.jobs import (
 from flowers.worker.label_job import LabelChunk, LabelJob
 from flowers.worker.liveness import claim_holder
 from flowers.worker.messages import MessageError
-from flowers.worker.shared_files import WRITE_IN, check_access, check_job_files
+from flowers.worker.shared_files import check_job_files
 
 log = logging.getLogger(__name__)
 
@@ -358,42 +358,9 @@ def finish_label(self: Task, job_id: str) -> dict[str, Any]:
 
 
 def merge_label_job(job_id: str, claim: str) -> dict[str, Any]:
-    """Merges job `job_id`'s parts into its output, as the task message `claim` names (the
-    merge task's, or the last chunk's that calls this): one run at a time holds the claim."""
-    store = job_store()
-    if store.state(job_id) in FINAL_STATES:
-        return {"skipped": True}
-    if not store.claim_finish(job_id, settings.visibility_timeout, claim):
-        # Another worker is merging, or died merging: look again once its claim lapses.
-        finish_label.apply_async(args=[job_id], countdown=store.finish_claim_left(job_id) + 1)
-        return {"deferred": True}
-    record = store.get(job_id)
-    try:
-        parts_dir = check_allowed(record["parts_dir"], settings.allowed_roots, "output")
-        output = check_allowed(record["output"], settings.allowed_roots, "output")
-        check_job_files(parts_dir)
-        check_access(output.parent, WRITE_IN)
-    except FlowersError as exc:
-        log.error("job %s failed: %s", job_id, exc)
-        store.fail(job_id, exc)
-        return {"error": str(exc)}
-    if not results.owns_parts(parts_dir, job_id):
-        return {"skipped": True}
-    if not store.update_live(job_id, claim, phase="writing"):
-        return {"skipped": True}  # ended, or another run of this merge took it over
-    try:
-        k = int(results.read_identity(parts_dir)["k"])
-        partition_rows = record.get("request", {}).get("partition_rows")
-        counts = results.merge_parts(parts_dir, output, k, partition_rows)
-    except OSError as exc:
-        message = f"cannot write {record['output']}: {exc.strerror or exc}"
-        store.fail(job_id, FlowersError(message))
-        return {"error": message}
-    started = float(record.get("started", record["created"]))
-    summary = {"output": record["output"], **counts, "labelled": record["done"],
-               "seconds": round(time.time() - started, 3)}
-    if not store.succeed(job_id, summary, claim):
-        log.warning("job %s had ended before this merge of it finished; its record is left as "
-                    "it was", job_id)
-        return {"skipped": True}
-    return summary
+    """Merges job `job_id`'s parts into its output, as the task message `claim` names
+    (`worker.label_merge`); a merge another worker holds is looked at again later."""
+    def later(countdown: int) -> None:
+        finish_label.apply_async(args=[job_id], countdown=countdown)
+
+    return label_merge.merge_label_job(job_store(), settings, job_id, claim, later)

@@ -1,0 +1,77 @@
+"""The end of a labelling job: its parts merged into its output, once, with progress.
+
+The last chunk done (or the `flowers.finish_label` task) calls `merge_label_job`. One run at a
+time holds the job's finish claim; a run that finds another holding it is sent again once that
+claim lapses (`later`). While it writes, the job record's phase is `writing`, its done and
+total count rows written against photos, so `flowers label-dir` and `flowers status` show
+the merge's progress like any other phase. The photos labelled are kept apart (`labelled`),
+for a merge that starts again after its worker died, and are the job's done count again once
+it has succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flowers.models.errors import FlowersError, JobEndedError
+from flowers.worker import results
+from flowers.worker.confine import check_allowed
+from flowers.worker.jobs import FINAL_STATES, JobStore, ProgressReporter
+from flowers.worker.settings import Settings
+from flowers.worker.shared_files import WRITE_IN, check_access, check_job_files
+
+log = logging.getLogger(__name__)
+
+
+def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str,
+                    later: Callable[[int], None]) -> dict[str, Any]:
+    """Merges job `job_id`'s parts into its output, as the task message `claim` names (the
+    merge task's, or the last chunk's that calls this): one run at a time holds the claim."""
+    if store.state(job_id) in FINAL_STATES:
+        return {"skipped": True}
+    if not store.claim_finish(job_id, settings.visibility_timeout, claim):
+        # Another worker is merging, or died merging: look again once its claim lapses.
+        later(store.finish_claim_left(job_id) + 1)
+        return {"deferred": True}
+    record = store.get(job_id)
+    try:
+        parts_dir = check_allowed(record["parts_dir"], settings.allowed_roots, "output")
+        output = check_allowed(record["output"], settings.allowed_roots, "output")
+        check_job_files(parts_dir)
+        check_access(output.parent, WRITE_IN)
+    except FlowersError as exc:
+        log.error("job %s failed: %s", job_id, exc)
+        store.fail(job_id, exc)
+        return {"error": str(exc)}
+    if not results.owns_parts(parts_dir, job_id):
+        return {"skipped": True}
+    # A merge started again keeps the count of the first: done counts rows written from here.
+    labelled = int(record.get("labelled") or record["done"])
+    total = int(record["total"])
+    if not store.update_live(job_id, claim, phase="writing", labelled=labelled, done=0,
+                             total=total, rate=0):
+        return {"skipped": True}  # ended, or another run of this merge took it over
+    reporter = ProgressReporter(store, job_id, claim=claim)
+    try:
+        k = int(results.read_identity(parts_dir)["k"])
+        partition_rows = record.get("request", {}).get("partition_rows")
+        counts = results.merge_parts(parts_dir, output, k, partition_rows,
+                                     progress=lambda rows: reporter("writing", rows, total, {}))
+    except JobEndedError as exc:
+        log.warning("job %s: %s", job_id, exc)
+        return {"skipped": True}
+    except OSError as exc:
+        message = f"cannot write {record['output']}: {exc.strerror or exc}"
+        store.fail(job_id, FlowersError(message))
+        return {"error": message}
+    started = float(record.get("started", record["created"]))
+    summary = {"output": record["output"], **counts, "labelled": labelled,
+               "seconds": round(time.time() - started, 3)}
+    if not store.succeed(job_id, summary, claim, done=labelled):
+        log.warning("job %s had ended before this merge of it finished; its record is left as "
+                    "it was", job_id)
+        return {"skipped": True}
+    return summary
