@@ -71,8 +71,10 @@ def bench_memory(bundle: Path, args: argparse.Namespace, work: Path) -> None:
         begin = time.monotonic()
         while True:
             record = cluster.job(job_id)
-            samples.append((time.monotonic() - begin, int(record.get("done", 0)),
-                            sample_workers(main)))
+            # Photos labelled: while the merge writes, done counts its rows instead.
+            done = (int(record.get("labelled", 0)) if record.get("phase") == "writing"
+                    else int(record.get("done", 0)))
+            samples.append((time.monotonic() - begin, done, sample_workers(main)))
             if record.get("state") in ("succeeded", "failed", "cancelled"):
                 break
             if worker.poll() is not None:

@@ -169,7 +169,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
                 kind="label", request={**identity, "output": str(output),
                                        "partition_rows": partition_rows},
                 output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
-                queue=settings.queue,
+                queue=settings.queue, kept=freshness.kept,
             )
             previous = results.claim_parts(parts_dir, job_id) or overwritten
             if previous:

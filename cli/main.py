@@ -22,7 +22,7 @@ INTERRUPTED_REMOTE = ("interrupted: a job already sent to the cluster goes on th
 # Modules of an optional extra, and the extra that installs them: a command that reaches one on
 # an install without it says so in one line (commands check what they surely need up front).
 OPTIONAL_MODULES = {"tensorflow": "flowers[train]", "keras": "flowers[train]",
-                    "matplotlib": "flowers[train]", "flower": "flowers[monitor]"}
+                    "matplotlib": "flowers[train]"}
 
 
 class UsageFailure(click.ClickException):

@@ -6,7 +6,7 @@ library and Android Studio's model import read to name a model's classes and fee
     read_metadata(tflite)           the `Packed` card of a model this module wrote; None without
     check_tflite(tflite, where)     a flatbuffer LiteRT's schema reads, or `BundleError`
 
-What is written (metadata_schema.fbs, version 1.0.1 of its features):
+What is written (metadata_schema.fbs; nothing newer than its version 1.0.0 needs):
 - the model: name, description, version (the bundle id), author;
 - the input: an RGB image of the bundle's size, uint8 pixels 0-255 as decoded, normalisation
   mean 0 and std 1 (the network's own scaling is inside the model), stats min 0, max 255;
@@ -68,6 +68,7 @@ class ModelCard:
     bundle_id: str
     class_names: tuple[str, ...]
     input_size: int
+    calibrated: bool = False
     author: str = "flowers"
 
     @classmethod
@@ -86,6 +87,7 @@ class ModelCard:
             bundle_id=str(manifest["bundle_id"]),
             class_names=names,
             input_size=int(manifest["input_size"][0]),
+            calibrated=bool(calibrated),
         )
 
 
@@ -106,8 +108,8 @@ def _schema() -> Any:
 
 
 def check_tflite(tflite: bytes, where: str) -> Any:
-    """The model table of `tflite`, checked to be a LiteRT flatbuffer with one subgraph whose
-    outputs are named by its signature; raises `BundleError` naming `where`."""
+    """The model table of `tflite`, checked to be a LiteRT flatbuffer with one subgraph, some
+    outputs, and its weights inside; raises `BundleError` naming `where`."""
     schema = _schema()
     try:
         if len(tflite) < 8 or tflite[4:8] != MODEL_IDENTIFIER:
@@ -123,8 +125,9 @@ def check_tflite(tflite: bytes, where: str) -> Any:
         if model.SubgraphsLength() != 1 or not outputs:
             raise ValueError(f"{model.SubgraphsLength()} subgraphs, {len(outputs)} outputs")
     except Exception as exc:  # a truncated or foreign file fails anywhere in the reads
-        raise BundleError(f"{where} is not a LiteRT model flowers can read ({exc}): "
-                          "export it again from its bundle") from None
+        raise BundleError(f"{where} is not a LiteRT model flowers can read ({exc}): convert "
+                          "it again (flowers export BUNDLE --in-place, where TensorFlow is "
+                          "installed) or retrain the bundle") from None
     return model
 
 
@@ -139,8 +142,8 @@ def _output_names(model: Any) -> dict[int, str]:
             output = signature.Outputs(index)
             named[output.TensorIndex()] = output.Name().decode()
     outputs = [subgraph.Outputs(index) for index in range(subgraph.OutputsLength())]
-    if len(outputs) == 1:
-        return {outputs[0]: named.get(outputs[0], PROBABILITIES)}
+    if len(outputs) == 1:  # a lone output is the probabilities, whatever the converter named it
+        return {outputs[0]: PROBABILITIES}
     if sorted(named) != sorted(outputs) or PROBABILITIES not in named.values():
         raise BundleError(f"model outputs {outputs} are not named probabilities and features "
                           "by its signature")
@@ -264,8 +267,8 @@ def _output_metadata(builder: flatbuffers.Builder, card: ModelCard, name: str) -
     # TensorMetadata: ... associated_files (6).
     return _table(builder, {
         0: _text(builder, PROBABILITIES),
-        1: _text(builder, f"Calibrated probabilities of the {len(card.class_names)} classes, "
-                          "summing to 1."),
+        1: _text(builder, f"{'Calibrated p' if card.calibrated else 'P'}robabilities of the "
+                          f"{len(card.class_names)} classes, summing to 1."),
         3: ("offset", feature_content),
         5: _stats(builder, 0.0, 1.0),
         6: ("offset", _vector(builder, [labels])),
@@ -298,21 +301,22 @@ def _metadata_buffer(card: ModelCard, outputs: list[str]) -> bytes:
     return bytes(builder.Output())
 
 
-def read_metadata(tflite: bytes) -> Packed | None:
+def read_metadata(tflite: bytes, where: str = "model.tflite") -> Packed | None:
     """The metadata `with_metadata` wrote into `tflite`, or None if it has none; raises
-    `BundleError` if `tflite` is not a LiteRT model."""
-    model = check_tflite(tflite, "model.tflite")
-    for index in range(model.MetadataLength()):
-        entry = model.Metadata(index)
-        if entry.Name() == METADATA_NAME:
-            data = model.Buffers(entry.Buffer()).DataAsNumpy()
-            break
-    else:
-        return None
+    `BundleError` naming `where` if `tflite` is not a LiteRT model or its metadata is
+    damaged."""
+    model = check_tflite(tflite, where)
     try:
-        return _read_card(bytes(data), tflite)
-    except Exception as exc:
-        raise BundleError(f"model.tflite has damaged TFLite metadata ({exc})") from None
+        for index in range(model.MetadataLength()):
+            entry = model.Metadata(index)
+            if entry.Name() == METADATA_NAME:
+                return _read_card(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes(),
+                                  tflite)
+    except Exception as exc:  # a damaged table fails anywhere in the reads
+        raise BundleError(f"{where} has damaged TFLite metadata ({exc}): convert it again "
+                          "(flowers export BUNDLE --in-place, where TensorFlow is installed) "
+                          "or retrain the bundle") from None
+    return None
 
 
 def _read_card(data: bytes, tflite: bytes) -> Packed:

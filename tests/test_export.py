@@ -64,7 +64,6 @@ def test_tflite_export_is_the_bundle_model_with_labels_beside_it(
     result = run_flowers("export", str(bundle), "--output", str(tmp_path / "phone"),
                          env=flowers_env(tmp_path / "home", None, None))
     assert result.returncode == 0, result.stderr
-    assert "TensorSpec" not in result.stdout + result.stderr, "no converter output"
     output = tmp_path / "phone"
     assert sorted(p.name for p in output.iterdir()) == [LABELS_FILE, TFLITE_FILE]
     assert (output / LABELS_FILE).read_text() == (bundle / LABELS_FILE).read_text()
@@ -75,6 +74,24 @@ def test_tflite_export_is_the_bundle_model_with_labels_beside_it(
     assert packed.output_names == ("probabilities", "features")
     exported = LiteRTRunner(output / TFLITE_FILE)(test_photos)
     assert np.array_equal(exported, bundle_probabilities)
+
+
+def test_a_converted_export_prints_no_converter_output_and_names_its_classes(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    """A quantized export is converted again (one output, named `output_0` by the converter):
+    its metadata still names the classes, and Keras' TensorSpec dumps stay out of the
+    terminal."""
+    bundle, _ = trained_bundle
+    manifest = read_manifest(bundle)
+    result = run_flowers("export", str(bundle), "--quantize", "float16", "--output",
+                         str(tmp_path / "half"), env=flowers_env(tmp_path / "home", None, None))
+    assert result.returncode == 0, result.stderr
+    assert "TensorSpec" not in result.stdout + result.stderr, "no converter output"
+    assert result.stdout.startswith("wrote "), result.stdout
+    packed = read_metadata((tmp_path / "half" / TFLITE_FILE).read_bytes())
+    assert packed is not None and packed.output_names == ("probabilities",)
+    assert packed.labels == tuple(manifest["class_names"])
 
 
 def without_metadata(bundle: Path) -> bytes:
@@ -88,6 +105,19 @@ def without_metadata(bundle: Path) -> bytes:
     return converted
 
 
+def _probabilities_cut(bundle: Path, classes: int) -> bytes:
+    """The bundle's model with only its first `classes` probabilities, converted."""
+    import keras
+
+    from flowers.models.bundle import load_bundle
+    from flowers.models.runtime.litert import to_tflite
+
+    model = load_bundle(bundle).model
+    cut = keras.layers.Lambda(lambda scores: scores[:, :classes])(model.output["probabilities"])
+    return to_tflite(keras.Model(model.input, {"probabilities": cut,
+                                               "features": model.output["features"]}))
+
+
 def test_a_bundle_model_that_is_old_missing_another_bundles_or_damaged(
     trained_bundle: tuple[Path, Any], test_photos: np.ndarray, bundle_probabilities: np.ndarray,
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -98,7 +128,14 @@ def test_a_bundle_model_that_is_old_missing_another_bundles_or_damaged(
     manifest = read_manifest(bundle)
     raw = without_metadata(bundle)
     other = with_metadata(raw, replace(ModelCard.of_manifest(manifest), bundle_id="0" * 32))
-    cases = {"old": raw, "missing": None, "another": other}
+    # Another bundle's model of other classes (its probabilities cut to two), with or without
+    # metadata: converted again, not refused for its shapes.
+    two = _probabilities_cut(bundle, 2)
+    two_card = replace(ModelCard.of_manifest(manifest), bundle_id="1" * 32,
+                       class_names=("a", "b"))
+    cases = {"old": raw, "missing": None, "another": other,
+             "another of two classes": with_metadata(two, two_card),
+             "of two classes, without metadata": two}
     for name, model in cases.items():
         copy = tmp_path / f"bundle-{name}"
         shutil.copytree(bundle, copy)

@@ -35,7 +35,13 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
-from tests.fault_data import assert_complete, label_args, label_until_parts, parts_written
+from tests.fault_data import (
+    assert_complete,
+    label_args,
+    label_until_parts,
+    parts_written,
+    read_paths,
+)
 from tests.label_data import slow_photo
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
@@ -275,8 +281,11 @@ def test_worker_killed_while_merging_its_claim_passes_to_the_message_put_back(
     wait_for(output.exists, timeout=60, what="the output, merged by the message put back")
     print(f"merged {time.monotonic() - killed:.1f} s after the kill")
     assert_complete(output, photos)
-    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
-        "succeeded"
+    status = json.loads(run_flowers("status", job_id, "--json", env=env).stdout)
+    assert status["state"] == "succeeded"
+    # The killed merge had set done to its rows written (none): the photos labelled are back.
+    rows = len(read_paths(output))
+    assert status["done"] == status["result"]["labelled"] == status["result"]["rows"] == rows
 
 
 def test_a_chunk_lost_from_a_job_nobody_waits_on_is_sent_again_by_a_worker(

@@ -19,6 +19,7 @@ from flowers.models.bundle import LABELS_FILE, TFLITE_FILE, read_manifest
 from flowers.models.dataset import walk_images
 from flowers.models.decode import codelab_bilinear, open_rgb
 from flowers.models.runtime.runners import LiteRTRunner
+from flowers.models.tflite_metadata import read_metadata
 from tests.conftest import WorkerFactory, flowers_env, run_flowers
 
 pytestmark = pytest.mark.model
@@ -262,8 +263,14 @@ def test_export_converts_an_imported_bundle(poets_bundle: Path, flower_photos: P
     copied = export_bundle(poets_bundle, "tflite", tmp_path / "tflite")
     assert (copied / TFLITE_FILE).read_bytes() == (poets_bundle / TFLITE_FILE).read_bytes()
     assert (copied / LABELS_FILE).read_text() == (poets_bundle / LABELS_FILE).read_text()
+    names = read_manifest(poets_bundle)["class_names"]
+    packed = read_metadata((copied / TFLITE_FILE).read_bytes())
+    assert packed is not None and packed.output_names == ("probabilities",)
+    assert packed.labels == tuple(names), "the imported model names its classes too"
     half = export_bundle(poets_bundle, "tflite", tmp_path / "half", "float16")
     assert (half / TFLITE_FILE).stat().st_size < 0.6 * (copied / TFLITE_FILE).stat().st_size
+    half_packed = read_metadata((half / TFLITE_FILE).read_bytes())
+    assert half_packed is not None and half_packed.labels == tuple(names)
     halved = LiteRTRunner(half / TFLITE_FILE)(pixels)
     # float16 weights: the same top labels, probabilities within a few hundredths.
     assert (halved.argmax(1) == expected.argmax(1)).all()
@@ -272,8 +279,7 @@ def test_export_converts_an_imported_bundle(poets_bundle: Path, flower_photos: P
     serve = tf.saved_model.load(str(served)).signatures["serving_default"]
     result = serve(pixels=tf.constant(pixels))
     assert np.abs(result["probabilities"].numpy() - expected).max() < 1e-4
-    names = [name.decode() for name in result["classes"].numpy()[0]]
-    assert names == read_manifest(poets_bundle)["class_names"]
+    assert [name.decode() for name in result["classes"].numpy()[0]] == names
 
 
 def _write(path: Path, data: str) -> Path:

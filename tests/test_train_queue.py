@@ -90,7 +90,9 @@ def test_train_through_redis_and_a_worker(
 def test_train_without_a_broker_runs_a_local_cluster(
     photo_subset: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
 ) -> None:
-    env = flowers_env(flowers_home, None, weights_dir)
+    # One local worker process: its photo chunks end one after the other, so the progress
+    # shows one between the first and the last.
+    env = {**flowers_env(flowers_home, None, weights_dir), "FLOWERS_WORKER_CONCURRENCY": "1"}
     output = tmp_path / "local-bundle"
     result = run_flowers("train", str(photo_subset), "--output", str(output), *TRAIN_ARGS, env=env)
     assert result.returncode == 0, result.stderr

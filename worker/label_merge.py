@@ -3,7 +3,8 @@
 The last chunk done (or the `flowers.finish_label` task) calls `merge_label_job`. One run at a
 time holds the job's finish claim; a run that finds another holding it is sent again once that
 claim lapses (`later`). While it writes, the job record's phase is `writing`, its done and
-total count rows written against photos, so `flowers label-dir` and `flowers status` show
+total count rows written against rows to write (the photos labelled and those a resumed job
+kept), so `flowers label-dir` and `flowers status` show
 the merge's progress like any other phase. The photos labelled are kept apart (`labelled`),
 for a merge that starts again after its worker died, and are the job's done count again once
 it has succeeded.
@@ -48,24 +49,26 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
-    # A merge started again keeps the count of the first: done counts rows written from here.
+    # A merge started again keeps the count of the first: done counts rows written from here,
+    # of the photos this run labelled and those a resumed job kept.
     labelled = int(record.get("labelled") or record["done"])
-    total = int(record["total"])
-    if not store.update_live(job_id, claim, phase="writing", labelled=labelled, done=0,
-                             total=total, rate=0):
-        return {"skipped": True}  # ended, or another run of this merge took it over
+    rows = int(record["total"]) + int(record.get("kept") or 0)
     reporter = ProgressReporter(store, job_id, claim=claim)
+    if not store.update_live(job_id, claim, labelled=labelled):
+        return {"skipped": True}  # ended, or another run of this merge took it over
     try:
+        reporter("writing", 0, rows, {})  # the phase's clock starts here
         k = int(results.read_identity(parts_dir)["k"])
         partition_rows = record.get("request", {}).get("partition_rows")
         counts = results.merge_parts(parts_dir, output, k, partition_rows,
-                                     progress=lambda rows: reporter("writing", rows, total, {}))
+                                     progress=lambda done: reporter("writing", done, rows, {}))
     except JobEndedError as exc:
         log.warning("job %s: %s", job_id, exc)
         return {"skipped": True}
     except OSError as exc:
         message = f"cannot write {record['output']}: {exc.strerror or exc}"
         store.fail(job_id, FlowersError(message))
+        store.update(job_id, done=labelled)
         return {"error": message}
     started = float(record.get("started", record["created"]))
     summary = {"output": record["output"], **counts, "labelled": labelled,

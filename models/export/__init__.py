@@ -162,8 +162,9 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
 def bundle_tflite(bundle: Path, manifest: dict[str, Any], threads: int = 1) -> bytes:
     """The bundle's model.tflite as `--format tflite` hands it over: LiteRT loads it, its
     shapes fit the manifest, and its metadata names this bundle (added here to a model.tflite
-    made before bundles carried metadata). Missing, or another bundle's: converted again from
-    the bundle (needs TensorFlow, else `MissingDependencyError`). Damaged: `BundleError`."""
+    made before bundles carried metadata). Missing, another bundle's, or of other shapes than
+    the manifest's: converted again from the bundle (needs TensorFlow, else
+    `MissingDependencyError`). Damaged (not a model LiteRT loads): `BundleError`."""
     from flowers.models.runtime.runners import LiteRTRunner
 
     path = bundle / TFLITE_FILE
@@ -174,14 +175,19 @@ def bundle_tflite(bundle: Path, manifest: dict[str, Any], threads: int = 1) -> b
             data = read_regular_file(path, MAX_MODEL_BYTES)
         except OSError as exc:
             raise BundleError(f"cannot read {path} ({exc.strerror or exc})") from None
-        packed = read_metadata(data)  # a damaged flatbuffer or metadata: BundleError
-        runner = LiteRTRunner(path, batch_size=1)  # one LiteRT cannot load: BundleError
-        check_model_shapes(bundle, manifest, TFLITE_FILE, runner.model_input_shape,
-                           runner.model_output_shape, runner.model_features_shape)
-        if packed is None or packed.version == manifest["bundle_id"]:
-            return labelled(data, manifest)  # the same bytes where its metadata is current
-        problem = (f"{path} is bundle {packed.version}'s, not this bundle's "
-                   f"({manifest['bundle_id']})")
+        packed = read_metadata(data, str(path))  # a damaged flatbuffer or metadata: BundleError
+        if packed is not None and packed.version != manifest["bundle_id"]:
+            problem = (f"{path} is bundle {packed.version}'s, not this bundle's "
+                       f"({manifest['bundle_id']})")
+        else:
+            runner = LiteRTRunner(path, batch_size=1)  # one LiteRT cannot load: BundleError
+            try:
+                check_model_shapes(bundle, manifest, TFLITE_FILE, runner.model_input_shape,
+                                   runner.model_output_shape, runner.model_features_shape)
+            except BundleError as exc:
+                problem = f"{path} does not fit the bundle's manifest ({exc})"
+            else:
+                return labelled(data, manifest)  # the same bytes where its metadata is current
     _converting(f"{problem}: converting it again", threads)
     log.warning("%s: converting it again from the bundle (flowers export BUNDLE --in-place "
                 "puts the result in the bundle)", problem)

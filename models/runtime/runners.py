@@ -16,7 +16,9 @@ Two backends, chosen from the bundle's manifest and the runtime asked for:
 - "keras": the bundle's model.keras through one traced `tf.function`, batches padded to a
   fixed size for the same reason. Imports TensorFlow.
 A bundle without model.tflite (made before bundles carried one), or a platform without LiteRT,
-runs on Keras with one warning that says how to get the fast model. Nothing above this module
+runs on Keras with one warning that says how to get the fast model; on an install without
+TensorFlow, such a bundle is refused in one line naming `flowers[train]`, and Keras asked for
+runs on LiteRT with a note. Nothing above this module
 knows which backend runs. Either way the model, once open, is checked against the manifest
 (`models.bundle.check_model_shapes`: its input size, one score per class name) before it runs.
 """
