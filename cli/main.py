@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from flowers.cli.context import CliContext
-from flowers.models.errors import FlowersError, SettingsError
+from flowers.models.errors import TRAIN_EXTRA, FlowersError, SettingsError
 from flowers.worker.embedded import Interrupted
 from flowers.worker.settings import Settings
 
@@ -19,10 +19,9 @@ INTERRUPTED_REMOTE = ("interrupted: a job already sent to the cluster goes on th
                       "(flowers status JOB_ID; flowers cancel JOB_ID)")
 
 
-# Modules of an optional extra, and the extra that installs them: a command that reaches one on
-# an install without it says so in one line (commands check what they surely need up front).
-OPTIONAL_MODULES = {"tensorflow": "flowers[train]", "keras": "flowers[train]",
-                    "matplotlib": "flowers[train]"}
+# Modules of the `train` extra: a command that reaches one on an install without it says so in
+# one line (commands check what they surely need up front).
+TRAIN_MODULES = frozenset({"tensorflow", "keras", "matplotlib"})
 
 
 class UsageFailure(click.ClickException):
@@ -59,11 +58,11 @@ class FlowersGroup(click.Group):
                     f"lost Redis: {exc} (it did not come back within about two minutes); "
                     "check that it runs, then run the same command again: it resumes"
                 ) from None
-            if isinstance(exc, ModuleNotFoundError) and (
-                    extra := OPTIONAL_MODULES.get((exc.name or "").split(".")[0])):
+            if isinstance(exc, ModuleNotFoundError) and \
+                    (exc.name or "").split(".")[0] in TRAIN_MODULES:
                 raise click.ClickException(
                     f"flowers {ctx.invoked_subcommand} needs {exc.name}, which this install "
-                    f"lacks: pip install '{extra}'") from None
+                    f"lacks: {TRAIN_EXTRA}") from None
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
             ) from None

@@ -102,3 +102,28 @@ def test_debug_shows_tracebacks_and_debug_logs(
     else:
         assert_one_line_error(failed, 2, "does not exist")
         assert "DEBUG" not in queued.stderr
+
+
+def test_a_missing_module_of_the_train_extra_is_one_line_naming_the_extra() -> None:
+    """What a command reaches without checking first: the train extra's modules are named with
+    the install line; any other missing module stays an unexpected error."""
+    import click
+    from click.testing import CliRunner
+
+    from flowers.cli.main import FlowersGroup
+
+    @click.group(cls=FlowersGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    @click.argument("module")
+    def needs(module: str) -> None:
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    missing = CliRunner().invoke(group, ["needs", "tensorflow.lite"])
+    assert missing.exit_code == 1
+    assert missing.output.strip() == ("Error: flowers needs needs tensorflow.lite, which this "
+                                      "install lacks: pip install 'flowers[train]'")
+    other = CliRunner().invoke(group, ["needs", "numpy"])
+    assert other.exit_code == 1 and "unexpected ModuleNotFoundError" in other.output
