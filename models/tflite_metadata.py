@@ -10,9 +10,10 @@ What is written (metadata_schema.fbs; nothing newer than its version 1.0.0 needs
 - the model: name, description, version (the bundle id), author;
 - the input: an RGB image of the bundle's size, uint8 pixels 0-255 as decoded, normalisation
   mean 0 and std 1 (the network's own scaling is inside the model), stats min 0, max 255;
-- each output, in the model's output order: `probabilities` (calibrated, labels.txt attached
-  as its axis labels: a client's category names) first, then `features` where the model has
-  it (what flowers' unknown check compares with the bundle's features.npy);
+- each output, in the model's output order: `probabilities` (calibrated where the bundle is;
+  labels.txt attached as its axis labels: a client's category names) first, then `features`
+  where the model has it (what flowers' unknown check compares with the bundle's
+  features.npy);
 - labels.txt itself, packed in a zip appended to the flatbuffer, as the schema asks.
 
 The graph is not touched: the tensors, the weights and the signature stay as they were, so a
@@ -49,7 +50,6 @@ MODEL_IDENTIFIER = b"TFL3"
 MIN_PARSER_VERSION = "1.0.0"
 LABELS_NAME = "labels.txt"
 PROBABILITIES = "probabilities"
-FEATURES = "features"
 
 # metadata_schema.fbs enum values.
 _IMAGE_PROPERTIES = 2  # ContentProperties
@@ -133,7 +133,7 @@ def check_tflite(tflite: bytes, where: str) -> Any:
 
 def _output_names(model: Any) -> dict[int, str]:
     """Tensor index -> the signature's name of each output (`probabilities`, `features`);
-    a model without a signature has one unnamed output, its probabilities."""
+    a model's lone output is its probabilities, whatever the converter named it."""
     subgraph = model.Subgraphs(0)
     named: dict[int, str] = {}
     if model.SignatureDefsLength():
@@ -142,7 +142,7 @@ def _output_names(model: Any) -> dict[int, str]:
             output = signature.Outputs(index)
             named[output.TensorIndex()] = output.Name().decode()
     outputs = [subgraph.Outputs(index) for index in range(subgraph.OutputsLength())]
-    if len(outputs) == 1:  # a lone output is the probabilities, whatever the converter named it
+    if len(outputs) == 1:
         return {outputs[0]: PROBABILITIES}
     if sorted(named) != sorted(outputs) or PROBABILITIES not in named.values():
         raise BundleError(f"model outputs {outputs} are not named probabilities and features "
