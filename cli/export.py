@@ -11,7 +11,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.models.bundle import read_manifest
-from flowers.models.errors import UsageError, require_tensorflow
+from flowers.models.errors import UsageError
 from flowers.models.export import FORMATS
 from flowers.models.runtime.litert import QUANTIZATIONS
 
@@ -43,9 +43,6 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
         raise UsageError(f"{output} exists: choose another --output or remove it")
     from flowers.models.export import add_fast_model, export_bundle, representative_photos
 
-    if in_place or quantize or fmt != "tflite":  # a conversion: one line without TensorFlow
-        require_tensorflow("flowers export " + ("--in-place" if in_place else f"--format {fmt}"
-                           + (f" --quantize {quantize}" if quantize else "")))
     if quantize == "int8":
         representative_photos(bundle.resolve(), manifest, photos)
     threads = obj.settings.threads_per_process()

@@ -4,10 +4,9 @@ The last chunk done (or the `flowers.finish_label` task) calls `merge_label_job`
 time holds the job's finish claim; a run that finds another holding it is sent again once that
 claim lapses (`later`). While it writes, the job record's phase is `writing`, its done and
 total count rows written against rows to write (the photos labelled and those a resumed job
-kept), so `flowers label-dir` and `flowers status` show
-the merge's progress like any other phase. The photos labelled are kept apart (`labelled`),
-for a merge that starts again after its worker died, and are the job's done count again once
-it has succeeded.
+kept), so `flowers label-dir` and `flowers status` show the merge's progress like any other
+phase. The photos labelled are kept apart (`labelled`), for a merge that starts again after
+its worker died, and are the job's done count again once it has succeeded.
 """
 
 from __future__ import annotations

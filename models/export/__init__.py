@@ -135,22 +135,20 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
         representative = _batches(paths, int(manifest["input_size"][0]))
     staging = _staged(output)
     try:
-        if handed_over is not None:
-            (staging / TFLITE_FILE).write_bytes(handed_over)
+        if fmt == "tflite":
+            tflite = handed_over if handed_over is not None else labelled(
+                _converted(bundle, manifest, quantize, representative), manifest)
+            (staging / TFLITE_FILE).write_bytes(tflite)
             shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
         elif imported_from(manifest):
-            _export_imported(bundle, manifest, fmt, staging, quantize)
-        else:
-            from flowers.models.runtime.litert import to_tflite
+            from flowers.models.codelab.importer import graph_function, reopen_graph
 
+            graph = reopen_graph(bundle, manifest)
+            _write_graph_saved_model(graph_function(graph), list(manifest["class_names"]),
+                                     graph.input_size, staging)
+        else:
             loaded = load_bundle(bundle)
-            model = probabilities_model(loaded.model)
-            if fmt == "tflite":
-                (staging / TFLITE_FILE).write_bytes(
-                    labelled(to_tflite(model, quantize, representative), manifest))
-                shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
-            else:
-                _write_saved_model(model, loaded.class_names, staging)
+            _write_saved_model(probabilities_model(loaded.model), loaded.class_names, staging)
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -194,16 +192,19 @@ def bundle_tflite(bundle: Path, manifest: dict[str, Any], threads: int = 1) -> b
     return labelled(_converted(bundle, manifest), manifest)
 
 
-def _converted(bundle: Path, manifest: dict[str, Any]) -> bytes:
-    """The bundle's model converted to LiteRT again: its Keras model's, or an imported
-    bundle's graph's (needs TensorFlow)."""
+def _converted(bundle: Path, manifest: dict[str, Any], quantize: str | None = None,
+               representative: Iterator[np.ndarray] | None = None) -> bytes:
+    """The bundle's model converted to LiteRT again (needs TensorFlow): its Keras model's, or
+    an imported bundle's graph's. Float: the whole model, as the bundle keeps it; quantized:
+    the probabilities alone (`probabilities_model`)."""
     from flowers.models.runtime.litert import to_tflite
 
     if imported_from(manifest):
         from flowers.models.codelab.importer import graph_to_tflite, reopen_graph
 
-        return graph_to_tflite(reopen_graph(bundle, manifest))
-    return to_tflite(load_bundle(bundle).model)
+        return graph_to_tflite(reopen_graph(bundle, manifest), quantize)
+    model = load_bundle(bundle).model
+    return to_tflite(probabilities_model(model) if quantize else model, quantize, representative)
 
 
 def probabilities_model(model: Any) -> Any:
@@ -244,22 +245,6 @@ def _write_label_assets(folder: Path, class_names: list[str]) -> None:
     """labels.txt in a SavedModel's assets folder, for those who read the classes from a file."""
     (folder / "assets").mkdir(exist_ok=True)
     (folder / "assets" / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
-
-
-def _export_imported(bundle: Path, manifest: dict[str, Any], fmt: str, staging: Path,
-                     quantize: str | None) -> None:
-    """Writes an imported codelab bundle as `fmt` into `staging`, from the graph it keeps."""
-    from flowers.models.codelab.importer import graph_function, graph_to_tflite, reopen_graph
-
-    if fmt == "tflite":
-        (staging / TFLITE_FILE).write_bytes(
-            labelled(graph_to_tflite(reopen_graph(bundle, manifest), quantize), manifest))
-    else:
-        graph = reopen_graph(bundle, manifest)
-        _write_graph_saved_model(graph_function(graph), list(manifest["class_names"]),
-                                 graph.input_size, staging)
-        return
-    shutil.copy(bundle / LABELS_FILE, staging / LABELS_FILE)
 
 
 def _write_graph_saved_model(function: Any, class_names: list[str], size: int,

@@ -188,10 +188,8 @@ def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Runn
 
     check_runtime(runtime)
     has_keras = keras_model_file(bundle, manifest) is not None
-    tensorflow_here = importlib.util.find_spec("tensorflow") is not None
     tflite = bundle / TFLITE_FILE
-    if runtime == "keras" and has_keras and (tensorflow_here or not tflite.is_file()):
-        require_tensorflow(f"FLOWERS_RUNTIME=keras (labelling {bundle} on Keras)")
+    if runtime == "keras" and has_keras and importlib.util.find_spec("tensorflow") is not None:
         return RunnerChoice("keras")
     if not tflite.is_file():
         if not has_keras:
