@@ -326,7 +326,8 @@ def test_compose_services_label_a_folder_and_survive_a_killed_worker(
     assert client.hget(f"flowers:job:{job_id}", "state") == "succeeded"
 
     # The chunks the killed worker held came back, and the other worker did them.
-    assert held <= tasks_logged(project.logs(workers[1]), "received")
+    assert held <= tasks_logged(project.logs(workers[1]), "received"), stuck(
+        f"held {sorted(held)}: not all received by the other worker; the CLI said:\n{stderr}")
     assert not held & tasks_logged(project.logs(workers[0]), "succeeded")
 
     # The job's per-process counts keep the containers' processes apart (their pids repeat):
