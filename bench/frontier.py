@@ -13,7 +13,9 @@ Speed, in one run on this machine:
   `flowers worker --concurrency P` (one warm-up run first); the job record's first enqueue to
   last row, merge included (`bench/label_throughput.py`'s `label_dir_run`).
 The legs alternate `--repeats` times, so a noisy machine slows them alike; the best of each
-leg is compared, and each repeat's ratios are shown.
+leg is compared, and each repeat's ratios are shown. Last, each of the worker's pool
+processes, which labelled with every bundle: its peak RSS (VmHWM) and whether any TensorFlow
+library is mapped into it (the issue's bound: <= 200 MB, no TensorFlow).
 
 Accuracy: `--cv NAME=FILE` takes a `flowers evaluate --output FILE` of the same option (5-fold
 CV on the shared photos): its mean and spread of fold accuracy.
@@ -36,6 +38,7 @@ from typing import Any
 
 import label_cluster as lc  # bench/ is on sys.path
 import numpy as np
+import psutil
 from data_options import add_data_options
 from label_throughput import label_dir_run
 
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{name} {legs[name][-1]:.1f} ({legs[name][-1] / legs['anchor'][-1]:.2f}x)"
                     for name in bundles)
                 print(f"repeat {repeat + 1}: anchor {legs['anchor'][-1]:.1f} photos/s; {ratios}")
+            pool = pool_memory(cluster.workers[-1].pid)
     anchor = max(legs["anchor"])
     print(f"\nanchor (Keras MobileNetV2 + Dense, model only, batches of {ANCHOR_BATCH}): "
           f"best {anchor:.1f} photos/s")
@@ -160,6 +164,22 @@ def main(argv: list[str] | None = None) -> None:
         verdict = "meets 1.8x" if best / anchor >= TARGET else "below 1.8x"
         print(f"{name:<24} {cv_figures(evaluations.get(name)):<28} {best:>18.1f} "
               f"{best / anchor:>9.2f}x  {verdict}")
+    print("worker pool processes, having labelled with every bundle above: " + "; ".join(
+        f"pid {pid} peak RSS {peak / 2**20:.0f} MB, TensorFlow "
+        f"{'loaded' if tensorflow else 'not loaded'}" for pid, peak, tensorflow in pool))
+
+
+def pool_memory(worker: int) -> list[tuple[int, int, bool]]:
+    """Each pool process of the worker `worker`: its pid, its peak RSS in bytes (VmHWM) and
+    whether any TensorFlow library is mapped into it."""
+    found = []
+    for child in psutil.Process(worker).children():
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        peak = int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmHWM:"))) * 1024
+        maps = Path(f"/proc/{child.pid}/maps").read_text()
+        found.append((child.pid, peak, "tensorflow" in maps))
+    return found
 
 
 if __name__ == "__main__":

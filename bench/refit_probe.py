@@ -59,11 +59,8 @@ def main() -> None:
     classes = len(data.class_names)
     totals: dict[str, list[dict[str, float]]] = {"as evaluate": [], "refit": []}
     for fold in range(args.folds):
-        test_rows = [row for row, f in enumerate(fold_of) if f == fold]
-        held: dict[str, list[int]] = {name: [] for name in dataset.SETS}
-        for row in (row for row, f in enumerate(fold_of) if f != fold):
-            held[dataset.which_set(kept[row].path.name, settings.validation_percentage,
-                                   settings.testing_percentage)].append(row)
+        test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
+                                              settings.testing_percentage)
         first = trainer.fit(features, labels, held["training"], held["validation"], classes,
                             settings.head_config(), settings.fine_tune)
         halves = [trust.HeldOut(first.probabilities(held[name]), labels[held[name]],
@@ -73,13 +70,15 @@ def main() -> None:
                                        first.photo_features(held["training"]),
                                        settings.accept_precision)
         every = held["training"] + held["validation"] + held["testing"]
-        refit = trainer.fit(features, labels, every, held["validation"], classes,
-                            settings.head_config(), settings.fine_tune)
-        for name, model, reference in (("as evaluate", first, held["training"]),
-                                       ("refit", refit, every)):
+        # Every fit trains the same network object's top: a model is scored before the next
+        # fit changes its weights.
+        for name, rows in (("as evaluate", held["training"]), ("refit", every)):
+            model = first if name == "as evaluate" else trainer.fit(
+                features, labels, every, held["validation"], classes, settings.head_config(),
+                settings.fine_tune)
             probabilities = model.probabilities(test_rows)
             scaled = calibration.scale(probabilities, fitted_trust.temperature)
-            decider = fitted_trust.decider(model.photo_features(reference))
+            decider = fitted_trust.decider(model.photo_features(rows))
             decided = np.asarray(decider.decide(scaled, model.photo_features(test_rows)))
             stray = decider.decide(
                 calibration.scale(model.probabilities(stray_rows), fitted_trust.temperature),

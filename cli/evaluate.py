@@ -12,7 +12,7 @@ import numpy as np
 from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
-from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe
+from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe, quantize_option
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file, write_text_atomically
 from flowers.models.dataset import check_percentages, check_photo_dir, discover, walk_images
@@ -33,6 +33,7 @@ from flowers.models.training.retrain import RetrainRequest
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
 @fine_tune_options
+@quantize_option
 @click.option("--learning-rate", type=float, default=None,
               help="fine-tune: Adam's initial learning rate (default: the recipe's).")
 @click.option("--how-many-training-steps", type=click.IntRange(min=1), default=4000,
@@ -55,7 +56,7 @@ from flowers.models.training.retrain import RetrainRequest
 def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, ...],
              architecture: str, weights: str, epochs: int, epoch_choice: str, views: int,
              flip_average: bool,
-             split_layer: str | None, learning_rate: float | None,
+             split_layer: str | None, quantize: str | None, learning_rate: float | None,
              how_many_training_steps: int, validation_percentage: float,
              testing_percentage: float, accept_precision: float, stray_dir: Path | None,
              output: Path) -> None:
@@ -82,7 +83,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
                                    learning_rate, None),
         how_many_training_steps=how_many_training_steps,
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
-        accept_precision=accept_precision,
+        accept_precision=accept_precision, quantize=quantize,
     )
     request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES,
                               stray_dir=str(stray_dir) if stray_dir else None)

@@ -25,6 +25,9 @@ def _bundle_lines(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     if imported is None:
         accuracy = (manifest.get("metrics") or {}).get("test_accuracy")
         lines.append(f"  trained by flowers train, test accuracy {accuracy}")
+        tflite = (manifest.get("models") or {}).get("tflite")
+        if isinstance(tflite, dict) and tflite.get("quantization"):
+            lines.append(f"  model.tflite quantization: {tflite['quantization']}")
         return lines
     lines.append(f"  imported from {imported.get('graph_file')} (sha256 "
                  f"{imported.get('graph_sha256')})")

@@ -10,7 +10,12 @@ import click
 from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
-from flowers.cli.recipe_options import FINE_TUNE_DEFAULTS, fine_tune_options, fine_tune_recipe
+from flowers.cli.recipe_options import (
+    FINE_TUNE_DEFAULTS,
+    fine_tune_options,
+    fine_tune_recipe,
+    quantize_option,
+)
 from flowers.models import ownership
 from flowers.models.bundle import output_folder
 from flowers.models.dataset import check_percentages, check_training_classes, discover, stable_split
@@ -34,6 +39,7 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               help="fine-tune: the top of the network on cached activations of augmented views; "
                    "codelab: the codelab's softmax layer on frozen features.")
 @fine_tune_options
+@quantize_option
 @click.option("--how-many-training-steps", type=int, default=4000, show_default=True,
               help="codelab: training steps.")
 @click.option("--train-batch-size", type=int, default=None,
@@ -60,7 +66,8 @@ from flowers.worker.messages import MAX_BATCH_SIZE
 def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | None,
           weights: str, recipe: str, epochs: int, epoch_choice: str, views: int,
           flip_average: bool,
-          split_layer: str | None, how_many_training_steps: int, train_batch_size: int | None,
+          split_layer: str | None, quantize: str | None, how_many_training_steps: int,
+          train_batch_size: int | None,
           learning_rate: float | None, eval_step_interval: int, validation_percentage: float,
           testing_percentage: float, summaries_dir: Path | None, bottleneck_batch_size: int,
           accept_precision: float, wait: bool, print_misclassified_test_images: bool) -> None:
@@ -107,6 +114,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
         summaries_dir=str(summaries_dir.resolve()) if summaries_dir else None,
         bottleneck_batch_size=bottleneck_batch_size, accept_precision=accept_precision,
+        quantize=quantize,
     )
     with open_queue(settings, local_processes=settings.processes()) as queue:
         click.echo(f"training {spec.name} ({recipe}) on {len(data.photos)} photos in "

@@ -85,10 +85,12 @@ def save_bundle(
     split: dict[str, list[str]],
     write_report: Callable[[Path], None] | None = None,
     features: np.ndarray | None = None,
+    tflite_entry: dict[str, str] | None = None,
 ) -> Path:
     """Writes the bundle (the Keras model and `tflite`, its LiteRT conversion; the training
     photos' `features`, if given) into a temporary sibling folder, then renames it to
-    `output`; fills the manifest's "models".
+    `output`; fills the manifest's "models" (`tflite_entry` describes `tflite`; default: a
+    float32 one).
 
     A reader sees the old bundle or the new one, never a half-written one.
     """
@@ -98,7 +100,7 @@ def save_bundle(
         (staging / TFLITE_FILE).write_bytes(labelled(tflite, manifest))
         if features is not None:
             np.save(staging / FEATURES_FILE, features.astype(np.float16), allow_pickle=False)
-        manifest["models"] = {"keras": MODEL_FILE, "tflite": TFLITE_ENTRY}
+        manifest["models"] = {"keras": MODEL_FILE, "tflite": tflite_entry or TFLITE_ENTRY}
         (staging / SPLIT_FILE).write_text(json.dumps(split, indent=1))
         if write_report is not None:
             write_report(staging / REPORT_FILE)

@@ -117,3 +117,27 @@ def test_evaluate_three_folds_then_the_cache(
     assert cleared.returncode == 0 and "cleared" in cleared.stdout
     after = run_flowers("cache", env=env).stdout
     assert "activations" not in after and re.search(r"^bottlenecks .* 39 ", after, re.M)
+
+
+def test_evaluate_scores_each_fold_on_its_int8_model(
+    flower_photos: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    """`--quantize int8` cross-validates what `flowers train --quantize int8` would make: each
+    fold's model converted and its test photos run through LiteRT (the int8 scores themselves
+    are checked against a trained bundle in tests/test_finetune.py)."""
+    photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses"], 10)
+    output = tmp_path / "figures.json"
+    result = run_flowers("evaluate", str(photos), "--folds", "2", "--recipe", "fine-tune",
+                         "--architecture", SMALL_NETWORK, "--views", "2", "--epochs", "1",
+                         "--quantize", "int8", "--output", str(output),
+                         env=flowers_env(flowers_home, None, weights_dir))
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())["recipes"]["fine-tune"]
+    assert figures["quantize"] == "int8"
+    assert [d["test"] for d in figures["fold_details"]] == [10, 10]
+    assert all(0 <= d["accuracy"] <= 1 and d["temperature"] > 0
+               for d in figures["fold_details"])
+    refused = run_flowers("evaluate", str(photos), "--quantize", "int4",
+                          env=flowers_env(flowers_home, None, weights_dir))
+    assert refused.returncode == 2 and "'int4' is not one of 'float16', 'int8'" in \
+        refused.stderr, refused.stderr

@@ -231,3 +231,66 @@ def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
     assert fine["test_accuracy"] >= codelab["test_accuracy"] + FINE_TUNE_MARGIN, (
         f"fine-tune {fine['test_accuracy']:.3f} vs codelab {codelab['test_accuracy']:.3f} on "
         f"{fine['split']['testing']} test photos")
+
+
+def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
+    fine_tuned: tuple[Path, dict[str, Any], Path], weights_dir: Path, tmp_path: Path,
+) -> None:
+    """`--quantize int8`: model.tflite's convolutions are int8 and its tail float32 (confidences
+    not in steps of 1/256); the manifest's test accuracy and the features `unknown` measures
+    from are that model's own, not the float model's it came from."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from flowers.models.bundle import FEATURES_FILE, TFLITE_FILE, load_bundle
+    from flowers.models.runtime.runners import LiteRTRunner
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest, retrain
+
+    photos = fine_tuned[2]
+    output = tmp_path / "int8"
+    request = RetrainRequest(photo_dir=str(photos), output=str(output), architecture=SMALL_NETWORK,
+                             fine_tune=FineTuneRecipe(views=2, epochs=2), validation_percentage=20,
+                             testing_percentage=20, quantize="int8")
+    retrain(request, tmp_path / "home", weights_dir)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["models"]["tflite"]["quantization"].startswith("int8")
+    assert manifest["training_arguments"]["quantize"] == "int8"
+    from flowers.cli.status import _bundle_lines
+
+    assert "  model.tflite quantization: int8 weights and activations; pooling, classifier and " \
+           "calibration in float32" in _bundle_lines(output, manifest)
+    types = [detail["dtype"] for detail in
+             Interpreter(model_path=str(output / TFLITE_FILE)).get_tensor_details()]
+    assert types.count(np.int8) > 50, "the convolutions must run on int8"
+
+    split = json.loads((output / "split.json").read_text())
+    runner = LiteRTRunner(output / TFLITE_FILE)
+    classes = manifest["class_names"]
+
+    def scored(names: list[str]) -> Any:
+        return runner.scores(np.stack([load_image(photos / name, 224) for name in names]))
+
+    test = scored(split["testing"])
+    right = [classes[guess] == name.split("/")[0]
+             for guess, name in zip(test.probabilities.argmax(axis=1), split["testing"],
+                                    strict=True)]
+    assert manifest["metrics"]["test_accuracy"] == pytest.approx(np.mean(right))
+    steps = test.probabilities * 256
+    assert np.abs(steps - np.round(steps)).max() > 0.01, "confidences in steps of 1/256"
+
+    training = split["training"][:12]
+    reference = np.load(output / FEATURES_FILE)[:12].astype(np.float32)
+    np.testing.assert_allclose(scored(training).features, reference, atol=5e-3, rtol=5e-3)
+    pixels = np.stack([load_image(photos / name, 224) for name in training]).astype(np.float32)
+    float_features = load_bundle(output).model.predict(pixels, verbose=0)["features"]
+    assert not np.allclose(float_features, reference, atol=5e-3, rtol=5e-3), (
+        "the float model's features must differ, or this test shows nothing")
+
+
+def test_an_unknown_quantization_is_a_usage_error() -> None:
+    from flowers.models.errors import UsageError
+    from flowers.models.training.retrain import RetrainRequest
+
+    with pytest.raises(UsageError,
+                       match="unknown quantization 'int4'; choose one of: float16, int8"):
+        RetrainRequest(photo_dir="photos", quantize="int4")

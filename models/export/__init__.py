@@ -48,6 +48,7 @@ from flowers.models.bundle import (
 )
 from flowers.models.errors import BundleError, UsageError, require_tensorflow
 from flowers.models.manifest import check_model_shapes
+from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS
 from flowers.models.tflite_metadata import read_metadata
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("tflite", "saved_model")
 # A flatbuffer's own limit.
 MAX_MODEL_BYTES = 2**31
-# Training photos that calibrate an int8 model: enough to settle every activation's range.
-REPRESENTATIVE_PHOTOS = 200
 
 
 def representative_photos(bundle: Path, manifest: dict[str, Any],

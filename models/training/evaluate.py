@@ -30,7 +30,7 @@ import numpy as np
 from flowers.models import dataset, networks
 from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import ACCEPT, UNKNOWN
-from flowers.models.training import calibration, folds, head, trainer, trust
+from flowers.models.training import calibration, folds, head, quantized, trainer, trust
 from flowers.models.training.recipe import RECIPES, check_recipe
 from flowers.models.training.retrain import RetrainRequest
 from flowers.models.typed import field_values
@@ -156,11 +156,8 @@ def _cross_validate(
     accuracies: list[float] = []
     details: list[dict[str, Any]] = []
     for fold in range(k):
-        test_rows = [row for row, f in enumerate(fold_of) if f == fold]
-        held: dict[str, list[int]] = {name: [] for name in dataset.SETS}  # as train splits them
-        for row in (row for row, f in enumerate(fold_of) if f != fold):
-            held[dataset.which_set(kept[row].path.name, settings.validation_percentage,
-                                   settings.testing_percentage)].append(row)
+        test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
+                                              settings.testing_percentage)
         train_rows, val_rows = held["training"], held["validation"]
         phase = f"{settings.recipe}: fold {fold + 1}/{k}"
         fitted = trainer.fit(
@@ -168,23 +165,24 @@ def _cross_validate(
             settings.fine_tune,
             progress=lambda done, total, entry: progress(phase, done, total, entry),  # noqa: B023
         )
-        probs = fitted.probabilities(test_rows)
+        scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
+        probs = scores.probabilities(test_rows)
         predicted[test_rows] = probs.argmax(axis=1)
         scored = head.metrics(probs, labels[test_rows], class_names)
         accuracies.append(float(scored["accuracy"]))
-        reference = fitted.photo_features(train_rows)
-        halves = [trust.HeldOut(fitted.probabilities(held[name]), labels[held[name]],
-                                fitted.photo_features(held[name]))
+        reference = scores.photo_features(train_rows)
+        halves = [trust.HeldOut(scores.probabilities(held[name]), labels[held[name]],
+                                scores.photo_features(held[name]))
                   for name in ("validation", "testing")]
         fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
         raw[test_rows] = probs
         calibrated[test_rows] = calibration.scale(probs, fold_trust.temperature)
         decider = fold_trust.decider(reference)
         decided[test_rows] = decider.decide(calibrated[test_rows],
-                                            fitted.photo_features(test_rows))
+                                            scores.photo_features(test_rows))
         strays = decider.decide(
-            calibration.scale(fitted.probabilities(stray_rows), fold_trust.temperature),
-            fitted.photo_features(stray_rows))
+            calibration.scale(scores.probabilities(stray_rows), fold_trust.temperature),
+            scores.photo_features(stray_rows))
         details.append({
             "fold": fold, "train": len(train_rows), "validation": len(val_rows),
             "held_out": len(val_rows) + len(held["testing"]), "test": len(test_rows),
@@ -200,6 +198,7 @@ def _cross_validate(
     stray_unknown = [d["stray_unknown"] for d in details]
     return {
         "settings": settings.recipe_settings(),
+        "quantize": settings.quantize,
         "mean_accuracy": float(np.mean(accuracies)),
         "std_accuracy": float(np.std(accuracies, ddof=1)),
         "fold_accuracy": accuracies,

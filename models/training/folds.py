@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+from flowers.models import dataset
 from flowers.models.dataset import Photo
 from flowers.models.errors import UsageError
 
@@ -39,3 +40,16 @@ def stratified_folds(photos: Sequence[Photo], folds: int) -> list[int]:
         for rank, index in enumerate(members):
             assignment[index] = rank % folds
     return assignment
+
+
+def fold_rows(photos: Sequence[Photo], fold_of: Sequence[int], fold: int,
+              validation_percentage: float, testing_percentage: float
+              ) -> tuple[list[int], dict[str, list[int]]]:
+    """Fold `fold`'s test rows, and the other folds' rows as `flowers train` would split them
+    (`dataset.SETS`: training, and the validation and testing shares it holds out)."""
+    test_rows = [row for row, f in enumerate(fold_of) if f == fold]
+    held: dict[str, list[int]] = {name: [] for name in dataset.SETS}
+    for row in (row for row, f in enumerate(fold_of) if f != fold):
+        held[dataset.which_set(photos[row].path.name, validation_percentage,
+                               testing_percentage)].append(row)
+    return test_rows, held

@@ -20,10 +20,10 @@ import numpy as np
 
 from flowers.models import bundle, dataset, networks
 from flowers.models.decode import PREPROCESS_VERSION
-from flowers.models.errors import DatasetError
+from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
-from flowers.models.runtime.litert import to_tflite
-from flowers.models.training import head, report, trainer
+from flowers.models.runtime.litert import QUANTIZATIONS, quantization_entry
+from flowers.models.training import head, quantized, report, trainer
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
 from flowers.models.training.trust import HeldOut, fit_trust
 from flowers.models.typed import field_values
@@ -54,12 +54,18 @@ class RetrainRequest:
     bottleneck_batch_size: int = 64
     # The precision the acceptance threshold is chosen for, on the held-out photos.
     accept_precision: float = DEFAULT_ACCEPT_PRECISION
+    # model.tflite's quantization (`QUANTIZATIONS`); None: float32. The metrics and trust
+    # figures are the quantized model's own (`models.training.quantized`).
+    quantize: str | None = None
     # What a photo stage shared out over the cluster before this run did (worker.photo_stage):
     # cache_hits, computed, seconds; recorded in place of this run's pass over the warm cache.
     photo_stage: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.accept_precision)
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise UsageError(f"unknown quantization {self.quantize!r}; choose one of: "
+                             f"{', '.join(QUANTIZATIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,14 +153,15 @@ def retrain(
         progress=lambda done, total, entry: progress("training", done, total, entry),
     )
     timings["training"] = time.perf_counter() - phase_start
-    probabilities = {name: fitted.probabilities(rows[name]) for name in dataset.SETS}
+    scores = quantized.scorer(fitted, rows["training"], labels, request.quantize)
+    probabilities = {name: scores.probabilities(rows[name]) for name in dataset.SETS}
     metrics = {
         name: head.metrics(probabilities[name], labels[rows[name]], data.class_names)
         for name in dataset.SETS
     }
-    reference = fitted.photo_features(rows["training"])
+    reference = scores.photo_features(rows["training"])
     held_out = {name: HeldOut(probabilities[name], labels[rows[name]],
-                              fitted.photo_features(rows[name]))
+                              scores.photo_features(rows[name]))
                 for name in ("validation", "testing")}
     trust = fit_trust(held_out["validation"], held_out["testing"], reference,
                       request.accept_precision)
@@ -216,7 +223,8 @@ def retrain(
     split_files = {name: [relative(photo) for photo in split[name]] for name in dataset.SETS}
     target = bundle.output_folder(request.output, home, spec.name)[0]
     output = bundle.save_bundle(
-        target, model, to_tflite(model), manifest, split_files, features=reference,
+        target, model, scores.convert(model), manifest, split_files, features=reference,
+        tflite_entry=quantization_entry(request.quantize),
         write_report=lambda path: report.write_report(
             path, fitted.history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "

@@ -43,6 +43,7 @@ class Features:
     kept: list[int]  # indices into the photo paths
     skipped: list[tuple[Path, str]]
     cache: dict[str, int]  # cache_hits, computed
+    paths: list[Path]  # the photo of each row
     network: Any = None  # the codelab's base network or a finetune.SplitNetwork, if built
     initial_weights: list[Any] = field(default_factory=list)
 
@@ -163,12 +164,13 @@ def compute_features(
     arrays = (found.vectors if isinstance(found, bottlenecks.BottleneckResult)
               else found.activations)
     cache = {"cache_hits": found.cache_hits, "computed": found.computed}
+    rows = [Path(paths[index]) for index in found.kept]
     if recipe == CODELAB:
         return Features(recipe, spec, weights, weights_dir, arrays, found.kept, found.skipped,
-                        cache, stage.network)
+                        cache, rows, stage.network)
     network = stage.split_network()  # fine-tune trains its top: built now if the cache spared it
     return Features(recipe, spec, weights, weights_dir, arrays, found.kept, found.skipped,
-                    cache, network, network.application.get_weights())
+                    cache, rows, network, network.application.get_weights())
 
 
 @dataclass
