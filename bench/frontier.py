@@ -171,14 +171,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def pool_memory(worker: int) -> list[tuple[int, int, bool]]:
     """Each pool process of the worker `worker`: its pid, its peak RSS in bytes (VmHWM) and
-    whether any TensorFlow library is mapped into it."""
+    whether any library of TensorFlow's package is mapped into it."""
     found = []
     for child in psutil.Process(worker).children():
         status = Path(f"/proc/{child.pid}/status").read_text()
         peak = int(next(line.split()[1] for line in status.splitlines()
                         if line.startswith("VmHWM:"))) * 1024
         maps = Path(f"/proc/{child.pid}/maps").read_text()
-        found.append((child.pid, peak, "tensorflow" in maps))
+        # TensorFlow's own package folder: LiteRT's libraries live in ai_edge_litert/.
+        found.append((child.pid, peak, "/site-packages/tensorflow/" in maps))
     return found
 
 

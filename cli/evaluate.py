@@ -12,7 +12,12 @@ import numpy as np
 from flowers.cli.context import CliContext
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
-from flowers.cli.recipe_options import fine_tune_options, fine_tune_recipe, quantize_option
+from flowers.cli.recipe_options import (
+    EVALUATE_QUANTIZE,
+    fine_tune_options,
+    fine_tune_recipe,
+    quantize_option,
+)
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file, write_text_atomically
 from flowers.models.dataset import check_percentages, check_photo_dir, discover, walk_images
@@ -33,7 +38,7 @@ from flowers.models.training.retrain import RetrainRequest
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
 @fine_tune_options
-@quantize_option
+@quantize_option(EVALUATE_QUANTIZE)
 @click.option("--learning-rate", type=float, default=None,
               help="fine-tune: Adam's initial learning rate (default: the recipe's).")
 @click.option("--how-many-training-steps", type=click.IntRange(min=1), default=4000,

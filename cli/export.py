@@ -1,7 +1,8 @@
 """`flowers export BUNDLE --format tflite|saved_model --output PATH`: the bundle for phones
 (LiteRT, with its metadata and labels.txt) or servers (a SavedModel for TF Serving);
-`--in-place` adds model.tflite to a bundle made before bundles carried one. The float tflite is
-the bundle's own, copied without TensorFlow; the other forms convert, with TensorFlow."""
+`--in-place` adds model.tflite to a bundle made before bundles carried one. `--format tflite`
+without --quantize is the bundle's own model.tflite, copied without TensorFlow; the other forms
+convert, with TensorFlow."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
     FINE_TUNE_DEFAULTS,
+    TRAIN_QUANTIZE,
     fine_tune_options,
     fine_tune_recipe,
     quantize_option,
@@ -39,7 +40,7 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               help="fine-tune: the top of the network on cached activations of augmented views; "
                    "codelab: the codelab's softmax layer on frozen features.")
 @fine_tune_options
-@quantize_option
+@quantize_option(TRAIN_QUANTIZE)
 @click.option("--how-many-training-steps", type=int, default=4000, show_default=True,
               help="codelab: training steps.")
 @click.option("--train-batch-size", type=int, default=None,

@@ -72,6 +72,25 @@ def new_bundle_id() -> str:
     return uuid.uuid4().hex
 
 
+# How a manifest describes its model.tflite's quantization (`flowers train --quantize`).
+QUANTIZATION_TEXT = {None: TFLITE_ENTRY["quantization"],
+                     "float16": "float16 weights, float32 arithmetic",
+                     "int8": "int8 weights and activations; pooling, classifier and calibration "
+                             "in float32"}
+
+
+def quantization_entry(quantize: str | None) -> dict[str, str]:
+    """The manifest's description of a model.tflite quantized so (None: float32)."""
+    return {**TFLITE_ENTRY, "quantization": QUANTIZATION_TEXT[quantize]}
+
+
+def trained_quantization(manifest: dict[str, Any]) -> str | None:
+    """The quantization `flowers train --quantize` gave the bundle's model.tflite (None: float32
+    or not trained so): its metrics, confidences and decisions were fitted on that model."""
+    quantize = (manifest.get("training_arguments") or {}).get("quantize")
+    return quantize if isinstance(quantize, str) else None
+
+
 def labelled(tflite: bytes, manifest: dict[str, Any]) -> bytes:
     """`tflite` with the TFLite metadata of the bundle `manifest` describes."""
     return with_metadata(tflite, ModelCard.of_manifest(manifest))

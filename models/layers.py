@@ -2,7 +2,9 @@
 
 `HorizontalFlip` mirrors a batch of images left to right, always (not a random augmentation):
 a fine-tuned bundle averages its probabilities on a photo and on its mirror image; it converts
-to LiteRT as the builtin REVERSE_V2 op. `Temperature` rescales probabilities `p` to
+to LiteRT as the builtin REVERSE_V2 op. `ViewAverage` is that average (Keras' `Average`, as one
+stack and one mean: LiteRT's PACK and MEAN, which an int8 model keeps in float32, where
+`Average`'s ADD would be quantized to int8 steps). `Temperature` rescales probabilities `p` to
 `softmax(log(p) / T)`, the calibration a bundle fits on held-out photos
 (`models.training.calibration`), so every form of the model gives calibrated confidences; it
 converts to LOG, MUL and SOFTMAX. Loading a bundle imports this module, so
@@ -28,6 +30,17 @@ class HorizontalFlip(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="flowers")
+class ViewAverage(keras.layers.Layer):
+    """A list of same-shaped tensors (one per view of the photos) in, their mean out."""
+
+    def call(self, inputs: Any) -> Any:
+        return keras.ops.mean(keras.ops.stack(inputs, axis=0), axis=0)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape[0]
 
 
 @keras.saving.register_keras_serializable(package="flowers")

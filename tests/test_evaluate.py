@@ -120,24 +120,47 @@ def test_evaluate_three_folds_then_the_cache(
 
 
 def test_evaluate_scores_each_fold_on_its_int8_model(
-    flower_photos: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
+    flower_photos: Path, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--quantize int8` cross-validates what `flowers train --quantize int8` would make: each
-    fold's model converted and its test photos run through LiteRT (the int8 scores themselves
-    are checked against a trained bundle in tests/test_finetune.py)."""
+    fold's accuracy is that of its own int8 model on the fold's photos (what that model says of
+    a photo is checked against a trained bundle's model.tflite in tests/test_finetune.py)."""
+    import numpy as np
+
+    from flowers.models.training import quantized
+    from flowers.models.training.evaluate import EvaluateRequest, evaluate
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest
+
+    made: list[quantized.QuantizedScores] = []
+
+    class Kept(quantized.QuantizedScores):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append(self)
+
+    monkeypatch.setattr(quantized, "QuantizedScores", Kept)
     photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses"], 10)
-    output = tmp_path / "figures.json"
-    result = run_flowers("evaluate", str(photos), "--folds", "2", "--recipe", "fine-tune",
-                         "--architecture", SMALL_NETWORK, "--views", "2", "--epochs", "1",
-                         "--quantize", "int8", "--output", str(output),
-                         env=flowers_env(flowers_home, None, weights_dir))
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(output.read_text())["recipes"]["fine-tune"]
-    assert figures["quantize"] == "int8"
-    assert [d["test"] for d in figures["fold_details"]] == [10, 10]
-    assert all(0 <= d["accuracy"] <= 1 and d["temperature"] > 0
-               for d in figures["fold_details"])
-    refused = run_flowers("evaluate", str(photos), "--quantize", "int4",
-                          env=flowers_env(flowers_home, None, weights_dir))
-    assert refused.returncode == 2 and "'int4' is not one of 'float16', 'int8'" in \
-        refused.stderr, refused.stderr
+    training = RetrainRequest(photo_dir=str(photos), architecture=SMALL_NETWORK,
+                              fine_tune=FineTuneRecipe(views=2, epochs=1), quantize="int8")
+    result = evaluate(EvaluateRequest(training, folds=2, recipes=("fine-tune",)),
+                      tmp_path / "home", weights_dir)
+    figures = result["recipes"]["fine-tune"]
+    assert figures["quantize"] == "int8" and len(made) == 2, "one int8 model a fold"
+    for fold, scores in enumerate(made):
+        names = [path.relative_to(photos).as_posix() for path in scores.paths]
+        rows = [row for row, name in enumerate(names) if result["fold_of"][name] == fold]
+        truth = [result["classes"].index(names[row].split("/")[0]) for row in rows]
+        right = scores.probabilities(rows).argmax(axis=1) == np.array(truth)
+        assert figures["fold_details"][fold]["accuracy"] == pytest.approx(right.mean())
+
+
+def test_an_unknown_quantization_is_a_usage_error(flowers_home: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for name in ("a", "b"):
+        (photos / name).mkdir(parents=True)
+    for command in ("evaluate", "train"):
+        refused = run_flowers(command, str(photos), "--quantize", "int4",
+                              env=flowers_env(flowers_home, None, None))
+        assert refused.returncode == 2 and "'int4' is not one of 'float16', 'int8'" in \
+            refused.stderr, refused.stderr

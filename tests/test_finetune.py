@@ -242,7 +242,10 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
     from ai_edge_litert.interpreter import Interpreter
 
     from flowers.models.bundle import FEATURES_FILE, TFLITE_FILE, load_bundle
-    from flowers.models.runtime.runners import LiteRTRunner
+    from flowers.models.errors import BundleError
+    from flowers.models.export import add_fast_model
+    from flowers.models.runtime.litert import FLOAT_TAIL_OPS
+    from flowers.models.runtime.runners import LiteRTRunner, choose_runtime
     from flowers.models.training.recipe import FineTuneRecipe
     from flowers.models.training.retrain import RetrainRequest, retrain
 
@@ -259,9 +262,18 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
 
     assert "  model.tflite quantization: int8 weights and activations; pooling, classifier and " \
            "calibration in float32" in _bundle_lines(output, manifest)
-    types = [detail["dtype"] for detail in
-             Interpreter(model_path=str(output / TFLITE_FILE)).get_tensor_details()]
-    assert types.count(np.int8) > 50, "the convolutions must run on int8"
+    interpreter = Interpreter(model_path=str(output / TFLITE_FILE))
+    dtype = {detail["index"]: detail["dtype"] for detail in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    convolutions = [op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert convolutions and all(dtype[op["outputs"][0]] == np.int8 for op in convolutions)
+    tail = [op for op in ops if op["op_name"] in FLOAT_TAIL_OPS]
+    assert {op["op_name"] for op in tail} >= {"MEAN", "FULLY_CONNECTED", "SOFTMAX", "LOG"}
+    assert all(dtype[op["outputs"][0]] == np.float32 for op in tail)
+    # The mirror averages (probabilities, features) stack the two views: float in, float out.
+    averages = [op for op in ops if op["op_name"] == "PACK"]
+    assert len(averages) == 2 and all(dtype[i] == np.float32 for op in averages
+                                      for i in [*op["inputs"], *op["outputs"]])
 
     split = json.loads((output / "split.json").read_text())
     runner = LiteRTRunner(output / TFLITE_FILE)
@@ -277,6 +289,14 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
     assert manifest["metrics"]["test_accuracy"] == pytest.approx(np.mean(right))
     steps = test.probabilities * 256
     assert np.abs(steps - np.round(steps)).max() > 0.01, "confidences in steps of 1/256"
+
+    # Refused: a float32 model.tflite in place of the int8 one its decisions were fitted on.
+    with pytest.raises(BundleError, match=r"train the bundle again \(flowers train --quantize"):
+        add_fast_model(output)
+    choice = choose_runtime(output, manifest, "keras")
+    assert choice.runtime == "keras" and choice.warning is not None
+    assert "model.tflite is int8, and its confidences and decisions were fitted on it" in \
+        choice.warning
 
     training = split["training"][:12]
     reference = np.load(output / FEATURES_FILE)[:12].astype(np.float32)

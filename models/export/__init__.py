@@ -5,7 +5,8 @@
     export_bundle(bundle, "tflite", output, "int8")    the same, quantized (converted again)
     export_bundle(bundle, "saved_model", output)       OUTPUT/ for tf.saved_model.load and TF
                                                        Serving, labels in OUTPUT/assets
-    add_fast_model(bundle)                             model.tflite added to an older bundle
+    add_fast_model(bundle)                             model.tflite (float32) added to an older
+                                                       bundle
 
 Every form takes uint8 RGB pixels (N, size, size, 3), 0-255, as decoded, and gives class
 probabilities: the network's scaling is inside, and so is the bundle's calibration (the
@@ -13,10 +14,13 @@ confidences are those label-dir writes). Every .tflite carries TFLite metadata n
 classes (`models.tflite_metadata`: MediaPipe's ImageClassifier returns category names), and
 labels.txt lies beside it too (what the codelab's Android and iOS samples read).
 
-The float .tflite is the bundle's model.tflite, checked (LiteRT loads it, its shapes fit the
+`--format tflite` without quantizing hands over the bundle's model.tflite (float32, or int8
+for a bundle trained with --quantize int8), checked (LiteRT loads it, its shapes fit the
 manifest, its metadata names this bundle) and copied: it keeps the `features` output that
 flowers' `unknown` check reads, listed after the probabilities. A missing one, or another
-bundle's, is converted again where TensorFlow is installed; a damaged one is refused. The
+bundle's, is converted again where TensorFlow is installed (refused for a bundle trained with
+--quantize: a float32 model is not the one its decisions were fitted on); a damaged one is
+refused. The
 quantized forms and the SavedModel are converted from the Keras model with the probabilities
 as their one output (`probabilities_model`) and need TensorFlow (`MissingDependencyError`
 otherwise). An output is written in a temporary sibling folder and renamed into place; one that
@@ -45,6 +49,7 @@ from flowers.models.bundle import (
     labelled,
     load_bundle,
     read_manifest,
+    trained_quantization,
 )
 from flowers.models.errors import BundleError, UsageError, require_tensorflow
 from flowers.models.manifest import check_model_shapes
@@ -185,10 +190,22 @@ def bundle_tflite(bundle: Path, manifest: dict[str, Any], threads: int = 1) -> b
                 problem = f"{path} does not fit the bundle's manifest ({exc})"
             else:
                 return labelled(data, manifest)  # the same bytes where its metadata is current
+    _refuse_float_for_quantized(manifest, problem)
     _converting(f"{problem}: converting it again", threads)
     log.warning("%s: converting it again from the bundle (flowers export BUNDLE --in-place "
                 "puts the result in the bundle)", problem)
     return labelled(_converted(bundle, manifest), manifest)
+
+
+def _refuse_float_for_quantized(manifest: dict[str, Any], problem: str) -> None:
+    """`BundleError` for a bundle trained with --quantize: a float32 model.tflite would not be
+    the model its metrics, confidences and decisions were fitted on."""
+    quantize = trained_quantization(manifest)
+    if quantize is not None:
+        raise BundleError(
+            f"{problem}, but the bundle's model.tflite is {quantize}, the model its "
+            "confidences and decisions were fitted on, and a float32 conversion would not "
+            f"match them: train the bundle again (flowers train --quantize {quantize})")
 
 
 def _converted(bundle: Path, manifest: dict[str, Any], quantize: str | None = None,
@@ -272,6 +289,8 @@ def add_fast_model(bundle: Path, threads: int = 1) -> Path:
 
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)
+    _refuse_float_for_quantized(manifest, f"flowers export --in-place would replace "
+                                f"{bundle / TFLITE_FILE}")
     _converting("flowers export --in-place", threads)
     add_tflite(bundle, _converted(bundle, manifest))
     return bundle / TFLITE_FILE

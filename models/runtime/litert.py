@@ -36,22 +36,12 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("float16", "int8")
 # Training photos that calibrate an int8 model: enough to settle every activation's range.
 REPRESENTATIVE_PHOTOS = 200
-# Builtin ops an int8 model runs in float32 (see the module docstring). The residual blocks'
-# ADD stays int8: the mirror average is an ADD too, but of float inputs, and TFLite keeps an
-# op whose inputs are float in float.
-# How a bundle's manifest describes its model.tflite's quantization.
-QUANTIZATION_TEXT = {None: "none (float32)",
-                     "float16": "float16 weights, float32 arithmetic",
-                     "int8": "int8 weights and activations; pooling, classifier and calibration "
-                             "in float32"}
-FLOAT_TAIL_OPS = ("MEAN", "FULLY_CONNECTED", "SOFTMAX", "LOG", "MUL", "MAXIMUM", "DIV")
-
-
-def quantization_entry(quantize: str | None) -> dict[str, str]:
-    """The manifest's description of a model.tflite quantized so (None: float32)."""
-    from flowers.models.bundle import TFLITE_ENTRY
-
-    return {**TFLITE_ENTRY, "quantization": QUANTIZATION_TEXT[quantize]}
+# Builtin ops an int8 model runs in float32 (see the module docstring). Op types, not nodes:
+# none of them is inside the registry's networks but MEAN (their pooling, the tail's start)
+# and the input scaling's MUL. The mirror average is PACK and MEAN (`layers.ViewAverage`); a
+# bundle made before it averaged with ADD, which an int8 conversion quantizes.
+FLOAT_TAIL_OPS = ("MEAN", "PACK", "FULLY_CONNECTED", "SOFTMAX", "LOG", "MUL", "MAXIMUM",
+                  "DIV")
 
 
 def uint8_model(model: keras.Model) -> keras.Model:

@@ -183,7 +183,22 @@ class RunnerChoice:
 
 
 def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> RunnerChoice:
-    """The backend for `bundle` given the runtime asked for (see the module docstring)."""
+    """The backend for `bundle` given the runtime asked for (see the module docstring). Keras
+    on a bundle trained with --quantize says so: its float model.keras is not the model its
+    confidences and decisions were fitted on."""
+    from flowers.models.bundle import trained_quantization
+
+    choice = _choose_runtime(bundle, manifest, runtime)
+    quantize = trained_quantization(manifest)
+    if choice.runtime != "keras" or quantize is None:
+        return choice
+    note = (f"{bundle}'s model.tflite is {quantize}, and its confidences and decisions were "
+            "fitted on it: the float model.keras labels the same photos with slightly "
+            "different scores")
+    return RunnerChoice("keras", f"{choice.warning}; {note}" if choice.warning else note)
+
+
+def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> RunnerChoice:
     from flowers.models.bundle import TFLITE_FILE, keras_model_file
 
     check_runtime(runtime)

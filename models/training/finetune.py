@@ -241,7 +241,7 @@ def export_model(trained: TrainedTop, temperature: float = 1.0) -> keras.Model:
     calibrated by `temperature`) and `features` (`pooled_split_features` of the photo)."""
     import keras
 
-    from flowers.models.layers import HorizontalFlip, Temperature
+    from flowers.models.layers import HorizontalFlip, Temperature, ViewAverage
 
     network = trained.network
     spec = network.spec
@@ -256,9 +256,8 @@ def export_model(trained: TrainedTop, temperature: float = 1.0) -> keras.Model:
     probabilities, features = trained.final(pooled), pool(split)
     if trained.flip_average:
         pooled, split = both(scale(HorizontalFlip(name="mirror")(pixels)))
-        probabilities = keras.layers.Average(name="flip_average")(
-            [probabilities, trained.final(pooled)])
-        features = keras.layers.Average(name="features_average")([features, pool(split)])
+        probabilities = ViewAverage(name="flip_average")([probabilities, trained.final(pooled)])
+        features = ViewAverage(name="features_average")([features, pool(split)])
     calibrated = Temperature(temperature, name="calibration")(probabilities)
     return keras.Model(pixels, {"probabilities": calibrated, "features": features},
                        name=f"flowers_{spec.name.replace('.', '_')}")

@@ -14,18 +14,25 @@ photos: the same quantized network, so its scores are these, calibrated.
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flowers.models.decode import load_image
-from flowers.models.errors import DatasetError, ImageDecodeError
+from flowers.models.errors import BundleError, ImageDecodeError
 from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS, to_tflite
 from flowers.models.runtime.runners import LiteRTRunner
+from flowers.models.runtime.tensorflow_setup import tensorflow_threads
 from flowers.models.training.trainer import Fitted
+
+log = logging.getLogger(__name__)
+
+Guard = Callable[[Path], str | None]
+Progress = Callable[[int, int], None]
 
 # Photos decoded and run at a time.
 CHUNK = 64
@@ -46,34 +53,65 @@ def spread(rows: Sequence[int], labels: np.ndarray, count: int) -> list[int]:
 
 
 class QuantizedScores:
-    """The quantized model's probabilities (uncalibrated) and features of every row."""
+    """The quantized model's probabilities (uncalibrated) and features of every row.
+
+    A photo that cannot be read again (deleted or made unreadable since the feature stage, or
+    refused now by `guard`) keeps the float model's scores for its row, with a warning naming
+    it: one photo never fails a finished training."""
 
     def __init__(self, fitted: Fitted, training_rows: Sequence[int], labels: np.ndarray,
-                 quantize: str) -> None:
-        features = fitted.features
-        self.quantize = quantize
-        self.paths = features.paths
-        self.size = features.spec.input_size
-        self.representative = [self._pixels([row])
-                               for row in spread(training_rows, labels, REPRESENTATIVE_PHOTOS)]
+                 quantize: str, guard: Guard | None = None, threads: int = 1,
+                 progress: Progress | None = None) -> None:
+        self.quantize, self.guard = quantize, guard
+        self.paths = fitted.features.paths
+        self.size = fitted.features.spec.input_size
+        self.representative = [pixels[None] for row in spread(training_rows, labels,
+                                                              REPRESENTATIVE_PHOTOS)
+                               if (pixels := self._pixels(row)) is not None]
+        rows = len(self.paths)
         with tempfile.TemporaryDirectory(prefix="flowers-quantized-") as folder:
             path = Path(folder) / "model.tflite"
             path.write_bytes(self.convert(fitted.export(1.0)))
-            runner = LiteRTRunner(path)
-            scored = [runner.scores(self._pixels(range(start, min(start + CHUNK, len(self.paths)))))
-                      for start in range(0, len(self.paths), CHUNK)]
-        self._probabilities = np.concatenate([part.probabilities for part in scored])
-        if any(part.features is None for part in scored):
-            raise DatasetError("the quantized model gives no features")
-        self._features = np.concatenate([part.features for part in scored])
+            runner = LiteRTRunner(path, threads=threads)
+            self._probabilities = np.zeros((rows, 0), dtype=np.float32)
+            self._features = np.zeros((rows, 0), dtype=np.float32)
+            for start in range(0, rows, CHUNK):
+                self._score(runner, fitted, range(start, min(start + CHUNK, rows)))
+                if progress is not None:
+                    progress(min(start + CHUNK, rows), rows)
 
-    def _pixels(self, rows: Sequence[int] | range) -> np.ndarray:
-        try:
-            return np.stack([load_image(self.paths[row], self.size) for row in rows])
-        except ImageDecodeError as exc:
-            raise DatasetError(
-                f"{exc.path} changed while the job ran ({exc.reason}), so the quantized model "
-                "cannot be scored on it: run the job again") from None
+    def _score(self, runner: LiteRTRunner, fitted: Fitted, rows: range) -> None:
+        decoded = {row: self._pixels(row) for row in rows}
+        good = {row: pixels for row, pixels in decoded.items() if pixels is not None}
+        lost = [row for row in rows if row not in good]
+        parts = [(list(good), *self._run(runner, list(good.values())))] if good else []
+        if lost:
+            parts.append((lost, fitted.probabilities(lost), fitted.photo_features(lost)))
+        for where, probabilities, features in parts:
+            if not self._features.shape[1]:  # the first scores: now their widths are known
+                self._probabilities = np.zeros((len(self.paths), probabilities.shape[1]),
+                                               np.float32)
+                self._features = np.zeros((len(self.paths), features.shape[1]), np.float32)
+            self._probabilities[where], self._features[where] = probabilities, features
+
+    @staticmethod
+    def _run(runner: LiteRTRunner, pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        scored = runner.scores(np.stack(pixels))
+        if scored.features is None:
+            raise BundleError("the quantized model gives no features")
+        return scored.probabilities, scored.features
+
+    def _pixels(self, row: int) -> np.ndarray | None:
+        path = self.paths[row]
+        reason = self.guard(path) if self.guard is not None else None
+        if reason is None:
+            try:
+                return load_image(path, self.size)
+            except ImageDecodeError as exc:
+                reason = exc.reason
+        log.warning("%s cannot be read again for the %s model (%s): its row keeps the float "
+                    "model's scores", path, self.quantize, reason)
+        return None
 
     def convert(self, model: Any) -> bytes:
         """`model` (the fitted model, any temperature) as the quantized LiteRT flatbuffer."""
@@ -98,8 +136,11 @@ class FloatScores:
 
 
 def scorer(fitted: Fitted, training_rows: list[int], labels: np.ndarray,
-           quantize: str | None) -> FloatScores | QuantizedScores:
-    """The scores of the model.tflite `quantize` makes (None: float32); see the docstring."""
+           quantize: str | None, guard: Guard | None = None,
+           progress: Progress | None = None) -> FloatScores | QuantizedScores:
+    """The scores of the model.tflite `quantize` makes (None: float32); see the docstring.
+    The quantized model runs on this process's network threads."""
     if quantize is None:
         return FloatScores(fitted)
-    return QuantizedScores(fitted, training_rows, labels, quantize)
+    return QuantizedScores(fitted, training_rows, labels, quantize, guard,
+                           tensorflow_threads(), progress)

@@ -22,7 +22,7 @@ from flowers.models import bundle, dataset, networks
 from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
-from flowers.models.runtime.litert import QUANTIZATIONS, quantization_entry
+from flowers.models.runtime.litert import QUANTIZATIONS
 from flowers.models.training import head, quantized, report, trainer
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
 from flowers.models.training.trust import HeldOut, fit_trust
@@ -153,7 +153,11 @@ def retrain(
         progress=lambda done, total, entry: progress("training", done, total, entry),
     )
     timings["training"] = time.perf_counter() - phase_start
-    scores = quantized.scorer(fitted, rows["training"], labels, request.quantize)
+    phase_start = time.perf_counter()
+    scores = quantized.scorer(fitted, rows["training"], labels, request.quantize, guard,
+                              lambda done, total: progress("scoring", done, total, {}))
+    if request.quantize:
+        timings["scoring"] = time.perf_counter() - phase_start
     probabilities = {name: scores.probabilities(rows[name]) for name in dataset.SETS}
     metrics = {
         name: head.metrics(probabilities[name], labels[rows[name]], data.class_names)
@@ -224,7 +228,7 @@ def retrain(
     target = bundle.output_folder(request.output, home, spec.name)[0]
     output = bundle.save_bundle(
         target, model, scores.convert(model), manifest, split_files, features=reference,
-        tflite_entry=quantization_entry(request.quantize),
+        tflite_entry=bundle.quantization_entry(request.quantize),
         write_report=lambda path: report.write_report(
             path, fitted.history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
