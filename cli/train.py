@@ -139,7 +139,8 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         f"(validation {_percent(summary['validation_accuracy'])}, "
         f"train {_percent(summary['train_accuracy'])})"
     )
-    click.echo(f"bundle: {summary['bundle']}")
+    quantize = summary.get("quantize")
+    click.echo(f"bundle: {summary['bundle']}" + (f" (model.tflite {quantize})" if quantize else ""))
     if trust := summary.get("trust"):
         click.echo(describe_trust(trust))
     cache = summary["cache"]

@@ -20,13 +20,12 @@ manifest, its metadata names this bundle) and copied: it keeps the `features` ou
 flowers' `unknown` check reads, listed after the probabilities. A missing one, or another
 bundle's, is converted again where TensorFlow is installed (refused for a bundle trained with
 --quantize: a float32 model is not the one its decisions were fitted on); a damaged one is
-refused. The
-quantized forms and the SavedModel are converted from the Keras model with the probabilities
-as their one output (`probabilities_model`) and need TensorFlow (`MissingDependencyError`
-otherwise). An output is written in a temporary sibling folder and renamed into place; one that
-exists is refused. A bundle imported from the codelab (`models.codelab.importer`) has no Keras
-model: other forms are converted again from the graph it keeps (int8 needs training photos it
-does not list).
+refused. The quantized forms and the SavedModel are converted from the Keras model with the
+probabilities as their one output (`probabilities_model`) and need TensorFlow
+(`MissingDependencyError` otherwise). An output is written in a temporary sibling folder and
+renamed into place; one that exists is refused. A bundle imported from the codelab
+(`models.codelab.importer`) has no Keras model: other forms are converted again from the
+graph it keeps (int8 needs training photos it does not list).
 """
 
 from __future__ import annotations

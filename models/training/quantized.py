@@ -5,7 +5,7 @@ the bundle's metrics, temperature and thresholds are those of the model that lab
 the float model it was converted from. Each also converts the final model to model.tflite.
 
 `QuantizedScores` converts the fitted model (temperature 1) with `REPRESENTATIVE_PHOTOS` of its
-training photos spread over the classes (what `flowers export --quantize int8` calibrates on),
+training photos spread over the classes (as many as `flowers export --quantize int8` takes),
 decodes every photo of the features' rows as labelling does, runs them through LiteRT, and
 answers `probabilities(rows)` and `photo_features(rows)` in place of `trainer.Fitted`'s.
 `convert(model)` then converts the final model (the fitted temperature inside) on the same

@@ -250,6 +250,7 @@ def retrain(
         "test_accuracy": metrics["testing"]["accuracy"],
         "skipped": skipped,
         "recipe": request.recipe,
+        "quantize": request.quantize,
         "cache": {"kind": phase, **cache},
         "trust": trust.summary(),
         "seconds": {name: round(value, 3) for name, value in timings.items()},
