@@ -27,7 +27,9 @@ def test_registry_names_and_sizes() -> None:
     assert get_spec("mobilenet_0.25_224").weights_file == "mobilenet_2_5_224_tf_no_top.h5"
     assert (get_spec("mobilenet_v2").weights_file
             == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
-    assert len(NETWORKS) == 1 + 16 + 30 + 1
+    assert get_spec("mobilenet_v2_1.0_288").input_size == 288
+    assert get_spec("mobilenet_v2_1.0_288").weights_file == get_spec("mobilenet_v2").weights_file
+    assert len(NETWORKS) == 1 + 16 + 30 + 1 + 1
 
 
 def test_unknown_architecture_lists_the_valid_ones() -> None:
