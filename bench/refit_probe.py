@@ -60,7 +60,7 @@ def main() -> None:
     totals: dict[str, list[dict[str, float]]] = {"as evaluate": [], "refit": []}
     for fold in range(args.folds):
         test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
-                                              settings.testing_percentage)
+                                          settings.testing_percentage)
         first = trainer.fit(features, labels, held["training"], held["validation"], classes,
                             settings.head_config(), settings.fine_tune)
         halves = [trust.HeldOut(first.probabilities(held[name]), labels[held[name]],

@@ -107,7 +107,7 @@ def main() -> None:
     scores["as evaluate"] = []
     for fold in range(args.folds):
         test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
-                                              settings.testing_percentage)
+                                          settings.testing_percentage)
         fitted = trainer.fit(features, labels, held["training"], held["validation"],
                              len(data.class_names), settings.head_config(), recipe)
         assert fitted.top is not None

@@ -10,8 +10,9 @@ arithmetic) or "int8" (weights and activations as int8, calibrated on `represent
 batches of real photos; input stays uint8 pixels and outputs float). An int8 model keeps its
 tail in float32 (`FLOAT_TAIL_OPS`: the pooling, the classifier, the softmax, the calibration
 and the mirror average): the convolutions are where the time goes, and an int8 softmax would
-give confidences in steps of 1/256 (0.996094, 0.000000) and features with a fifth of their
-size as rounding noise.
+give confidences in steps of 1/256 (0.996094, 0.000000). The features still differ from the
+float model's (by about a fifth of their size, from the int8 convolutions below them), which
+is why a bundle trained with --quantize int8 fits its thresholds on its int8 model's own.
 `convert` runs any converter so (an imported codelab graph's, `models.codelab.importer`).
 Needs TensorFlow: only `flowers train`, `flowers export` and `flowers import-poets` call it.
 """

@@ -157,7 +157,7 @@ def _cross_validate(
     details: list[dict[str, Any]] = []
     for fold in range(k):
         test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
-                                              settings.testing_percentage)
+                                          settings.testing_percentage)
         train_rows, val_rows = held["training"], held["validation"]
         phase = f"{settings.recipe}: fold {fold + 1}/{k}"
         fitted = trainer.fit(
