@@ -291,3 +291,13 @@ def test_the_metadata_read_by_the_schemas_own_reader(trained_bundle: tuple[Path,
     named = {signature.Outputs(index).TensorIndex(): signature.Outputs(index).Name()
              for index in range(2)}
     assert [named[tensor] for tensor in subgraph_outputs] == [b"probabilities", b"features"]
+
+
+def test_calibration_photos_are_taken_from_each_class_in_turn() -> None:
+    from flowers.models.runtime.litert import spread
+
+    photos = ["daisy/1", "daisy/2", "daisy/3", "roses/1", "tulips/1", "tulips/2"]
+    assert spread(photos, lambda name: name.split("/")[0], 5) == [
+        "daisy/1", "roses/1", "tulips/1", "daisy/2", "tulips/2"]
+    assert spread(photos, lambda name: name.split("/")[0], 200) == [
+        "daisy/1", "roses/1", "tulips/1", "daisy/2", "tulips/2", "daisy/3"]

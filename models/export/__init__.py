@@ -52,7 +52,7 @@ from flowers.models.bundle import (
 )
 from flowers.models.errors import BundleError, UsageError, require_tensorflow
 from flowers.models.manifest import check_model_shapes
-from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS
+from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS, spread
 from flowers.models.tflite_metadata import read_metadata
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,7 @@ def representative_photos(bundle: Path, manifest: dict[str, Any],
             f"int8 needs the bundle's training photos, and none of the {len(training)} listed "
             f"in {bundle / SPLIT_FILE} is under {root}: pass --photos PHOTO_DIR"
         )
-    by_class: dict[str, list[Path]] = {}
-    for path in found:
-        by_class.setdefault(path.parent.name, []).append(path)
-    chosen: list[Path] = []
-    while len(chosen) < count and any(by_class.values()):
-        for paths in by_class.values():
-            if paths and len(chosen) < count:
-                chosen.append(paths.pop(0))
-    return chosen
+    return spread(found, lambda path: path.parent.name, count)
 
 
 def _batches(paths: list[Path], size: int) -> Iterator[np.ndarray]:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from itertools import islice, zip_longest
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -37,12 +38,25 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("float16", "int8")
 # Training photos that calibrate an int8 model: enough to settle every activation's range.
 REPRESENTATIVE_PHOTOS = 200
+Item = TypeVar("Item")
 # Builtin ops an int8 model runs in float32 (see the module docstring). Op types, not nodes:
 # none of them is inside the registry's networks but MEAN (their pooling, the tail's start)
 # and the input scaling's MUL. The mirror average is PACK and MEAN (`layers.ViewAverage`); a
 # bundle made before it averaged with ADD, which an int8 conversion quantizes.
 FLOAT_TAIL_OPS = ("MEAN", "PACK", "FULLY_CONNECTED", "SOFTMAX", "LOG", "MUL", "MAXIMUM",
                   "DIV")
+
+
+def spread(items: Sequence[Item], group: Callable[[Item], Hashable],
+           count: int = REPRESENTATIVE_PHOTOS) -> list[Item]:
+    """Up to `count` of `items`, taken from each `group` in turn (groups in the order they
+    first appear, each group's items in the order given): the photos an int8 model is
+    calibrated on, spread over the classes."""
+    groups: dict[Hashable, list[Item]] = {}
+    for item in items:
+        groups.setdefault(group(item), []).append(item)
+    rounds = zip_longest(*groups.values())
+    return list(islice((item for taken in rounds for item in taken if item is not None), count))
 
 
 def uint8_model(model: keras.Model) -> keras.Model:

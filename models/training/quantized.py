@@ -24,7 +24,7 @@ import numpy as np
 
 from flowers.models.decode import load_image
 from flowers.models.errors import BundleError, ImageDecodeError
-from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS, to_tflite
+from flowers.models.runtime.litert import spread, to_tflite
 from flowers.models.runtime.runners import LiteRTRunner
 from flowers.models.runtime.tensorflow_setup import tensorflow_threads
 from flowers.models.training.trainer import Fitted
@@ -36,20 +36,6 @@ Progress = Callable[[int, int], None]
 
 # Photos decoded and run at a time.
 CHUNK = 64
-
-
-def spread(rows: Sequence[int], labels: np.ndarray, count: int) -> list[int]:
-    """Up to `count` of `rows`, taken from each label in turn."""
-    by_label: dict[int, list[int]] = {}
-    for row in rows:
-        by_label.setdefault(int(labels[row]), []).append(row)
-    queues = [list(reversed(group)) for _, group in sorted(by_label.items())]
-    chosen: list[int] = []
-    while len(chosen) < count and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < count:
-                chosen.append(queue.pop())
-    return chosen
 
 
 class QuantizedScores:
@@ -65,8 +51,8 @@ class QuantizedScores:
         self.quantize, self.guard = quantize, guard
         self.paths = fitted.features.paths
         self.size = fitted.features.spec.input_size
-        self.representative = [pixels[None] for row in spread(training_rows, labels,
-                                                              REPRESENTATIVE_PHOTOS)
+        by_label = sorted(training_rows, key=lambda row: int(labels[row]))
+        self.representative = [pixels[None] for row in spread(by_label, lambda row: labels[row])
                                if (pixels := self._pixels(row)) is not None]
         rows = len(self.paths)
         with tempfile.TemporaryDirectory(prefix="flowers-quantized-") as folder:
