@@ -15,6 +15,12 @@ MobileNetV2 that takes any input size), and scored:
 Prints each way's accuracy per fold and its mean +- std (ddof=1) over the folds, and the
 network's compute relative to 224 x 224 ((S / 224) ** 2).
 
+`--refit` trains on all the fold's training photos (the inner validation and test photos too),
+as a model refitted after its trust figures would be. `--seeds 0,1,...` fits once per seed
+and scores each way for each seed alone (`way@seed`), for the weights of all the fits averaged
+into one network (`way+soup`: the same compute as one) and for their probabilities averaged
+(`way+ensemble`: one network pass per seed).
+
     FLOWERS_HOME=H .venv/bin/python bench/test_time_probe.py [--ways squash-224,squash-256,...]
 """
 
@@ -64,6 +70,8 @@ def main() -> None:
     parser.add_argument("--crop-area", default="0.35,1.0")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--split-layer", default=None)
+    parser.add_argument("--refit", action="store_true")
+    parser.add_argument("--seeds", default="0")
     parser.add_argument("--input-size", type=int, default=224,
                         help="train (and evaluate) MobileNetV2 at this input size, its 224 "
                              "ImageNet weights loaded as they are")
@@ -103,45 +111,70 @@ def main() -> None:
     raw = [photo.path.read_bytes() for photo in kept]
     anysize = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False,
                                              pooling="avg", weights=None)
-    scores: dict[str, list[float]] = {way: [] for way in ways}
-    scores["as evaluate"] = []
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    scores: dict[str, list[float]] = {"as evaluate": []}
+
+    def score(name: str, probabilities: np.ndarray, truth: np.ndarray, line: list[str]) -> None:
+        accuracy = float((probabilities.argmax(axis=1) == truth).mean())
+        scores.setdefault(name, []).append(accuracy)
+        line.append(f"{name} {accuracy:.3f}")
+
+    def way_probabilities(way: str, final: keras.layers.Layer, test_rows: list[int]
+                          ) -> np.ndarray:
+        decode = decoders[way][0]
+        pixels = np.stack([decode(raw[row]) for row in test_rows]).astype(np.float32)
+        inputs = [pixels / 127.5 - 1.0]
+        if args.flip_average:
+            inputs.append(inputs[0][:, :, ::-1])
+        return np.mean([np.asarray(final(np.concatenate([
+            anysize.predict_on_batch(x[i:i + 50]) for i in range(0, len(x), 50)])))
+            for x in inputs], axis=0)
+
     for fold in range(args.folds):
         test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
                                           settings.testing_percentage)
-        fitted = trainer.fit(features, labels, held["training"], held["validation"],
-                             len(data.class_names), settings.head_config(), recipe)
-        assert fitted.top is not None
+        train_rows = held["training"]
+        if args.refit:
+            train_rows = held["training"] + held["validation"] + held["testing"]
         truth = labels[test_rows]
-        evaluated = float((fitted.probabilities(test_rows).argmax(axis=1) == truth).mean())
-        scores["as evaluate"].append(evaluated)
-        anysize.set_weights(fitted.top.network.application.get_weights())
-        line = [f"fold {fold + 1}: as evaluate {evaluated:.3f}"]
-        for way, (decode, _size) in decoders.items():
-            if way.startswith("int8"):
-                probabilities = QuantizedScores(fitted, held["training"], labels,
-                                                "int8").probabilities(test_rows)
-                accuracy = float((probabilities.argmax(axis=1) == truth).mean())
-                scores[way].append(accuracy)
-                line.append(f"{way} {accuracy:.3f}")
-                continue
-            pixels = np.stack([decode(raw[row]) for row in test_rows]).astype(np.float32)
-            pooled = np.concatenate([
-                anysize.predict_on_batch(pixels[i:i + 50] / 127.5 - 1.0)
-                for i in range(0, len(pixels), 50)])
-            views = [pooled]
-            if args.flip_average:
-                mirrored = pixels[:, :, ::-1] / 127.5 - 1.0
-                views.append(np.concatenate([anysize.predict_on_batch(mirrored[i:i + 50])
-                                             for i in range(0, len(mirrored), 50)]))
-            probabilities = np.mean([np.asarray(fitted.top.final(v)) for v in views], axis=0)
-            accuracy = float((probabilities.argmax(axis=1) == truth).mean())
-            scores[way].append(accuracy)
-            line.append(f"{way} {accuracy:.3f}")
-        print(", ".join(line), flush=True)
+        line = [f"fold {fold + 1}:"]
+        fits = []  # (application weights, final layer weights, final layer) of each seed
+        per_way: dict[str, list[np.ndarray]] = {way: [] for way in ways}
+        for seed in seeds:
+            fitted = trainer.fit(features, labels, train_rows, held["validation"],
+                                 len(data.class_names), settings.head_config(),
+                                 dataclasses.replace(recipe, seed=seed))
+            assert fitted.top is not None
+            if seed == seeds[0]:
+                score("as evaluate", fitted.probabilities(test_rows), truth, line)
+            fits.append((fitted.top.network.application.get_weights(),
+                         fitted.top.final.get_weights(), fitted.top.final))
+            anysize.set_weights(fits[-1][0])
+            for way in ways:
+                if way.startswith("int8"):
+                    probabilities = QuantizedScores(fitted, train_rows, labels,
+                                                    "int8").probabilities(test_rows)
+                else:
+                    probabilities = way_probabilities(way, fitted.top.final, test_rows)
+                per_way[way].append(probabilities)
+                score(f"{way}@{seed}" if len(seeds) > 1 else way, probabilities, truth, line)
+        if len(seeds) > 1:
+            final = fits[-1][2]
+            anysize.set_weights([np.mean(parts, axis=0) for parts in zip(
+                *(fit[0] for fit in fits), strict=True)])
+            final.set_weights([np.mean(parts, axis=0) for parts in zip(
+                *(fit[1] for fit in fits), strict=True)])
+            for way in ways:
+                if not way.startswith("int8"):
+                    score(f"{way}+soup", way_probabilities(way, final, test_rows), truth, line)
+                score(f"{way}+ensemble", np.mean(per_way[way], axis=0), truth, line)
+        print(" ".join(line), flush=True)
     for way, values in scores.items():
-        size = decoders[way][1] if way in decoders else spec.input_size
+        base = way.split("@")[0].split("+")[0]
+        size = decoders[base][1] if base in decoders else spec.input_size
         print(f"{way:<16} {np.mean(values):.3f} +- {np.std(values, ddof=1):.3f}  "
-              f"compute {(size / 224) ** 2:.2f}x  folds "
+              f"compute {(size / 224) ** 2 * (len(seeds) if '+ensemble' in way else 1):.2f}x  "
+              "folds "
               + " ".join(f"{v:.3f}" for v in values))
 
 

@@ -15,8 +15,8 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def fine_tune_options(command: Command) -> Command:
-    """Adds --epochs, --epoch-choice, --views, --flip-average/--no-flip-average and
-    --split-layer."""
+    """Adds --epochs, --epoch-choice, --views, --flip-average/--no-flip-average,
+    --refit/--no-refit and --split-layer."""
     options = [
         click.option("--epochs", type=click.IntRange(min=1), default=FINE_TUNE_DEFAULTS.epochs,
                      show_default=True, help="fine-tune: passes over every view of every photo."),
@@ -30,6 +30,10 @@ def fine_tune_options(command: Command) -> Command:
         click.option("--flip-average/--no-flip-average", default=FINE_TUNE_DEFAULTS.flip_average,
                      show_default=True,
                      help="fine-tune: average each photo's probabilities with its mirror's."),
+        click.option("--refit/--no-refit", default=FINE_TUNE_DEFAULTS.refit, show_default=True,
+                     help="fine-tune: once the held-out photos have given the test and trust "
+                          "figures, train again on every photo and keep that model (about "
+                          "twice the training time)."),
         click.option("--split-layer", default=None,
                      help="fine-tune: the layer to cut the network at (default: the "
                           "architecture's own, see `flowers architectures`)."),
@@ -53,12 +57,12 @@ EVALUATE_QUANTIZE = ("Score each fold on its model quantized so, as `flowers tra
 
 
 def fine_tune_recipe(epochs: int, epoch_choice: str, views: int, flip_average: bool,
-                     split_layer: str | None, learning_rate: float | None,
+                     refit: bool, split_layer: str | None, learning_rate: float | None,
                      batch_size: int | None) -> FineTuneRecipe:
     """The recipe from the options; None keeps a default."""
     return FineTuneRecipe(
         split_layer=split_layer, views=views, epochs=epochs, epoch_choice=epoch_choice,
-        flip_average=flip_average,
+        flip_average=flip_average, refit=refit,
         learning_rate=learning_rate or FINE_TUNE_DEFAULTS.learning_rate,
         batch_size=batch_size or FINE_TUNE_DEFAULTS.batch_size,
     )

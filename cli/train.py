@@ -66,7 +66,7 @@ from flowers.worker.messages import MAX_BATCH_SIZE
 @click.pass_obj
 def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | None,
           weights: str, recipe: str, epochs: int, epoch_choice: str, views: int,
-          flip_average: bool,
+          flip_average: bool, refit: bool,
           split_layer: str | None, quantize: str | None, how_many_training_steps: int,
           train_batch_size: int | None,
           learning_rate: float | None, eval_step_interval: int, validation_percentage: float,
@@ -81,7 +81,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
                         ("--learning-rate", learning_rate)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} {value} must be positive")
-    fine_tune = fine_tune_recipe(epochs, epoch_choice, views, flip_average, split_layer,
+    fine_tune = fine_tune_recipe(epochs, epoch_choice, views, flip_average, refit, split_layer,
                                  learning_rate, train_batch_size)
     codelab = recipe == CODELAB
     check_percentages(validation_percentage, testing_percentage)
@@ -143,6 +143,9 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
     click.echo(f"bundle: {summary['bundle']}" + (f" (model.tflite {quantize})" if quantize else ""))
     if trust := summary.get("trust"):
         click.echo(describe_trust(trust))
+    if refit := summary.get("refit_photos"):
+        click.echo(f"then refitted on all {refit} photos: the figures above are of the model "
+                   "fitted without the validation and test photos")
     cache = summary["cache"]
     unit = "views" if cache["kind"] == "activations" else "photos"
     click.echo(

@@ -155,6 +155,43 @@ def test_evaluate_scores_each_fold_on_its_int8_model(
         assert figures["fold_details"][fold]["accuracy"] == pytest.approx(right.mean())
 
 
+def test_evaluate_refits_each_fold_on_all_its_training_photos(
+    flower_photos: Path, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--refit`: each fold's model is fitted again on all the fold's training photos (the
+    held-out ones too) after they have given its trust figures, and the fold is scored on that
+    model, as `flowers train --refit` ships it."""
+    import numpy as np
+
+    from flowers.models.training import trainer
+    from flowers.models.training.evaluate import EvaluateRequest, evaluate
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest
+
+    refitted: list[tuple[int, float]] = []  # (photos refitted on, accuracy on the others)
+    real_refit = trainer.refit
+
+    def refit(fitted: trainer.Fitted, labels: np.ndarray, every_row: list[int],
+              *args: object, **kwargs: object) -> trainer.Fitted:
+        again = real_refit(fitted, labels, every_row, *args, **kwargs)  # type: ignore[arg-type]
+        others = sorted(set(range(len(labels))) - set(every_row))
+        right = again.probabilities(others).argmax(axis=1) == labels[others]
+        refitted.append((len(every_row), float(right.mean())))
+        return again
+
+    monkeypatch.setattr(trainer, "refit", refit)
+    photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses"], 10)
+    training = RetrainRequest(photo_dir=str(photos), architecture=SMALL_NETWORK,
+                              fine_tune=FineTuneRecipe(views=2, epochs=1, refit=True))
+    result = evaluate(EvaluateRequest(training, folds=2, recipes=("fine-tune",)),
+                      tmp_path / "home", weights_dir)
+    figures = result["recipes"]["fine-tune"]
+    assert figures["settings"]["refit"] is True and len(refitted) == 2, "one refit a fold"
+    for details, (photos_used, accuracy) in zip(figures["fold_details"], refitted, strict=True):
+        assert details["refit_photos"] == photos_used == details["train"] + details["held_out"]
+        assert details["accuracy"] == pytest.approx(accuracy)
+
+
 def test_an_unknown_quantization_is_a_usage_error(flowers_home: Path, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     for name in ("a", "b"):

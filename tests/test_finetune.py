@@ -307,6 +307,48 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
         "the float model's features must differ, or this test shows nothing")
 
 
+def test_a_refit_bundle_ships_the_model_fitted_on_every_photo_with_the_first_ones_figures(
+    fine_tuned: tuple[Path, dict[str, Any], Path], weights_dir: Path, tmp_path: Path,
+) -> None:
+    """`--refit`: the test figures, temperature and thresholds are those of the model fitted
+    without the held-out photos (the fixture's bundle, trained the same way); model.tflite is
+    the model fitted again on every photo, so it scores the held-out photos otherwise."""
+    from flowers.models.bundle import FEATURES_FILE, TFLITE_FILE
+    from flowers.models.runtime.runners import LiteRTRunner
+    from flowers.models.training.recipe import FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest, retrain
+
+    first, first_summary, photos = fine_tuned
+    output = tmp_path / "refit"
+    request = RetrainRequest(photo_dir=str(photos), output=str(output), architecture=SMALL_NETWORK,
+                             fine_tune=FineTuneRecipe(views=2, epochs=2, refit=True),
+                             validation_percentage=20, testing_percentage=20)
+    summary = retrain(request, tmp_path / "home", weights_dir)
+    manifest = json.loads((output / "manifest.json").read_text())
+    before = json.loads((first / "manifest.json").read_text())
+    assert summary["refit_photos"] == manifest["recipe"]["refit_photos"] == 60
+    assert first_summary["refit_photos"] is None
+    assert manifest["metrics"]["test_accuracy"] == before["metrics"]["test_accuracy"]
+    for entry, first_entry in zip(manifest["metrics"]["history"], before["metrics"]["history"],
+                                  strict=True):
+        assert entry == pytest.approx(first_entry)
+    assert manifest["calibration"]["temperature"] == pytest.approx(
+        before["calibration"]["temperature"], rel=1e-3)
+    np.testing.assert_allclose(np.load(output / FEATURES_FILE), np.load(first / FEATURES_FILE),
+                               atol=1e-5)
+    split = json.loads((output / "split.json").read_text())
+    held_out = np.stack([load_image(photos / name, 224)
+                         for name in split["validation"] + split["testing"]])
+    refitted = LiteRTRunner(output / TFLITE_FILE).scores(held_out).probabilities
+    fitted_first = LiteRTRunner(first / TFLITE_FILE).scores(held_out).probabilities
+    assert not np.allclose(refitted, fitted_first, atol=1e-3), "model.tflite was not refitted"
+    labels = [manifest["class_names"].index(name.split("/")[0])
+              for name in split["validation"] + split["testing"]]
+    picked = np.arange(len(labels)), labels
+    assert np.mean(np.log(refitted[picked])) > np.mean(np.log(fitted_first[picked])), (
+        "the refitted model has trained on the held-out photos")
+
+
 def test_an_unknown_quantization_is_a_usage_error() -> None:
     from flowers.models.errors import UsageError
     from flowers.models.training.retrain import RetrainRequest

@@ -12,8 +12,10 @@ split's file name rule), whose two halves fit the temperature, the acceptance th
 target precision and the `unknown` threshold; the test fold then says what they give: expected
 calibration error before and after, the precision and coverage of `accept`, the share of its
 flower photos called `unknown`, and of the stray photos (`stray_dir`: photos of none of the
-classes, never used to fit anything) how many are called `unknown`. The result keeps each
-fold's figures and all the folds' together.
+classes, never used to fit anything) how many are called `unknown`. With the fine-tune recipe's
+`refit`, the fold's model is then fitted again on all its training photos, held-out ones
+included, and that model is scored with those figures, as `flowers train --refit` ships it.
+The result keeps each fold's figures and all the folds' together.
 """
 
 from __future__ import annotations
@@ -165,16 +167,27 @@ def _cross_validate(
             settings.fine_tune,
             progress=lambda done, total, entry: progress(phase, done, total, entry),  # noqa: B023
         )
+        seconds = fitted.seconds
         scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
+        halves = [trust.HeldOut(scores.probabilities(held[name]), labels[held[name]],
+                                scores.photo_features(held[name]))
+                  for name in ("validation", "testing")]
+        fold_trust = trust.fit_trust(halves[0], halves[1], scores.photo_features(train_rows),
+                                     settings.accept_precision)
+        if trainer.refits(fitted, settings.fine_tune):  # as flowers train refits
+            fitted = trainer.refit(
+                fitted, labels, train_rows + val_rows + held["testing"], val_rows,
+                len(class_names), settings.fine_tune,
+                progress=lambda done, total, entry: progress(
+                    f"{phase}, refit", done, total, entry),  # noqa: B023
+            )
+            seconds += fitted.seconds
+            scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
         probs = scores.probabilities(test_rows)
         predicted[test_rows] = probs.argmax(axis=1)
         scored = head.metrics(probs, labels[test_rows], class_names)
         accuracies.append(float(scored["accuracy"]))
         reference = scores.photo_features(train_rows)
-        halves = [trust.HeldOut(scores.probabilities(held[name]), labels[held[name]],
-                                scores.photo_features(held[name]))
-                  for name in ("validation", "testing")]
-        fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
         raw[test_rows] = probs
         calibrated[test_rows] = calibration.scale(probs, fold_trust.temperature)
         decider = fold_trust.decider(reference)
@@ -191,7 +204,7 @@ def _cross_validate(
             "unknown_threshold": (fold_trust.decisions.get("unknown") or {}).get("threshold"),
             **_trust_figures(probs, calibrated[test_rows], decided[test_rows], labels[test_rows],
                              strays),
-            "seconds": round(fitted.seconds, 3), **fitted.details})
+            "seconds": round(seconds, 3), **fitted.details})
         log.info("%s: accuracy %.3f", phase, scored["accuracy"])
     recall = {name: float(np.mean(predicted[labels == i] == i))
               for i, name in enumerate(class_names) if np.any(labels == i)}

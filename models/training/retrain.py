@@ -170,8 +170,19 @@ def retrain(
     trust = fit_trust(held_out["validation"], held_out["testing"], reference,
                       request.accept_precision)
     misclassified = _misclassified(probabilities["testing"], kept, rows["testing"], data)
+    history = fitted.history  # the learning curves of the model the figures are of
     if request.summaries_dir:
-        head.write_summaries(fitted.history, Path(request.summaries_dir))
+        head.write_summaries(history, Path(request.summaries_dir))
+    if trainer.refits(fitted, request.fine_tune):
+        phase_start = time.perf_counter()
+        every = rows["training"] + rows["validation"] + rows["testing"]
+        fitted = trainer.refit(
+            fitted, labels, every, rows["validation"], len(data.class_names), request.fine_tune,
+            progress=lambda done, total, entry: progress("refitting", done, total, entry))
+        scores = quantized.scorer(fitted, rows["training"], labels, request.quantize, guard,
+                                  lambda done, total: progress("scoring", done, total, {}))
+        reference = scores.photo_features(rows["training"])
+        timings["refit"] = time.perf_counter() - phase_start
 
     progress("export", 0, 1, {})
     phase_start = time.perf_counter()
@@ -217,7 +228,7 @@ def retrain(
             "misclassified_test_images": misclassified,
             # The learning curves of report.png: per eval step (codelab) or per epoch.
             "history": [{name: value if np.isfinite(value) else None
-                         for name, value in entry.items()} for entry in fitted.history],
+                         for name, value in entry.items()} for entry in history],
         },
         "calibration": trust.calibration,
         "decisions": trust.decisions,
@@ -230,7 +241,7 @@ def retrain(
         target, model, scores.convert(model), manifest, split_files, features=reference,
         tflite_entry=bundle.quantization_entry(request.quantize),
         write_report=lambda path: report.write_report(
-            path, fitted.history, metrics["testing"]["confusion_matrix"], data.class_names,
+            path, history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
             f"{_percent(metrics['testing']['accuracy'])}",
             x_label="training step" if request.recipe == CODELAB else "epoch",
@@ -250,6 +261,7 @@ def retrain(
         "test_accuracy": metrics["testing"]["accuracy"],
         "skipped": skipped,
         "recipe": request.recipe,
+        "refit_photos": fitted.details.get("refit_photos"),
         "quantize": request.quantize,
         "cache": {"kind": phase, **cache},
         "trust": trust.summary(),

@@ -233,6 +233,23 @@ def fit(
     return Fitted(features, top.history, details, top=top, seconds=time.perf_counter() - started)
 
 
+def refits(fitted: Fitted, fine_tune: FineTuneRecipe) -> bool:
+    """Whether `fitted` is to be fitted again on every photo (`refit`): fine-tune's option."""
+    return fitted.top is not None and fine_tune.refit
+
+
+def refit(fitted: Fitted, labels: np.ndarray, every_row: Sequence[int], val_rows: Sequence[int],
+          num_classes: int, fine_tune: FineTuneRecipe, progress: StepProgress | None = None
+          ) -> Fitted:
+    """The fine-tune recipe of `fitted` fitted again on `every_row` (`FineTuneRecipe.refit`).
+    It trains the same network object: `fitted` scores as the new model from then on, so
+    everything wanted of it is scored first."""
+    again = fit(fitted.features, labels, every_row, val_rows, num_classes, head.HeadConfig(),
+                fine_tune, progress)
+    again.details["refit_photos"] = len(every_row)
+    return again
+
+
 def _codelab_model(features: Features, trained: head.TrainedHead, temperature: float) -> Any:
     """The base network (built now if the cache spared it) topped with the trained softmax,
     calibrated by `temperature`; its bottleneck is the `features` output."""
