@@ -66,10 +66,12 @@ def main() -> None:
     parser.add_argument("photos", type=Path)
     parser.add_argument("--weights-dir", type=Path, required=True)
     parser.add_argument("--home", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--cold-only", action="store_true", help="skip the warm run")
     args, extra = parser.parse_known_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="flowers-train-timing-"))
     print(f"cores: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()}")
-    for label in ("cold (empty caches)", "warm (caches filled)"):
+    runs = ["cold (empty caches)", "warm (caches filled)"][:1 if args.cold_only else 2]
+    for label in runs:
         print(f"\n== {label}")
         run_once(args.photos.resolve(), home, args.weights_dir.resolve(), extra)
         print(f"load average after: {os.getloadavg()}")

@@ -139,13 +139,13 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         f"(validation {_percent(summary['validation_accuracy'])}, "
         f"train {_percent(summary['train_accuracy'])})"
     )
+    if refit := summary.get("refit_photos"):
+        click.echo(f"  these figures and the calibration below are of the model fitted on the "
+                   f"training split; the bundle's model was then refitted on all {refit} photos")
     quantize = summary.get("quantize")
     click.echo(f"bundle: {summary['bundle']}" + (f" (model.tflite {quantize})" if quantize else ""))
     if trust := summary.get("trust"):
         click.echo(describe_trust(trust))
-    if refit := summary.get("refit_photos"):
-        click.echo(f"then refitted on all {refit} photos: the figures above are of the model "
-                   "fitted without the validation and test photos")
     cache = summary["cache"]
     unit = "views" if cache["kind"] == "activations" else "photos"
     click.echo(

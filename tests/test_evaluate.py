@@ -158,38 +158,54 @@ def test_evaluate_scores_each_fold_on_its_int8_model(
 def test_evaluate_refits_each_fold_on_all_its_training_photos(
     flower_photos: Path, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`--refit`: each fold's model is fitted again on all the fold's training photos (the
-    held-out ones too) after they have given its trust figures, and the fold is scored on that
-    model, as `flowers train --refit` ships it."""
+    """`--refit`: each fold's trust figures are fitted on the first model's held-out scores,
+    then the model is fitted again on all the fold's training photos (the held-out ones too)
+    and the test fold is scored on that model, as `flowers train --refit` ships it."""
     import numpy as np
 
-    from flowers.models.training import trainer
+    from flowers.models.training import calibration, trainer, trust
     from flowers.models.training.evaluate import EvaluateRequest, evaluate
     from flowers.models.training.recipe import FineTuneRecipe
     from flowers.models.training.retrain import RetrainRequest
 
-    refitted: list[tuple[int, float]] = []  # (photos refitted on, accuracy on the others)
-    real_refit = trainer.refit
+    events: list[str] = []
+    test_scores: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    real_refit, real_fit_trust = trainer.refit, trust.fit_trust
 
-    def refit(fitted: trainer.Fitted, labels: np.ndarray, every_row: list[int],
-              *args: object, **kwargs: object) -> trainer.Fitted:
-        again = real_refit(fitted, labels, every_row, *args, **kwargs)  # type: ignore[arg-type]
-        others = sorted(set(range(len(labels))) - set(every_row))
-        right = again.probabilities(others).argmax(axis=1) == labels[others]
-        refitted.append((len(every_row), float(right.mean())))
+    def refit(fitted: trainer.Fitted, labels: np.ndarray, rows: dict[str, list[int]],
+              *args: object, **kwargs: object) -> trainer.Fitted | None:
+        every = rows["training"] + rows["validation"] + rows["testing"]
+        others = sorted(set(range(len(labels))) - set(every))
+        before = fitted.probabilities(others)
+        again = real_refit(fitted, labels, rows, *args, **kwargs)  # type: ignore[arg-type]
+        assert again is not None
+        events.append("refit")
+        test_scores.append((len(every), labels[others], before, again.probabilities(others)))
         return again
 
+    def fit_trust(*args: object, **kwargs: object) -> trust.Trust:
+        events.append("trust")
+        return real_fit_trust(*args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(trainer, "refit", refit)
+    monkeypatch.setattr(trust, "fit_trust", fit_trust)
     photos = copy_subset(flower_photos, tmp_path / "photos", ["daisy", "roses"], 10)
     training = RetrainRequest(photo_dir=str(photos), architecture=SMALL_NETWORK,
-                              fine_tune=FineTuneRecipe(views=2, epochs=1, refit=True))
+                              fine_tune=FineTuneRecipe(views=2, epochs=1, refit=True),
+                              validation_percentage=20, testing_percentage=20)
     result = evaluate(EvaluateRequest(training, folds=2, recipes=("fine-tune",)),
                       tmp_path / "home", weights_dir)
     figures = result["recipes"]["fine-tune"]
-    assert figures["settings"]["refit"] is True and len(refitted) == 2, "one refit a fold"
-    for details, (photos_used, accuracy) in zip(figures["fold_details"], refitted, strict=True):
+    assert figures["settings"]["refit"] is True
+    assert events == ["trust", "refit"] * 2, "each fold's trust comes from its first model"
+    for details, (photos_used, truth, before, after) in zip(
+            figures["fold_details"], test_scores, strict=True):
         assert details["refit_photos"] == photos_used == details["train"] + details["held_out"]
-        assert details["accuracy"] == pytest.approx(accuracy)
+        assert details["held_out"] > 0
+        assert not np.allclose(before, after, atol=1e-4), "the refit changed nothing"
+        assert details["ece_before"] == pytest.approx(
+            calibration.expected_calibration_error(after, truth))
+        assert details["accuracy"] == pytest.approx(np.mean(after.argmax(axis=1) == truth))
 
 
 def test_an_unknown_quantization_is_a_usage_error(flowers_home: Path, tmp_path: Path) -> None:

@@ -334,6 +334,10 @@ def test_a_refit_bundle_ships_the_model_fitted_on_every_photo_with_the_first_one
         assert entry == pytest.approx(first_entry)
     assert manifest["calibration"]["temperature"] == pytest.approx(
         before["calibration"]["temperature"], rel=1e-3)
+    assert manifest["decisions"] == before["decisions"]
+    assert manifest["metrics"]["misclassified_test_images"] == \
+        before["metrics"]["misclassified_test_images"]
+    # The unknown threshold's reference: the training split's features, as it was fitted.
     np.testing.assert_allclose(np.load(output / FEATURES_FILE), np.load(first / FEATURES_FILE),
                                atol=1e-5)
     split = json.loads((output / "split.json").read_text())

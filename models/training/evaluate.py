@@ -169,25 +169,24 @@ def _cross_validate(
         )
         seconds = fitted.seconds
         scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
+        reference = scores.photo_features(train_rows)
         halves = [trust.HeldOut(scores.probabilities(held[name]), labels[held[name]],
                                 scores.photo_features(held[name]))
                   for name in ("validation", "testing")]
-        fold_trust = trust.fit_trust(halves[0], halves[1], scores.photo_features(train_rows),
-                                     settings.accept_precision)
-        if trainer.refits(fitted, settings.fine_tune):  # as flowers train refits
-            fitted = trainer.refit(
-                fitted, labels, train_rows + val_rows + held["testing"], val_rows,
-                len(class_names), settings.fine_tune,
-                progress=lambda done, total, entry: progress(
-                    f"{phase}, refit", done, total, entry),  # noqa: B023
-            )
+        fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
+        refitted = trainer.refit(  # as flowers train refits
+            fitted, labels, held, len(class_names), settings.fine_tune,
+            progress=lambda done, total, entry: progress(
+                f"{phase}, refit", done, total, entry))  # noqa: B023
+        if refitted is not None:
+            fitted = refitted
             seconds += fitted.seconds
             scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
+            reference = scores.photo_features(train_rows)
         probs = scores.probabilities(test_rows)
         predicted[test_rows] = probs.argmax(axis=1)
         scored = head.metrics(probs, labels[test_rows], class_names)
         accuracies.append(float(scored["accuracy"]))
-        reference = scores.photo_features(train_rows)
         raw[test_rows] = probs
         calibrated[test_rows] = calibration.scale(probs, fold_trust.temperature)
         decider = fold_trust.decider(reference)

@@ -1,8 +1,9 @@
 """A retraining request in, a model bundle and a summary out: the whole training pipeline.
 
 scan (discover, stable split) -> features (bottlenecks for the codelab recipe, activations of
-augmented views for fine-tune; cached, batched network) -> train -> evaluate -> export the
-bundle (network + classifier + scaling, labels, manifest, report).
+augmented views for fine-tune; cached, batched network) -> train -> evaluate, calibrate and fit
+the decisions on the held-out photos -> (fine-tune's `refit`: train again on every photo) ->
+export the bundle (network + classifier + scaling, labels, manifest, report).
 Progress is reported through a callback as (phase, done, total, details).
 """
 
@@ -173,15 +174,14 @@ def retrain(
     history = fitted.history  # the learning curves of the model the figures are of
     if request.summaries_dir:
         head.write_summaries(history, Path(request.summaries_dir))
-    if trainer.refits(fitted, request.fine_tune):
-        phase_start = time.perf_counter()
-        every = rows["training"] + rows["validation"] + rows["testing"]
-        fitted = trainer.refit(
-            fitted, labels, every, rows["validation"], len(data.class_names), request.fine_tune,
-            progress=lambda done, total, entry: progress("refitting", done, total, entry))
-        scores = quantized.scorer(fitted, rows["training"], labels, request.quantize, guard,
-                                  lambda done, total: progress("scoring", done, total, {}))
-        reference = scores.photo_features(rows["training"])
+    phase_start = time.perf_counter()
+    refitted = trainer.refit(
+        fitted, labels, rows, len(data.class_names), request.fine_tune,
+        progress=lambda done, total, entry: progress("refitting", done, total, entry))
+    if refitted is not None:
+        # The features (of the split layer, below what training changes) and the quantized
+        # model's calibration photos stay as they were: `scores` converts the refit model.
+        fitted = refitted
         timings["refit"] = time.perf_counter() - phase_start
 
     progress("export", 0, 1, {})
@@ -243,7 +243,8 @@ def retrain(
         write_report=lambda path: report.write_report(
             path, history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
-            f"{_percent(metrics['testing']['accuracy'])}",
+            f"{_percent(metrics['testing']['accuracy'])}"
+            + (" (before the refit on every photo)" if refitted is not None else ""),
             x_label="training step" if request.recipe == CODELAB else "epoch",
         ),
     )

@@ -3,12 +3,13 @@
 `compute_features` runs the feature stage once for a set of photos: pooled bottlenecks for the
 codelab recipe, split-layer activations of every view for fine-tune, both from their caches.
 `fit` trains on some rows of those features and scores others, so `flowers train` fits once and
-`flowers evaluate` once per fold from the same features. Each fine-tune fit starts from the
-pretrained weights again.
+`flowers evaluate` once per fold from the same features (`refit`: once more on every photo, with
+fine-tune's `refit`). Each fine-tune fit starts from the pretrained weights again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from flowers.models import networks
 from flowers.models.caches import activations, bottlenecks
 from flowers.models.runtime import converted, tensorflow_setup
 from flowers.models.training import finetune, head
-from flowers.models.training.recipe import CODELAB, FineTuneRecipe
+from flowers.models.training.recipe import CODELAB, LAST_EPOCH, FineTuneRecipe
 
 log = logging.getLogger(__name__)
 
@@ -233,20 +234,21 @@ def fit(
     return Fitted(features, top.history, details, top=top, seconds=time.perf_counter() - started)
 
 
-def refits(fitted: Fitted, fine_tune: FineTuneRecipe) -> bool:
-    """Whether `fitted` is to be fitted again on every photo (`refit`): fine-tune's option."""
-    return fitted.top is not None and fine_tune.refit
-
-
-def refit(fitted: Fitted, labels: np.ndarray, every_row: Sequence[int], val_rows: Sequence[int],
-          num_classes: int, fine_tune: FineTuneRecipe, progress: StepProgress | None = None
-          ) -> Fitted:
-    """The fine-tune recipe of `fitted` fitted again on `every_row` (`FineTuneRecipe.refit`).
-    It trains the same network object: `fitted` scores as the new model from then on, so
-    everything wanted of it is scored first."""
-    again = fit(fitted.features, labels, every_row, val_rows, num_classes, head.HeadConfig(),
-                fine_tune, progress)
-    again.details["refit_photos"] = len(every_row)
+def refit(fitted: Fitted, labels: np.ndarray, rows: dict[str, list[int]], num_classes: int,
+          fine_tune: FineTuneRecipe, progress: StepProgress | None = None) -> Fitted | None:
+    """With fine-tune's `refit`: the recipe of `fitted` fitted again on every row of `rows`
+    (training, validation and testing), for as many epochs as `fitted` kept (its held-out
+    photos are now trained on, so none is left to choose an epoch by); None otherwise.
+    The refit trains the same network object, so `fitted` no longer scores as the model it
+    was: score everything wanted of it first."""
+    if fitted.top is None or not fine_tune.refit:
+        return None
+    again = fit(fitted.features, labels, rows["training"] + rows["validation"] + rows["testing"],
+                [], num_classes, head.HeadConfig(),
+                dataclasses.replace(fine_tune, epochs=fitted.top.best_epoch,
+                                    epoch_choice=LAST_EPOCH), progress)
+    again.details["refit_photos"] = sum(len(rows[name]) for name in
+                                        ("training", "validation", "testing"))
     return again
 
 
