@@ -352,6 +352,13 @@ def test_a_refit_bundle_ships_the_model_fitted_on_every_photo_with_the_first_one
     assert np.mean(np.log(refitted[picked])) > np.mean(np.log(fitted_first[picked])), (
         "the refitted model has trained on the held-out photos")
 
+    from flowers.review.bundle_page import write_bundle_page
+
+    for bundle, said in ((output, True), (first, False)):
+        write_bundle_page(bundle, tmp_path / "page.html", photos, 3)
+        page = (tmp_path / "page.html").read_text()
+        assert ("the bundle's model was then fitted again on all 60 photos" in page) is said
+
 
 def test_an_unknown_quantization_is_a_usage_error() -> None:
     from flowers.models.errors import UsageError
