@@ -32,8 +32,8 @@ def fine_tune_options(command: Command) -> Command:
                      help="fine-tune: average each photo's probabilities with its mirror's."),
         click.option("--refit/--no-refit", default=FINE_TUNE_DEFAULTS.refit, show_default=True,
                      help="fine-tune: once the held-out photos have given the test and trust "
-                          "figures, train again on every photo and keep that model (about "
-                          "twice the training time)."),
+                          "figures, train again on every photo and keep that model (the "
+                          "training runs twice)."),
         click.option("--split-layer", default=None,
                      help="fine-tune: the layer to cut the network at (default: the "
                           "architecture's own, see `flowers architectures`)."),

@@ -61,7 +61,7 @@ class FineTuneRecipe:
     # Once the held-out photos have given the trust figures (temperature, thresholds) and the
     # test figures, fit again on every photo, held-out ones too, and ship that model: the
     # figures are then those of the model fitted without them (a close, slightly pessimistic
-    # estimate), and training takes about twice as long.
+    # estimate), and the training runs twice.
     refit: bool = False
     seed: int = 0
 
