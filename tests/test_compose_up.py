@@ -56,9 +56,10 @@ CONTAINERS_HERE = SHARED / "tools" / "containers-here"
 # The compose file's host variables, as a user would set them for `docker compose up`: a short
 # visibility timeout so the killed worker's chunks come back within the test.
 HOST_VARIABLES = {"FLOWERS_VISIBILITY_TIMEOUT": "10"}
-# Enough one-photo chunks (450) that the job lasts seconds on a quiet machine: 90 were done in
-# under a second, before the test could freeze a worker holding one.
-PHOTOS_PER_CLASS = 150
+# Enough one-photo chunks (900) that the job lasts seconds on a quiet machine: 90 were done in
+# under a second, before the test could freeze a worker holding one, and 450 in 3 s, before
+# any of the freezes the test tried (each takes over half a second) caught one (once in CI).
+PHOTOS_PER_CLASS = 300
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True
