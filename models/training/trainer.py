@@ -243,12 +243,11 @@ def refit(fitted: Fitted, labels: np.ndarray, rows: dict[str, list[int]], num_cl
     was: score everything wanted of it first."""
     if fitted.top is None or not fine_tune.refit:
         return None
-    again = fit(fitted.features, labels, rows["training"] + rows["validation"] + rows["testing"],
-                [], num_classes, head.HeadConfig(),
+    every = rows["training"] + rows["validation"] + rows["testing"]
+    again = fit(fitted.features, labels, every, [], num_classes, head.HeadConfig(),
                 dataclasses.replace(fine_tune, epochs=fitted.top.best_epoch,
                                     epoch_choice=LAST_EPOCH), progress)
-    again.details["refit_photos"] = sum(len(rows[name]) for name in
-                                        ("training", "validation", "testing"))
+    again.details["refit_photos"] = len(every)
     return again
 
 
