@@ -10,6 +10,7 @@ import argparse
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from flowers.models import dataset
 
@@ -60,3 +61,22 @@ def copy_photos(photos: list[dataset.Photo], root: Path, dest: Path, prefix: str
         shutil.copyfile(photo.path, target)
         copies.append(target)
     return copies
+
+
+def features_with_strays(settings: Any, spec: Any, photos_dir: Path, stray_dir: Path,
+                         weights_dir: Path) -> tuple[dataset.Dataset, Any, list[dataset.Photo],
+                                                     list[int]]:
+    """The features of every photo of `photos_dir` then of every stray photo of `stray_dir`,
+    from FLOWERS_HOME's caches, as `flowers evaluate --stray` reads them: the dataset, the
+    features, the flower photos kept (in row order) and the stray photos' rows."""
+    from flowers.models.training import trainer
+
+    data = dataset.discover(photos_dir)
+    photos = list(data.photos)
+    strays = sorted(dataset.walk_images(stray_dir))
+    home = Path(os.environ.get("FLOWERS_HOME") or Path.home() / ".flowers")
+    features = trainer.compute_features(
+        settings.recipe, settings.fine_tune, spec, [p.path for p in photos] + strays,
+        settings.weights, weights_dir, home, settings.bottleneck_batch_size)
+    kept = [photos[i] for i in features.kept if i < len(photos)]
+    return data, features, kept, list(range(len(kept), len(features.kept)))

@@ -22,7 +22,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from data_options import SHARED, add_data_options  # bench/ is on sys.path
+from data_options import (  # bench/ is on sys.path
+    SHARED,
+    add_data_options,
+    features_with_strays,
+)
 
 
 def main() -> None:
@@ -33,7 +37,7 @@ def main() -> None:
     parser.add_argument("--flip-average", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from flowers.models import dataset, networks
+    from flowers.models import networks
     from flowers.models.runtime.decisions import ACCEPT, UNKNOWN
     from flowers.models.runtime.tensorflow_setup import configure_tensorflow
     from flowers.models.training import calibration, folds, head, trainer, trust
@@ -45,15 +49,8 @@ def main() -> None:
                               recipe=FINE_TUNE,
                               fine_tune=FineTuneRecipe(flip_average=args.flip_average))
     spec = networks.get_spec(settings.architecture)
-    data = dataset.discover(args.photos)
-    photos = list(data.photos)
-    strays = sorted(dataset.walk_images(args.stray))
-    home = Path(os.environ.get("FLOWERS_HOME") or Path.home() / ".flowers")
-    features = trainer.compute_features(
-        FINE_TUNE, settings.fine_tune, spec, [p.path for p in photos] + strays, settings.weights,
-        args.weights_dir, home, settings.bottleneck_batch_size)
-    kept = [photos[i] for i in features.kept if i < len(photos)]
-    stray_rows = list(range(len(kept), len(features.kept)))
+    data, features, kept, stray_rows = features_with_strays(
+        settings, spec, args.photos, args.stray, args.weights_dir)
     labels = np.array([photo.label for photo in kept], dtype=np.int64)
     fold_of = folds.stratified_folds(kept, args.folds)
     classes = len(data.class_names)
@@ -95,9 +92,9 @@ def main() -> None:
             totals[name].append(figures)
             print(f"fold {fold + 1}: {name:<12} " + ", ".join(
                 f"{key} {value:.3f}" for key, value in figures.items()), flush=True)
-    for name, rows in totals.items():
-        accuracy = [row["accuracy"] for row in rows]
-        means = {key: np.mean([row[key] for row in rows]) for key in rows[0]}
+    for name, entries in totals.items():
+        accuracy = [entry["accuracy"] for entry in entries]
+        means = {key: np.mean([entry[key] for entry in entries]) for key in entries[0]}
         print(f"{name:<12} accuracy {np.mean(accuracy):.3f} +- {np.std(accuracy, ddof=1):.3f}; "
               + ", ".join(f"{key} {value:.3f}" for key, value in means.items()
                           if key != "accuracy") + f" (of {len(stray_rows)} strays)")

@@ -72,6 +72,11 @@ def main() -> None:
     parser.add_argument("--split-layer", default=None)
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write an .npz of each fold's probabilities (first seed): the "
+                             "held-out halves' and the test photos' of the model fitted on the "
+                             "training split, and the test photos' of the probed model (with "
+                             "--refit, an extra fit per fold), to study acceptance thresholds")
     parser.add_argument("--input-size", type=int, default=224,
                         help="train (and evaluate) MobileNetV2 at this input size, its 224 "
                              "ImageNet weights loaded as they are")
@@ -113,6 +118,7 @@ def main() -> None:
                                              pooling="avg", weights=None)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     scores: dict[str, list[float]] = {"as evaluate": []}
+    dumped: dict[str, np.ndarray] = {}
 
     def score(name: str, probabilities: np.ndarray, truth: np.ndarray, line: list[str]) -> None:
         accuracy = float((probabilities.argmax(axis=1) == truth).mean())
@@ -147,6 +153,20 @@ def main() -> None:
             assert fitted.top is not None
             if seed == seeds[0]:
                 score("as evaluate", fitted.probabilities(test_rows), truth, line)
+                if args.dump is not None:
+                    dumped[f"fold{fold}_probed_test"] = fitted.probabilities(test_rows)
+                    # A second fit trains the same network object: keep the probed weights.
+                    probed = fitted.top.network.application.get_weights()
+                    first = fitted if not args.refit else trainer.fit(
+                        features, labels, held["training"], held["validation"],
+                        len(data.class_names), settings.head_config(),
+                        dataclasses.replace(recipe, seed=seed))
+                    for name, rows in (("validation", held["validation"]),
+                                       ("testing", held["testing"]), ("test", test_rows)):
+                        dumped[f"fold{fold}_first_{name}"] = first.probabilities(rows)
+                        dumped[f"fold{fold}_{name}_labels"] = labels[rows]
+                    fitted.top.network.application.set_weights(probed)
+                    np.savez(args.dump, **dumped)  # type: ignore[arg-type]  # names: arrays
             fits.append((fitted.top.network.application.get_weights(),
                          fitted.top.final.get_weights(), fitted.top.final))
             anysize.set_weights(fits[-1][0])
