@@ -47,8 +47,10 @@ def threshold(confidence: np.ndarray, right: np.ndarray, target: float, rule: st
         estimate = np.cumsum(ranked) / count
     elif rule == "blend":
         estimate = (np.cumsum(hits) + np.cumsum(ranked)) / (2 * count)
-    else:
+    elif rule == "platt":
         estimate = np.cumsum(_platt(ranked, hits)) / count
+    else:
+        raise ValueError(f"no rule {rule!r}: one of {', '.join(RULES)}")
     last = np.r_[ranked[1:] != ranked[:-1], True]  # one point per distinct confidence
     reaching = ranked[(estimate >= target) & last]
     return float(reaching.min()) if len(reaching) else float("inf")

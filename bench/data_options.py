@@ -2,6 +2,8 @@
 environment a benchmark runs the command line in.
 
 Defaults: ../shared beside the checkout, and FLOWERS_WEIGHTS_DIR when it is set.
+`features_with_strays` reads the photos' and stray photos' features as `flowers evaluate
+--stray` does.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flowers.models import dataset
+
+if TYPE_CHECKING:
+    from flowers.models.networks import NetworkSpec
+    from flowers.models.training.retrain import RetrainRequest
+    from flowers.models.training.trainer import Features
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -63,9 +70,9 @@ def copy_photos(photos: list[dataset.Photo], root: Path, dest: Path, prefix: str
     return copies
 
 
-def features_with_strays(settings: Any, spec: Any, photos_dir: Path, stray_dir: Path,
-                         weights_dir: Path) -> tuple[dataset.Dataset, Any, list[dataset.Photo],
-                                                     list[int]]:
+def features_with_strays(settings: RetrainRequest, spec: NetworkSpec, photos_dir: Path,
+                         stray_dir: Path, weights_dir: Path
+                         ) -> tuple[dataset.Dataset, Features, list[dataset.Photo], list[int]]:
     """The features of every photo of `photos_dir` then of every stray photo of `stray_dir`,
     from FLOWERS_HOME's caches, as `flowers evaluate --stray` reads them: the dataset, the
     features, the flower photos kept (in row order) and the stray photos' rows."""

@@ -13,15 +13,17 @@ it, and each method scores how far each photo is from the fold's training photos
     pen-nn, pen-knn5, pen-maha   the same on the network's last pooled features (1,280, after
                     the fine-tuned layers), the classifier's input
     maxlogit, maxprob, energy    from the classifier alone: minus the top logit, minus the top
-                    probability, minus the log-sum-exp of the logits
+                    probability, minus the log-sum-exp of the logits (the logits of the
+                    view-averaged last features, no temperature: the model itself averages
+                    the views' probabilities, so these are close to, not exactly, its own)
 
 Each method's threshold keeps 95% of the fold's held-out flower photos (as flowers fits its
 own); the probe prints, per method, the stray photos beyond it and the share of the test
 fold's flower photos beyond it. Those two move together (a looser threshold catches more
 strays and more flowers), so it also prints each method `matched`: the strays beyond the
 threshold that keeps 95% of the test fold's own flower photos, and the AUROC of strays
-against test flowers; these compare methods at the same cost, and are not thresholds a bundle
-could use (they read the test photos).
+against test flowers (a tie counts as not farther); these compare methods at the same cost, and
+are not thresholds a bundle could use (they read the test photos).
 
     FLOWERS_HOME=H .venv/bin/python bench/unknown_probe.py [--stray ../shared/data/out_of_set]
 """
@@ -39,8 +41,6 @@ from data_options import (  # bench/ is on sys.path
     add_data_options,
     features_with_strays,
 )
-
-KEEP = 0.95
 
 
 def cosine_distance(query: np.ndarray, reference: np.ndarray, k: int = 1) -> np.ndarray:
@@ -96,6 +96,7 @@ def main() -> None:
     from flowers.models.training import finetune, folds, trainer
     from flowers.models.training.recipe import FINE_TUNE, FineTuneRecipe
     from flowers.models.training.retrain import RetrainRequest
+    from flowers.models.training.trust import UNKNOWN_KEEP
 
     configure_tensorflow(os.cpu_count() or 1)
     recipe = FineTuneRecipe()
@@ -128,10 +129,10 @@ def main() -> None:
         line = [f"fold {fold + 1}:"]
         for name, scored in methods.items():
             held_out, test, stray = scored["held"], scored["test"], scored["stray"]
-            threshold = np.quantile(held_out, KEEP)
+            threshold = np.quantile(held_out, UNKNOWN_KEEP)
             found.setdefault(name, []).append((float(np.mean(test > threshold)),
                                                int(np.sum(stray > threshold))))
-            oracle = np.quantile(test, KEEP)
+            oracle = np.quantile(test, UNKNOWN_KEEP)
             auroc = float(np.mean(stray[:, None] > test[None, :]))
             matched.setdefault(name, []).append((auroc, int(np.sum(stray > oracle))))
             line.append(f"{name} {found[name][-1][1]}/{len(stray_rows)} "
