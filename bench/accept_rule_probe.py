@@ -69,22 +69,21 @@ def _platt(confidence: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def folds_of(dump: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per fold: the cross-fitted held-out scores, their labels, the test photos' calibrated
-    scores and their labels."""
-    from flowers.models.training import calibration
+    """Per fold, from `trust.fit_trust` itself: the cross-fitted held-out scores, their labels,
+    the test photos' scores calibrated with the fitted temperature, and their labels."""
+    from flowers.models.training import calibration, trust
 
     data = np.load(dump)
     out = []
     for fold in sorted({name.split("_")[0] for name in data.files}):
-        first, second = data[f"{fold}_first_validation"], data[f"{fold}_first_testing"]
-        y_first, y_second = data[f"{fold}_validation_labels"], data[f"{fold}_testing_labels"]
-        crossed = np.concatenate([
-            calibration.scale(first, calibration.fit_temperature(second, y_second)),
-            calibration.scale(second, calibration.fit_temperature(first, y_first))])
-        labels = np.concatenate([y_first, y_second])
-        both = calibration.fit_temperature(np.concatenate([first, second]), labels)
-        test = calibration.scale(data[f"{fold}_first_test"], both)
-        out.append((crossed, labels, test, data[f"{fold}_test_labels"]))
+        halves = [trust.HeldOut(data[f"{fold}_first_{name}"], data[f"{fold}_{name}_labels"],
+                                np.zeros((len(data[f"{fold}_{name}_labels"]), 0)))
+                  for name in ("validation", "testing")]
+        # No reference features: the unknown threshold is not fitted, only the temperatures.
+        fitted = trust.fit_trust(halves[0], halves[1], np.zeros((0, 0)), 0.98)
+        labels = np.concatenate([half.labels for half in halves])
+        test = calibration.scale(data[f"{fold}_first_test"], fitted.temperature)
+        out.append((fitted.cross_fitted, labels, test, data[f"{fold}_test_labels"]))
     return out
 
 

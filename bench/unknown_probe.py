@@ -44,9 +44,12 @@ from data_options import (  # bench/ is on sys.path
 
 
 def cosine_distance(query: np.ndarray, reference: np.ndarray, k: int = 1) -> np.ndarray:
-    """1 - the mean cosine similarity of each query row to its `k` nearest reference rows."""
-    from flowers.models.runtime.decisions import normalised
+    """1 - the mean cosine similarity of each query row to its `k` nearest reference rows
+    (k = 1: flowers' own `nearest_distance`)."""
+    from flowers.models.runtime.decisions import nearest_distance, normalised
 
+    if k == 1:
+        return nearest_distance(query, normalised(reference))
     similarity = normalised(query) @ normalised(reference).T
     return 1.0 - np.sort(similarity, axis=1)[:, -k:].mean(axis=1)
 
