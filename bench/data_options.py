@@ -76,14 +76,11 @@ def features_with_strays(settings: RetrainRequest, spec: NetworkSpec, photos_dir
     """The features of every photo of `photos_dir` then of every stray photo of `stray_dir`,
     from FLOWERS_HOME's caches, as `flowers evaluate --stray` reads them: the dataset, the
     features, the flower photos kept (in row order) and the stray photos' rows."""
-    from flowers.models.training import trainer
+    from flowers.models.training import evaluate
 
     data = dataset.discover(photos_dir)
-    photos = list(data.photos)
-    strays = sorted(dataset.walk_images(stray_dir))
     home = Path(os.environ.get("FLOWERS_HOME") or Path.home() / ".flowers")
-    features = trainer.compute_features(
-        settings.recipe, settings.fine_tune, spec, [p.path for p in photos] + strays,
-        settings.weights, weights_dir, home, settings.bottleneck_batch_size)
-    kept = [photos[i] for i in features.kept if i < len(photos)]
-    return data, features, kept, list(range(len(kept), len(features.kept)))
+    features, kept, stray_rows = evaluate.features_with_strays(
+        settings, spec, list(data.photos), sorted(dataset.walk_images(stray_dir)), weights_dir,
+        home)
+    return data, features, kept, stray_rows

@@ -80,6 +80,23 @@ def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:
     return None
 
 
+def features_with_strays(
+    settings: RetrainRequest, spec: networks.NetworkSpec, photos: list[dataset.Photo],
+    strays: list[Path], weights_dir: Path | None, home: Path,
+    progress: Callable[[int, int], None] | None = None,
+    guard: Callable[[Path], str | None] | None = None,
+) -> tuple[trainer.Features, list[dataset.Photo], list[int]]:
+    """The features of `photos` then of `strays` (photos of none of the classes), for
+    `settings`' recipe: the features, the photos kept (in row order: those that decoded) and
+    the stray photos' rows, which follow them."""
+    features = trainer.compute_features(
+        settings.recipe, settings.fine_tune, spec, [photo.path for photo in photos] + strays,
+        settings.weights, weights_dir, home, settings.bottleneck_batch_size,
+        progress=progress, guard=guard)
+    kept = [photos[i] for i in features.kept if i < len(photos)]
+    return features, kept, list(range(len(kept), len(features.kept)))
+
+
 def evaluate(
     request: EvaluateRequest, home: Path, weights_dir: Path | None = None,
     progress: PhaseProgress = _quiet, guard: Callable[[Path], str | None] | None = None,
@@ -102,15 +119,11 @@ def evaluate(
         settings = dataclasses.replace(base, recipe=recipe)
         phase = f"{recipe}: features"
         feature_start = time.perf_counter()
-        features = trainer.compute_features(
-            recipe, settings.fine_tune, spec, [photo.path for photo in photos] + strays,
-            settings.weights, weights_dir, home, settings.bottleneck_batch_size,
+        features, kept, stray_rows = features_with_strays(
+            settings, spec, photos, strays, weights_dir, home,
             progress=lambda done, total: progress(phase, done, total, {}), guard=guard,  # noqa: B023
         )
         feature_seconds = round(time.perf_counter() - feature_start, 3)
-        # Rows follow the paths read: the flower photos', then the stray photos'.
-        kept = [photos[i] for i in features.kept if i < len(photos)]
-        stray_rows = list(range(len(kept), len(features.kept)))
         if kept_paths is None:
             kept_paths = {photo.path for photo in kept}
             skipped = [{"path": Path(path).relative_to(data.root).as_posix(), "reason": reason}
