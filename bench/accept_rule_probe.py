@@ -8,7 +8,9 @@ other, the threshold is read off those cross-fitted scores, and the test photos,
 with the temperature of both halves, are accepted at it. The precision of the photos at or
 above a threshold t is estimated by each rule as:
 
-    counted      the share of them whose best label is right (what flowers does)
+    bound        flowers' rule: the Wilson bound half a standard error under the counted
+                 precision (`calibration.precision_bound`, read by `decisions.threshold_for`)
+    counted      the share of them whose best label is right (flowers' rule before the bound)
     calibrated   the mean of their calibrated confidences
     blend        the mean of those two
     platt        the mean of P(right | confidence) from a logistic fit of right against the
@@ -17,12 +19,13 @@ above a threshold t is estimated by each rule as:
 and the threshold is the lowest t whose estimate reaches the target. Prints, per rule, the
 precision and coverage of `accept` over every fold's test photos.
 
-`--simulate N` also draws N pairs of 220 held-out and 300 test photos from a model that is
-calibrated exactly (each photo right with the probability of its confidence; confidences drawn
-from the first dump's cross-fitted held-out ones) and prints each rule's precision and coverage
-there: what the rule itself costs, with no calibration error.
+`--simulate N` also draws N pairs of held-out (220, or each size of `--held-out`) and 300 test
+photos from a model that is calibrated exactly (each photo right with the probability of its
+confidence; confidences drawn from the first dump's cross-fitted held-out ones) and prints each
+rule's precision and coverage there: what the rule itself costs, with no calibration error.
 
     .venv/bin/python bench/accept_rule_probe.py DUMP.npz [DUMP.npz ...] [--simulate 2000]
+        [--held-out 220,1500]
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-RULES = ("counted", "calibrated", "blend", "platt")
+RULES = ("bound", "counted", "calibrated", "blend", "platt")
 
 
 def threshold(confidence: np.ndarray, right: np.ndarray, target: float, rule: str) -> float:
     """The lowest confidence whose estimated precision (of the photos at or above it, by
     `rule`) reaches `target`; infinity when none does."""
+    if rule == "bound":
+        from flowers.models.runtime.decisions import threshold_for
+        from flowers.models.training.calibration import precision_curve
+
+        scores = np.stack([confidence, np.zeros_like(confidence)], axis=1)  # best: column 0
+        return threshold_for(precision_curve(scores, np.where(right, 0, 1)), target)
     order = np.argsort(-confidence, kind="stable")
     ranked, hits = confidence[order], right[order].astype(np.float64)
     count = np.arange(1, len(ranked) + 1)
@@ -92,6 +101,7 @@ def main() -> None:
     parser.add_argument("dumps", type=Path, nargs="+")
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--simulate", type=int, default=0)
+    parser.add_argument("--held-out", default="220")
     args = parser.parse_args()
     for dump in args.dumps:
         print(dump)
@@ -110,18 +120,19 @@ def main() -> None:
     if args.simulate:
         rng = np.random.default_rng(0)
         pool = np.concatenate([crossed.max(axis=1) for crossed, *_ in folds_of(args.dumps[0])])
-        print(f"simulated, exactly calibrated ({args.simulate} draws of 220 held-out and 300 "
-              "test photos)")
-        for rule in RULES:
-            accepted = right = 0
-            for _ in range(args.simulate):
-                held, test = rng.choice(pool, 220), rng.choice(pool, 300)
-                cut = threshold(held, rng.random(220) < held, args.target, rule)
-                taken = test >= cut
-                accepted += int(taken.sum())
-                right += int((taken & (rng.random(300) < test)).sum())
-            print(f"  {rule:<11} precision {right / max(accepted, 1):.4f}  "
-                  f"coverage {accepted / (300 * args.simulate):.3f}")
+        for size in (int(n) for n in args.held_out.split(",")):
+            print(f"simulated, exactly calibrated ({args.simulate} draws of {size} held-out and "
+                  "300 test photos)")
+            for rule in RULES:
+                accepted = right = 0
+                for _ in range(args.simulate):
+                    held, test = rng.choice(pool, size), rng.choice(pool, 300)
+                    cut = threshold(held, rng.random(size) < held, args.target, rule)
+                    taken = test >= cut
+                    accepted += int(taken.sum())
+                    right += int((taken & (rng.random(300) < test)).sum())
+                print(f"  {rule:<11} precision {right / max(accepted, 1):.4f}  "
+                      f"coverage {accepted / (300 * args.simulate):.3f}")
 
 
 if __name__ == "__main__":

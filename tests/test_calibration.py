@@ -18,6 +18,7 @@ from flowers.models.runtime.decisions import (
 from flowers.models.training.calibration import (
     expected_calibration_error,
     fit_temperature,
+    precision_bound,
     precision_curve,
     reliability,
     scale,
@@ -75,12 +76,29 @@ def test_the_precision_curve_and_the_threshold_for_a_target() -> None:
     curve = precision_curve(probabilities, labels)
     assert [(p["threshold"], p["precision"], p["coverage"]) for p in curve] == [
         (0.9, 1.0, 0.2), (0.8, pytest.approx(2 / 3), 0.6), (0.7, 0.75, 0.8), (0.6, 0.6, 1.0)]
-    assert threshold_for(curve, 0.75) == 0.7
-    assert threshold_for(curve, 1.0) == 0.9
-    assert threshold_for(curve[1:], 0.99) > 1.0, "no threshold reaches it: nothing is accepted"
+    # The threshold is read from the bound half a standard error under each precision: for one
+    # photo of one right, 0.8 (Wilson: (1 + 1/8 - 1/8) / (1 + 1/4)); for 3 of 4, 0.629.
+    assert [p["bound"] for p in curve] == pytest.approx([0.8, 0.5225, 0.6293, 0.4882], abs=1e-4)
+    assert threshold_for(curve, 0.75) == 0.9
+    assert threshold_for(curve, 0.6) == 0.7
+    assert threshold_for(curve, 0.81) > 1.0, "no threshold reaches it: nothing is accepted"
+    # A curve made before bounds is read from its counted precision, as it was.
+    counted = [{k: v for k, v in point.items() if k != "bound"} for point in curve]
+    assert threshold_for(counted, 0.75) == 0.7
+    assert threshold_for(counted, 1.0) == 0.9
+    assert threshold_for(counted[1:], 0.99) > 1.0
     for bad in (0, -0.5, 1.01, float("nan"), True, "0.9"):
         with pytest.raises(UsageError, match="is not a precision in \\(0, 1\\]"):
             check_precision(bad)  # type: ignore[arg-type]
+
+
+def test_the_bound_nears_the_precision_as_photos_grow_and_never_passes_it() -> None:
+    for share in (0.5, 0.9, 0.98, 1.0):
+        bounds = [precision_bound(share * count, count) for count in (10, 100, 1000, 100000)]
+        assert all(b <= share for b in bounds)
+        assert bounds == sorted(bounds), "more photos, a tighter bound"
+        assert share - bounds[-1] < 0.002
+    assert precision_bound(0, 10) == 0.0
 
 
 def apply(trust: Trust, probabilities: np.ndarray, features: np.ndarray,

@@ -44,8 +44,11 @@ def check_precision(value: float, what: str = "--accept-precision") -> float:
 
 def threshold_for(curve: Sequence[dict[str, float]], precision: float) -> float:
     """The lowest threshold whose held-out precision (of every photo at or above it) reaches
-    `precision`; infinity (accept nothing) when none does."""
-    reaching = [point["threshold"] for point in curve if point["precision"] >= precision]
+    `precision`, read from its `bound` (`calibration.precision_bound`; a curve made before
+    bounds has none, and is read from its counted precision, as it was); infinity (accept
+    nothing) when none does."""
+    reaching = [point["threshold"] for point in curve
+                if point.get("bound", point["precision"]) >= precision]
     return min(reaching) if reaching else math.inf
 
 

@@ -14,7 +14,8 @@ classes never changes, so neither does the top-1 label.
   gap between confidence and accuracy, weighted by the photos in each bin);
 - `reliability(p, y)`: the per-bin figures a reliability diagram draws;
 - `precision_curve(p, y)`: for each threshold on the top probability, the precision of the
-  photos at or above it and the share of photos they are (coverage).
+  photos at or above it, the share of photos they are (coverage), and the bound on that
+  precision that an acceptance threshold is chosen by (`precision_bound`).
 `models.training.trust` fits a bundle's calibration and decisions with them.
 """
 
@@ -28,6 +29,13 @@ BINS = 15
 # Temperatures searched (log scale): far beyond what a trained head needs either way.
 LOWEST, HIGHEST = 0.05, 20.0
 _EPSILON = 1e-12
+# How far under the counted precision an acceptance threshold is read, in standard errors
+# (`precision_bound`). The lowest of many noisy points that reaches a target is itself
+# optimistic: on a model calibrated exactly, reading the counted precision of ~220 held-out
+# photos gave 0.976 for a 0.98 target, and 0.979 with 1,500; half a standard error under it
+# gave 0.980-0.981 for 220 to 1,500 (bench/accept_rule_probe.py --simulate,
+# bench/results-issue30.txt).
+SELECTION_Z = 0.5
 
 
 def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -103,7 +111,8 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
 
 def precision_curve(probabilities: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
     """One point per distinct top probability t, highest first: the precision of the photos
-    whose top probability is at least t, and their share of all photos (coverage)."""
+    whose top probability is at least t, their share of all photos (coverage), and the
+    `precision_bound` of their precision that the threshold for a target is read from."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
@@ -116,5 +125,16 @@ def precision_curve(probabilities: np.ndarray, labels: np.ndarray) -> list[dict[
             continue  # one point per threshold: after the last photo at this confidence
         points.append({"threshold": float(confidence[end]),
                        "precision": float(hits[end] / (end + 1)),
-                       "coverage": float((end + 1) / len(confidence))})
+                       "coverage": float((end + 1) / len(confidence)),
+                       "bound": precision_bound(float(hits[end]), end + 1)})
     return points
+
+
+def precision_bound(right: float, count: int, z: float = SELECTION_Z) -> float:
+    """The Wilson score bound `z` standard errors under the precision `right / count`: what an
+    acceptance threshold is chosen by, so that the threshold picked as the lowest to reach a
+    target is not picked for its luck (see `SELECTION_Z`)."""
+    share, square = right / count, z * z
+    centre = share + square / (2 * count)
+    spread = z * math.sqrt(share * (1 - share) / count + square / (4 * count * count))
+    return (centre - spread) / (1 + square / count)

@@ -5,9 +5,10 @@ Two halves of held-out photos (the validation and test splits at training; a fol
 share in `flowers evaluate`) are cross-fitted: each half's probabilities are calibrated with
 the temperature fitted on the other half, so every held-out score is one its calibration never
 saw. Those scores give the test half's expected calibration error before and after, and the
-precision-against-threshold curve the acceptance threshold is read from (the lowest threshold
-whose precision reaches the target; `label-dir --accept-precision` reads another from the same
-curve). The temperature the model applies is then fitted on both halves together.
+precision-against-threshold curve the acceptance threshold is read from: the lowest threshold
+whose precision, less half a standard error (`calibration.precision_bound`), reaches the
+target; `label-dir --accept-precision` reads another from the same curve. The temperature the
+model applies is then fitted on both halves together.
 
 The `unknown` threshold comes from the same held-out photos of the classes alone: the distance
 from each one's features to its nearest training photo's, at the share `UNKNOWN_KEEP` of them
@@ -115,6 +116,8 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         "test_reliability": calibration.reliability(test_calibrated, test.labels),
     }
     decisions: dict[str, Any] = {"accept": {
+        "rule": f"the lowest threshold whose precision bound ({calibration.SELECTION_Z} standard "
+                "errors under the held-out precision) reaches the target",
         "target_precision": target_precision,
         "threshold": shown_threshold(threshold),
         "held_out_precision": precision,
