@@ -317,12 +317,13 @@ def test_bundle_page_in_a_real_browser(
     # (a point per held-out confidence, the chosen threshold marked).
     bins = manifest["calibration"]["test_reliability"]
     curve = manifest["decisions"]["accept"]["curve"]
+    accept = manifest["decisions"]["accept"]
     assert [(s["label"].split(":")[0], s["lines"], s["dots"]) for s in seen["squares"]] == [
         ("reliability", [2, len(bins)], len(bins)),
-        ("precision against coverage", [len(curve)], 1 if manifest["decisions"]["accept"][
-            "threshold"] <= 1 else 0)]
+        ("precision against coverage", [len(curve)], 0 if accept["threshold"] is None else 1)]
     (figures,) = seen["trust"]
     assert f"temperature of {manifest['calibration']['temperature']:.3f}" in figures
+    assert f"the threshold is {accept['rule']}." in figures
     wrong = metrics["misclassified_test_images"]
     assert len(seen["misclassified"]) == len(wrong)
     for item, caption in zip(sorted(wrong, key=lambda i: (manifest["class_names"].index(
