@@ -50,7 +50,9 @@ from flowers.models.training.retrain import RetrainRequest
               help="Share of each fold's training photos held out beside the validation share "
                    "to calibrate (flowers train's test split).")
 @click.option("--accept-precision", type=float, default=DEFAULT_ACCEPT_PRECISION,
-              show_default=True, help="The precision `accept` is chosen for, in (0, 1].")
+              show_default=True,
+              help="The precision `accept` is chosen for, in (0, 1] (read less half a "
+                   "standard error: 1 accepts nothing).")
 @click.option("--stray", "stray_dir", type=click.Path(path_type=Path), default=None,
               help="A folder of photos of none of the classes: how many each fold calls "
                    "unknown (they fit nothing).")

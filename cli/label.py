@@ -28,7 +28,7 @@ from flowers.models.runtime.runners import RUNTIMES, choose_runtime
               help="What runs the bundle; default FLOWERS_RUNTIME, else litert.")
 @click.option("--accept-precision", type=float, default=None,
               help="Accept at the threshold for this precision, in (0, 1] (default: the "
-                   "bundle's own).")
+                   "bundle's own; read less half a standard error, so 1 accepts nothing).")
 @click.pass_obj
 def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
           runtime: str | None, accept_precision: float | None) -> None:

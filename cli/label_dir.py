@@ -105,7 +105,8 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
 @click.option("--accept-precision", type=float, default=None,
               help="Accept the photos whose confidence reaches the threshold the bundle's "
                    "held-out photos give for this precision, in (0, 1] (default: the one it "
-                   "was trained for, 0.98 unless said otherwise).")
+                   "was trained for, 0.98 unless said otherwise; a bundle's held-out "
+                   "precision is read less half a standard error, so 1 accepts nothing).")
 @click.option("--overwrite", is_flag=True, help="Start over: drop earlier rows and output.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
@@ -196,8 +197,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         counts = summary.get("decided") or {}
         how = (f"accepted at {decider.accept_threshold:.3f} calibrated confidence, for "
                f"{decider.accept_precision:g} precision" if decider.accept_threshold <= 1 else
-               f"none accepted: no threshold reached {decider.accept_precision:g} precision on "
-               "the bundle's held-out photos")
+               f"none accepted: no threshold of the bundle's held-out curve reaches "
+               f"{decider.accept_precision:g} precision")
         click.echo(", ".join(f"{name} {counts.get(name, 0)}" for name in DECISIONS) +
                    f" ({how})")
 

@@ -58,8 +58,9 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               show_default=True)
 @click.option("--accept-precision", type=float, default=DEFAULT_ACCEPT_PRECISION,
               show_default=True,
-              help="The precision `accept` is chosen for on the held-out photos, in (0, 1]; "
-                   "label-dir may ask another.")
+              help="The precision `accept` is chosen for on the held-out photos, in (0, 1], "
+                   "read less half a standard error (so 1 accepts nothing); label-dir may ask "
+                   "another.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
 @click.option("--print-misclassified-test-images", is_flag=True)
@@ -174,7 +175,7 @@ def describe_trust(trust: dict[str, Any]) -> str:
     coverage = trust["held_out_coverage"]
     precision = trust["held_out_precision"]
     accepted = (f"held-out precision {precision:.3f}, coverage {coverage:.3f}"
-                if precision is not None else "no held-out photo reaches it")
+                if precision is not None else "no threshold reaches it")
     unknown = ("" if trust["unknown_threshold"] is None else
                f"; unknown beyond distance {trust['unknown_threshold']:.3f} from every "
                f"training photo (keeps {trust['unknown_keep']:.0%} of held-out photos)")

@@ -221,6 +221,8 @@ def test_a_bundle_from_another_decoding_version_gets_a_warning(
     {"unknown": {"threshold": "far", "feature_size": 256}},
     {"unknown": {"threshold": 0.3, "feature_size": "big"}},
     {"unknown": {"threshold": float("nan"), "feature_size": 256}},
+    {"accept": {"target_precision": 0.98, "curve": [
+        {"threshold": 0.9, "precision": 1.0, "coverage": 0.5, "bound": "high"}]}},
 ])
 def test_damaged_decisions_are_one_line_naming_them(
     trained_bundle: tuple[Path, Any], tmp_path: Path, change: dict[str, Any],
@@ -250,3 +252,28 @@ def test_training_features_that_are_not_a_regular_file_are_refused_unread(
     np.save(copy / "features.npy", np.zeros((3, 7), dtype=np.float16))
     with pytest.raises(BundleError, match=r"holds \(3, 7\) features, not \(photos, "):
         load_decider(copy, read_manifest(copy))
+
+
+def test_a_bundle_made_before_precision_bounds_keeps_its_threshold_and_page(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    """Its curve has no bounds and its decisions no rule: label-dir reads the threshold by the
+    counted precision, as it did, and the bundle page still renders."""
+    from flowers.models.runtime.decisions import load_decider
+    from flowers.review.bundle_page import write_bundle_page
+
+    decisions = read_manifest(trained_bundle[0])["decisions"]
+    accept = {key: value for key, value in decisions["accept"].items() if key != "rule"}
+    accept["curve"] = [{key: value for key, value in point.items() if key != "bound"}
+                       for point in accept["curve"]]
+    reaching = [point["threshold"] for point in accept["curve"]
+                if point["precision"] >= accept["target_precision"]]
+    accept["threshold"] = min(reaching) if reaching else None
+    copy = tampered(trained_bundle[0], tmp_path / "bundle",
+                    decisions={**decisions, "accept": accept})
+    decider = load_decider(copy, read_manifest(copy))
+    assert decider is not None
+    assert decider.settings()["accept_threshold"] == accept["threshold"]
+    write_bundle_page(copy, tmp_path / "page.html", None, 3)
+    page = (tmp_path / "page.html").read_text()
+    assert "Confidences and decisions" in page and "the threshold is" not in page

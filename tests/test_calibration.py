@@ -3,6 +3,9 @@ scores whose true calibration is known."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +16,7 @@ from flowers.models.runtime.decisions import (
     UNKNOWN,
     Decider,
     check_precision,
+    load_decider,
     threshold_for,
 )
 from flowers.models.training.calibration import (
@@ -146,6 +150,25 @@ def test_trust_is_fitted_on_held_out_halves_and_holds_on_new_photos() -> None:
     assert stray_decisions.count(UNKNOWN) >= 48
     looser = np.array(apply(found, skewed[new], features[new], reference, accept_precision=0.8))
     assert np.mean(looser == ACCEPT) > np.mean(decided == ACCEPT)
+
+
+def test_labelling_reads_the_threshold_training_chose_from_the_stored_curve() -> None:
+    """The manifest's curve (rounded, through JSON) gives `load_decider` the threshold that
+    training recorded, at its target and at another: both read the precision bounds."""
+    logits, labels = honest_scores(440, seed=8)
+    probabilities = softmax(logits * 0.7)
+    found = fit_trust(HeldOut(probabilities[:220], labels[:220], np.zeros((220, 0))),
+                      HeldOut(probabilities[220:], labels[220:], np.zeros((220, 0))),
+                      np.zeros((0, 0)), 0.95)
+    stored = json.loads(json.dumps({"decisions": found.decisions}))
+    decider = load_decider(Path("unused"), stored)
+    assert decider is not None
+    assert decider.accept_threshold == found.decisions["accept"]["threshold"]
+    curve = stored["decisions"]["accept"]["curve"]
+    looser = [p["threshold"] for p in curve if p["bound"] >= 0.9]
+    assert decider.at(0.9).accept_threshold == min(looser)
+    counted = [p["threshold"] for p in curve if p["precision"] >= 0.95]
+    assert min(counted) < decider.accept_threshold, "the bound asks more than the count"
 
 
 def test_with_no_held_out_photo_nothing_is_accepted_or_unknown() -> None:

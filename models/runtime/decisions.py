@@ -3,7 +3,8 @@
 A bundle trained since decisions exist gives calibrated probabilities (the temperature is inside
 its model) and, as a second output, the photo's features. Its manifest's `decisions` hold:
 - `accept`: the precision-against-threshold curve of its held-out photos' calibrated top
-  confidence, the target precision chosen at training and the threshold that reaches it;
+  confidence (with each precision's bound, `calibration.precision_bound`), the target precision
+  chosen at training and the threshold whose precision bound reaches it;
 - `unknown`: the distance (1 - cosine similarity) from a photo's features to the nearest of the
   training photos' features (`features.npy` in the bundle), and the threshold that keeps the
   share `keep` of held-out photos of the classes.
@@ -125,7 +126,9 @@ def load_decider(bundle: Path, manifest: dict[str, Any],
         return None
     try:
         accept = decisions["accept"]
-        curve = [{"threshold": float(p["threshold"]), "precision": float(p["precision"])}
+        # A curve made before precision bounds has none: it is read by its counted precision.
+        curve = [{"threshold": float(p["threshold"]), "precision": float(p["precision"]),
+                  **({"bound": float(p["bound"])} if "bound" in p else {})}
                  for p in accept["curve"]]
         target = check_precision(accept["target_precision"], "the bundle's target precision")
         unknown = decisions.get("unknown")

@@ -83,8 +83,7 @@ def _quiet(phase: str, done: int, total: int, details: dict[str, Any]) -> None:
 def features_with_strays(
     settings: RetrainRequest, spec: networks.NetworkSpec, photos: list[dataset.Photo],
     strays: list[Path], weights_dir: Path | None, home: Path,
-    progress: Callable[[int, int], None] | None = None,
-    guard: Callable[[Path], str | None] | None = None,
+    progress: trainer.Progress | None = None, guard: trainer.Guard | None = None,
 ) -> tuple[trainer.Features, list[dataset.Photo], list[int]]:
     """The features of `photos` then of `strays` (photos of none of the classes), for
     `settings`' recipe: the features, the photos kept (in row order: those that decoded) and

@@ -99,7 +99,9 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         crossed = calibration.scale(both.probabilities, temperature)
         test, test_temperature = both, temperature
     test_calibrated = calibration.scale(test.probabilities, test_temperature)
-    curve = calibration.precision_curve(crossed, both.labels)
+    # Rounded as the manifest keeps it, and read from that: label-dir reads the same threshold.
+    curve = [{name: round(value, 6) for name, value in point.items()}
+             for point in calibration.precision_curve(crossed, both.labels)]
     threshold = threshold_for(curve, target_precision)
     accepted = crossed.max(axis=1) >= threshold if len(both) else np.zeros(0, dtype=bool)
     precision, coverage = accept_figures(crossed.argmax(axis=1) == both.labels, accepted)
@@ -122,7 +124,7 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         "threshold": shown_threshold(threshold),
         "held_out_precision": precision,
         "held_out_coverage": coverage,
-        "curve": [{name: round(value, 6) for name, value in point.items()} for point in curve],
+        "curve": curve,
     }}
     if len(both) and len(reference):
         distances = nearest_distance(both.features, normalised(reference))
