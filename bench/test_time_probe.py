@@ -21,6 +21,8 @@ and scores each way for each seed alone (`way@seed`), for the weights of all the
 into one network (`way+soup`: the same compute as one) and for their probabilities averaged
 (`way+ensemble`: one network pass per seed).
 
+`--set '{"label_smoothing": 0.0}'` changes fields of the fine-tune recipe for the probe.
+
     FLOWERS_HOME=H .venv/bin/python bench/test_time_probe.py [--ways squash-224,squash-256,...]
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +75,7 @@ def main() -> None:
     parser.add_argument("--split-layer", default=None)
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--set", default="{}", help="a JSON object of fine-tune recipe fields")
     parser.add_argument("--dump", type=Path, default=None,
                         help="write an .npz of each fold's probabilities (first seed): the "
                              "held-out halves' and the test photos' of the model fitted on the "
@@ -96,6 +100,7 @@ def main() -> None:
     recipe = FineTuneRecipe(flip_average=args.flip_average, views=args.views,
                             crop_area=(low, high), epochs=args.epochs,
                             split_layer=args.split_layer)
+    recipe = dataclasses.replace(recipe, **json.loads(args.set))
     settings = RetrainRequest(photo_dir=str(args.photos), architecture="mobilenet_v2",
                               recipe=FINE_TUNE, fine_tune=recipe)
     spec = networks.get_spec(settings.architecture)
