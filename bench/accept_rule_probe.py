@@ -41,18 +41,19 @@ RULES = ("bound", "counted", "calibrated", "blend", "platt")
 def threshold(confidence: np.ndarray, right: np.ndarray, target: float, rule: str) -> float:
     """The lowest confidence whose estimated precision (of the photos at or above it, by
     `rule`) reaches `target`; infinity when none does."""
-    if rule == "bound":
+    if rule in ("bound", "counted"):  # flowers' own curve and threshold, with or without bounds
         from flowers.models.runtime.decisions import threshold_for
         from flowers.models.training.calibration import precision_curve
 
         scores = np.stack([confidence, np.zeros_like(confidence)], axis=1)  # best: column 0
-        return threshold_for(precision_curve(scores, np.where(right, 0, 1)), target)
+        curve = precision_curve(scores, np.where(right, 0, 1))
+        if rule == "counted":  # a curve without bounds is read by its counted precision
+            curve = [{k: v for k, v in point.items() if k != "bound"} for point in curve]
+        return threshold_for(curve, target)
     order = np.argsort(-confidence, kind="stable")
     ranked, hits = confidence[order], right[order].astype(np.float64)
     count = np.arange(1, len(ranked) + 1)
-    if rule == "counted":
-        estimate = np.cumsum(hits) / count
-    elif rule == "calibrated":
+    if rule == "calibrated":
         estimate = np.cumsum(ranked) / count
     elif rule == "blend":
         estimate = (np.cumsum(hits) + np.cumsum(ranked)) / (2 * count)

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from data_options import add_data_options  # bench/ is on sys.path
+from data_options import add_data_options, features_with_strays  # bench/ is on sys.path
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from flowers.models import dataset, networks
+    from flowers.models import networks
     from flowers.models.runtime.tensorflow_setup import configure_tensorflow
     from flowers.models.training import calibration, folds, trainer, trust
     from flowers.models.training.recipe import FINE_TUNE
@@ -51,13 +50,8 @@ def main() -> None:
     settings = RetrainRequest(photo_dir=str(args.photos), architecture="mobilenet_v2",
                               recipe=FINE_TUNE)
     spec = networks.get_spec(settings.architecture)
-    home = Path(os.environ.get("FLOWERS_HOME") or Path.home() / ".flowers")
-    data = dataset.discover(args.photos)
-    photos = list(data.photos)
-    features = trainer.compute_features(
-        FINE_TUNE, settings.fine_tune, spec, [p.path for p in photos], settings.weights,
-        args.weights_dir, home, settings.bottleneck_batch_size)
-    kept = [photos[i] for i in features.kept]
+    data, features, kept, _ = features_with_strays(settings, spec, args.photos, None,
+                                                   args.weights_dir)
     labels = np.array([photo.label for photo in kept], dtype=np.int64)
     fold_of = folds.stratified_folds(kept, args.folds)
     classes = len(data.class_names)

@@ -71,16 +71,16 @@ def copy_photos(photos: list[dataset.Photo], root: Path, dest: Path, prefix: str
 
 
 def features_with_strays(settings: RetrainRequest, spec: NetworkSpec, photos_dir: Path,
-                         stray_dir: Path, weights_dir: Path
+                         stray_dir: Path | None, weights_dir: Path
                          ) -> tuple[dataset.Dataset, Features, list[dataset.Photo], list[int]]:
-    """The features of every photo of `photos_dir` then of every stray photo of `stray_dir`,
-    from FLOWERS_HOME's caches, as `flowers evaluate --stray` reads them: the dataset, the
-    features, the flower photos kept (in row order) and the stray photos' rows."""
+    """The features of every photo of `photos_dir` then of every stray photo of `stray_dir`
+    (None: no strays), from FLOWERS_HOME's caches, as `flowers evaluate --stray` reads them: the
+    dataset, the features, the flower photos kept (in row order) and the stray photos' rows."""
     from flowers.models.training import evaluate
 
     data = dataset.discover(photos_dir)
+    strays = sorted(dataset.walk_images(stray_dir)) if stray_dir is not None else []
     home = Path(os.environ.get("FLOWERS_HOME") or Path.home() / ".flowers")
     features, kept, stray_rows = evaluate.features_with_strays(
-        settings, spec, list(data.photos), sorted(dataset.walk_images(stray_dir)), weights_dir,
-        home)
+        settings, spec, list(data.photos), strays, weights_dir, home)
     return data, features, kept, stray_rows
