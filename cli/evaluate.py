@@ -62,7 +62,7 @@ from flowers.models.training.retrain import RetrainRequest
 @click.pass_obj
 def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, ...],
              architecture: str, weights: str, epochs: int, epoch_choice: str, views: int,
-             flip_average: bool, refit: bool,
+             flip_average: bool, cross_fit: int, refit: bool,
              split_layer: str | None, quantize: str | None, learning_rate: float | None,
              how_many_training_steps: int, validation_percentage: float,
              testing_percentage: float, accept_precision: float, stray_dir: Path | None,
@@ -86,8 +86,8 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     training = RetrainRequest(
         photo_dir=str(data.root), architecture=spec.name,
         weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
-        fine_tune=fine_tune_recipe(epochs, epoch_choice, views, flip_average, refit, split_layer,
-                                   learning_rate, None),
+        fine_tune=fine_tune_recipe(epochs, epoch_choice, views, flip_average,
+                                   cross_fit, refit, split_layer, learning_rate, None),
         how_many_training_steps=how_many_training_steps,
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
         accept_precision=accept_precision, quantize=quantize,

@@ -23,6 +23,7 @@ from flowers.models.dataset import check_percentages, check_training_classes, di
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
+from flowers.models.training.folds import stratified_folds
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
 from flowers.models.training.retrain import RetrainRequest
 from flowers.worker.messages import MAX_BATCH_SIZE
@@ -67,7 +68,7 @@ from flowers.worker.messages import MAX_BATCH_SIZE
 @click.pass_obj
 def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | None,
           weights: str, recipe: str, epochs: int, epoch_choice: str, views: int,
-          flip_average: bool, refit: bool,
+          flip_average: bool, cross_fit: int, refit: bool,
           split_layer: str | None, quantize: str | None, how_many_training_steps: int,
           train_batch_size: int | None,
           learning_rate: float | None, eval_step_interval: int, validation_percentage: float,
@@ -82,13 +83,15 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
                         ("--learning-rate", learning_rate)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} {value} must be positive")
-    fine_tune = fine_tune_recipe(epochs, epoch_choice, views, flip_average, refit, split_layer,
-                                 learning_rate, train_batch_size)
+    fine_tune = fine_tune_recipe(epochs, epoch_choice, views, flip_average, cross_fit, refit,
+                                 split_layer, learning_rate, train_batch_size)
     codelab = recipe == CODELAB
     check_percentages(validation_percentage, testing_percentage)
     data = discover(photo_dir)
     check_training_classes(stable_split(data.photos, validation_percentage, testing_percentage),
                            data.class_names, data.root)
+    if not codelab and fine_tune.cross_fit:  # every part needs a photo of every class
+        stratified_folds(data.photos, fine_tune.cross_fit, "--cross-fit")
     if output is not None:
         ownership.refuse_link(output, "--output")
         output = output.resolve()
@@ -140,7 +143,11 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         f"(validation {_percent(summary['validation_accuracy'])}, "
         f"train {_percent(summary['train_accuracy'])})"
     )
-    if refit := summary.get("refit_photos"):
+    if (parts := summary.get("cross_fit")) and (refit := summary.get("refit_photos")):
+        click.echo(f"  the test and validation figures and the calibration below are cross-fitted "
+                   f"(the photos cut in {parts} parts, each scored by a model fitted on the "
+                   f"others); the bundle's model was then fitted on all {refit} photos")
+    elif refit := summary.get("refit_photos"):
         click.echo(f"  these figures and the calibration below are of the model fitted on the "
                    f"training split; the bundle's model was then refitted on all {refit} photos")
     quantize = summary.get("quantize")

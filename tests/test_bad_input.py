@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from flowers.models.decode import MAX_PIXELS
-from tests.conftest import WorkerFactory, flowers_env, run_flowers, wait_for
+from tests.conftest import WorkerFactory, copy_subset, flowers_env, run_flowers, wait_for
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -234,3 +234,25 @@ def test_a_class_with_one_photo_trains_with_a_warning(
                       tmp_path / "home", weights_dir)
     assert summary["photos"] == 13
     assert "class 'roses' has only 1 photos" in caplog.text
+
+
+def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
+    flower_photos: Path, tmp_path: Path
+) -> None:
+    """--cross-fit 1 or beyond its bound, --refit beside cross-fitting, and more parts than the
+    smallest class's photos: exit 2 with one line naming the option, nothing written."""
+    few = copy_subset(flower_photos, tmp_path / "few", ["daisy", "roses"], 3)
+    env = flowers_env(tmp_path / "home", None, None)
+    for argv, said in (
+            (["train", "--cross-fit", "1"], "fine-tune cross-fit 1: use 0"),
+            (["evaluate", "--cross-fit", "11"], "fine-tune cross-fit 11: use 0"),
+            (["train", "--refit", "--cross-fit", "2"], "fine-tune refit goes with cross-fit 0 "
+                                                       "(--refit with --cross-fit 0)"),
+            (["train", "--cross-fit", "4"], "--cross-fit 4 is more than the 3 photos of the "
+                                            "smallest class")):
+        result = run_flowers(argv[0], str(few), *argv[1:], "--weights", "none", "--output",
+                             str(tmp_path / "out"), env=env)
+        assert result.returncode == 2, (argv, result.stderr)
+        (line,) = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")]
+        assert line.startswith("Error: ") and said in line, (argv, line)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home" / "logs").exists()

@@ -152,6 +152,33 @@ def test_trust_is_fitted_on_held_out_halves_and_holds_on_new_photos() -> None:
     assert np.mean(looser == ACCEPT) > np.mean(decided == ACCEPT)
 
 
+def test_cross_fitted_trust_measures_each_photo_against_the_others() -> None:
+    """Cross-fitted, the held-out photos are the reference itself (the model shipped trained
+    on them all): each photo's distance is to its nearest other photo, never to itself, so
+    the unknown threshold still keeps about 95% of new photos of the classes."""
+    from flowers.models.runtime.decisions import nearest_other_distance
+
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_allclose(nearest_other_distance(rows), [1 - 0.5 ** 0.5] * 3, rtol=1e-6)
+    assert nearest_other_distance(rows[:1]).tolist() == [2.0]  # no other photo: farthest
+    logits, labels = honest_scores(10_000, seed=11)
+    probabilities = softmax(logits)
+    features = clustered_features(labels, seed=12)
+    halves = [HeldOut(probabilities[a:b], labels[a:b], features[a:b])
+              for a, b in ((0, 1000), (1000, 2000))]
+    found = fit_trust(halves[0], halves[1], features[:2000], 0.9,
+                      fitted_on="every photo, cross-fitted in 2 parts", cross_fitted=True)
+    assert found.calibration["fitted_on"] == {"photos": 2000,
+                                              "splits": "every photo, cross-fitted in 2 parts"}
+    unknown = found.decisions["unknown"]
+    assert unknown["reference_photos"] == 2000 and unknown["threshold"] > 0
+    new = slice(2000, 10_000)
+    decided = np.array(apply(found, probabilities[new], features[new], features[:2000]))
+    assert np.mean(decided == UNKNOWN) == pytest.approx(0.05, abs=0.015)
+    against_itself = fit_trust(halves[0], halves[1], features[:2000], 0.9)  # itself nearest
+    assert against_itself.decisions["unknown"]["threshold"] == 0
+
+
 def test_labelling_reads_the_threshold_training_chose_from_the_stored_curve() -> None:
     """The manifest's curve (rounded, through JSON) gives `load_decider` the threshold that
     training recorded, at its target and at another: both read the precision bounds."""

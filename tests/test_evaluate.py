@@ -66,7 +66,7 @@ def test_evaluate_three_folds_then_the_cache(
     env = flowers_env(flowers_home, None, weights_dir)
     output = tmp_path / "figures.json"
     result = run_flowers("evaluate", str(photos), "--folds", "3", "--architecture",
-                         SMALL_NETWORK, "--views", "2", "--epochs", "1",
+                         SMALL_NETWORK, "--views", "2", "--epochs", "1", "--cross-fit", "2",
                          "--how-many-training-steps", "50", "--stray", str(stray),
                          "--output", str(output), env=env)
     assert result.returncode == 0, result.stderr
@@ -95,8 +95,13 @@ def test_evaluate_three_folds_then_the_cache(
             f"{d['ece_before']:.3f} -> {d['ece_after']:.3f}" for d in recipe["fold_details"]) \
             in result.stdout, result.stdout
         assert [d["test"] for d in recipe["fold_details"]] == [12, 12, 12]
-        assert all(d["train"] + d["held_out"] == 24 and d["held_out"] >= d["validation"]
-                   for d in recipe["fold_details"])
+        if name == "codelab":  # trust from the held-out splits of the fold's training photos
+            assert all(d["train"] + d["held_out"] == 24 and d["held_out"] >= d["validation"]
+                       for d in recipe["fold_details"])
+        else:  # --cross-fit 2: trust from all 24, each scored by a model fitted on the other 12
+            assert all(d["held_out"] == d["refit_photos"] == 24
+                       and sorted(d["cross_fit_parts"]["photos"]) == [12, 12]
+                       for d in recipe["fold_details"])
         assert trust["stray_photos"] == 3 and len(trust["stray_unknown"]) == 3
         assert all(0 <= n <= 3 for n in trust["stray_unknown"])
         assert f"of 3 stray photos (per fold {' '.join(map(str, trust['stray_unknown']))})" \

@@ -233,12 +233,14 @@ def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
         f"{fine['split']['testing']} test photos")
 
 
-def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
+def test_a_cross_fitted_int8_bundle_is_measured_and_calibrated_on_its_own_int8_models(
     fine_tuned: tuple[Path, dict[str, Any], Path], weights_dir: Path, tmp_path: Path,
 ) -> None:
-    """`--quantize int8`: model.tflite's convolutions are int8 and its tail float32 (confidences
-    not in steps of 1/256); the manifest's test accuracy and the features `unknown` measures
-    from are that model's own, not the float model's it came from."""
+    """`--quantize int8 --cross-fit 2`: model.tflite's convolutions are int8 and its tail
+    float32 (confidences not in steps of 1/256). The photos are cut in two parts, each scored
+    by the int8 model of a fit on the other; trust comes from those scores, and the bundle's
+    model is fitted on all of them: its training accuracy and the features `unknown` measures
+    from (every photo's) are that int8 model's own, not the float model's it came from."""
     from ai_edge_litert.interpreter import Interpreter
 
     from flowers.models.bundle import FEATURES_FILE, TFLITE_FILE, load_bundle
@@ -252,10 +254,16 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
     photos = fine_tuned[2]
     output = tmp_path / "int8"
     request = RetrainRequest(photo_dir=str(photos), output=str(output), architecture=SMALL_NETWORK,
-                             fine_tune=FineTuneRecipe(views=2, epochs=2), validation_percentage=20,
-                             testing_percentage=20, quantize="int8")
-    retrain(request, tmp_path / "home", weights_dir)
+                             fine_tune=FineTuneRecipe(views=2, epochs=2, cross_fit=2),
+                             validation_percentage=20, testing_percentage=20, quantize="int8")
+    summary = retrain(request, tmp_path / "home", weights_dir)
     manifest = json.loads((output / "manifest.json").read_text())
+    recipe = manifest["recipe"]
+    assert (recipe["cross_fit"], recipe["refit_photos"], summary["cross_fit"]) == (2, 60, 2)
+    assert recipe["cross_fit_parts"] == {"photos": [30, 30], "epochs_kept": [2, 2]}
+    assert manifest["calibration"]["fitted_on"] == {
+        "photos": 60, "splits": "every photo, cross-fitted in 2 parts"}
+    assert manifest["decisions"]["unknown"]["reference_photos"] == 60
     assert manifest["models"]["tflite"]["quantization"].startswith("int8")
     assert manifest["training_arguments"]["quantize"] == "int8"
     from flowers.cli.status import _bundle_lines
@@ -282,12 +290,12 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
     def scored(names: list[str]) -> Any:
         return runner.scores(np.stack([load_image(photos / name, 224) for name in names]))
 
-    test = scored(split["testing"])
+    trained = scored(split["training"])
     right = [classes[guess] == name.split("/")[0]
-             for guess, name in zip(test.probabilities.argmax(axis=1), split["testing"],
+             for guess, name in zip(trained.probabilities.argmax(axis=1), split["training"],
                                     strict=True)]
-    assert manifest["metrics"]["test_accuracy"] == pytest.approx(np.mean(right))
-    steps = test.probabilities * 256
+    assert manifest["metrics"]["train_accuracy"] == pytest.approx(np.mean(right))
+    steps = trained.probabilities * 256
     assert np.abs(steps - np.round(steps)).max() > 0.01, "confidences in steps of 1/256"
 
     # Refused: a float32 model.tflite in place of the int8 one its decisions were fitted on.
@@ -305,6 +313,14 @@ def test_an_int8_bundle_is_measured_and_calibrated_on_its_own_int8_model(
     float_features = load_bundle(output).model.predict(pixels, verbose=0)["features"]
     assert not np.allclose(float_features, reference, atol=5e-3, rtol=5e-3), (
         "the float model's features must differ, or this test shows nothing")
+    assert np.load(output / FEATURES_FILE).shape == (60, 128)  # every photo's
+
+    from flowers.review.bundle_page import write_bundle_page
+
+    write_bundle_page(output, tmp_path / "page.html", photos, 3)
+    page = (tmp_path / "page.html").read_text()
+    assert "are cross-fitted: the photos were cut in 2 parts" in page
+    assert "fitted on 60 cross-fitted photos" in page
 
 
 def test_a_refit_bundle_ships_the_model_fitted_on_every_photo_with_the_first_ones_figures(

@@ -78,6 +78,17 @@ def nearest_distance(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return 1.0 - np.einsum("ij,kj->ik", normalised(features), reference).max(axis=1)
 
 
+def nearest_other_distance(features: np.ndarray) -> np.ndarray:
+    """`nearest_distance` of each row of `features` to the nearest of the other rows: what a
+    new photo's distance to them all would be, for a photo among them."""
+    if len(features) < 2:
+        return np.full(len(features), 2.0, dtype=np.float32)
+    rows = normalised(features)
+    similarity = np.einsum("ij,kj->ik", rows, rows)
+    np.fill_diagonal(similarity, -np.inf)
+    return 1.0 - similarity.max(axis=1)
+
+
 @dataclass(frozen=True)
 class Decider:
     """The thresholds a job decides with, and the training photos' features for `unknown`."""

@@ -32,8 +32,16 @@ import numpy as np
 from flowers.models import dataset, networks
 from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import ACCEPT, UNKNOWN
-from flowers.models.training import calibration, folds, head, quantized, trainer, trust
-from flowers.models.training.recipe import RECIPES, check_recipe
+from flowers.models.training import (
+    calibration,
+    crossfit,
+    folds,
+    head,
+    quantized,
+    trainer,
+    trust,
+)
+from flowers.models.training.recipe import CODELAB, RECIPES, check_recipe
 from flowers.models.training.retrain import RetrainRequest
 from flowers.models.typed import field_values
 
@@ -174,27 +182,12 @@ def _cross_validate(
                                           settings.testing_percentage)
         train_rows, val_rows = held["training"], held["validation"]
         phase = f"{settings.recipe}: fold {fold + 1}/{k}"
-        fitted = trainer.fit(
-            features, labels, train_rows, val_rows, len(class_names), settings.head_config(),
-            settings.fine_tune,
-            progress=lambda done, total, entry: progress(phase, done, total, entry),  # noqa: B023
-        )
-        seconds = fitted.seconds
-        scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
-        reference = scores.photo_features(train_rows)
-        halves = [trust.HeldOut(scores.probabilities(held[name]), labels[held[name]],
-                                scores.photo_features(held[name]))
-                  for name in ("validation", "testing")]
-        fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
-        refitted = trainer.refit(  # as flowers train refits
-            fitted, labels, held, len(class_names), settings.fine_tune,
-            progress=lambda done, total, entry: progress(
-                f"{phase}, refit", done, total, entry))  # noqa: B023
-        if refitted is not None:
-            fitted = refitted
-            seconds += fitted.seconds
-            scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
-            reference = scores.photo_features(train_rows)
+        how = (_cross_fitted if settings.recipe != CODELAB and settings.fine_tune.cross_fit
+               else _held_out)
+        fitted, scores, reference, fold_trust = how(
+            features, kept, labels, held, settings, len(class_names),
+            lambda name, done, total, entry: progress(
+                f"{phase}{name}", done, total, entry))  # noqa: B023
         probs = scores.probabilities(test_rows)
         predicted[test_rows] = probs.argmax(axis=1)
         scored = head.metrics(probs, labels[test_rows], class_names)
@@ -209,13 +202,13 @@ def _cross_validate(
             scores.photo_features(stray_rows))
         details.append({
             "fold": fold, "train": len(train_rows), "validation": len(val_rows),
-            "held_out": len(val_rows) + len(held["testing"]), "test": len(test_rows),
+            "held_out": len(fold_trust.cross_fitted), "test": len(test_rows),
             "accuracy": scored["accuracy"], "temperature": round(fold_trust.temperature, 6),
             "accept_threshold": fold_trust.decisions["accept"]["threshold"],
             "unknown_threshold": (fold_trust.decisions.get("unknown") or {}).get("threshold"),
             **_trust_figures(probs, calibrated[test_rows], decided[test_rows], labels[test_rows],
                              strays),
-            "seconds": round(seconds, 3), **fitted.details})
+            "seconds": round(fitted.seconds, 3), **fitted.details})
         log.info("%s: accuracy %.3f", phase, scored["accuracy"])
     recall = {name: float(np.mean(predicted[labels == i] == i))
               for i, name in enumerate(class_names) if np.any(labels == i)}
@@ -234,6 +227,57 @@ def _cross_validate(
         "cache": features.cache,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+# A fold's model (the one scored on the test fold), its scores, the features of the photos it
+# trained on, and the trust fitted as `flowers train` fits it.
+FoldFit = tuple[trainer.Fitted, Any, np.ndarray, trust.Trust]
+FoldProgress = Callable[[str, int, int, dict[str, float]], None]  # (", part 1/2", ...)
+
+
+def _held_out(features: trainer.Features, kept: list[dataset.Photo], labels: np.ndarray,
+              held: dict[str, list[int]], settings: RetrainRequest, classes: int,
+              progress: FoldProgress) -> FoldFit:
+    """One fit on the fold's training split, trust from its held-out splits; with fine-tune's
+    `refit`, the model fitted again on all the fold's photos (its `seconds` then both fits')."""
+    train_rows = held["training"]
+    fitted = trainer.fit(
+        features, labels, train_rows, held["validation"], classes, settings.head_config(),
+        settings.fine_tune, progress=lambda done, total, entry: progress("", done, total, entry))
+    scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
+    reference = scores.photo_features(train_rows)
+    halves = [trust.HeldOut(scores.probabilities(held[name]), labels[held[name]],
+                            scores.photo_features(held[name]))
+              for name in ("validation", "testing")]
+    fold_trust = trust.fit_trust(halves[0], halves[1], reference, settings.accept_precision)
+    refitted = trainer.refit(  # as flowers train refits
+        fitted, labels, held, classes, settings.fine_tune,
+        progress=lambda done, total, entry: progress(", refit", done, total, entry))
+    if refitted is not None:
+        refitted.seconds += fitted.seconds
+        fitted = refitted
+        scores = quantized.scorer(fitted, train_rows, labels, settings.quantize)
+        reference = scores.photo_features(train_rows)
+    return fitted, scores, reference, fold_trust
+
+
+def _cross_fitted(features: trainer.Features, kept: list[dataset.Photo], labels: np.ndarray,
+                  held: dict[str, list[int]], settings: RetrainRequest, classes: int,
+                  progress: FoldProgress) -> FoldFit:
+    """Fine-tune's `cross_fit` over all the fold's photos, as `flowers train` cross-fits:
+    trust from the cross-fitted scores, the model fitted on them all (its `seconds` then every
+    fit's)."""
+    every = held["training"] + held["validation"] + held["testing"]
+    crossed = crossfit.cross_fit(
+        features, kept, labels, every, classes, settings.fine_tune, settings.quantize,
+        progress=lambda name, done, total, entry: progress(f", {name}", done, total, entry))
+    crossed.model.seconds = sum(crossed.seconds.values())
+    scores = quantized.scorer(crossed.model, every, labels, settings.quantize)
+    reference = scores.photo_features(every)
+    fold_trust = trust.fit_trust(
+        *crossed.halves(), reference, settings.accept_precision,
+        fitted_on=f"every photo, cross-fitted in {len(crossed.parts)} parts", cross_fitted=True)
+    return crossed.model, scores, reference, fold_trust
 
 
 def _trust_figures(raw: np.ndarray, calibrated: np.ndarray, decided: np.ndarray,

@@ -24,15 +24,17 @@ def _order_key(photo: Photo) -> tuple[str, str]:
     return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest(), str(photo.path)
 
 
-def stratified_folds(photos: Sequence[Photo], folds: int) -> list[int]:
-    """The fold (0 to folds - 1) of each photo, in the order given."""
+def stratified_folds(photos: Sequence[Photo], folds: int, option: str = "--folds") -> list[int]:
+    """The fold (0 to folds - 1) of each photo, in the order given. `option`: what the
+    `UsageError`s name (too few folds, or more than the smallest class's photos)."""
     if folds < 2:
-        raise UsageError(f"--folds {folds} must be at least 2")
+        raise UsageError(f"{option} {folds} must be at least 2")
     smallest = min((sum(1 for p in photos if p.label == label)
                     for label in {p.label for p in photos}), default=0)
     if smallest < folds:
-        raise UsageError(f"--folds {folds} is more than the {smallest} photos of the smallest "
-                         "class: every fold needs a photo of every class; use fewer folds")
+        raise UsageError(f"{option} {folds} is more than the {smallest} photos of the smallest "
+                         f"class: every part needs a photo of every class; use fewer"
+                         + (" (or --cross-fit 0)" if option == "--cross-fit" else ""))
     assignment = [0] * len(photos)
     for label in sorted({photo.label for photo in photos}):
         members = sorted((i for i, p in enumerate(photos) if p.label == label),

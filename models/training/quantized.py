@@ -6,10 +6,10 @@ the float model it was converted from. Each also converts the final model to mod
 
 `QuantizedScores` converts the fitted model (temperature 1) with `REPRESENTATIVE_PHOTOS` of its
 training photos spread over the classes (as many as `flowers export --quantize int8` takes),
-decodes every photo of the features' rows as labelling does, runs them through LiteRT, and
-answers `probabilities(rows)` and `photo_features(rows)` in place of `trainer.Fitted`'s.
-`convert(model)` then converts the final model (the fitted temperature inside) on the same
-photos: the same quantized network, so its scores are these, calibrated.
+decodes every photo of the features' rows (or of the rows asked for) as labelling does, runs
+them through LiteRT, and answers `probabilities(rows)` and `photo_features(rows)` in place of
+`trainer.Fitted`'s. `convert(model)` then converts the final model (the fitted temperature
+inside) on the same photos: the same quantized network, so its scores are these, calibrated.
 """
 
 from __future__ import annotations
@@ -47,26 +47,26 @@ class QuantizedScores:
 
     def __init__(self, fitted: Fitted, training_rows: Sequence[int], labels: np.ndarray,
                  quantize: str, guard: Guard | None = None, threads: int = 1,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, rows: Sequence[int] | None = None) -> None:
         self.quantize, self.guard = quantize, guard
         self.paths = fitted.features.paths
         self.size = fitted.features.spec.input_size
         by_label = sorted(training_rows, key=lambda row: int(labels[row]))
         self.representative = [pixels[None] for row in spread(by_label, lambda row: labels[row])
                                if (pixels := self._pixels(row)) is not None]
-        rows = len(self.paths)
+        wanted = list(range(len(self.paths)) if rows is None else rows)
         with tempfile.TemporaryDirectory(prefix="flowers-quantized-") as folder:
             path = Path(folder) / "model.tflite"
             path.write_bytes(self.convert(fitted.export(1.0)))
             runner = LiteRTRunner(path, threads=threads)
-            self._probabilities = np.zeros((rows, 0), dtype=np.float32)
-            self._features = np.zeros((rows, 0), dtype=np.float32)
-            for start in range(0, rows, CHUNK):
-                self._score(runner, fitted, range(start, min(start + CHUNK, rows)))
+            self._probabilities = np.zeros((len(self.paths), 0), dtype=np.float32)
+            self._features = np.zeros((len(self.paths), 0), dtype=np.float32)
+            for start in range(0, len(wanted), CHUNK):
+                self._score(runner, fitted, wanted[start:start + CHUNK])
                 if progress is not None:
-                    progress(min(start + CHUNK, rows), rows)
+                    progress(min(start + CHUNK, len(wanted)), len(wanted))
 
-    def _score(self, runner: LiteRTRunner, fitted: Fitted, rows: range) -> None:
+    def _score(self, runner: LiteRTRunner, fitted: Fitted, rows: Sequence[int]) -> None:
         decoded = {row: self._pixels(row) for row in rows}
         good = {row: pixels for row, pixels in decoded.items() if pixels is not None}
         lost = [row for row in rows if row not in good]
@@ -123,10 +123,12 @@ class FloatScores:
 
 def scorer(fitted: Fitted, training_rows: list[int], labels: np.ndarray,
            quantize: str | None, guard: Guard | None = None,
-           progress: Progress | None = None) -> FloatScores | QuantizedScores:
+           progress: Progress | None = None, rows: Sequence[int] | None = None
+           ) -> FloatScores | QuantizedScores:
     """The scores of the model.tflite `quantize` makes (None: float32); see the docstring.
-    The quantized model runs on this process's network threads."""
+    The quantized model runs on this process's network threads, over `rows` only if given
+    (the others' scores are then zeros)."""
     if quantize is None:
         return FloatScores(fitted)
     return QuantizedScores(fitted, training_rows, labels, quantize, guard,
-                           tensorflow_threads(), progress)
+                           tensorflow_threads(), progress, rows)

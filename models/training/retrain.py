@@ -24,9 +24,9 @@ from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.runtime.litert import QUANTIZATIONS
-from flowers.models.training import head, quantized, report, trainer
+from flowers.models.training import crossfit, head, quantized, report, trainer
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
-from flowers.models.training.trust import HeldOut, fit_trust
+from flowers.models.training.trust import HeldOut, Trust, fit_trust
 from flowers.models.typed import field_values
 
 log = logging.getLogger(__name__)
@@ -147,42 +147,16 @@ def retrain(
         raise DatasetError(f"{data.root}: no readable photos fell into the training set")
     dataset.check_training_classes(split, data.class_names, data.root)
 
-    phase_start = time.perf_counter()
-    fitted = trainer.fit(
-        features, labels, rows["training"], rows["validation"], len(data.class_names),
-        request.head_config(), request.fine_tune,
-        progress=lambda done, total, entry: progress("training", done, total, entry),
-    )
-    timings["training"] = time.perf_counter() - phase_start
-    phase_start = time.perf_counter()
-    scores = quantized.scorer(fitted, rows["training"], labels, request.quantize, guard,
-                              lambda done, total: progress("scoring", done, total, {}))
-    if request.quantize:
-        timings["scoring"] = time.perf_counter() - phase_start
-    probabilities = {name: scores.probabilities(rows[name]) for name in dataset.SETS}
+    how = _cross_fit if request.recipe != CODELAB and request.fine_tune.cross_fit else _held_out
+    fitted, scores, probabilities, trust, history, reference = how(
+        request, features, kept, labels, rows, len(data.class_names), timings, progress, guard)
     metrics = {
         name: head.metrics(probabilities[name], labels[rows[name]], data.class_names)
         for name in dataset.SETS
     }
-    reference = scores.photo_features(rows["training"])
-    held_out = {name: HeldOut(probabilities[name], labels[rows[name]],
-                              scores.photo_features(rows[name]))
-                for name in ("validation", "testing")}
-    trust = fit_trust(held_out["validation"], held_out["testing"], reference,
-                      request.accept_precision)
     misclassified = _misclassified(probabilities["testing"], kept, rows["testing"], data)
-    history = fitted.history  # the learning curves of the model the figures are of
     if request.summaries_dir:
         head.write_summaries(history, Path(request.summaries_dir))
-    phase_start = time.perf_counter()
-    refitted = trainer.refit(
-        fitted, labels, rows, len(data.class_names), request.fine_tune,
-        progress=lambda done, total, entry: progress("refitting", done, total, entry))
-    if refitted is not None:
-        # The features (of the split layer, below what training changes) and the quantized
-        # model's calibration photos stay as they were: `scores` converts the refit model.
-        fitted = refitted
-        timings["refit"] = time.perf_counter() - phase_start
 
     progress("export", 0, 1, {})
     phase_start = time.perf_counter()
@@ -244,7 +218,7 @@ def retrain(
             path, history, metrics["testing"]["confusion_matrix"], data.class_names,
             f"{spec.name} ({request.recipe}) on {data.root.name}: test accuracy "
             f"{_percent(metrics['testing']['accuracy'])}"
-            + (" (before the refit on every photo)" if refitted is not None else ""),
+            + _model_note(fitted),
             x_label="training step" if request.recipe == CODELAB else "epoch",
         ),
     )
@@ -263,11 +237,94 @@ def retrain(
         "skipped": skipped,
         "recipe": request.recipe,
         "refit_photos": fitted.details.get("refit_photos"),
+        "cross_fit": len(fitted.details.get("cross_fit_parts", {}).get("photos", [])) or None,
         "quantize": request.quantize,
         "cache": {"kind": phase, **cache},
         "trust": trust.summary(),
         "seconds": {name: round(value, 3) for name, value in timings.items()},
     }
+
+
+# The model shipped, its scores, each split's probabilities, the trust, the learning curves of
+# the model the figures are of, and the features of the photos the model shipped trained on.
+Fit = tuple[trainer.Fitted, Any, dict[str, np.ndarray], Trust, list[dict[str, float]], np.ndarray]
+
+
+def _held_out(
+    request: RetrainRequest, features: trainer.Features, kept: list[dataset.Photo],
+    labels: np.ndarray, rows: dict[str, list[int]], classes: int, timings: dict[str, float],
+    progress: PhaseProgress, guard: Callable[[Path], str | None] | None,
+) -> Fit:
+    """One fit on the training split; the figures and trust from the held-out validation and
+    test splits; with fine-tune's `refit`, the model then fitted again on every photo."""
+    phase_start = time.perf_counter()
+    fitted = trainer.fit(
+        features, labels, rows["training"], rows["validation"], classes,
+        request.head_config(), request.fine_tune,
+        progress=lambda done, total, entry: progress("training", done, total, entry),
+    )
+    timings["training"] = time.perf_counter() - phase_start
+    phase_start = time.perf_counter()
+    scores = quantized.scorer(fitted, rows["training"], labels, request.quantize, guard,
+                              lambda done, total: progress("scoring", done, total, {}))
+    if request.quantize:
+        timings["scoring"] = time.perf_counter() - phase_start
+    probabilities = {name: scores.probabilities(rows[name]) for name in dataset.SETS}
+    reference = scores.photo_features(rows["training"])
+    held_out = {name: HeldOut(probabilities[name], labels[rows[name]],
+                              scores.photo_features(rows[name]))
+                for name in ("validation", "testing")}
+    trust = fit_trust(held_out["validation"], held_out["testing"], reference,
+                      request.accept_precision)
+    history = fitted.history  # the learning curves of the model the figures are of
+    phase_start = time.perf_counter()
+    refitted = trainer.refit(
+        fitted, labels, rows, classes, request.fine_tune,
+        progress=lambda done, total, entry: progress("refitting", done, total, entry))
+    if refitted is not None:
+        # The features (of the split layer, below what training changes) and the quantized
+        # model's calibration photos stay as they were: `scores` converts the refit model.
+        fitted = refitted
+        timings["refit"] = time.perf_counter() - phase_start
+    return fitted, scores, probabilities, trust, history, reference
+
+
+def _cross_fit(
+    request: RetrainRequest, features: trainer.Features, kept: list[dataset.Photo],
+    labels: np.ndarray, rows: dict[str, list[int]], classes: int, timings: dict[str, float],
+    progress: PhaseProgress, guard: Callable[[Path], str | None] | None,
+) -> Fit:
+    """Fine-tune's `cross_fit` (`models.training.crossfit`): the validation and test figures
+    and the trust from every photo's cross-fitted score, the training figures from the model
+    shipped, fitted on every photo; the learning curves of the first part's model."""
+    every = rows["training"] + rows["validation"] + rows["testing"]
+    crossed = crossfit.cross_fit(
+        features, kept, labels, every, classes, request.fine_tune, request.quantize, guard,
+        progress=lambda name, done, total, entry: progress(
+            "refitting" if name == crossfit.EVERY_PHOTO else f"training {name}", done, total,
+            entry))
+    timings["training"] = crossed.seconds["parts"]
+    timings["refit"] = crossed.seconds[crossfit.EVERY_PHOTO]
+    phase_start = time.perf_counter()
+    scores = quantized.scorer(crossed.model, every, labels, request.quantize, guard,
+                              lambda done, total: progress("scoring", done, total, {}))
+    if request.quantize:
+        timings["scoring"] = time.perf_counter() - phase_start
+    probabilities = {"training": scores.probabilities(rows["training"]),
+                     **{name: crossed.probabilities(rows[name])
+                        for name in ("validation", "testing")}}
+    reference = scores.photo_features(every)
+    trust = fit_trust(*crossed.halves(), reference, request.accept_precision,
+                      fitted_on=f"every photo, cross-fitted in {len(crossed.parts)} parts",
+                      cross_fitted=True)
+    return crossed.model, scores, probabilities, trust, crossed.history, reference
+
+
+def _model_note(fitted: trainer.Fitted) -> str:
+    """What report.png's title adds about the model its figures are of."""
+    if "cross_fit_parts" in fitted.details:
+        return " (cross-fitted; the bundle's model fitted on every photo)"
+    return " (before the refit on every photo)" if "refit_photos" in fitted.details else ""
 
 
 def _percent(value: object) -> str:

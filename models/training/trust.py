@@ -1,18 +1,22 @@
 """Held-out photos in, what a bundle needs to say how far to trust each answer out: the
 temperature its model applies, the acceptance curve and threshold, the `unknown` threshold.
 
-Two halves of held-out photos (the validation and test splits at training; a fold's held-out
-share in `flowers evaluate`) are cross-fitted: each half's probabilities are calibrated with
-the temperature fitted on the other half, so every held-out score is one its calibration never
-saw. Those scores give the test half's expected calibration error before and after, and the
-precision-against-threshold curve the acceptance threshold is read from: the lowest threshold
-whose precision, less half a standard error (`calibration.precision_bound`), reaches the
-target; `label-dir --accept-precision` reads another from the same curve. The temperature the
-model applies is then fitted on both halves together.
+The held-out photos are every training photo with its cross-fitted score (fine-tune's default
+`cross_fit`, `models.training.crossfit`: the first part, then the others), or the validation and
+test splits held out of one fit (`--cross-fit 0`, the codelab recipe; in `flowers evaluate`, the
+same of each fold's training photos). Their two halves are cross-fitted: each half's
+probabilities are calibrated with the temperature fitted on the other half, so every held-out
+score is one its calibration never saw. Those scores give the test half's expected calibration
+error before and after, and the precision-against-threshold curve the acceptance threshold is
+read from: the lowest threshold whose precision, less half a standard error
+(`calibration.precision_bound`), reaches the target; `label-dir --accept-precision` reads
+another from the same curve. The temperature the model applies is then fitted on both halves
+together.
 
 The `unknown` threshold comes from the same held-out photos of the classes alone: the distance
-from each one's features to its nearest training photo's, at the share `UNKNOWN_KEEP` of them
-(what is farther than every one of those is none of the classes). Stray photos never tune it.
+from each one's features to its nearest training photo's (cross-fitted, to its nearest other
+photo: the model shipped trained on them all), at the share `UNKNOWN_KEEP` of them (what is
+farther than every one of those is none of the classes). Stray photos never tune it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from flowers.models.bundle import FEATURES_FILE
 from flowers.models.runtime.decisions import (
     Decider,
     nearest_distance,
+    nearest_other_distance,
     normalised,
     shown_threshold,
     threshold_for,
@@ -83,10 +88,16 @@ class Trust:
 
 
 def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
-              target_precision: float) -> Trust:
+              target_precision: float, fitted_on: str = "validation and testing",
+              cross_fitted: bool = False) -> Trust:
     """Fits on held-out halves `first` (validation) and `second` (test) against the training
     photos' features `reference`; see the module docstring. Either half may be empty: the
-    other then serves alone, uncrossed; with none, nothing is accepted or called unknown."""
+    other then serves alone, uncrossed; with none, nothing is accepted or called unknown.
+
+    `cross_fitted`: the halves are every training photo, each scored by a model that never saw
+    it (`models.training.crossfit`), and `reference` is their features too: each photo's
+    distance is then to its nearest other photo (the model shipped trained on them all).
+    `fitted_on` names the photos in the manifest."""
     both = _joined(first, second)
     temperature = calibration.fit_temperature(both.probabilities, both.labels)
     if len(first) and len(second):  # each half calibrated by the other's temperature
@@ -109,7 +120,7 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         "method": "temperature",
         "temperature": round(temperature, 6),
         "in_model": True,
-        "fitted_on": {"photos": len(both), "splits": "validation and testing"},
+        "fitted_on": {"photos": len(both), "splits": fitted_on},
         "test_temperature": round(test_temperature, 6),
         "test_ece_before": round(calibration.expected_calibration_error(
             test.probabilities, test.labels), 6),
@@ -127,7 +138,8 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         "curve": curve,
     }}
     if len(both) and len(reference):
-        distances = nearest_distance(both.features, normalised(reference))
+        distances = (nearest_other_distance(both.features) if cross_fitted
+                     else nearest_distance(both.features, normalised(reference)))
         decisions["unknown"] = {
             "method": "nearest training photo: 1 - cosine similarity of the features",
             "features": FEATURES_FILE,
