@@ -16,6 +16,9 @@ over the folds, ECE after calibration, top-1 accuracy):
                   never trained on; trust fitted on those (the first part against the rest
                   for the cross-fitted temperatures); the refit model, as above
 
+flowers builds the cross-fit in as `flowers train/evaluate --cross-fit K`
+(`models/training/crossfit.py`); this probe stays as the side-by-side of the three.
+
 Stray photos and the `unknown` threshold are left out: only the temperature and the
 acceptance threshold are compared. The fits per fold: 1 + K + 1.
 

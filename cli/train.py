@@ -90,7 +90,10 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     data = discover(photo_dir)
     check_training_classes(stable_split(data.photos, validation_percentage, testing_percentage),
                            data.class_names, data.root)
-    if not codelab and fine_tune.cross_fit:  # every part needs a photo of every class
+    if codelab and fine_tune.cross_fit:
+        raise UsageError(f"--cross-fit {fine_tune.cross_fit} is the fine-tune recipe's: the "
+                         "codelab recipe fits its trust on the held-out splits")
+    if fine_tune.cross_fit:  # every part needs a photo of every class
         stratified_folds(data.photos, fine_tune.cross_fit, "--cross-fit")
     if output is not None:
         ownership.refuse_link(output, "--output")

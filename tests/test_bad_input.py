@@ -249,7 +249,13 @@ def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
             (["train", "--refit", "--cross-fit", "2"], "fine-tune refit goes with cross-fit 0 "
                                                        "(--refit with --cross-fit 0)"),
             (["train", "--cross-fit", "4"], "--cross-fit 4 is more than the 3 photos of the "
-                                            "smallest class")):
+                                            "smallest class: every part needs a photo of every "
+                                            "class; use fewer parts (or --cross-fit 0)"),
+            (["evaluate", "--folds", "3", "--cross-fit", "3"],
+             "--cross-fit 3 is more than the 2 photos of the smallest class in fold 1's "
+             "training photos"),
+            (["train", "--recipe", "codelab", "--cross-fit", "2"],
+             "--cross-fit 2 is the fine-tune recipe's")):
         result = run_flowers(argv[0], str(few), *argv[1:], "--weights", "none", "--output",
                              str(tmp_path / "out"), env=env)
         assert result.returncode == 2, (argv, result.stderr)

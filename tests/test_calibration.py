@@ -179,6 +179,21 @@ def test_cross_fitted_trust_measures_each_photo_against_the_others() -> None:
     assert against_itself.decisions["unknown"]["threshold"] == 0
 
 
+def test_cross_fitted_scores_are_found_by_row_even_for_no_rows() -> None:
+    """`CrossFitted.probabilities` gives each row its own part's score, in the order asked; an
+    empty split (--testing-percentage 0) gets an empty table of the classes' width."""
+    from flowers.models.training.crossfit import CrossFitted
+
+    scored = [HeldOut(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]), np.zeros((2, 0))),
+              HeldOut(np.array([[0.6, 0.4]]), np.array([0]), np.zeros((1, 0)))]
+    crossed = CrossFitted([[4, 7], [5]], scored, [], None, {})  # type: ignore[arg-type]
+    np.testing.assert_allclose(crossed.probabilities([5, 4, 7]),
+                               [[0.6, 0.4], [0.9, 0.1], [0.2, 0.8]])
+    assert crossed.probabilities([]).shape == (0, 2)
+    first, rest = crossed.halves()
+    assert first.labels.tolist() == [0, 1] and rest.labels.tolist() == [0]
+
+
 def test_labelling_reads_the_threshold_training_chose_from_the_stored_curve() -> None:
     """The manifest's curve (rounded, through JSON) gives `load_decider` the threshold that
     training recorded, at its target and at another: both read the precision bounds."""

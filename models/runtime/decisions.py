@@ -33,6 +33,8 @@ from flowers.models.errors import BundleError, UsageError
 ACCEPT, REVIEW, UNKNOWN = "accept", "review", "unknown"
 DECISIONS = (ACCEPT, REVIEW, UNKNOWN)
 DEFAULT_ACCEPT_PRECISION = 0.98
+# Rows `nearest_other_distance` compares with all the others at a time.
+_CHUNK = 1024
 
 
 def check_precision(value: float, what: str = "--accept-precision") -> float:
@@ -84,9 +86,14 @@ def nearest_other_distance(features: np.ndarray) -> np.ndarray:
     if len(features) < 2:
         return np.full(len(features), 2.0, dtype=np.float32)
     rows = normalised(features)
-    similarity = np.einsum("ij,kj->ik", rows, rows)
-    np.fill_diagonal(similarity, -np.inf)
-    return 1.0 - similarity.max(axis=1)
+    nearest = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), _CHUNK):  # a chunk of rows at a time: bounded memory
+        similarity = np.einsum("ij,kj->ik", rows[start:start + _CHUNK], rows)
+        own = np.arange(similarity.shape[0])
+        similarity[own, start + own] = -np.inf
+        nearest[start:start + _CHUNK] = similarity.max(axis=1)
+    return 1.0 - nearest
+
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,18 @@ a model is fitted on the other parts and scores that part, as the bundle's model
 bundle ships is fitted on every row, for as many epochs as the parts' models kept.
 
 Trust read from these scores rests on every photo instead of the ~20% held out of one fit, so
-the acceptance threshold's precision bound is four or five times as tight: on the 5 folds of
-the shared photos it accepted 0.783 of the photos at 0.987 precision, against 0.622 at 0.986
-from the held-out splits (bench/results-issue30.txt, bench/crossfit_probe.py). The parts' models
-see (K - 1) / K of the photos, so the scores (and the figures read from them) are a little
-pessimistic for the model shipped.
+the acceptance threshold's precision bound is about twice as tight (five times the photos): on
+the 5 folds of the shared photos it accepted 0.783 of the photos at 0.987 precision, against
+0.622 at 0.986 from the held-out splits (bench/results-issue30.txt, bench/crossfit_probe.py).
+The parts' models see (K - 1) / K of the photos, so the scores (and the figures read from them)
+are a little pessimistic for the model shipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,8 +52,12 @@ class CrossFitted:
         """The cross-fitted probabilities (uncalibrated) of `rows`, all among the parts'."""
         where = {row: (part, index) for part, members in enumerate(self.parts)
                  for index, row in enumerate(members)}
-        return np.array([self.scored[where[row][0]].probabilities[where[row][1]]
-                         for row in rows]).reshape(len(rows), -1)
+        classes = self.scored[0].probabilities.shape[1]
+        found = np.zeros((len(rows), classes), dtype=np.float32)
+        for at, row in enumerate(rows):
+            part, index = where[row]
+            found[at] = self.scored[part].probabilities[index]
+        return found
 
     def halves(self) -> tuple[HeldOut, HeldOut]:
         """The first part's scores and the other parts' together: `trust.fit_trust` calibrates
@@ -76,17 +81,19 @@ def cross_fit(
     scored: list[HeldOut] = []
     history: list[dict[str, float]] = []
     kept_epochs: list[int] = []
-    seconds = {"parts": 0.0, EVERY_PHOTO: 0.0}
+    seconds = {"parts": 0.0, "scoring": 0.0, EVERY_PHOTO: 0.0}
     for index, part in enumerate(parts):
         others = [row for other in parts if other is not part for row in other]
         name = f"part {index + 1}/{len(parts)}"
         fitted = trainer.fit(features, labels, others, part, num_classes, head.HeadConfig(),
                              recipe, progress=_named(progress, name))
         # Every fit trains the same network object's top: scored before the next one starts.
+        started = time.perf_counter()
         scores = quantized.scorer(fitted, others, labels, quantize, guard, rows=part)
         scored.append(HeldOut(scores.probabilities(part), labels[part],
                               scores.photo_features(part)))
         seconds["parts"] += fitted.seconds
+        seconds["scoring"] += time.perf_counter() - started  # an int8 conversion, if any
         assert fitted.top is not None  # fine-tune only: the codelab recipe does not cross-fit
         kept_epochs.append(fitted.top.best_epoch)
         history = history or fitted.history

@@ -15,6 +15,10 @@ flower photos called `unknown`, and of the stray photos (`stray_dir`: photos of 
 classes, never used to fit anything) how many are called `unknown`. With the fine-tune recipe's
 `refit`, the fold's model is then fitted again on all its training photos, held-out ones
 included, and that model is scored with those figures, as `flowers train --refit` ships it.
+With fine-tune's `cross_fit`, all the fold's training photos are cross-fitted instead
+(`models.training.crossfit`), trust is fitted on their cross-fitted scores, and the model fitted
+on them all is scored, as `flowers train --cross-fit` ships it (the fold's `train` and
+`validation` counts stay its split's; `refit_photos` and `cross_fit_parts` say what was fitted).
 The result keeps each fold's figures and all the folds' together.
 """
 
@@ -41,7 +45,7 @@ from flowers.models.training import (
     trainer,
     trust,
 )
-from flowers.models.training.recipe import CODELAB, RECIPES, check_recipe
+from flowers.models.training.recipe import CODELAB, FINE_TUNE, RECIPES, check_recipe
 from flowers.models.training.retrain import RetrainRequest
 from flowers.models.typed import field_values
 
@@ -117,6 +121,8 @@ def evaluate(
     data = dataset.discover(Path(base.photo_dir))
     photos = list(data.photos)
     folds.stratified_folds(photos, request.folds)  # refuse too many folds before any work
+    if FINE_TUNE in request.recipes and base.fine_tune.cross_fit:
+        folds.check_cross_fit(photos, request.folds, base.fine_tune.cross_fit)
     strays = sorted(dataset.walk_images(Path(request.stray_dir))) if request.stray_dir else []
     results: dict[str, Any] = {}
     kept_paths: set[Path] | None = None

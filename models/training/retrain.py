@@ -308,8 +308,8 @@ def _cross_fit(
     phase_start = time.perf_counter()
     scores = quantized.scorer(crossed.model, every, labels, request.quantize, guard,
                               lambda done, total: progress("scoring", done, total, {}))
-    if request.quantize:
-        timings["scoring"] = time.perf_counter() - phase_start
+    if request.quantize:  # the parts' int8 models' too
+        timings["scoring"] = crossed.seconds["scoring"] + time.perf_counter() - phase_start
     probabilities = {"training": scores.probabilities(rows["training"]),
                      **{name: crossed.probabilities(rows[name])
                         for name in ("validation", "testing")}}

@@ -1,17 +1,17 @@
 """Held-out photos in, what a bundle needs to say how far to trust each answer out: the
 temperature its model applies, the acceptance curve and threshold, the `unknown` threshold.
 
-The held-out photos are every training photo with its cross-fitted score (fine-tune's default
-`cross_fit`, `models.training.crossfit`: the first part, then the others), or the validation and
-test splits held out of one fit (`--cross-fit 0`, the codelab recipe; in `flowers evaluate`, the
-same of each fold's training photos). Their two halves are cross-fitted: each half's
-probabilities are calibrated with the temperature fitted on the other half, so every held-out
-score is one its calibration never saw. Those scores give the test half's expected calibration
-error before and after, and the precision-against-threshold curve the acceptance threshold is
-read from: the lowest threshold whose precision, less half a standard error
-(`calibration.precision_bound`), reaches the target; `label-dir --accept-precision` reads
-another from the same curve. The temperature the model applies is then fitted on both halves
-together.
+The held-out photos are the validation and test splits held out of one fit (the codelab recipe,
+and fine-tune by default; in `flowers evaluate`, the same of each fold's training photos), or,
+with fine-tune's `--cross-fit`, every training photo with its cross-fitted score
+(`models.training.crossfit`: the first part, then the others). Their two halves are cross-
+fitted: each half's probabilities are calibrated with the temperature fitted on the other half,
+so every held-out score is one its calibration never saw. Those scores give the test half's
+expected calibration error before and after (with `--cross-fit`, the other parts'), and the
+precision-against-threshold curve the acceptance threshold is read from: the lowest threshold
+whose precision, less half a standard error (`calibration.precision_bound`), reaches the target;
+`label-dir --accept-precision` reads another from the same curve. The temperature the model
+applies is then fitted on both halves together.
 
 The `unknown` threshold comes from the same held-out photos of the classes alone: the distance
 from each one's features to its nearest training photo's (cross-fitted, to its nearest other
@@ -95,8 +95,9 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
     other then serves alone, uncrossed; with none, nothing is accepted or called unknown.
 
     `cross_fitted`: the halves are every training photo, each scored by a model that never saw
-    it (`models.training.crossfit`), and `reference` is their features too: each photo's
-    distance is then to its nearest other photo (the model shipped trained on them all).
+    it (`models.training.crossfit`), and `reference` is the features the model shipped gives
+    them: each photo's distance is then to its nearest other photo (the model shipped trained
+    on them all).
     `fitted_on` names the photos in the manifest."""
     both = _joined(first, second)
     temperature = calibration.fit_temperature(both.probabilities, both.labels)
@@ -138,7 +139,9 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         "curve": curve,
     }}
     if len(both) and len(reference):
-        distances = (nearest_other_distance(both.features) if cross_fitted
+        # Cross-fitted: the reference's own features, as the model shipped gives them (each
+        # part's were its own int8 conversion's, with --quantize int8).
+        distances = (nearest_other_distance(reference) if cross_fitted
                      else nearest_distance(both.features, normalised(reference)))
         decisions["unknown"] = {
             "method": "nearest training photo: 1 - cosine similarity of the features",
