@@ -28,7 +28,7 @@ import numpy as np
 from flowers.models.dataset import Photo
 from flowers.models.training import folds, head, quantized, trainer
 from flowers.models.training.recipe import LAST_EPOCH, FineTuneRecipe
-from flowers.models.training.trust import HeldOut
+from flowers.models.training.trust import HeldOut, Trust, fit_trust
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,27 @@ def cross_fit(
                                         "epochs_kept": kept_epochs}
     seconds[EVERY_PHOTO] = model.seconds
     return CrossFitted(parts, scored, history, model, seconds)
+
+
+def cross_fit_trust(
+    features: trainer.Features, photos: Sequence[Photo], labels: np.ndarray, rows: list[int],
+    num_classes: int, recipe: FineTuneRecipe, accept_precision: float,
+    quantize: str | None = None, guard: quantized.Guard | None = None,
+    progress: PartProgress | None = None, scoring: quantized.Progress | None = None,
+) -> tuple[CrossFitted, quantized.FloatScores | quantized.QuantizedScores, np.ndarray, Trust]:
+    """`cross_fit`, then the model shipped scored (`scoring`: its progress, with `quantize`),
+    the features it gives every row (the unknown threshold's reference, `features.npy`) and
+    the trust fitted on the cross-fitted scores, as `flowers train` and `evaluate` fit it."""
+    crossed = cross_fit(features, photos, labels, rows, num_classes, recipe, quantize, guard,
+                        progress)
+    started = time.perf_counter()
+    scores = quantized.scorer(crossed.model, rows, labels, quantize, guard, scoring)
+    crossed.seconds["scoring"] += time.perf_counter() - started
+    reference = scores.photo_features(rows)
+    trust = fit_trust(*crossed.halves(), reference, accept_precision,
+                      fitted_on=f"every photo, cross-fitted in {len(crossed.parts)} parts",
+                      cross_fitted=True)
+    return crossed, scores, reference, trust
 
 
 def _named(progress: PartProgress | None, name: str) -> trainer.StepProgress | None:

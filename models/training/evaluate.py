@@ -274,15 +274,11 @@ def _cross_fitted(features: trainer.Features, kept: list[dataset.Photo], labels:
     trust from the cross-fitted scores, the model fitted on them all (its `seconds` then every
     fit's)."""
     every = held["training"] + held["validation"] + held["testing"]
-    crossed = crossfit.cross_fit(
-        features, kept, labels, every, classes, settings.fine_tune, settings.quantize,
+    crossed, scores, reference, fold_trust = crossfit.cross_fit_trust(
+        features, kept, labels, every, classes, settings.fine_tune, settings.accept_precision,
+        settings.quantize,
         progress=lambda name, done, total, entry: progress(f", {name}", done, total, entry))
-    crossed.model.seconds = sum(crossed.seconds.values())
-    scores = quantized.scorer(crossed.model, every, labels, settings.quantize)
-    reference = scores.photo_features(every)
-    fold_trust = trust.fit_trust(
-        *crossed.halves(), reference, settings.accept_precision,
-        fitted_on=f"every photo, cross-fitted in {len(crossed.parts)} parts", cross_fitted=True)
+    crossed.model.seconds = crossed.seconds["parts"] + crossed.seconds[crossfit.EVERY_PHOTO]
     return crossed.model, scores, reference, fold_trust
 
 

@@ -298,25 +298,20 @@ def _cross_fit(
     and the trust from every photo's cross-fitted score, the training figures from the model
     shipped, fitted on every photo; the learning curves of the first part's model."""
     every = rows["training"] + rows["validation"] + rows["testing"]
-    crossed = crossfit.cross_fit(
-        features, kept, labels, every, classes, request.fine_tune, request.quantize, guard,
+    crossed, scores, reference, trust = crossfit.cross_fit_trust(
+        features, kept, labels, every, classes, request.fine_tune, request.accept_precision,
+        request.quantize, guard,
         progress=lambda name, done, total, entry: progress(
             "refitting" if name == crossfit.EVERY_PHOTO else f"training {name}", done, total,
-            entry))
+            entry),
+        scoring=lambda done, total: progress("scoring", done, total, {}))
     timings["training"] = crossed.seconds["parts"]
     timings["refit"] = crossed.seconds[crossfit.EVERY_PHOTO]
-    phase_start = time.perf_counter()
-    scores = quantized.scorer(crossed.model, every, labels, request.quantize, guard,
-                              lambda done, total: progress("scoring", done, total, {}))
-    if request.quantize:  # the parts' int8 models' too
-        timings["scoring"] = crossed.seconds["scoring"] + time.perf_counter() - phase_start
+    if request.quantize:  # the parts' int8 models and the model shipped
+        timings["scoring"] = crossed.seconds["scoring"]
     probabilities = {"training": scores.probabilities(rows["training"]),
                      **{name: crossed.probabilities(rows[name])
                         for name in ("validation", "testing")}}
-    reference = scores.photo_features(every)
-    trust = fit_trust(*crossed.halves(), reference, request.accept_precision,
-                      fitted_on=f"every photo, cross-fitted in {len(crossed.parts)} parts",
-                      cross_fitted=True)
     return crossed.model, scores, probabilities, trust, crossed.history, reference
 
 
