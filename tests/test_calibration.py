@@ -166,8 +166,7 @@ def test_cross_fitted_trust_measures_each_photo_against_the_others() -> None:
     features = clustered_features(labels, seed=12)
     halves = [HeldOut(probabilities[a:b], labels[a:b], features[a:b])
               for a, b in ((0, 1000), (1000, 2000))]
-    found = fit_trust(halves[0], halves[1], features[:2000], 0.9,
-                      fitted_on="every photo, cross-fitted in 2 parts", cross_fitted=True)
+    found = fit_trust(halves[0], halves[1], features[:2000], 0.9, cross_fit_parts=2)
     assert found.calibration["fitted_on"] == {"photos": 2000,
                                               "splits": "every photo, cross-fitted in 2 parts"}
     unknown = found.decisions["unknown"]

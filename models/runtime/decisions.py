@@ -95,7 +95,6 @@ def nearest_other_distance(features: np.ndarray) -> np.ndarray:
     return 1.0 - nearest
 
 
-
 @dataclass(frozen=True)
 class Decider:
     """The thresholds a job decides with, and the training photos' features for `unknown`."""

@@ -39,8 +39,9 @@ PartProgress = Callable[[str, int, int, dict[str, float]], None]
 
 @dataclass
 class CrossFitted:
-    """Each part's rows and their scores by the model fitted on the other parts; the learning
-    curves of the first part's model (watched on its part); the model fitted on every row."""
+    """Each part's rows and their scores (probabilities and labels; no features) by the model
+    fitted on the other parts; the learning curves of the first part's model (watched on its
+    part); the model fitted on every row."""
 
     parts: list[list[int]]
     scored: list[HeldOut]
@@ -90,8 +91,9 @@ def cross_fit(
         # Every fit trains the same network object's top: scored before the next one starts.
         started = time.perf_counter()
         scores = quantized.scorer(fitted, others, labels, quantize, guard, rows=part)
+        # No features: the unknown threshold reads the model shipped's (`cross_fit_trust`).
         scored.append(HeldOut(scores.probabilities(part), labels[part],
-                              scores.photo_features(part)))
+                              np.zeros((len(part), 0), dtype=np.float32)))
         seconds["parts"] += fitted.seconds
         seconds["scoring"] += time.perf_counter() - started  # an int8 conversion, if any
         assert fitted.top is not None  # fine-tune only: the codelab recipe does not cross-fit
@@ -125,9 +127,7 @@ def cross_fit_trust(
     scores = quantized.scorer(crossed.model, rows, labels, quantize, guard, scoring)
     crossed.seconds["scoring"] += time.perf_counter() - started
     reference = scores.photo_features(rows)
-    trust = fit_trust(*crossed.halves(), reference, accept_precision,
-                      fitted_on=f"every photo, cross-fitted in {len(crossed.parts)} parts",
-                      cross_fitted=True)
+    trust = fit_trust(*crossed.halves(), reference, accept_precision, len(crossed.parts))
     return crossed, scores, reference, trust
 
 

@@ -88,17 +88,15 @@ class Trust:
 
 
 def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
-              target_precision: float, fitted_on: str = "validation and testing",
-              cross_fitted: bool = False) -> Trust:
+              target_precision: float, cross_fit_parts: int = 0) -> Trust:
     """Fits on held-out halves `first` (validation) and `second` (test) against the training
     photos' features `reference`; see the module docstring. Either half may be empty: the
     other then serves alone, uncrossed; with none, nothing is accepted or called unknown.
 
-    `cross_fitted`: the halves are every training photo, each scored by a model that never saw
-    it (`models.training.crossfit`), and `reference` is the features the model shipped gives
-    them: each photo's distance is then to its nearest other photo (the model shipped trained
-    on them all).
-    `fitted_on` names the photos in the manifest."""
+    `cross_fit_parts` (K, else 0): the halves are every training photo, each scored by a model
+    that never saw it (`models.training.crossfit`, K parts), and `reference` is the features
+    the model shipped gives them: each photo's distance is then to its nearest other photo
+    (the model shipped trained on them all), and the halves' own features are not read."""
     both = _joined(first, second)
     temperature = calibration.fit_temperature(both.probabilities, both.labels)
     if len(first) and len(second):  # each half calibrated by the other's temperature
@@ -121,7 +119,9 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
         "method": "temperature",
         "temperature": round(temperature, 6),
         "in_model": True,
-        "fitted_on": {"photos": len(both), "splits": fitted_on},
+        "fitted_on": {"photos": len(both), "splits": (
+            f"every photo, cross-fitted in {cross_fit_parts} parts" if cross_fit_parts
+            else "validation and testing")},
         "test_temperature": round(test_temperature, 6),
         "test_ece_before": round(calibration.expected_calibration_error(
             test.probabilities, test.labels), 6),
@@ -141,7 +141,7 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
     if len(both) and len(reference):
         # Cross-fitted: the reference's own features, as the model shipped gives them (each
         # part's were its own int8 conversion's, with --quantize int8).
-        distances = (nearest_other_distance(reference) if cross_fitted
+        distances = (nearest_other_distance(reference) if cross_fit_parts
                      else nearest_distance(both.features, normalised(reference)))
         decisions["unknown"] = {
             "method": "nearest training photo: 1 - cosine similarity of the features",
