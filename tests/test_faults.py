@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import redis
 
@@ -51,7 +52,9 @@ def test_pool_process_killed_mid_chunk(
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
     output = tmp_path / "out.csv"
-    slow = slow_photo(photos / "tulips" / "zz-big.png").relative_to(photos).as_posix()
+    # About a second to decode (10,000 x 10,000 pixels): the kill lands while it runs.
+    slow = slow_photo(photos / "tulips" / "zz-big.png", side=10_000).relative_to(
+        photos).as_posix()
     worker = label_until_parts(redis_url, start_workers,
                                label_args(photos, trained_bundle[0], output, "--chunk-size", "8"),
                                flowers_env(flowers_home, redis_url, weights_dir), output, 2)
@@ -68,6 +71,12 @@ def test_pool_process_killed_mid_chunk(
         return bool(running)
 
     wait_for(caught_running, what="the slow photo's chunk taken", interval=0.02)
+    # Taken is not yet running: the worker hands the chunk to its pool process a moment later.
+    # One chunk is in hand at a time, so the pool process's CPU time rising is this chunk's.
+    process = psutil.Process(child)
+    idle = sum(process.cpu_times()[:2])
+    wait_for(lambda: sum(process.cpu_times()[:2]) > idle + 0.05,
+             what="the pool process working on the slow photo's chunk", interval=0.01)
     os.kill(child, signal.SIGKILL)
     ((task_id, chunk),) = running
     assert not part_path(parts, chunk["job_id"], chunk["index"]).exists(), "killed mid-chunk"
