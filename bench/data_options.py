@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from flowers.models import dataset
 
@@ -84,3 +87,46 @@ def features_with_strays(settings: RetrainRequest, spec: NetworkSpec, photos_dir
     features, kept, stray_rows = evaluate.features_with_strays(
         settings, spec, list(data.photos), strays, weights_dir, home)
     return data, features, kept, stray_rows
+
+
+@dataclass(frozen=True)
+class DefaultFolds:
+    """The default fine-tune recipe's settings, the features of every photo (and stray photo),
+    their labels and the folds `flowers evaluate --folds K` cuts them into."""
+
+    settings: RetrainRequest
+    data: dataset.Dataset
+    features: Features
+    kept: list[dataset.Photo]
+    stray_rows: list[int]
+    labels: np.ndarray
+    fold_of: list[int]
+
+
+def default_folds(photos_dir: Path, stray_dir: Path | None, weights_dir: Path,
+                  folds_wanted: int) -> DefaultFolds:
+    """`DefaultFolds` from FLOWERS_HOME's caches, TensorFlow set to every core."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from flowers.models import networks
+    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
+    from flowers.models.training import folds
+    from flowers.models.training.recipe import FINE_TUNE, FineTuneRecipe
+    from flowers.models.training.retrain import RetrainRequest
+
+    configure_tensorflow(os.cpu_count() or 1)
+    settings = RetrainRequest(photo_dir=str(photos_dir), recipe=FINE_TUNE,
+                              fine_tune=FineTuneRecipe())
+    spec = networks.get_spec(settings.architecture)
+    data, features, kept, stray_rows = features_with_strays(settings, spec, photos_dir,
+                                                            stray_dir, weights_dir)
+    labels = np.array([photo.label for photo in kept], dtype=np.int64)
+    return DefaultFolds(settings, data, features, kept, stray_rows, labels,
+                        folds.stratified_folds(kept, folds_wanted))
+
+
+def last_features(top: Any, features: Features, rows: list[int]) -> np.ndarray:
+    """The fine-tuned network's last pooled features (the classifier's input) of feature rows
+    `rows`, averaged over the views the model averages (the photo, and its mirror image)."""
+    views = [0, 1] if top.flip_average else [0]
+    return np.mean([top.network.top.predict(features.arrays[rows][:, v].astype(np.float32),
+                                            batch_size=64, verbose=0) for v in views], axis=0)

@@ -31,7 +31,6 @@ are not thresholds a bundle could use (they read the test photos).
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +38,8 @@ import numpy as np
 from data_options import (  # bench/ is on sys.path
     SHARED,
     add_data_options,
-    features_with_strays,
+    default_folds,
+    last_features,
 )
 
 
@@ -93,41 +93,30 @@ def main() -> None:
     parser.add_argument("--stray", type=Path, default=SHARED / "data" / "out_of_set")
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from flowers.models import networks
-    from flowers.models.runtime.tensorflow_setup import configure_tensorflow
     from flowers.models.training import finetune, folds, trainer
-    from flowers.models.training.recipe import FINE_TUNE, FineTuneRecipe
-    from flowers.models.training.retrain import RetrainRequest
     from flowers.models.training.trust import UNKNOWN_KEEP
 
-    configure_tensorflow(os.cpu_count() or 1)
-    recipe = FineTuneRecipe()
-    settings = RetrainRequest(photo_dir=str(args.photos), recipe=FINE_TUNE, fine_tune=recipe)
-    spec = networks.get_spec(settings.architecture)
-    data, features, kept, stray_rows = features_with_strays(
-        settings, spec, args.photos, args.stray, args.weights_dir)
-    labels = np.array([photo.label for photo in kept], dtype=np.int64)
-    fold_of = folds.stratified_folds(kept, args.folds)
+    setup = default_folds(args.photos, args.stray, args.weights_dir, args.folds)
+    settings, features, kept, labels = setup.settings, setup.features, setup.kept, setup.labels
+    stray_rows = setup.stray_rows
     found: dict[str, list[tuple[float, int]]] = {}
     matched: dict[str, list[tuple[float, int]]] = {}
     for fold in range(args.folds):
-        test_rows, held = folds.fold_rows(kept, fold_of, fold, settings.validation_percentage,
+        test_rows, held = folds.fold_rows(kept, setup.fold_of, fold,
+                                          settings.validation_percentage,
                                           settings.testing_percentage)
         train_rows = held["training"]
         fitted = trainer.fit(features, labels, train_rows, held["validation"],
-                             len(data.class_names), settings.head_config(), recipe)
+                             len(setup.data.class_names), settings.head_config(),
+                             settings.fine_tune)
         top = fitted.top
         assert top is not None
-        views = [0, 1] if top.flip_average else [0]
         weights, bias = top.final.get_weights()
         sets = {"train": train_rows, "held": held["validation"] + held["testing"],
                 "test": test_rows, "stray": stray_rows}
         split = {name: finetune.pooled_split_features(features.arrays[rows], top.flip_average)
                  for name, rows in sets.items()}
-        pen = {name: np.mean([top.network.top.predict(
-            features.arrays[rows][:, v].astype(np.float32), batch_size=64, verbose=0)
-            for v in views], axis=0) for name, rows in sets.items()}
+        pen = {name: last_features(top, features, rows) for name, rows in sets.items()}
         methods = method_scores(split, pen, weights, bias, labels[train_rows])
         line = [f"fold {fold + 1}:"]
         for name, scored in methods.items():
