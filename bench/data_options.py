@@ -3,7 +3,9 @@ environment a benchmark runs the command line in.
 
 Defaults: ../shared beside the checkout, and FLOWERS_WEIGHTS_DIR when it is set.
 `features_with_strays` reads the photos' and stray photos' features as `flowers evaluate
---stray` does.
+--stray` does; `default_folds` adds the default recipe's settings and the folds, what the
+probes that fit each fold themselves start from, and `last_features` reads a fitted model's
+last pooled features.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from flowers.models import dataset
 
 if TYPE_CHECKING:
     from flowers.models.networks import NetworkSpec
+    from flowers.models.training.finetune import TrainedTop
     from flowers.models.training.retrain import RetrainRequest
     from flowers.models.training.trainer import Features
 
@@ -124,7 +127,7 @@ def default_folds(photos_dir: Path, stray_dir: Path | None, weights_dir: Path,
                         folds.stratified_folds(kept, folds_wanted))
 
 
-def last_features(top: Any, features: Features, rows: list[int]) -> np.ndarray:
+def last_features(top: TrainedTop, features: Features, rows: list[int]) -> np.ndarray:
     """The fine-tuned network's last pooled features (the classifier's input) of feature rows
     `rows`, averaged over the views the model averages (the photo, and its mirror image)."""
     views = [0, 1] if top.flip_average else [0]

@@ -6,8 +6,9 @@ fine-tune recipe, features from FLOWERS_HOME's caches), the model is fitted as e
 it, and each photo of the held-out split and of the test fold gets these scores (higher: more
 likely right):
 
-    confidence    the calibrated top probability (temperature fitted on the held-out photos):
-                  what flowers accepts by today
+    confidence    the calibrated top probability: what flowers accepts by today (as flowers
+                  fits its trust, each held-out half scaled by the temperature fitted on the
+                  other, the test fold by the one fitted on both)
     ratio-split   the "trust score" (Jiang et al., 2018): the distance to the nearest training
                   photo of any other class over the distance to the nearest of the predicted
                   class, 1 - cosine similarity of the split layer's pooled features
@@ -15,13 +16,14 @@ likely right):
     knn-pen       the share of the 10 nearest training photos (last features) of the predicted
                   class
     combo-split, combo-pen   a logistic regression of "right" on the logit of the confidence
-                  and the log of the ratio, fitted on the held-out photos
+                  and the log of the ratio: each held-out half scored by the one fitted on
+                  the other half, the test fold by the one fitted on both
 
-Figures, over the 5 test folds together: `oracle`, the coverage at which each score's own
-ranking of a test fold reaches 98% precision (a threshold read from the test photos: the
-ranking's quality, not a threshold a bundle could use), and `held-out`, the precision and
-coverage of the threshold read from the held-out photos as flowers reads it (the lowest whose
-precision bound reaches 98%).
+Figures: `oracle`, the mean over the folds of the coverage at which each score's own ranking
+of a test fold reaches 98% precision (a threshold read from the test photos: the ranking's
+quality, not a threshold a bundle could use), and `held-out`, over the 5 test folds together,
+the precision and coverage of the threshold read from the held-out photos by flowers' rule
+(the lowest whose precision bound reaches 98%).
 
     FLOWERS_HOME=H .venv/bin/python bench/ranking_probe.py
 """
@@ -37,6 +39,7 @@ TARGET = 0.98
 
 
 def cosine_similarity(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each query row to each reference row."""
     from flowers.models.runtime.decisions import normalised
 
     return normalised(query) @ normalised(reference).T
@@ -55,6 +58,7 @@ def trust_ratio(query: np.ndarray, predicted: np.ndarray, reference: np.ndarray,
 
 def knn_share(query: np.ndarray, predicted: np.ndarray, reference: np.ndarray,
               reference_labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """The share of each query row's `k` nearest reference rows labelled as predicted."""
     nearest = np.argsort(-cosine_similarity(query, reference), axis=1)[:, :k]
     return (reference_labels[nearest] == predicted[:, None]).mean(axis=1)
 
@@ -77,10 +81,13 @@ def predicted_score(design: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def oracle_coverage(score: np.ndarray, right: np.ndarray) -> float:
-    """The largest share of photos, taken best score first, whose precision reaches TARGET."""
+    """The largest share of photos at or above a threshold (every photo of a tied score taken
+    together) whose precision reaches TARGET."""
     order = np.argsort(-score, kind="stable")
+    ranked = score[order]
     precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
-    reaching = np.nonzero(precision >= TARGET)[0]
+    ends = np.append(ranked[1:] != ranked[:-1], True)  # the last photo of each tied score
+    reaching = np.nonzero(ends & (precision >= TARGET))[0]
     return float((reaching.max() + 1) / len(order)) if len(reaching) else 0.0
 
 
@@ -115,23 +122,30 @@ def main() -> None:
                                           settings.validation_percentage,
                                           settings.testing_percentage)
         train_rows = held["training"]
-        held_rows = held["validation"] + held["testing"]
+        halves = [held["validation"], held["testing"]]
         fitted = trainer.fit(features, labels, train_rows, held["validation"],
                              len(setup.data.class_names), settings.head_config(),
                              settings.fine_tune)
         top = fitted.top
         assert top is not None
-        sets = {"train": train_rows, "held": held_rows, "test": test_rows}
+        sets = {"train": train_rows, "half0": halves[0], "half1": halves[1], "test": test_rows}
         split = {name: finetune.pooled_split_features(features.arrays[rows], top.flip_average)
                  for name, rows in sets.items()}
         pen = {name: last_features(top, features, rows) for name, rows in sets.items()}
-        raw = {name: fitted.probabilities(sets[name]) for name in ("held", "test")}
-        temperature = calibration.fit_temperature(raw["held"], labels[held_rows])
+        raw = {name: fitted.probabilities(sets[name]) for name in ("half0", "half1", "test")}
+        # As flowers fits its trust: each held-out half scaled by the other half's temperature,
+        # the test fold by the temperature of both.
+        fitted_on = {name: calibration.fit_temperature(raw[name], labels[sets[name]])
+                     for name in ("half0", "half1")}
+        temperature = {"half0": fitted_on["half1"], "half1": fitted_on["half0"],
+                       "test": calibration.fit_temperature(
+                           np.concatenate([raw["half0"], raw["half1"]]),
+                           labels[halves[0] + halves[1]])}
         train_labels = labels[train_rows]
         scores: dict[str, dict[str, np.ndarray]] = {}
         right: dict[str, np.ndarray] = {}
-        for name in ("held", "test"):
-            probabilities = calibration.scale(raw[name], temperature)
+        for name in ("half0", "half1", "test"):
+            probabilities = calibration.scale(raw[name], temperature[name])
             predicted = probabilities.argmax(axis=1)
             right[name] = (predicted == labels[sets[name]]).astype(np.float64)
             scores.setdefault("confidence", {})[name] = probabilities.max(axis=1)
@@ -147,10 +161,16 @@ def main() -> None:
             design = {name: np.stack([
                 np.log(np.clip(confidence[name], 1e-6, 1 - 1e-6))
                 - np.log(np.clip(1 - confidence[name], 1e-6, 1)),
-                np.log(ratio[name])], axis=1) for name in ("held", "test")}
-            weights = logistic(design["held"], right["held"])
-            scores[f"combo-{space}"] = {name: predicted_score(design[name], weights)
-                                        for name in ("held", "test")}
+                np.log(ratio[name])], axis=1) for name in ("half0", "half1", "test")}
+            # Each half scored by the regression fitted on the other, the test fold by both's.
+            weights = {"half0": logistic(design["half1"], right["half1"]),
+                       "half1": logistic(design["half0"], right["half0"]),
+                       "test": logistic(np.concatenate([design["half0"], design["half1"]]),
+                                        np.concatenate([right["half0"], right["half1"]]))}
+            scores[f"combo-{space}"] = {name: predicted_score(design[name], weights[name])
+                                        for name in ("half0", "half1", "test")}
+        for scored in (*scores.values(), right):
+            scored["held"] = np.concatenate([scored.pop("half0"), scored.pop("half1")])
         line = [f"fold {fold + 1}: accuracy {right['test'].mean():.3f}"]
         for method, scored in scores.items():
             cut = held_out_threshold(scored["held"], right["held"])
@@ -166,9 +186,10 @@ def main() -> None:
           " / coverage")
     for method, entry in pooled.items():
         taken, hits = sum(entry["taken"]), sum(entry["hits"])
+        precision = f"{hits / taken:.4f}" if taken else "-"
         print(f"{method:<12} {np.mean(entry['oracle']):>10.3f} (folds "
               f"{' '.join(f'{c:.3f}' for c in entry['oracle'])})   "
-              f"{hits / max(taken, 1):.4f} / {taken / photos:.3f}")
+              f"{precision} / {taken / photos:.3f}")
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def test_pool_process_killed_mid_chunk(
 ) -> None:
     output = tmp_path / "out.csv"
     # About a second to decode (10,000 x 10,000 pixels): the kill lands while it runs.
-    slow = slow_photo(photos / "tulips" / "zz-big.png", side=10_000).relative_to(
-        photos).as_posix()
+    big = slow_photo(photos / "tulips" / "zz-big.png", side=10_000)
+    slow = big.relative_to(photos).as_posix()
     worker = label_until_parts(redis_url, start_workers,
                                label_args(photos, trained_bundle[0], output, "--chunk-size", "8"),
                                flowers_env(flowers_home, redis_url, weights_dir), output, 2)
