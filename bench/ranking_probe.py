@@ -80,31 +80,28 @@ def predicted_score(design: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.hstack([design, np.ones((len(design), 1))]) @ weights))
 
 
+def curve_of(score: np.ndarray, right: np.ndarray) -> list[dict[str, float]]:
+    """flowers' precision curve (`calibration.precision_curve`) of any score: one point per
+    distinct score, highest first, over the photos at or above it."""
+    from flowers.models.training.calibration import precision_curve
+
+    # One column: the "label" is 0 where the photo's best label is right, so argmax matches.
+    return precision_curve(score[:, None], (right == 0).astype(np.int64))
+
+
 def oracle_coverage(score: np.ndarray, right: np.ndarray) -> float:
     """The largest share of photos at or above a threshold (every photo of a tied score taken
     together) whose precision reaches TARGET."""
-    order = np.argsort(-score, kind="stable")
-    ranked = score[order]
-    precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
-    ends = np.append(ranked[1:] != ranked[:-1], True)  # the last photo of each tied score
-    reaching = np.nonzero(ends & (precision >= TARGET))[0]
-    return float((reaching.max() + 1) / len(order)) if len(reaching) else 0.0
+    return max((point["coverage"] for point in curve_of(score, right)
+                if point["precision"] >= TARGET), default=0.0)
 
 
 def held_out_threshold(score: np.ndarray, right: np.ndarray) -> float:
-    """The lowest score whose precision bound, over the photos at or above it, reaches TARGET
-    (flowers' rule, `calibration.precision_bound`)."""
-    from flowers.models.training.calibration import precision_bound
+    """The threshold flowers' rule reads (`decisions.threshold_for`: the lowest score whose
+    precision bound, over the photos at or above it, reaches TARGET)."""
+    from flowers.models.runtime.decisions import threshold_for
 
-    order = np.argsort(-score, kind="stable")
-    hits = np.cumsum(right[order])
-    best = np.inf
-    for end, row in enumerate(order):
-        if end + 1 < len(order) and score[order[end + 1]] == score[row]:
-            continue
-        if precision_bound(float(hits[end]), end + 1) >= TARGET:
-            best = min(best, float(score[row]))
-    return best
+    return threshold_for(curve_of(score, right), TARGET)
 
 
 def main() -> None:
