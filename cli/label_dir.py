@@ -14,11 +14,15 @@ sends such chunks again; after `--no-wait` (or once the command is killed), a wo
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import click
+import redis
 
 from flowers.cli.context import CliContext
 from flowers.cli.label import bundle_decider
@@ -34,8 +38,9 @@ from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.models.runtime.runners import choose_runtime
 from flowers.worker import output_csv, results
 from flowers.worker.chunk_list import ChunkWriter, chunked, feed
+from flowers.worker.jobs import JobStore
 from flowers.worker.label_job import LabelJob
-from flowers.worker.lost_chunks import LostChunks
+from flowers.worker.lost_chunks import WALK_BEAT_SECONDS, LostChunks
 from flowers.worker.messages import MAX_BATCH_SIZE, MAX_PHOTOS_PER_CHUNK
 
 DEFAULT_CHUNK_SIZE = 128
@@ -170,14 +175,15 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
                 kind="label", request={**identity, "output": str(output),
                                        "partition_rows": partition_rows},
                 output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
-                queue=settings.queue, kept=freshness.kept,
+                queue=settings.queue, kept=freshness.kept, walking=time.time(),
             )
             previous = results.claim_parts(parts_dir, job_id) or overwritten
             if previous:
                 queue.jobs.supersede(previous, job_id)
-            enqueued = enqueue_chunks(queue, job_id, job,
-                                      relative_names(root, results.done_paths(parts_dir)),
-                                      chunk_size)
+            with walk_marked(queue.jobs, job_id):
+                enqueued = enqueue_chunks(queue, job_id, job,
+                                          relative_names(root, results.done_paths(parts_dir)),
+                                          chunk_size)
             if freshness.kept or freshness.changed or freshness.vanished:
                 click.echo(f"resuming: {freshness.kept} photos already labelled, "
                            f"{freshness.changed} changed since (labelled again), "
@@ -219,6 +225,26 @@ def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str
     if queue.jobs.enqueued(job_id, chunks, images):
         queue.send("flowers.finish_label", job_id)
     return images
+
+
+@contextmanager
+def walk_marked(jobs: JobStore, job_id: str) -> Iterator[None]:
+    """Marks the job `walking` every `WALK_BEAT_SECONDS` while the block runs, from a thread (a
+    folder can take long to list between two chunks): a job whose marks stop before its walk
+    ends was left by a killed command, and a worker's sweep fails it (`worker.lost_chunks`)."""
+    stop = threading.Event()
+
+    def mark() -> None:
+        while not stop.wait(WALK_BEAT_SECONDS):
+            with suppress(redis.RedisError):  # the walk's own calls to Redis report it
+                jobs.update(job_id, walking=time.time())
+
+    marker = threading.Thread(target=mark, name=f"walk-marks-{job_id}", daemon=True)
+    marker.start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: a mark retrying against an unanswering Redis would hold the exit
 
 
 def lost_chunk_watch(queue: Queue, job_id: str, job: LabelJob

@@ -45,7 +45,7 @@ from tests.fault_data import (
 )
 from tests.label_data import slow_photo
 
-pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+pytestmark = [pytest.mark.hardening, pytest.mark.queue, pytest.mark.long(minutes=3.5)]
 
 def test_pool_process_killed_mid_chunk(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
@@ -217,7 +217,15 @@ def test_cli_killed_while_waiting(
                             *label_args(photos, trained_bundle[0],
                                                                      output)],
                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: parts_written(output) >= 1, what="the first chunk")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def walked_and_labelling() -> bool:
+        """Killed while waiting: after its walk has queued every chunk (a command killed
+        during its walk is the next test's)."""
+        return parts_written(output) >= 1 and any(
+            client.hexists(f"flowers:job:{job}", "chunks_total") for job in job_ids(redis_url))
+
+    wait_for(walked_and_labelling, what="the walk done and the first chunk")
     cli.kill()
     cli.wait()
     wait_for(output.exists, what="the output without its CLI")
@@ -225,6 +233,50 @@ def test_cli_killed_while_waiting(
     (job_id,) = job_ids(redis_url)
     status = run_flowers("status", job_id, env=env)
     assert "label succeeded" in status.stdout and str(output) in status.stdout
+
+
+def test_cli_killed_during_its_walk_leaves_a_failed_job_that_says_how_to_resume(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
+    flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """Only the walking command knows the photos it has not listed yet: killed during its walk,
+    its job can never finish. A worker's sweep fails it once the walk's marks stop, and says
+    to run the same command again (which keeps the rows written)."""
+    # Four chunks on Redis at a time: the kill leaves few for the worker to label.
+    env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUED_CHUNKS": "4"}
+    many = photos / "many"
+    many.mkdir()
+    first = next((photos / "daisy").iterdir())
+    for index in range(2000):  # a walk of seconds: 2,000 one-photo chunks
+        os.link(first, many / f"{index:04}.jpg")
+    output = tmp_path / "out.csv"
+    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
+                            *label_args(photos, trained_bundle[0], output, "--chunk-size", "1")],
+                           env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    record: dict[str, str] = {}
+
+    def walking() -> bool:
+        for job in job_ids(redis_url):
+            record.update({str(name): str(value) for name, value in
+                           client.hgetall(f"flowers:job:{job}").items()}, id=job)
+        return int(record.get("chunks_listed") or 0) >= 1
+
+    wait_for(walking, what="the walk's first chunk listed", interval=0.01)
+    cli.kill()
+    cli.wait()
+    assert "chunks_total" not in client.hgetall(f"flowers:job:{record['id']}"), \
+        "the walk ended before the kill: it needs more photos"
+    assert client.hget(f"flowers:job:{record['id']}", "state") == "queued"
+    worker = start_workers(1)
+    wait_for(lambda: client.hget(f"flowers:job:{record['id']}", "state") == "failed",
+             timeout=90, what="a worker's sweep to fail the job")
+    message = client.hget(f"flowers:job:{record['id']}", "message") or ""
+    assert f"stopped while it listed the photos of {photos}" in message, message
+    assert "run the same flowers label-dir again" in message
+    status = run_flowers("status", record["id"], env=env)
+    assert "failed" in status.stdout and "label-dir again" in status.stdout, status.stdout
+    assert record["id"] in worker.log()
 
 
 def test_two_jobs_with_two_bundles_on_the_same_workers(

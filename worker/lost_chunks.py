@@ -17,6 +17,11 @@ at the running label jobs nobody has watched for `UNWATCHED_SECONDS` (`--no-wait
 that was killed after its walk).
 Sending a chunk twice is harmless (a chunk is counted done once, its part is written whole),
 but one watcher per job keeps it rare.
+
+A CLI killed during its walk leaves a job that no one can finish: only the walk knows the rest
+of its photos. The walking CLI marks its job (`walking`) every `WALK_BEAT_SECONDS`; a sweep
+fails a job whose walk has not ended and not been marked for `UNWATCHED_SECONDS`, saying how to
+resume it (the same command again keeps the rows written).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 
 import redis
 
-from flowers.models.errors import JobNotFoundError
+from flowers.models.errors import JobFailedError, JobNotFoundError
 from flowers.worker.chunk_list import chunk_task, feed, read_chunks
 from flowers.worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold
 from flowers.worker.label_job import LabelJob
@@ -49,6 +54,8 @@ STALL_SECONDS = 10.0
 # A worker sweeps a job only when no CLI has looked at it for this long.
 UNWATCHED_SECONDS = 30.0
 SWEEP_SECONDS = 5.0
+# How often a walking CLI marks its job (`cli.label_dir`).
+WALK_BEAT_SECONDS = 5.0
 SWEEP_LOCK = "flowers:lost-chunk-sweep"
 _JOB_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{32})$")
 
@@ -166,6 +173,9 @@ class Sweeper:
                 record = self.store.get(job_id)
             except JobNotFoundError:  # expired since the scan listed it
                 continue
+            if "chunks_total" not in record:
+                self._fail_if_walk_stopped(job_id, record, now)
+                continue
             if "chunk_task" not in record:
                 continue
             looked.add(job_id)
@@ -181,6 +191,20 @@ class Sweeper:
             self.watches[job_id](record)
         for job_id in set(self.watches) - looked:
             del self.watches[job_id]
+
+    def _fail_if_walk_stopped(self, job_id: str, record: dict[str, Any], now: float) -> None:
+        """Fails a job whose walk has not ended and whose CLI has stopped marking it."""
+        if "walking" not in record or now - float(record["walking"]) < UNWATCHED_SECONDS:
+            return  # still walking (or made by a CLI that does not mark its walk)
+        request = record.get("request") or {}
+        listed = int(record.get("total") or 0)
+        message = (
+            f"the command that queued this job stopped while it listed the photos of "
+            f"{request.get('photo_dir', 'its folder')} ({listed} listed, the rest never "
+            f"queued); run the same flowers label-dir again: it keeps the rows already written "
+            f"and labels the rest")
+        if self.store.fail(job_id, JobFailedError(message)):
+            log.warning("job %s: %s", job_id, message)
 
     def _hold_lock(self) -> bool:
         return hold(self.client, f"{SWEEP_LOCK}:{self.settings.queue}", self.holder,
