@@ -42,6 +42,19 @@ CODELAB_WEIGHTS = SHARED / "weights" / "codelab"
 SMALL_NETWORK = "mobilenet_0.25_224"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked `long(minutes=...)` first, the longest first, the rest as collected:
+    pytest-xdist hands whole files to its processes in this order (`--dist loadfile
+    --no-loadscope-reorder` in pyproject.toml), so the longest start at once instead of
+    ending the run alone in one process while the others stand idle."""
+    minutes: dict[Path, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("long")
+        minutes[item.path] = max(minutes.get(item.path, 0.0),
+                                 float(mark.kwargs["minutes"]) if mark else 0.0)
+    items.sort(key=lambda item: -minutes[item.path])  # stable: a file's own order is kept
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path}: put ../shared beside the checkout "

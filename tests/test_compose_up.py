@@ -50,7 +50,7 @@ from tests.conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.containers
+pytestmark = [pytest.mark.containers, pytest.mark.long(minutes=2.5)]
 
 CONTAINERS_HERE = SHARED / "tools" / "containers-here"
 # The compose file's host variables, as a user would set them for `docker compose up`: a short

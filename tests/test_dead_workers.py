@@ -34,7 +34,7 @@ from tests.conftest import (
 from tests.fault_data import assert_complete, label_args
 from tests.label_data import slow_photo
 
-pytestmark = [pytest.mark.hardening, pytest.mark.queue]
+pytestmark = [pytest.mark.hardening, pytest.mark.queue, pytest.mark.long(minutes=3.5)]
 
 TIMEOUT = 15  # FLOWERS_WORKER_TIMEOUT in these tests (30 by default; 15 the least)
 # The visibility timeout at its default (the suite's workers otherwise run with 30 s): nothing

@@ -20,7 +20,7 @@ from flowers.models.runtime.runners import LiteRTRunner
 from flowers.models.tflite_metadata import ModelCard, read_metadata, with_metadata
 from tests.conftest import flowers_env, run_flowers
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.long(minutes=2)]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from flowers.models.decode import load_image
 from flowers.models.training.calibration import expected_calibration_error, scale
 from tests.conftest import SMALL_NETWORK, copy_subset
 
+pytestmark = [pytest.mark.model, pytest.mark.long(minutes=3)]
+
 
 @pytest.fixture(scope="module")
 def fine_tuned(flower_photos: Path, weights_dir: Path,
@@ -203,34 +205,6 @@ def test_the_epoch_kept_is_the_last_or_the_best_validation_accuracy(
         assert trained.best_epoch == max(range(1, 5), key=lambda epoch: (scores[epoch - 1], epoch))
         accuracy = float(np.mean(trained.probabilities(x[12:]).argmax(axis=1) == y[12:]))
         assert accuracy == pytest.approx(scores[trained.best_epoch - 1])
-
-
-FINE_TUNE_MARGIN = 0.01
-
-
-def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
-    flower_photos: Path, weights_dir: Path, tmp_path: Path,
-) -> None:
-    from flowers.models.training.recipe import CODELAB, FINE_TUNE, FineTuneRecipe
-    from flowers.models.training.retrain import RetrainRequest, retrain
-
-    photos = copy_subset(flower_photos, tmp_path / "photos",
-                         ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 300)
-    def train(recipe: str, output: str) -> dict[str, Any]:
-        request = RetrainRequest(photo_dir=str(photos), output=str(tmp_path / output),
-                                 architecture="mobilenet_v2", recipe=recipe,
-                                 fine_tune=FineTuneRecipe(),
-                                 validation_percentage=10, testing_percentage=40)
-        return retrain(request, tmp_path / "home", weights_dir)
-
-    codelab = train(CODELAB, "codelab")
-    fine = train(FINE_TUNE, "fine")
-    assert fine["split"] == codelab["split"] and fine["split"]["testing"] >= 540
-    print(f"test accuracy on {fine['split']['testing']} photos: fine-tune "
-          f"{fine['test_accuracy']:.3f}, codelab {codelab['test_accuracy']:.3f}")
-    assert fine["test_accuracy"] >= codelab["test_accuracy"] + FINE_TUNE_MARGIN, (
-        f"fine-tune {fine['test_accuracy']:.3f} vs codelab {codelab['test_accuracy']:.3f} on "
-        f"{fine['split']['testing']} test photos")
 
 
 def test_a_cross_fitted_int8_bundle_is_measured_and_calibrated_on_its_own_int8_models(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,10 @@ def test_forged_task_messages_write_nothing(
         wait_for(lambda: store.state(job) == "failed", timeout=60, what=f"job {job} to fail")
         assert words in store.get(job)["message"]
 
-    climb = "x/../../../outside/pwn"
+    # A name no other test uses: the search below walks the whole session's temporary tree,
+    # which other tests (run in this process before this one) have written to.
+    marker = f"climbed-{uuid.uuid4().hex}"
+    climb = f"x/../../../outside/{marker}"
     _, chunk = label_job(allowed / "a.csv")
     send("flowers.label_chunk", {**chunk, "job_id": climb})
     send("flowers.finish_label", climb)
@@ -107,7 +111,7 @@ def test_forged_task_messages_write_nothing(
     # The session's whole temporary tree, not only this test's (os.walk passes over what it
     # cannot list, such as other tests' folders nested past the path limit).
     written = [os.path.join(folder, name) for folder, dirs, files in os.walk(tmp_path.parent)
-               for name in dirs + files if "pwn" in name]
+               for name in dirs + files if marker in name]
     written += [str(path) for path in tmp_path.rglob("part-*")]
     assert not written, written
     assert worker.poll() is None

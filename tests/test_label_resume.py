@@ -84,16 +84,24 @@ def test_cancel_mid_way_drops_queued_chunks_keeps_rows_and_a_rerun_finishes(
     output = tmp_path / "labels.csv"
     args = ("label-dir", str(collection), "--model", str(trained_bundle[0]), "--output",
             str(output), "--chunk-size", "2", "--batch-size", "1")
-    worker = start_workers(1)
+    # Queued before the worker starts, and the worker's pool process stopped (SIGSTOP) from
+    # its second chunk until the cancel is in: the job is short, and a loaded machine could
+    # otherwise finish it before the cancel (or before anyone looks).
     queued = run_flowers(*args, "--no-wait", env=env)
     assert queued.returncode == 0, queued.stderr
     job_id = queued.stdout.strip()
+    worker = start_workers(1)
+    (pool_process,) = worker.pool_pids()
     parts = tmp_path / "labels.csv.parts"
-    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 2, what="2 chunks", interval=0.05)
-    # In-process, the same command without a new interpreter's start-up: the job is short.
-    cancelled = CliRunner().invoke(cli, ["cancel", job_id], env=env)
+    wait_for(lambda: len(list(parts.glob("part-*.csv"))) >= 2, what="2 chunks", interval=0.01)
+    os.kill(pool_process, signal.SIGSTOP)
+    try:
+        at_cancel = set(parts.glob("part-*.csv"))
+        # In-process, the same command without a new interpreter's start-up.
+        cancelled = CliRunner().invoke(cli, ["cancel", job_id], env=env)
+    finally:
+        os.kill(pool_process, signal.SIGCONT)
     assert cancelled.exit_code == 0 and "cancelled after" in cancelled.output, cancelled.output
-    at_cancel = set(parts.glob("part-*.csv"))
 
     client = redis.Redis.from_url(redis_url)
     wait_for(lambda: client.llen("flowers") == 0 and client.hlen("unacked") == 0,

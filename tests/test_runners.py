@@ -35,7 +35,7 @@ from tests.conftest import WorkerFactory, flowers_env, job_ids, run_flowers
 from tests.label_data import read_csv
 from tests.test_bundle import tampered
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.long(minutes=2)]
 
 TOLERANCE = 1e-5
 

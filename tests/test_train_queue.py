@@ -30,7 +30,7 @@ from tests.conftest import (
     wait_for_job,
 )
 
-pytestmark = pytest.mark.queue
+pytestmark = [pytest.mark.queue, pytest.mark.long(minutes=5)]
 
 TRAIN_ARGS = ("--architecture", SMALL_NETWORK, "--recipe", "codelab",
               "--how-many-training-steps", "300",
