@@ -237,7 +237,7 @@ def walk_marked(jobs: JobStore, job_id: str) -> Iterator[None]:
     def mark() -> None:
         while not stop.wait(WALK_BEAT_SECONDS):
             with suppress(redis.RedisError):  # the walk's own calls to Redis report it
-                jobs.update(job_id, walking=time.time())
+                jobs.update_live(job_id, walking=time.time())  # never a job that has ended
 
     marker = threading.Thread(target=mark, name=f"walk-marks-{job_id}", daemon=True)
     marker.start()

@@ -20,8 +20,9 @@ but one watcher per job keeps it rare.
 
 A CLI killed during its walk leaves a job that no one can finish: only the walk knows the rest
 of its photos. The walking CLI marks its job (`walking`) every `WALK_BEAT_SECONDS`; a sweep
-fails a job whose walk has not ended and not been marked for `UNWATCHED_SECONDS`, saying how to
-resume it (the same command again keeps the rows written).
+fails a job whose walk has not ended and whose mark it has seen unchanged for
+`UNWATCHED_SECONDS` by its own clock, saying how to resume it (the same command again keeps the
+rows written).
 """
 
 from __future__ import annotations
@@ -149,14 +150,25 @@ class Sweeper:
         self.store = JobStore(client, settings.job_ttl)
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.watches: dict[str, LostChunks] = {}
+        # Each walking job's last `walking` mark and when this sweeper first saw it (its own
+        # monotonic clock: the CLI's clock may differ from this machine's).
+        self.walks: dict[str, tuple[str, float]] = {}
 
     def __call__(self, send: Callable[[str, Any], None]) -> None:
         """One look at every unwatched running label job; `send(name, argument)` sends a task."""
+        try:
+            self._sweep(send)
+        except redis.RedisError:
+            self.walks.clear()  # while Redis was away no walk could mark its job either
+            raise
+
+    def _sweep(self, send: Callable[[str, Any], None]) -> None:
         if not self._hold_lock():
             self.watches.clear()
+            self.walks.clear()
             return
         now = time.time()
-        looked = set()
+        looked, walking = set(), set()
         for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
             match = _JOB_KEY.match(key.decode() if isinstance(key, bytes) else key)
             if match is None:
@@ -174,7 +186,8 @@ class Sweeper:
             except JobNotFoundError:  # expired since the scan listed it
                 continue
             if "chunks_total" not in record:
-                self._fail_if_walk_stopped(job_id, record, now)
+                walking.add(job_id)
+                self._fail_if_walk_stopped(job_id, record)
                 continue
             if "chunk_task" not in record:
                 continue
@@ -191,18 +204,29 @@ class Sweeper:
             self.watches[job_id](record)
         for job_id in set(self.watches) - looked:
             del self.watches[job_id]
+        for job_id in set(self.walks) - walking:
+            del self.walks[job_id]
 
-    def _fail_if_walk_stopped(self, job_id: str, record: dict[str, Any], now: float) -> None:
-        """Fails a job whose walk has not ended and whose CLI has stopped marking it."""
-        if "walking" not in record or now - float(record["walking"]) < UNWATCHED_SECONDS:
-            return  # still walking (or made by a CLI that does not mark its walk)
-        request = record.get("request") or {}
-        listed = int(record.get("total") or 0)
+    def _fail_if_walk_stopped(self, job_id: str, record: dict[str, Any]) -> None:
+        """Fails a job whose walk has not ended and whose `walking` mark this sweeper has seen
+        unchanged for `UNWATCHED_SECONDS`."""
+        mark = str(record.get("walking") or "")
+        if not mark:
+            return  # made by a CLI that does not mark its walk
+        seen = self.walks.get(job_id)
+        if seen is None or seen[0] != mark:
+            self.walks[job_id] = (mark, time.monotonic())
+            return
+        if time.monotonic() - seen[1] < UNWATCHED_SECONDS:
+            return
+        del self.walks[job_id]
+        request = record.get("request")
+        folder = request.get("photo_dir") if isinstance(request, dict) else None
         message = (
             f"the command that queued this job stopped while it listed the photos of "
-            f"{request.get('photo_dir', 'its folder')} ({listed} listed, the rest never "
-            f"queued); run the same flowers label-dir again: it keeps the rows already written "
-            f"and labels the rest")
+            f"{folder or 'its folder'} ({int(record.get('total') or 0)} listed before it "
+            f"stopped, the rest never); run the same flowers label-dir again, without "
+            f"--overwrite: it keeps the rows already written and labels the rest")
         if self.store.fail(job_id, JobFailedError(message)):
             log.warning("job %s: %s", job_id, message)
 

@@ -1,0 +1,78 @@
+"""A label-dir walk's marks (`cli.label_dir.walk_marked`) and the sweep that fails a job whose
+walk stopped (`worker.lost_chunks.Sweeper`), on a real Redis with the timings shortened."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from flowers.cli import label_dir
+from flowers.worker import lost_chunks
+from flowers.worker.jobs import JobStore
+from flowers.worker.lost_chunks import Sweeper
+from flowers.worker.settings import Settings
+
+pytestmark = pytest.mark.queue
+
+
+def walking_job(store: JobStore, mark: str) -> str:
+    job = store.create_job("label", {"photo_dir": "/photos/trip"}, queue="flowers",
+                           phase="enqueueing", walking=mark)
+    store.update(job, total=12)
+    return job
+
+
+def test_the_sweep_fails_a_walk_only_once_its_mark_stands_still_by_the_sweepers_clock(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lost_chunks, "UNWATCHED_SECONDS", 0.5)
+    client = redis.Redis.from_url(redis_url)
+    store = JobStore(client)
+    sweep = Sweeper(client, Settings.from_env({}))
+    # A mark an hour old by this clock (the CLI's clock may be behind): not stale by itself.
+    job = walking_job(store, str(time.time() - 3600))
+    sent: list[tuple[str, object]] = []
+
+    def send(name: str, argument: object) -> None:
+        sent.append((name, argument))
+
+    sweep(send)
+    time.sleep(0.6)
+    store.update(job, walking=time.time() - 3590)  # the walk marked it again
+    sweep(send)
+    assert store.state(job) == "queued", "a mark that moves is a live walk"
+    time.sleep(0.6)
+    sweep(send)
+    assert store.state(job) == "failed"
+    message = store.get(job)["message"]
+    assert message.startswith("the command that queued this job stopped while it listed the "
+                              "photos of /photos/trip (12 listed before it stopped")
+    assert "run the same flowers label-dir again, without --overwrite" in message
+    assert not sent, "nothing is sent for a walk"
+    # A job made by a command that does not mark its walk is left alone.
+    unmarked = store.create_job("label", {}, queue="flowers", phase="enqueueing")
+    for _ in range(2):
+        sweep(send)
+        time.sleep(0.6)
+    assert store.state(unmarked) == "queued"
+
+
+def test_a_walk_marks_its_job_until_it_ends_and_never_a_job_that_has_ended(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(label_dir, "WALK_BEAT_SECONDS", 0.05)
+    store = JobStore(redis.Redis.from_url(redis_url))
+    job = walking_job(store, "1.0")
+    with label_dir.walk_marked(store, job):
+        time.sleep(0.3)
+        marked = float(store.get(job)["walking"])
+        assert marked > 1.0
+        store.update(job, state="cancelled")
+        time.sleep(0.3)
+    assert float(store.get(job)["walking"]) <= marked + 0.1, "an ended job is not marked"
+    time.sleep(0.2)
+    last = store.get(job)["walking"]
+    time.sleep(0.2)
+    assert store.get(job)["walking"] == last, "the marks stop with the walk"
