@@ -180,10 +180,12 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             previous = results.claim_parts(parts_dir, job_id) or overwritten
             if previous:
                 queue.jobs.supersede(previous, job_id)
-            with walk_marked(queue.jobs, job_id):
+            with walk_marked(queue.jobs, job_id) as ended:
                 enqueued = enqueue_chunks(queue, job_id, job,
                                           relative_names(root, results.done_paths(parts_dir)),
-                                          chunk_size)
+                                          chunk_size, ended)
+            if ended.is_set():  # failed or cancelled while listed: says why, and what to do
+                queue.wait(job_id, ProgressLine())
             if freshness.kept or freshness.changed or freshness.vanished:
                 click.echo(f"resuming: {freshness.kept} photos already labelled, "
                            f"{freshness.changed} changed since (labelled again), "
@@ -210,13 +212,16 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
 
 
 def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str],
-                   chunk_size: int) -> int:
+                   chunk_size: int, ended: threading.Event | None = None) -> int:
     """Lists the job's chunks as the walk yields them (`worker.chunk_list`), sending as many as
-    the job's window has room for; returns the photos listed."""
+    the job's window has room for; returns the photos listed. Stops, listing nothing more, once
+    `ended` is set (the job failed or was cancelled meanwhile)."""
     queue.jobs.update(job_id, window=queue.settings.queued_chunks, chunk_task=job.to_dict())
     chunks = images = 0
     with ChunkWriter(job.parts_dir, job_id) as listing:
         for chunk in chunked(names, chunk_size, job.options.batch_size):
+            if ended is not None and ended.is_set():
+                return images
             queue.check_cluster()
             chunks = listing.append(chunk) + 1
             images += len(chunk)
@@ -228,21 +233,25 @@ def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str
 
 
 @contextmanager
-def walk_marked(jobs: JobStore, job_id: str) -> Iterator[None]:
+def walk_marked(jobs: JobStore, job_id: str) -> Iterator[threading.Event]:
     """Marks the job `walking` every `WALK_BEAT_SECONDS` while the block runs, from a thread (a
     folder can take long to list between two chunks): a job whose marks stop before its walk
-    ends was left by a killed command, and a worker's sweep fails it (`worker.lost_chunks`)."""
-    stop = threading.Event()
+    ends was left by a killed command, and a worker's sweep fails it (`worker.lost_chunks`).
+    Yields an event set once a mark finds the job ended (cancelled, or failed by that sweep
+    while this command was stopped): the walk has no more to do."""
+    stop, ended = threading.Event(), threading.Event()
 
     def mark() -> None:
         while not stop.wait(WALK_BEAT_SECONDS):
             with suppress(redis.RedisError):  # the walk's own calls to Redis report it
-                jobs.update_live(job_id, walking=time.time())  # never a job that has ended
+                if not jobs.update_live(job_id, walking=time.time()):  # never an ended job
+                    ended.set()
+                    return
 
     marker = threading.Thread(target=mark, name=f"walk-marks-{job_id}", daemon=True)
     marker.start()
     try:
-        yield
+        yield ended
     finally:
         stop.set()  # not joined: a mark retrying against an unanswering Redis would hold the exit
 

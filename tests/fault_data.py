@@ -46,10 +46,13 @@ def label_until_parts(
     broker_url: str, start_workers: WorkerFactory, args: tuple[str, ...],
     env: dict[str, str], output: Path, parts: int, **worker_env: str,
 ) -> RunningWorker:
-    """A new worker labels `args --no-wait` until `parts` chunks are written; returns it.
+    """A new worker labels `args --no-wait` until `parts` chunks are written; returns it, the
+    job unfinished (a test that interrupts it needs a slow last photo: `slow_photo`).
     The job is queued before the worker starts: the other way round, a loaded machine could
     finish the whole short job (and remove its parts) before anyone looks."""
     assert run_flowers(*args, "--no-wait", env=env).returncode == 0
     worker = start_workers(1, broker_url=broker_url, **worker_env)
     wait_for(lambda: parts_written(output) >= parts, what=f"{parts} chunks", interval=0.01)
+    assert not output.exists(), ("the job ended before the fault this test is about: give it a "
+                                 "slow last photo (slow_photo)")
     return worker

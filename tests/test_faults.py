@@ -235,14 +235,16 @@ def test_cli_killed_while_waiting(
     assert "label succeeded" in status.stdout and str(output) in status.stdout
 
 
-def test_cli_killed_during_its_walk_leaves_a_failed_job_that_says_how_to_resume(
+def test_cli_stopped_during_its_walk_has_its_job_failed_and_continued_stops_its_walk(
     redis_url: str, start_workers: WorkerFactory, photos: Path, trained_bundle: tuple[Path, Any],
     flowers_home: Path, weights_dir: Path, tmp_path: Path,
 ) -> None:
     """Only the walking command knows the photos it has not listed yet: killed during its walk,
-    its job can never finish. A worker's sweep fails it once the walk's marks stop, and says
-    to run the same command again (which keeps the rows written)."""
-    # Four chunks on Redis at a time: the kill leaves few for the worker to label.
+    or stopped (Ctrl-Z) long enough that nobody can tell it from killed, its job can never
+    finish. A worker's sweep fails it once the walk's marks stop, and says to run the same
+    command again (which keeps the rows written). The stopped command, continued, finds its
+    job ended at its next mark, lists no more and says so, non-zero."""
+    # Four chunks on Redis at a time: the stop leaves few for the worker to label.
     env = {**flowers_env(flowers_home, redis_url, weights_dir), "FLOWERS_QUEUED_CHUNKS": "4"}
     many = photos / "many"
     many.mkdir()
@@ -252,7 +254,8 @@ def test_cli_killed_during_its_walk_leaves_a_failed_job_that_says_how_to_resume(
     output = tmp_path / "out.csv"
     cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
                             *label_args(photos, trained_bundle[0], output, "--chunk-size", "1")],
-                           env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     record: dict[str, str] = {}
 
@@ -262,21 +265,32 @@ def test_cli_killed_during_its_walk_leaves_a_failed_job_that_says_how_to_resume(
                            client.hgetall(f"flowers:job:{job}").items()}, id=job)
         return int(record.get("chunks_listed") or 0) >= 1
 
-    wait_for(walking, what="the walk's first chunk listed", interval=0.01)
-    cli.kill()
-    cli.wait()
-    assert "chunks_total" not in client.hgetall(f"flowers:job:{record['id']}"), \
-        "the walk ended before the kill: it needs more photos"
-    assert client.hget(f"flowers:job:{record['id']}", "state") == "queued"
-    worker = start_workers(1)
-    wait_for(lambda: client.hget(f"flowers:job:{record['id']}", "state") == "failed",
-             timeout=90, what="a worker's sweep to fail the job")
-    message = client.hget(f"flowers:job:{record['id']}", "message") or ""
-    assert f"stopped while it listed the photos of {photos}" in message, message
-    assert "run the same flowers label-dir again" in message
-    status = run_flowers("status", record["id"], env=env)
-    assert "failed" in status.stdout and "label-dir again" in status.stdout, status.stdout
-    assert record["id"] in worker.log()
+    try:
+        wait_for(walking, what="the walk's first chunk listed", interval=0.01)
+        cli.send_signal(signal.SIGSTOP)
+        key = f"flowers:job:{record['id']}"
+        assert "chunks_total" not in client.hgetall(key), \
+            "the walk ended before the stop: it needs more photos"
+        assert client.hget(key, "state") == "queued"
+        worker = start_workers(1)
+        wait_for(lambda: client.hget(key, "state") == "failed", timeout=90,
+                 what="a worker's sweep to fail the job")
+        message = client.hget(key, "message") or ""
+        assert f"stopped while it listed the photos of {photos}" in message, message
+        assert "run the same flowers label-dir again" in message
+        status = run_flowers("status", record["id"], env=env)
+        assert "failed" in status.stdout and "label-dir again" in status.stdout, status.stdout
+        assert record["id"] in worker.log()
+        listed = int(client.hget(key, "chunks_listed") or 0)
+        cli.send_signal(signal.SIGCONT)
+        _, stderr = cli.communicate(timeout=30)  # its next mark is at most 5 s away
+    finally:
+        cli.kill()
+    assert cli.returncode != 0 and "run the same flowers label-dir again" in stderr, stderr
+    # Its mark was due while it was stopped: it is made at once, and the walk stops a chunk or
+    # so later, not ~2,000.
+    assert int(client.hget(key, "chunks_listed") or 0) < listed + 500, "the walk went on"
+    assert "chunks_total" not in client.hgetall(key)
 
 
 def test_two_jobs_with_two_bundles_on_the_same_workers(

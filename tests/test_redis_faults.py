@@ -57,6 +57,7 @@ def test_redis_restarted_mid_job_keeps_the_job(
 ) -> None:
     server = persistent_redis(True)
     output = tmp_path / "out.csv"
+    slow_photo(photos / "tulips" / "zz-big.png")  # the last chunk: still running at the stop
     label_until_parts(server.url, start_workers, label_args(photos, trained_bundle[0], output),
                       flowers_env(flowers_home, server.url, weights_dir), output, 2,
                       FLOWERS_VISIBILITY_TIMEOUT="10")

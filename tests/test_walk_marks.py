@@ -59,18 +59,19 @@ def test_the_sweep_fails_a_walk_only_once_its_mark_stands_still_by_the_sweepers_
     assert store.state(unmarked) == "queued"
 
 
-def test_a_walk_marks_its_job_until_it_ends_and_never_a_job_that_has_ended(
+def test_a_walk_marks_its_job_until_it_ends_and_learns_when_the_job_has_ended(
     redis_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(label_dir, "WALK_BEAT_SECONDS", 0.05)
     store = JobStore(redis.Redis.from_url(redis_url))
     job = walking_job(store, "1.0")
-    with label_dir.walk_marked(store, job):
+    with label_dir.walk_marked(store, job) as ended:
         time.sleep(0.3)
         marked = float(store.get(job)["walking"])
-        assert marked > 1.0
+        assert marked > 1.0 and not ended.is_set()
         store.update(job, state="cancelled")
         time.sleep(0.3)
+        assert ended.is_set(), "the walk is told its job has ended"
     assert float(store.get(job)["walking"]) <= marked + 0.1, "an ended job is not marked"
     time.sleep(0.2)
     last = store.get(job)["walking"]
