@@ -1,5 +1,6 @@
 """A label-dir walk's marks (`cli.label_dir.walk_marked`) and the sweep that fails a job whose
-walk stopped (`worker.lost_chunks.Sweeper`), on a real Redis with the timings shortened."""
+walk stopped (`worker.lost_chunks.Sweeper`), and the sweep's reading of a waiting command's
+watch, on a real Redis with the timings shortened."""
 
 from __future__ import annotations
 
@@ -77,3 +78,25 @@ def test_a_walk_marks_its_job_until_it_ends_and_learns_when_the_job_has_ended(
     last = store.get(job)["walking"]
     time.sleep(0.2)
     assert store.get(job)["walking"] == last, "the marks stop with the walk"
+
+
+def test_a_watch_is_judged_by_redis_clock_not_the_watching_hosts(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A waiting CLI whose host's clock runs an hour ahead marks its job watched; killed, its
+    job is looked after once it has not been watched for `UNWATCHED_SECONDS` of Redis' clock,
+    not an hour later."""
+    monkeypatch.setattr(lost_chunks, "UNWATCHED_SECONDS", 0.5)
+    client = redis.Redis.from_url(redis_url)
+    store = JobStore(client)
+    sweep = Sweeper(client, Settings.from_env({}))
+    job = walking_job(store, "1.0")
+    ahead = time.time() + 3600
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "time", lambda: ahead)
+        store.watched(job)
+    sweep(lambda name, argument: None)
+    assert job not in sweep.walks, "just watched: left to its watcher"
+    time.sleep(0.6)
+    sweep(lambda name, argument: None)
+    assert job in sweep.walks, "no longer watched: the sweep looks after it"

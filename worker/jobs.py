@@ -165,6 +165,13 @@ def patient_client(url: str) -> redis.Redis:
     )
 
 
+def server_time(client: redis.Redis) -> float:
+    """Redis' clock, the one heartbeats and watches are written with (hosts' clocks may
+    differ)."""
+    seconds, micro = client.time()
+    return float(seconds) + micro / 1_000_000
+
+
 class JobStore:
     """Reads and writes job records on one Redis connection."""
 
@@ -245,8 +252,9 @@ class JobStore:
         return bool(self.client.eval(_CHUNK_DONE, 2, *keys, *args))
 
     def watched(self, job_id: str) -> None:
-        """Records that a waiting CLI looks after the job (`worker.lost_chunks`)."""
-        self.client.hset(self._key(job_id), "watched", time.time())
+        """Records that a waiting CLI looks after the job (`worker.lost_chunks`), by Redis'
+        clock: the workers that read it may run on hosts whose clocks differ from the CLI's."""
+        self.client.hset(self._key(job_id), "watched", server_time(self.client))
 
     def finished_chunks(self, job_id: str) -> set[int]:
         """The numbers of the job's chunks counted done."""

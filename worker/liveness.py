@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from flowers.worker.jobs import KEY_PREFIX, WORKER_PREFIX
+from flowers.worker.jobs import KEY_PREFIX, WORKER_PREFIX, server_time
 from flowers.worker.messages import JOB_ID
 from flowers.worker.settings import HEARTBEAT_SECONDS
 
@@ -116,12 +116,6 @@ class WorkerRecord:
     def tags(self) -> set[str]:
         """The delivery tags of the task messages it holds."""
         return {str(task["tag"]) for task in self.tasks if task.get("tag")}
-
-
-def server_time(client: redis.Redis) -> float:
-    """Redis' clock, the one heartbeats are written with (hosts' clocks may differ)."""
-    seconds, micro = client.time()
-    return float(seconds) + micro / 1_000_000
 
 
 class Beat:

@@ -41,7 +41,7 @@ import redis
 
 from flowers.models.errors import JobFailedError, JobNotFoundError
 from flowers.worker.chunk_list import chunk_task, feed, read_chunks
-from flowers.worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold
+from flowers.worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold, server_time
 from flowers.worker.label_job import LabelJob
 from flowers.worker.liveness import UNACKED
 from flowers.worker.messages import MessageError
@@ -167,7 +167,7 @@ class Sweeper:
             self.watches.clear()
             self.walks.clear()
             return
-        now = time.time()
+        now = server_time(self.client)  # the clock `JobStore.watched` writes with
         looked, walking = set(), set()
         for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
             match = _JOB_KEY.match(key.decode() if isinstance(key, bytes) else key)
