@@ -32,7 +32,7 @@ from flowers.models import ownership
 from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
 from flowers.models.dataset import check_photo_dir, walk_images
-from flowers.models.errors import DatasetError, UsageError
+from flowers.models.errors import DatasetError, UsageError, os_error_advice
 from flowers.models.runtime.decisions import DECISIONS, check_precision
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.models.runtime.runners import choose_runtime
@@ -168,7 +168,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         except OSError as exc:
             raise UsageError(
                 f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
-                "choose a writable folder"
+                f"{os_error_advice(exc) or 'choose a writable folder'}"
             ) from None
         with open_queue(settings, local_processes=settings.processes()) as queue:
             job_id = queue.jobs.create_job(
@@ -177,13 +177,14 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
                 output=str(output), parts_dir=str(parts_dir), phase="enqueueing",
                 queue=settings.queue, kept=freshness.kept, walking=time.time(),
             )
-            previous = results.claim_parts(parts_dir, job_id) or overwritten
-            if previous:
-                queue.jobs.supersede(previous, job_id)
-            with walk_marked(queue.jobs, job_id) as ended:
-                enqueued = enqueue_chunks(queue, job_id, job,
-                                          relative_names(root, results.done_paths(parts_dir)),
-                                          chunk_size, ended)
+            with failed_on_error(queue.jobs, job_id):
+                previous = results.claim_parts(parts_dir, job_id) or overwritten
+                if previous:
+                    queue.jobs.supersede(previous, job_id)
+                with walk_marked(queue.jobs, job_id) as ended:
+                    enqueued = enqueue_chunks(
+                        queue, job_id, job, relative_names(root, results.done_paths(parts_dir)),
+                        chunk_size, ended)
             if ended.is_set():  # failed or cancelled while listed: says why, and what to do
                 queue.wait(job_id, ProgressLine())
             if freshness.kept or freshness.changed or freshness.vanished:
@@ -230,6 +231,20 @@ def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str
     if queue.jobs.enqueued(job_id, chunks, images):
         queue.send("flowers.finish_label", job_id)
     return images
+
+
+@contextmanager
+def failed_on_error(jobs: JobStore, job_id: str) -> Iterator[None]:
+    """An error that ends the command while it readies or lists its job (a full disk, say)
+    fails the job at once with the error's message: nobody will list the rest. An interruption
+    (Ctrl-C, a signal) is not an error: the job is left to the workers' sweep, which fails it
+    saying how to resume."""
+    try:
+        yield
+    except Exception as exc:
+        with suppress(redis.RedisError):
+            jobs.fail(job_id, exc)
+        raise
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from flowers.cli.context import CliContext
-from flowers.models.errors import TRAIN_EXTRA, FlowersError, SettingsError
+from flowers.models.errors import TRAIN_EXTRA, FlowersError, SettingsError, os_error_message
 from flowers.worker.embedded import Interrupted
 from flowers.worker.settings import Settings
 
@@ -58,6 +58,8 @@ class FlowersGroup(click.Group):
                     f"lost Redis: {exc} (it did not come back within about two minutes); "
                     "check that it runs, then run the same command again: it resumes"
                 ) from None
+            if isinstance(exc, OSError) and (message := os_error_message(exc)) is not None:
+                raise click.ClickException(message) from None
             if isinstance(exc, ModuleNotFoundError) and \
                     (exc.name or "").split(".")[0] in TRAIN_MODULES:
                 raise click.ClickException(

@@ -13,7 +13,8 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -51,6 +52,18 @@ def check_output_file(output: Path, kind: str) -> Path:
     return output
 
 
+@contextmanager
+def naming_errors(path: Path | str) -> Iterator[None]:
+    """An `OSError` raised in the block that names no file (a write or a flush that finds the
+    disk full) is raised again naming `path`, the file being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
 def write_atomically(
     path: Path, write: Callable[[BinaryIO], object], durable: bool = True
 ) -> None:
@@ -63,7 +76,7 @@ def write_atomically(
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     tmp_name, fd = _beside(path, lambda name: os.open(name, flags, 0o666))
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with naming_errors(path), os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             if durable:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowers.models import ownership
-from flowers.models.atomic import read_regular_file, temporary_folder_beside
+from flowers.models.atomic import naming_errors, read_regular_file, temporary_folder_beside
 from flowers.models.errors import BundleError, GraphGivenAsBundleError, UsageError
 from flowers.models.manifest import (
     LABELS_FILE,
@@ -151,10 +151,11 @@ def write_bundle_folder(output: Path, manifest: dict[str, Any],
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_folder_beside(output)
     try:
-        fill(staging)
-        (staging / LABELS_FILE).write_text(
-            "".join(f"{name}\n" for name in manifest["class_names"]), encoding="utf-8")
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+        with naming_errors(output):
+            fill(staging)
+            (staging / LABELS_FILE).write_text(
+                "".join(f"{name}\n" for name in manifest["class_names"]), encoding="utf-8")
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         _replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,24 @@
 """The one error hierarchy of flowers: every expected failure is a `FlowersError`.
 
 Each message says what was received and how to fix it; the CLI prints it as one line.
+`os_error_message` does the same for the `OSError`s a user's disk or permissions cause.
 """
+
+import errno
+
+_FREE_SPACE = ("free some space there (or choose another place), then run the same command "
+               "again: it goes on from what was written")
+# What to do about an OSError the place it writes to causes, by errno.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: _FREE_SPACE,
+    errno.EDQUOT: _FREE_SPACE,
+    errno.EFBIG: "the file system holds no file that large: choose another place",
+    errno.EROFS: "that file system is read-only: choose another place",
+    errno.EACCES: "check its permissions, or choose another place",
+    errno.EPERM: "check its permissions, or choose another place",
+    errno.EIO: "the disk reported an input/output error: check it, then run the same command "
+               "again",
+}
 
 
 class FlowersError(Exception):
@@ -95,3 +112,19 @@ def require_tensorflow(what: str) -> None:
     if importlib.util.find_spec("tensorflow") is None:
         raise MissingDependencyError(
             f"{what} needs TensorFlow, which this install lacks: {TRAIN_EXTRA}")
+
+
+def os_error_advice(error: OSError) -> str | None:
+    """What to do about an `OSError` the user's disk or permissions caused (no space left, a
+    read-only file system, permissions, an I/O error); None for any other."""
+    return _OS_ERROR_ADVICE.get(error.errno or 0)
+
+
+def os_error_message(error: OSError) -> str | None:
+    """One line for an `OSError` that `os_error_advice` knows: what happened, to which file,
+    and what to do; None for any other."""
+    advice = os_error_advice(error)
+    if advice is None:
+        return None
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or error}{where}: {advice}"

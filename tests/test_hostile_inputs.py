@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +236,50 @@ def test_cache_clear_removes_only_cache_entries(flowers_home: Path, tmp_path: Pa
     assert clear(flowers_home) == 100
     assert sorted(path.name for path in entries.iterdir()) == [f"{'ef' * 32}.npy", "notes.txt"]
     assert (elsewhere / f"{'cd' * 32}.npy").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system (tmpfs) of the test's own, unmounted afterwards: a full disk without
+    filling this machine's."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is made with a small tmpfs, which needs root to mount")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for a full disk: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_fails_the_job_naming_the_file_and_the_rerun_goes_on(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, redis_url: str,
+    start_workers: WorkerFactory, small_disk: Path,
+) -> None:
+    """The output's disk fills up mid-job: the command stops with one line naming the file it
+    could not write and saying to free space and run it again; once there is space, the same
+    command finishes the job, with every photo's row."""
+    env = flowers_env(flowers_home, redis_url, None)
+    output = small_disk / "labels.csv"
+    args = ("label-dir", str(small), "--model", str(trained_bundle[0]), "--output", str(output),
+            "--chunk-size", "2", "--batch-size", "2")
+    filler = small_disk / "filler"
+    filler.write_bytes(bytes(256 * 1024 - 3 * 4096))  # three pages left: the job's own files
+    start_workers(1)
+    full = run_flowers(*args, env=env)
+    assert full.returncode == 1, full.stderr
+    (line,) = [text for text in full.stderr.splitlines() if text.startswith("Error:")]
+    assert f"No space left on device ({small_disk}/" in line, line
+    assert "free some space there" in line and "run the same command again" in line, line
+    assert "Traceback" not in full.stderr and not output.exists()
+    filler.unlink()
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    with open(output, newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert sorted(row[0] for row in rows) == sorted(
+        f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg")) and len(rows) == 20

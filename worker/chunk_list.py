@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from flowers.models.atomic import naming_errors
 from flowers.worker.jobs import JobStore
 from flowers.worker.label_job import LabelChunk, LabelJob
 
@@ -85,11 +86,12 @@ class ChunkWriter:
 
     def append(self, paths: list[str]) -> int:
         """Lists one chunk; returns its number."""
-        self.offsets.write(_OFFSET.pack(self.lines.tell()))
-        self.lines.write(json.dumps(paths, ensure_ascii=False).encode("utf-8", "surrogateescape")
-                         + b"\n")
-        self.lines.flush()
-        self.offsets.flush()
+        with naming_errors(self.lines.name):
+            self.offsets.write(_OFFSET.pack(self.lines.tell()))
+            self.lines.write(json.dumps(paths, ensure_ascii=False).encode(
+                "utf-8", "surrogateescape") + b"\n")
+            self.lines.flush()
+            self.offsets.flush()
         self.count += 1
         return self.count - 1
 

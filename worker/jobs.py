@@ -20,7 +20,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from flowers.models.errors import FlowersError, JobEndedError, JobNotFoundError
+from flowers.models.errors import (
+    FlowersError,
+    JobEndedError,
+    JobNotFoundError,
+    os_error_message,
+)
 from flowers.worker.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -278,6 +283,8 @@ class JobStore:
         or cancelled)."""
         if isinstance(error, FlowersError):
             message, exit_code = str(error), error.exit_code
+        elif isinstance(error, OSError) and (described := os_error_message(error)) is not None:
+            message, exit_code = described, 1
         else:
             message, exit_code = f"{type(error).__name__}: {error}", 1
         return bool(self.client.eval(_FAIL, 1, self._key(job_id), message, exit_code,

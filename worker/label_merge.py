@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flowers.models.errors import FlowersError, JobEndedError
+from flowers.models.errors import FlowersError, JobEndedError, os_error_advice
 from flowers.worker import results
 from flowers.worker.confine import check_allowed
 from flowers.worker.jobs import FINAL_STATES, JobStore, ProgressReporter
@@ -65,7 +65,9 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         log.warning("job %s: %s", job_id, exc)
         return {"skipped": True}
     except OSError as exc:
-        message = f"cannot write {record['output']}: {exc.strerror or exc}"
+        advice = os_error_advice(exc)
+        message = (f"cannot write {record['output']}: {exc.strerror or exc}"
+                   + (f"; {advice}" if advice else ""))
         store.fail(job_id, FlowersError(message))
         store.update(job_id, done=labelled)
         return {"error": message}

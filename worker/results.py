@@ -52,7 +52,7 @@ from typing import Any
 
 from flowers.models import ownership
 from flowers.models.atomic import write_text_atomically
-from flowers.models.errors import UsageError
+from flowers.models.errors import UsageError, os_error_advice
 from flowers.worker.output_csv import header, now, write_csv, write_partitions
 from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
@@ -240,7 +240,7 @@ def locked_parts(parts_dir: Path, output: Path) -> Iterator[None]:
         folder = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
-                         "choose a writable folder") from None
+                         f"{os_error_advice(exc) or 'choose a writable folder'}") from None
     try:
         try:
             fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)

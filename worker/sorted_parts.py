@@ -24,6 +24,8 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO
 
+from flowers.models.atomic import naming_errors
+
 log = logging.getLogger(__name__)
 
 # Files a merge holds open at once (a read buffer each); past it, the open ones are merged into
@@ -75,7 +77,8 @@ def _spill(heap: list[_Entry], scratch: Path) -> _Rows:
         yield from entry[3]
 
     fd, name = tempfile.mkstemp(prefix="run-", suffix=".csv", dir=scratch)
-    with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with naming_errors(name), \
+            open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         for (_, rank), row in heapq.merge(*(rest(entry) for entry in heap),
                                           key=lambda item: item[0]):
