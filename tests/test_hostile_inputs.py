@@ -20,6 +20,7 @@ from tests.conftest import (
     SMALL_NETWORK,
     WorkerFactory,
     flowers_env,
+    job_ids,
     part_paths,
     run_flowers,
 )
@@ -268,15 +269,20 @@ def test_a_full_disk_fails_the_job_naming_the_file_and_the_rerun_goes_on(
     args = ("label-dir", str(small), "--model", str(trained_bundle[0]), "--output", str(output),
             "--chunk-size", "2", "--batch-size", "2")
     filler = small_disk / "filler"
-    filler.write_bytes(bytes(256 * 1024 - 3 * 4096))  # three pages left: the job's own files
     start_workers(1)
-    full = run_flowers(*args, env=env)
-    assert full.returncode == 1, full.stderr
-    (line,) = [text for text in full.stderr.splitlines() if text.startswith("Error:")]
-    assert f"No space left on device ({small_disk}/" in line, line
-    assert "free some space there" in line and "run the same command again" in line, line
-    assert "Traceback" not in full.stderr and not output.exists()
-    filler.unlink()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    # One page left: the command's own files fill it. Three: the workers' parts do.
+    for pages in (1, 3):
+        filler.write_bytes(bytes(256 * 1024 - pages * 4096))
+        full = run_flowers(*args, env=env)
+        assert full.returncode == 1, full.stderr
+        (line,) = [text for text in full.stderr.splitlines() if text.startswith("Error:")]
+        assert f"No space left on device ({small_disk}/" in line, line
+        assert "free some space there" in line and "run the same command again" in line, line
+        assert "Traceback" not in full.stderr and not output.exists()
+        states = {client.hget(f"flowers:job:{job}", "state") for job in job_ids(redis_url)}
+        assert states == {"failed"}, "no job is left queued"
+        filler.unlink()
     rerun = run_flowers(*args, env=env)
     assert rerun.returncode == 0, rerun.stderr
     with open(output, newline="") as handle:
