@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,9 @@ def test_a_command_killed_outright_leaves_nothing_running(
     photo_subset: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path
 ) -> None:
     """SIGKILL of the command alone, which cannot clean up: Linux tells its local Redis and
-    worker, and the worker's cold shutdown takes its pool and training process with it."""
+    worker, and the worker's cold shutdown takes its pool and training process with it. Its
+    Redis wrote nothing but its log, beside the worker's: no temporary folder is left."""
+    begun = time.time()
     command, started = start_training(photo_subset, flowers_home, weights_dir,
                                       tmp_path / "bundle")
     command.kill()
@@ -124,6 +127,11 @@ def test_a_command_killed_outright_leaves_nothing_running(
         with contextlib.suppress(psutil.Error):
             process.kill()
     assert not alive, f"left running: {command_lines(alive)}"
+    (redis_log,) = (flowers_home / "logs").glob("redis-*.log")
+    assert "Ready to accept connections" in redis_log.read_text()
+    left = [path for path in Path(tempfile.gettempdir()).glob("flowers-redis-*")
+            if path.stat().st_mtime >= begun]
+    assert not left, left
 
 
 def test_a_command_started_under_nohup_survives_its_terminal_closing(

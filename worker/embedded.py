@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -84,14 +83,17 @@ class RedisServer:
                 self.process.wait()
 
 
-def start_redis(directory: Path, port: int | None = None, *extra: str) -> RedisServer:
-    """Starts redis-server (no persistence unless `extra` asks) and waits until it answers."""
+def start_redis(directory: Path, port: int | None = None, *extra: str,
+                log_name: str = "redis.log") -> RedisServer:
+    """Starts redis-server (no persistence unless `extra` asks), its log `log_name` in
+    `directory`, and waits until it answers."""
     directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / log_name
     for _attempt in range(5):
         chosen = port or free_port()
         args = [redis_server_binary(), "--port", str(chosen), "--bind", "127.0.0.1",
                 "--dir", str(directory), "--save", "", "--appendonly", "no", *extra]
-        log_file = open(directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the process
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=_end_with_parent())
         log_file.close()
@@ -110,7 +112,7 @@ def start_redis(directory: Path, port: int | None = None, *extra: str) -> RedisS
         if port:
             break
     raise QueueUnavailableError(
-        f"could not start redis-server for a local cluster; see {directory / 'redis.log'}"
+        f"could not start redis-server for a local cluster; see {log_path}"
     )
 
 
@@ -284,9 +286,12 @@ def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
     both are stopped when it ends, also when the command is terminated by a signal."""
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with stopped_by_signals(), tempfile.TemporaryDirectory(prefix="flowers-redis-") as tmp:
-        server = start_redis(Path(tmp))
-        log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    with stopped_by_signals():
+        # Nothing persisted: its folder holds only its log, beside the worker's (no temporary
+        # folder that a command killed outright, which cannot clean up, would leave behind).
+        server = start_redis(logs, log_name=f"redis-{run}.log")
+        log_path = logs / f"worker-{run}.log"
         try:
             worker = start_worker(server.url, concurrency, log_path)
             try:
