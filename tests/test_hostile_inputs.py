@@ -23,6 +23,7 @@ from tests.conftest import (
     job_ids,
     part_paths,
     run_flowers,
+    wait_for,
 )
 from tests.fault_data import label_until_parts
 from tests.label_data import slow_photo
@@ -289,3 +290,28 @@ def test_a_full_disk_fails_the_job_naming_the_file_and_the_rerun_goes_on(
         rows = list(csv.reader(handle))[1:]
     assert sorted(row[0] for row in rows) == sorted(
         f"{p.parent.name}/{p.name}" for p in small.rglob("*.jpg")) and len(rows) == 20
+
+
+def test_a_merge_that_breaks_fails_its_job_instead_of_leaving_it_waiting(
+    small: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, redis_url: str,
+    start_workers: WorkerFactory, tmp_path: Path,
+) -> None:
+    """A part damaged behind flowers' back (a line of one cell) breaks the merge: the job
+    fails with one line saying where its rows are, and nobody waits on it for ever."""
+    env = flowers_env(flowers_home, redis_url, None)
+    output = tmp_path / "labels.csv"
+    slow_photo(small / "roses" / "zz-slow.png")  # the last chunk: still running at the damage
+    args = ("label-dir", str(small), "--model", str(trained_bundle[0]), "--output", str(output),
+            "--chunk-size", "2", "--batch-size", "2")
+    label_until_parts(redis_url, start_workers, args, env, output, 2)
+    parts = tmp_path / "labels.csv.parts"
+    with open(sorted(parts.glob("part-*.csv"))[0], "a") as part:
+        part.write("a line of one cell\n")
+    (job,) = job_ids(redis_url)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_for(lambda: client.hget(f"flowers:job:{job}", "state") == "failed", timeout=120,
+             what="the job failed by its broken merge")
+    message = str(client.hget(f"flowers:job:{job}", "message") or "")
+    assert message.startswith(f"merging its parts into {output} failed (") and \
+        f"the rows labelled stay in {parts}" in message, message
+    assert not output.exists()

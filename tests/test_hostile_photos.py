@@ -1,5 +1,6 @@
 """Photo folders that hold traps through `flowers label-dir` with a real Redis and worker: a
-named pipe, links to a pipe and to a device, a photo nested past the system's path limit. The
+named pipe, links to a pipe and to a device, a photo nested past the system's path limit, names
+with line breaks. The
 job ends, every photo found is one row, the traps are error rows and real photos are labelled."""
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def read_row_list(path: Path) -> list[list[str]]:
 
 @pytest.fixture
 def trapped_photos(flower_photos: Path, tmp_path: Path) -> tuple[Path, list[str], Path]:
-    """Four real photos and the traps among them; also the deep photo's path (relative)."""
+    """Seven real photos (three named with line breaks) and the traps among them; also the deep
+    photo's path (relative)."""
     root = tmp_path / "trapped"
     root.mkdir()
     real = []
@@ -37,6 +39,10 @@ def trapped_photos(flower_photos: Path, tmp_path: Path) -> tuple[Path, list[str]
         for source in sorted((flower_photos / name).iterdir())[:2]:
             shutil.copy(source, root / f"{name}_{source.name}")
             real.append(f"{name}_{source.name}")
+    # Line breaks in names: a bare carriage return is a row's end to a CSV reader unless quoted.
+    for broken in ("carriage\rreturn.jpg", "both\r\nbreaks.jpg", "new\nline.jpg"):
+        shutil.copy(root / real[0], root / broken)
+        real.append(broken)
     os.mkfifo(root / "pipe.jpg")
     os.mkfifo(tmp_path / "elsewhere_fifo")
     (root / "link_to_pipe.jpg").symlink_to(tmp_path / "elsewhere_fifo")

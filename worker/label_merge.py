@@ -71,6 +71,14 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         store.fail(job_id, FlowersError(message))
         store.update(job_id, done=labelled)
         return {"error": message}
+    except Exception as exc:  # a bug: the job must end, not wait on a merge that never ends
+        log.exception("job %s: merging its parts into %s failed", job_id, record["output"])
+        message = (f"merging its parts into {record['output']} failed ({type(exc).__name__}: "
+                   f"{exc}); the rows labelled stay in {parts_dir}: please report this, with "
+                   "the worker's log")
+        store.fail(job_id, FlowersError(message))
+        store.update(job_id, done=labelled)
+        return {"error": message}
     started = float(record.get("started", record["created"]))
     summary = {"output": record["output"], **counts, "labelled": labelled,
                "seconds": round(time.time() - started, 3)}

@@ -9,7 +9,6 @@ removed once the new one is in place; anything else at that path is never touche
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import io
 import itertools
@@ -24,6 +23,7 @@ from typing import Any, BinaryIO
 
 from flowers.models import ownership
 from flowers.models.atomic import temporary_folder_beside, write_atomically, write_text_atomically
+from flowers.worker.csv_rows import RowWriter
 
 # The record of a partitioned output, inside its folder.
 MANIFEST = "manifest.json"
@@ -74,7 +74,7 @@ def write_csv(path: Path, k: int, rows: Iterable[list[str]]) -> dict[str, Any]:
         counts.update(rows=0, errors=0, decided={}, first_path=None, last_path=None)
         text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="",
                                 write_through=False)
-        writer = csv.writer(text, lineterminator="\n")
+        writer = RowWriter(text)
         writer.writerow(header(k))
         for row in rows:
             writer.writerow(row)

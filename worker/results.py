@@ -53,6 +53,7 @@ from typing import Any
 from flowers.models import ownership
 from flowers.models.atomic import write_text_atomically
 from flowers.models.errors import UsageError, os_error_advice
+from flowers.worker.csv_rows import RowWriter
 from flowers.worker.output_csv import header, now, write_csv, write_partitions
 from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
@@ -119,7 +120,7 @@ def output_row(part_row: list[str], k: int) -> list[str]:
 
 def _csv_text(rows: Iterable[list[str]]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    RowWriter(buffer).writerows(rows)
     return buffer.getvalue()
 
 

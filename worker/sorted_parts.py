@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from flowers.models.atomic import naming_errors
+from flowers.worker.csv_rows import RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _spill(heap: list[_Entry], scratch: Path) -> _Rows:
     fd, name = tempfile.mkstemp(prefix="run-", suffix=".csv", dir=scratch)
     with naming_errors(name), \
             open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = RowWriter(handle)
         for (_, rank), row in heapq.merge(*(rest(entry) for entry in heap),
                                           key=lambda item: item[0]):
             writer.writerow([rank, *row])
