@@ -164,7 +164,11 @@ def build_application(
     spec: NetworkSpec, weights: str | None = WEIGHTS_IMAGENET, weights_dir: Path | None = None
 ) -> keras.Model:
     """The Keras application without its top: [-1, 1] pixels in, pooled features out."""
+    import keras
+
     resolved = resolve_weights(spec, weights, weights_dir)
+    if resolved is None:  # random weights, but the same ones on every build: cached features
+        keras.utils.set_random_seed(0)  # of one build are those of the next
     shape = (spec.input_size, spec.input_size, 3)
     kwargs: dict[str, Any] = {"include_top": False, "pooling": "avg", "input_shape": shape}
     if spec.family != "inception_v3":

@@ -15,6 +15,7 @@ from flowers.models.caches.bottlenecks import (
     BottleneckResult,
     compute_bottlenecks,
 )
+from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.networks import batch_runner, build_base_network, get_spec
 from tests.conftest import SMALL_NETWORK
 
@@ -75,6 +76,25 @@ def test_cache_is_per_network(tmp_path: Path) -> None:
     a.store("ab" * 32, np.ones(3, np.float32))
     assert b.load("ab" * 32) is None
     np.testing.assert_array_equal(a.load("ab" * 32), np.ones(3))
+
+
+def test_cache_is_per_weights_and_imagenet_keeps_its_folder(tmp_path: Path) -> None:
+    """Bottlenecks of random or a user's own weights are not those of ImageNet's: a codelab
+    bundle trained on the wrong ones would label by a network it was not trained for. ImageNet's
+    stay where they were before the weights were part of the key."""
+    home = tmp_path / "home"
+    imagenet, none = BottleneckCache(home, "mobilenet_v2"), BottleneckCache(home, "mobilenet_v2",
+                                                                            "none")
+    imagenet.store("ab" * 32, np.ones(3, np.float32))
+    assert none.load("ab" * 32) is None
+    assert imagenet.root == home / "bottlenecks" / "mobilenet_v2" / PREPROCESS_VERSION
+
+
+def test_random_weights_are_the_same_on_every_build() -> None:
+    """What makes features cached for `--weights none` those of the next build's network."""
+    first, second = (build_base_network(SMALL_NETWORK, "none") for _ in range(2))
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_torn_entry_is_recomputed(tmp_path: Path) -> None:

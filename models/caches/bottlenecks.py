@@ -1,9 +1,10 @@
 """Photo paths in, bottleneck vectors out, through a content-addressed cache on disk.
 
 A cache entry's key is the SHA-256 of the photo's bytes, so a renamed photo hits the cache and
-an edited one misses; entries live under the network name and the decoding version, so another
-network or another decoding never reads them. Entries are written atomically (temporary file,
-then rename), so workers sharing one FLOWERS_HOME never see a torn entry.
+an edited one misses; entries live under the network name, its weights and the decoding
+version, so another network, other weights or another decoding never reads them. Entries are
+written atomically (temporary file, then rename), so workers sharing one FLOWERS_HOME never see
+a torn entry.
 
 Misses are computed in batches: photos are read, hashed and decoded by a thread pool one batch
 ahead of the network, which runs once per batch. The network is built only on the first miss,
@@ -58,10 +59,14 @@ def store_entry(path: Path, array: np.ndarray) -> None:
 
 
 class BottleneckCache:
-    """Bottleneck vectors on disk, one `.npy` file per photo content and network."""
+    """Bottleneck vectors on disk, one `.npy` file per photo content, network and weights
+    (`activations.weights_tag`: ImageNet's under the decoding version's folder, as before other
+    weights were cached apart; others in a sibling folder named for them)."""
 
-    def __init__(self, root: Path, network: str) -> None:
-        self.root = Path(root) / "bottlenecks" / network / PREPROCESS_VERSION
+    def __init__(self, root: Path, network: str, weights_tag: str = "imagenet") -> None:
+        folder = PREPROCESS_VERSION if weights_tag == "imagenet" else \
+            f"{PREPROCESS_VERSION}-{weights_tag}"
+        self.root = Path(root) / "bottlenecks" / network / folder
 
     def bottleneck_path(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.npy"

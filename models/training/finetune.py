@@ -69,8 +69,6 @@ def build_split_network(spec: networks.NetworkSpec, weights: str | None,
     """Builds the application and cuts it at `split_layer` (`UsageError` if it has none)."""
     import keras
 
-    if weights in (None, "none"):
-        keras.utils.set_random_seed(0)  # random weights, but the same ones on every build
     application = networks.build_application(spec, weights, weights_dir)
     names = [layer.name for layer in application.layers]
     if split_layer not in names:

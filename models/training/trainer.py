@@ -138,7 +138,7 @@ class PhotoStage:
         if self.recipe == CODELAB:
             return bottlenecks.compute_bottlenecks(
                 paths, self.spec.input_size, self.spec.bottleneck_size,
-                bottlenecks.BottleneckCache(self.home, self.spec.name), self._runner,
+                bottlenecks.BottleneckCache(self.home, self.spec.name, self.tag), self._runner,
                 batch_size=batch_size, progress=progress, guard=guard,
             )
         return activations.compute_activations(
