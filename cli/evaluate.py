@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from flowers.cli.context import CliContext
+from flowers.cli.numbers import NUMBER
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
@@ -40,17 +41,17 @@ from flowers.models.training.retrain import RetrainRequest
               help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
 @fine_tune_options
 @quantize_option(EVALUATE_QUANTIZE)
-@click.option("--learning-rate", type=float, default=None,
+@click.option("--learning-rate", type=NUMBER, default=None,
               help="fine-tune: Adam's initial learning rate (default: the recipe's).")
 @click.option("--how-many-training-steps", type=click.IntRange(min=1), default=4000,
               show_default=True, help="codelab: training steps.")
-@click.option("--validation-percentage", type=float, default=10.0, show_default=True,
+@click.option("--validation-percentage", type=NUMBER, default=10.0, show_default=True,
               help="Share of each fold's training photos held out to choose the epoch and, "
                    "with the testing share, to calibrate: as flowers train holds them out.")
-@click.option("--testing-percentage", type=float, default=10.0, show_default=True,
+@click.option("--testing-percentage", type=NUMBER, default=10.0, show_default=True,
               help="Share of each fold's training photos held out beside the validation share "
                    "to calibrate (flowers train's test split).")
-@click.option("--accept-precision", type=float, default=DEFAULT_ACCEPT_PRECISION,
+@click.option("--accept-precision", type=NUMBER, default=DEFAULT_ACCEPT_PRECISION,
               show_default=True,
               help="The precision `accept` is chosen for, in (0, 1] (read less half a "
                    "standard error: 1 accepts nothing).")

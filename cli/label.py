@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from flowers.cli.context import CliContext
+from flowers.cli.numbers import NUMBER
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
 from flowers.models.errors import UsageError
 from flowers.models.runtime.decisions import Decider, check_precision, load_decider
@@ -26,7 +27,7 @@ from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="What runs the bundle; default FLOWERS_RUNTIME, else litert.")
-@click.option("--accept-precision", type=float, default=None,
+@click.option("--accept-precision", type=NUMBER, default=None,
               help="Accept at the threshold for this precision, in (0, 1] (default: the "
                    "bundle's own; read less half a standard error, so 1 accepts nothing).")
 @click.pass_obj

@@ -26,6 +26,7 @@ import redis
 
 from flowers.cli.context import CliContext
 from flowers.cli.label import bundle_decider
+from flowers.cli.numbers import NUMBER
 from flowers.cli.progress import ProgressLine, format_seconds
 from flowers.cli.queue import Queue, open_queue
 from flowers.models import ownership
@@ -107,7 +108,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
               help="Write OUTPUT as a folder of sorted CSV files of this many rows each, "
                    "with manifest.json (for very large jobs; read them as one table by "
                    "globbing OUTPUT/*.csv).")
-@click.option("--accept-precision", type=float, default=None,
+@click.option("--accept-precision", type=NUMBER, default=None,
               help="Accept the photos whose confidence reaches the threshold the bundle's "
                    "held-out photos give for this precision, in (0, 1] (default: the one it "
                    "was trained for, 0.98 unless said otherwise; a bundle's held-out "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from flowers.cli.numbers import Number
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file
 from flowers.models.errors import UsageError
@@ -30,7 +31,7 @@ def _describe(summary: PageSummary, what: str) -> str:
               help="Photo folder the CSV's paths are relative to (default: the one its "
                    "label-dir job recorded); for a bundle, where its test photos are "
                    "(default: the manifest's photo folder).")
-@click.option("--below", type=click.FloatRange(0, 1), default=None,
+@click.option("--below", type=Number(0, 1), default=None,
               help="Photos whose best label is less confident go to 'check by hand' (default: "
                    "those the bundle's threshold decided `review`; 0.6 for a CSV without "
                    "decisions).")
@@ -52,6 +53,9 @@ def review(source: Path, output: Path, photo_dir: Path | None, below: float | No
     if (bundle := ownership.bundle_around(output.parent)) is not None:
         raise UsageError(f"--output {output} is inside the model bundle {bundle}: "
                          "write the page elsewhere")
+    if not source.is_dir() and not source.is_file():  # read, it could block for ever
+        raise UsageError(f"{source} is not a regular file (a named pipe, a socket or a "
+                         "device): pass a results CSV of label-dir, or a bundle folder")
     if source.is_dir():
         from flowers.review.bundle_page import write_bundle_page
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from flowers.cli.context import CliContext
+from flowers.cli.numbers import NUMBER
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
@@ -46,18 +47,18 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               help="codelab: training steps.")
 @click.option("--train-batch-size", type=int, default=None,
               help=f"Default: 100 for codelab, {FINE_TUNE_DEFAULTS.batch_size} for fine-tune.")
-@click.option("--learning-rate", type=float, default=None,
+@click.option("--learning-rate", type=NUMBER, default=None,
               help=f"Default: 0.01 for codelab, {FINE_TUNE_DEFAULTS.learning_rate:g} for "
                    "fine-tune (Adam, cosine decay).")
 @click.option("--eval-step-interval", type=click.IntRange(min=1), default=10, show_default=True,
               help="codelab: steps between evaluations.")
-@click.option("--validation-percentage", type=float, default=10.0, show_default=True)
-@click.option("--testing-percentage", type=float, default=10.0, show_default=True)
+@click.option("--validation-percentage", type=NUMBER, default=10.0, show_default=True)
+@click.option("--testing-percentage", type=NUMBER, default=10.0, show_default=True)
 @click.option("--summaries-dir", type=click.Path(path_type=Path), default=None,
               help="Write TensorBoard summaries here.")
 @click.option("--bottleneck-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64,
               show_default=True)
-@click.option("--accept-precision", type=float, default=DEFAULT_ACCEPT_PRECISION,
+@click.option("--accept-precision", type=NUMBER, default=DEFAULT_ACCEPT_PRECISION,
               show_default=True,
               help="The precision `accept` is chosen for on the held-out photos, in (0, 1], "
                    "read less half a standard error (so 1 accepts nothing); label-dir may ask "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,10 @@ def test_unknown_architecture(photo_subset: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("option", "value"), [("--how-many-training-steps", "-5"),
                                                ("--learning-rate", "0"),
-                                               ("--testing-percentage", "100")])
+                                               ("--testing-percentage", "100"),
+                                               ("--learning-rate", "nan"),
+                                               ("--validation-percentage", "inf"),
+                                               ("--accept-precision", "nan")])
 def test_bad_numbers(photo_subset: Path, tmp_path: Path, option: str, value: str) -> None:
     result = run_flowers("train", str(photo_subset), option, value,
                          env=flowers_env(tmp_path, None, None))
@@ -127,3 +131,20 @@ def test_a_missing_module_of_the_train_extra_is_one_line_naming_the_extra() -> N
                                       "install lacks: pip install 'flowers[train]'")
     other = CliRunner().invoke(group, ["needs", "numpy"])
     assert other.exit_code == 1 and "unexpected ModuleNotFoundError" in other.output
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "1.5"])
+def test_review_below_takes_a_number_from_0_to_1(tmp_path: Path, value: str) -> None:
+    rows = tmp_path / "labels.csv"
+    rows.write_text("path,label_1,confidence_1,decision,error\n")
+    result = run_flowers("review", str(rows), "--output", str(tmp_path / "page.html"),
+                         "--below", value, env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, "--below")
+
+
+def test_review_of_a_named_pipe_is_refused_without_reading_it(tmp_path: Path) -> None:
+    pipe = tmp_path / "labels.csv"
+    os.mkfifo(pipe)
+    result = run_flowers("review", str(pipe), "--output", str(tmp_path / "page.html"),
+                         env=flowers_env(tmp_path, None, None), timeout=60)
+    assert_one_line_error(result, 2, f"{pipe} is not a regular file")

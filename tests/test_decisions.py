@@ -162,5 +162,8 @@ def test_a_precision_outside_zero_to_one_is_a_usage_error(
         result = run_flowers(*argv, "--accept-precision", value, env=env)
         assert result.returncode == 2, (argv[0], result.stderr)
         (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert f"--accept-precision {float(value)!r} is not a precision in (0, 1]" in line, line
+        expected = ("Invalid value for '--accept-precision': 'nan' is not a number"
+                    if value == "nan" else
+                    f"--accept-precision {float(value)!r} is not a precision in (0, 1]")
+        assert expected in line, line
     assert not (tmp_path / "o.csv").exists() and not (flowers_home / "logs").exists()
