@@ -23,7 +23,7 @@ from flowers.models import ownership
 from flowers.models.atomic import check_output_file, write_text_atomically
 from flowers.models.dataset import check_percentages, check_photo_dir, discover, walk_images
 from flowers.models.errors import UsageError
-from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
+from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.evaluate import EvaluateRequest
 from flowers.models.training.folds import check_cross_fit
@@ -83,11 +83,10 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
             raise UsageError(f"--stray {stray_dir} holds no photos: name a folder of photos of "
                              "none of the classes")
     output = check_output(output, data.root)
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
+    weights = check_weights_option(weights)
     training = RetrainRequest(
         photo_dir=str(data.root), architecture=spec.name,
-        weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+        weights=weights,
         fine_tune=fine_tune_recipe(epochs, epoch_choice, views, flip_average,
                                    cross_fit, refit, split_layer, learning_rate, None),
         how_many_training_steps=how_many_training_steps,

@@ -22,7 +22,7 @@ from flowers.models import ownership
 from flowers.models.bundle import output_folder
 from flowers.models.dataset import check_percentages, check_training_classes, discover, stable_split
 from flowers.models.errors import UsageError
-from flowers.models.networks import DEFAULT_ARCHITECTURE, get_spec
+from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.folds import stratified_folds
 from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
@@ -104,8 +104,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
         raise UsageError(f"{what} {target} is inside the photo folder; write the bundle "
                          "elsewhere (--output)")
     ownership.check_bundle_output(target, what)
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights file")
+    weights = check_weights_option(weights)
     if not settings.broker_url and not wait:
         raise UsageError(
             "--no-wait needs a cluster: set FLOWERS_BROKER_URL and start `flowers worker`; "
@@ -115,7 +114,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     request = RetrainRequest(
         photo_dir=str(data.root), output=str(output) if output else None, recipe=recipe,
         fine_tune=fine_tune, architecture=spec.name,
-        weights=weights if weights in ("imagenet", "none") else str(Path(weights).resolve()),
+        weights=weights,
         how_many_training_steps=how_many_training_steps,
         train_batch_size=(train_batch_size or 100) if codelab else 100,
         learning_rate=(learning_rate or 0.01) if codelab else 0.01,

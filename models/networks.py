@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flowers.models.errors import UnknownArchitectureError, WeightsUnavailableError
+from flowers.models.errors import UnknownArchitectureError, UsageError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     import keras
@@ -129,6 +129,33 @@ def get_spec(name: str) -> NetworkSpec:
             f"unknown architecture {name!r}; choose one of: {', '.join(NETWORKS)} "
             "(`flowers architectures` lists them)"
         ) from None
+
+
+# How the weights files Keras reads begin: HDF5 (.h5, .weights.h5), zip (.keras).
+_WEIGHTS_SIGNATURES = {".h5": b"\x89HDF\r\n\x1a\n", ".hdf5": b"\x89HDF\r\n\x1a\n",
+                       ".keras": b"PK\x03\x04"}
+
+
+def check_weights_option(weights: str) -> str:
+    """`--weights` as given (imagenet, none) or as an absolute path to a file Keras can read
+    weights from, checked by its name and first bytes before any work; else `UsageError`."""
+    if weights in (WEIGHTS_IMAGENET, "none"):
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights "
+                         "file")
+    signature = _WEIGHTS_SIGNATURES.get(path.suffix.lower())
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+    except OSError as exc:
+        raise UsageError(f"--weights {weights}: cannot read it ({exc.strerror or exc})") from None
+    if signature is None or not start.startswith(signature):
+        raise UsageError(
+            f"--weights {weights}: not a Keras weights file (an HDF5 .h5 file as Keras saves a "
+            "network's weights, or a .keras file); use imagenet, none or such a file")
+    return str(path.resolve())
 
 
 def resolve_weights(spec: NetworkSpec, weights: str | None, weights_dir: Path | None) -> str | None:

@@ -148,3 +148,17 @@ def test_review_of_a_named_pipe_is_refused_without_reading_it(tmp_path: Path) ->
     result = run_flowers("review", str(pipe), "--output", str(tmp_path / "page.html"),
                          env=flowers_env(tmp_path, None, None), timeout=60)
     assert_one_line_error(result, 2, f"{pipe} is not a regular file")
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "notes.h5"])
+def test_weights_that_are_not_a_weights_file_are_refused_before_any_work(
+    photo_subset: Path, tmp_path: Path, name: str,
+) -> None:
+    weights = tmp_path / name
+    weights.write_text("not weights\n")
+    for command in ("train", "evaluate"):
+        result = run_flowers(command, str(photo_subset), "--weights", str(weights),
+                             "--output", str(tmp_path / f"out-{command}"),
+                             env=flowers_env(tmp_path / "home", None, None))
+        assert_one_line_error(result, 2, f"--weights {weights}: not a Keras weights file")
+    assert not (tmp_path / "home" / "logs").exists(), "refused before a local cluster started"
