@@ -47,6 +47,11 @@ def connect(url: str) -> redis.Redis:
         ) from None
     except redis.ResponseError as exc:
         raise QueueUnavailableError(f"Redis at {redact_url(url)} answered: {exc}") from None
+    except redis.exceptions.InvalidResponse as exc:
+        raise QueueUnavailableError(
+            f"{redact_url(url)} (FLOWERS_BROKER_URL) does not answer as Redis does ({exc}): "
+            "point it at a Redis server"
+        ) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         reason = str(exc).replace(url, redact_url(url)).rstrip(".")
         raise QueueUnavailableError(

@@ -14,7 +14,9 @@ from flowers.cli.progress import describe
 from flowers.cli.queue import connect
 from flowers.models.bundle import MANIFEST_FILE, imported_from, imported_note, read_manifest
 from flowers.models.errors import FlowersError, UsageError
+from flowers.worker import messages
 from flowers.worker.jobs import JobStore
+from flowers.worker.messages import MessageError
 from flowers.worker.recovery import waiting_on_dead
 
 
@@ -57,7 +59,16 @@ def _bundle_note(record: dict[str, Any]) -> str | None:
 @click.pass_obj
 def status(obj: CliContext, job_id: str, as_json: bool) -> None:
     """Show the state and progress of job JOB_ID, or what bundle folder JOB_ID is."""
-    if (Path(job_id) / MANIFEST_FILE).is_file():
+    try:
+        bundle = (Path(job_id) / MANIFEST_FILE).is_file()
+    except OSError:  # a name too long for a path: not a bundle
+        bundle = False
+    if not bundle:
+        try:
+            messages.job_id(job_id)
+        except MessageError as exc:
+            raise UsageError(f"{exc}, nor a bundle folder") from None
+    if bundle:
         manifest = read_manifest(Path(job_id))
         if as_json:
             click.echo(json.dumps(manifest, indent=2))

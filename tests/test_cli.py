@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -76,10 +77,42 @@ def test_unreachable_redis_names_the_url_without_its_password(
     assert "hunter2" not in result.stderr + result.stdout
 
 
+def test_a_server_that_is_not_redis_is_named_as_such(tmp_path: Path) -> None:
+    """An HTTP server where FLOWERS_BROKER_URL points: one line naming the setting."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = server.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        env = flowers_env(tmp_path, f"redis://:hunter2@127.0.0.1:{port}/0", None)
+        result = run_flowers("workers", env=env, timeout=60)
+    finally:
+        server.close()
+    assert_one_line_error(result, 1, f"redis://:***@127.0.0.1:{port}/0 (FLOWERS_BROKER_URL) "
+                                     "does not answer as Redis does")
+    assert "hunter2" not in result.stderr + result.stdout
+
+
 @pytest.mark.queue
 def test_status_of_an_unknown_job(redis_url: str, tmp_path: Path) -> None:
-    result = run_flowers("status", "feedface", env=flowers_env(tmp_path, redis_url, None))
-    assert_one_line_error(result, 1, "no job 'feedface'")
+    env = flowers_env(tmp_path, redis_url, None)
+    result = run_flowers("status", "feedface" * 4, env=env)
+    assert_one_line_error(result, 1, f"no job '{'feedface' * 4}'")
+    for malformed in ("feedface", "a" * 5000):  # too long for a path, too
+        result = run_flowers("status", malformed, env=env)
+        assert_one_line_error(result, 2, "is not one flowers makes (32 hex digits), nor a "
+                                         "bundle folder")
 
 
 @pytest.mark.queue

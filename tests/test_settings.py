@@ -148,6 +148,9 @@ def test_folders_are_checked_on_this_machine(tmp_path: Path) -> None:
     message = refusal({"FLOWERS_HOME": str(a_file)})
     assert message.startswith(f"FLOWERS_HOME={str(a_file)!r} is not a folder")
     assert Settings.load({"FLOWERS_HOME": str(tmp_path / "not-yet")}).home == tmp_path / "not-yet"
+    under_a_file = refusal({"FLOWERS_HOME": str(a_file / "home" / "flowers")})
+    assert under_a_file.startswith(f"FLOWERS_HOME={str(a_file / 'home' / 'flowers')!r} cannot "
+                                   f"be made: {str(a_file)!r} is not a folder"), under_a_file
 
     assert "does not exist" in refusal({"FLOWERS_WEIGHTS_DIR": str(tmp_path / "gone")})
     assert "is not a folder" in refusal({"FLOWERS_WEIGHTS_DIR": str(a_file)})

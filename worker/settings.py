@@ -160,6 +160,11 @@ class Settings:
         if _exists(self.home) and not self.home.is_dir():
             raise SettingsError(f"FLOWERS_HOME={_shown(str(self.home))} is not a folder: point "
                                 "it at a folder (or at a path where none exists yet)")
+        above = next((parent for parent in self.home.parents if _exists(parent)), None)
+        if not _exists(self.home) and above is not None and not above.is_dir():
+            raise SettingsError(f"FLOWERS_HOME={_shown(str(self.home))} cannot be made: "
+                                f"{_shown(str(above))} is not a folder; point it at a folder "
+                                "(or at a path where none exists yet)")
         if self.weights_dir is not None and not self.weights_dir.is_dir():
             what = "is not a folder" if _exists(self.weights_dir) else "does not exist"
             raise SettingsError(
