@@ -10,13 +10,14 @@ them, not `tempfile`'s owner-only 0600/0700: the CLI and the workers may be diff
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from flowers.models.errors import UsageError
 
@@ -112,3 +113,13 @@ def read_regular_file(path: Path, limit: int = MAX_SMALL_FILE, whole: bool = Tru
         raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
     return data
 
+
+
+def json_value(text: str | bytes) -> Any:
+    """`json.loads`, with JSON nested too deep for Python's parser a `ValueError` like any other
+    malformed JSON (json raises `RecursionError`): a file flowers reads back may have been
+    changed by anyone."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowers.models import ownership
-from flowers.models.atomic import naming_errors, read_regular_file, temporary_folder_beside
+from flowers.models.atomic import (
+    json_value,
+    naming_errors,
+    read_regular_file,
+    temporary_folder_beside,
+)
 from flowers.models.errors import BundleError, GraphGivenAsBundleError, UsageError
 from flowers.models.manifest import (
     LABELS_FILE,
@@ -234,7 +239,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         raise BundleError(f"{bundle} is a file, not a model bundle folder")
     path = bundle / MANIFEST_FILE
     try:
-        manifest = json.loads(read_regular_file(path))
+        manifest = json_value(read_regular_file(path))
     except FileNotFoundError:
         raise BundleError(
             f"{bundle} is not a model bundle (no {MANIFEST_FILE}): "

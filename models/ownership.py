@@ -21,7 +21,6 @@ removed inside a bundle or a photo folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -30,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flowers.models.atomic import read_regular_file
+from flowers.models.atomic import json_value, read_regular_file
 from flowers.models.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
-        value = json.loads(read_regular_file(path))
+        value = json_value(read_regular_file(path))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None

@@ -19,7 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from jinja2.exceptions import UndefinedError
+
 from flowers.models.bundle import REPORT_FILE, read_manifest
+from flowers.models.errors import BundleError
 from flowers.review import charts
 from flowers.review.page import write_page
 from flowers.review.results_page import PageSummary
@@ -103,6 +106,17 @@ def write_bundle_page(bundle: Path, output: Path, photo_dir: Path | None,
     """Writes the page of the bundle at `bundle` to `output`."""
     bundle = bundle.resolve()
     manifest = read_manifest(bundle)
+    try:
+        return _write_bundle_page(bundle, manifest, output, photo_dir, per_class)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, UndefinedError) as exc:
+        # The page reads much of the manifest that labelling does not: a field of another
+        # shape than training writes is damage, said as such.
+        raise BundleError(f"{bundle}/manifest.json is damaged ({type(exc).__name__}: {exc}): "
+                          "retrain the bundle") from None
+
+
+def _write_bundle_page(bundle: Path, manifest: dict[str, Any], output: Path,
+                       photo_dir: Path | None, per_class: int) -> PageSummary:
     metrics = manifest.get("metrics", {})
     root = photo_dir or Path(str(manifest.get("photo_dir", ".")))
     wrong = misclassified_by_class(manifest, per_class)

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -355,3 +356,43 @@ def test_a_million_rows_give_a_bounded_page_in_bounded_memory(
     assert text.count('<tr><td class="number">') == 500  # the first 500 error rows
     assert f'<td class="reason">{ERROR_REASON}</td><td class="number">{SIZE_TEST_ROWS // 100:,}' \
         in text
+
+
+@pytest.mark.parametrize("damage", ["threshold", "curve", "nesting"])
+def test_a_bundle_whose_manifest_is_damaged_is_refused_in_one_line(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, damage: str,
+) -> None:
+    """Fields the page reads and labelling does not, or JSON nested past Python's parser: the
+    page is refused naming the manifest, never an 'unexpected' error."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if damage == "threshold":
+        manifest["decisions"]["accept"]["threshold"] = "high"
+    elif damage == "curve":
+        manifest["decisions"]["accept"]["curve"] = [{"threshold": 0.5}]
+    path.write_text("[" * 100_000 + "]" * 100_000 if damage == "nesting"
+                    else json.dumps(manifest))
+    result = run_flowers("review", str(bundle), "--output", str(tmp_path / "page.html"),
+                         env=flowers_env(tmp_path / "home", None, None))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = [text for text in result.stderr.splitlines() if text.startswith("Error:")]
+    assert str(path) in line and "retrain the bundle" in line and "unexpected" not in line, line
+    assert not (tmp_path / "page.html").exists()
+
+
+def test_a_bundle_whose_features_are_not_numbers_is_refused(
+    trained_bundle: tuple[Path, Any], photo_subset: Path, tmp_path: Path,
+) -> None:
+    """NaN features would leave every photo nearer than any threshold to none: the unknown
+    check silently off."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    features = np.load(bundle / "features.npy")
+    np.save(bundle / "features.npy", np.full_like(features, np.nan))
+    photo = next((photo_subset / "daisy").iterdir())
+    result = run_flowers("label", str(photo), "--model", str(bundle),
+                         env=flowers_env(tmp_path / "home", None, None))
+    assert result.returncode == 1, result.stderr
+    assert "holds features that are not all numbers" in result.stderr, result.stderr

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from flowers.models import ownership
-from flowers.models.atomic import write_text_atomically
+from flowers.models.atomic import json_value, write_text_atomically
 from flowers.models.errors import UsageError, os_error_advice
 from flowers.worker.csv_rows import RowWriter
 from flowers.worker.output_csv import header, now, write_csv, write_partitions
@@ -87,7 +87,7 @@ def is_job_record(path: Path) -> bool:
 def read_job_record(output: Path) -> dict[str, Any] | None:
     """The job record beside `output` if it describes the file there now (same size), else None."""
     try:
-        record = json.loads(job_record_for(output).read_text())
+        record = json_value(job_record_for(output).read_text())
         size = output.stat().st_size
     except (OSError, ValueError):
         return None
@@ -265,7 +265,7 @@ def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) ->
     job_file = parts_dir / JOB_FILE
     if job_file.exists():
         try:
-            recorded = json.loads(job_file.read_text())
+            recorded = json_value(job_file.read_text())
         except ValueError:
             recorded = {}
         for key, name in IDENTITY.items():
@@ -282,7 +282,7 @@ def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) ->
 
 def read_identity(parts_dir: Path) -> dict[str, Any]:
     try:
-        return dict(json.loads((parts_dir / JOB_FILE).read_text()))
+        return dict(json_value((parts_dir / JOB_FILE).read_text()))
     except (OSError, ValueError):
         return {}
 

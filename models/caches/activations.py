@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowers.models.atomic import write_atomically
+from flowers.models.atomic import json_value, write_atomically
 from flowers.models.caches.bottlenecks import (
     BatchRunner,
     Progress,
@@ -68,7 +68,7 @@ class ActivationCache:
         """The activation shape recorded by whoever built the network first (so a warm cache
         is read without building it), or None."""
         try:
-            return tuple(int(d) for d in json.loads((self.root / SHAPE_FILE).read_text()))
+            return tuple(int(d) for d in json_value((self.root / SHAPE_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             return None
 

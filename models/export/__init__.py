@@ -30,7 +30,6 @@ graph it keeps (int8 needs training photos it does not list).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from flowers.models.atomic import read_regular_file, temporary_folder_beside
+from flowers.models.atomic import json_value, read_regular_file, temporary_folder_beside
 from flowers.models.bundle import (
     LABELS_FILE,
     SPLIT_FILE,
@@ -69,7 +68,7 @@ def representative_photos(bundle: Path, manifest: dict[str, Any],
     raises `UsageError` naming what is missing."""
     root = Path(photos or manifest.get("photo_dir") or "")
     try:
-        training = json.loads((bundle / SPLIT_FILE).read_text())["training"]
+        training = json_value((bundle / SPLIT_FILE).read_text())["training"]
     except (OSError, ValueError, KeyError):
         raise UsageError(f"int8 needs the bundle's training photos, but {bundle / SPLIT_FILE} "
                           "is missing or unreadable: export float16 instead") from None

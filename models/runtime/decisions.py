@@ -173,4 +173,7 @@ def _reference(path: Path, size: int) -> np.ndarray:
     if features.ndim != 2 or features.shape[1] != size or len(features) == 0:
         raise BundleError(f"{path} holds {features.shape} features, not (photos, {size}) as "
                           "manifest.json says: retrain the bundle")
+    if features.dtype.kind != "f" or not np.isfinite(features).all():
+        raise BundleError(f"{path} holds features that are not all numbers (NaN or infinite): "
+                          "retrain the bundle")
     return normalised(features)
