@@ -21,7 +21,7 @@ from flowers.cli.recipe_options import (
 )
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file, write_text_atomically
-from flowers.models.dataset import check_percentages, check_photo_dir, discover, walk_images
+from flowers.models.dataset import check_percentages, discover, walk_images
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
@@ -78,7 +78,15 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     check_precision(accept_precision)
     data = discover(photo_dir)
     if stray_dir is not None:
-        stray_dir = check_photo_dir(stray_dir)
+        if not stray_dir.is_dir():
+            raise UsageError(f"--stray {stray_dir} is not a folder: name a folder of photos of "
+                             "none of the classes")
+        stray_dir = stray_dir.resolve()
+        if stray_dir == data.root or data.root in stray_dir.parents or \
+                stray_dir in data.root.parents:
+            raise UsageError(f"--stray {stray_dir} holds photos of the classes (it is, or is "
+                             f"inside or around, {data.root}): name a folder of photos of none "
+                             "of the classes, apart from them")
         if next(walk_images(stray_dir), None) is None:
             raise UsageError(f"--stray {stray_dir} holds no photos: name a folder of photos of "
                              "none of the classes")
