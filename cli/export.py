@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from flowers.cli.context import CliContext
+from flowers.models import ownership
 from flowers.models.bundle import read_manifest
 from flowers.models.errors import UsageError
 from flowers.models.export import FORMATS
@@ -40,8 +41,12 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
                              "no --output, --quantize or --format other than tflite")
     elif output is None:
         raise UsageError("flowers export needs --output PATH (or --in-place)")
-    elif output.exists():
+    elif output.exists() or output.is_symlink():
         raise UsageError(f"{output} exists: choose another --output or remove it")
+    elif (around := ownership.bundle_around(output.resolve().parent)) is not None:
+        # A bundle is replaced whole when it is trained again: an export inside would go too.
+        raise UsageError(f"--output {output} is inside the model bundle {around}: export it "
+                         "elsewhere")
     from flowers.models.export import add_fast_model, export_bundle, representative_photos
 
     if quantize == "int8":

@@ -301,3 +301,18 @@ def test_calibration_photos_are_taken_from_each_class_in_turn() -> None:
         "daisy/1", "roses/1", "tulips/1", "daisy/2", "tulips/2"]
     assert spread(photos, lambda name: name.split("/")[0], 200) == [
         "daisy/1", "roses/1", "tulips/1", "daisy/2", "tulips/2", "daisy/3"]
+
+
+def test_an_export_inside_a_bundle_is_refused(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    """A bundle trained again is replaced whole: an export inside it would go with it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    for output in (bundle / "exported", bundle / "deeper" / "exported"):
+        result = run_flowers("export", str(bundle), "--output", str(output),
+                             env=flowers_env(tmp_path / "home", None, None))
+        assert result.returncode == 2, result.stderr
+        assert f"--output {output} is inside the model bundle {bundle}" in result.stderr
+        assert not output.exists()
+    assert not (bundle / "deeper").exists(), "no folder made inside the bundle"
