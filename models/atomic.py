@@ -47,6 +47,8 @@ def check_output_file(output: Path, kind: str) -> Path:
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder; name {kind}")
     if not output.parent.is_dir():
+        if output.parent.exists():
+            raise UsageError(f"--output {output}: {output.parent} is a file, not a folder")
         raise UsageError(f"--output {output}: folder {output.parent} does not exist; create it")
     if not os.access(output.parent, os.W_OK):
         raise UsageError(f"--output {output}: folder {output.parent} is not writable")

@@ -160,6 +160,9 @@ def _too_big(path: Path, size: int) -> ImageDecodeError:
 def unreadable_reason(path: Path, exc: OSError) -> str:
     """Why `path` cannot be opened or read, from the `OSError` that said so."""
     if exc.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return (f"a symbolic link to {os.readlink(path)}, which does not exist: fix or "
+                    "remove the link")
         return "file not found (deleted or moved?)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied; make it readable"

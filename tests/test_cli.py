@@ -211,3 +211,15 @@ def test_stray_photos_must_be_a_folder_apart_from_the_classes(
     words = ("is not a folder",) if where == "missing" else ("holds photos of the classes",)
     assert_one_line_error(result, 2, f"--stray {stray}", *words)
     assert not (tmp_path / "home" / "logs").exists(), "refused before a local cluster started"
+
+
+def test_an_output_under_a_file_is_named_as_such(tmp_path: Path) -> None:
+    from flowers.models.atomic import check_output_file
+    from flowers.models.errors import UsageError
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    with pytest.raises(UsageError, match=f"{a_file} is a file, not a folder"):
+        check_output_file(a_file / "out.csv", "a CSV file")
+    with pytest.raises(UsageError, match=f"folder {tmp_path / 'gone'} does not exist; create it"):
+        check_output_file(tmp_path / "gone" / "out.csv", "a CSV file")

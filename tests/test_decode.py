@@ -321,3 +321,15 @@ def test_a_50_megapixel_jpeg_decodes_in_bounded_memory(tmp_path: Path) -> None:
     shape, grown_mb = out.stdout.rsplit(" ", 1)
     assert shape == "(224, 224, 3)"
     assert int(grown_mb) < 40, f"decoding grew the process by {grown_mb} MB"
+
+
+def test_a_link_that_leads_nowhere_is_named_as_such(tmp_path: Path) -> None:
+    link = tmp_path / "photo.jpg"
+    link.symlink_to(tmp_path / "moved-away.jpg")
+    with pytest.raises(ImageDecodeError) as raised:
+        load_image(link, 224)
+    assert raised.value.reason == (f"a symbolic link to {tmp_path / 'moved-away.jpg'}, which "
+                                   "does not exist: fix or remove the link")
+    with pytest.raises(ImageDecodeError) as raised:
+        load_image(tmp_path / "never-there.jpg", 224)
+    assert raised.value.reason == "file not found (deleted or moved?)"
