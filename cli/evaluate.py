@@ -81,12 +81,13 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
         if not stray_dir.is_dir():
             raise UsageError(f"--stray {stray_dir} is not a folder: name a folder of photos of "
                              "none of the classes")
-        stray_dir = stray_dir.resolve()
-        if stray_dir == data.root or data.root in stray_dir.parents or \
-                stray_dir in data.root.parents:
-            raise UsageError(f"--stray {stray_dir} holds photos of the classes (it is, or is "
-                             f"inside or around, {data.root}): name a folder of photos of none "
-                             "of the classes, apart from them")
+        given, stray_dir = stray_dir, stray_dir.resolve()
+        # The class folders as they are reached (one may be a link to a folder elsewhere).
+        for folder in (data.root, *((data.root / name).resolve() for name in data.class_names)):
+            if stray_dir == folder or folder in stray_dir.parents or stray_dir in folder.parents:
+                raise UsageError(f"--stray {given} holds photos of the classes (it is, or is "
+                                 f"inside or around, {folder}): name a folder of photos of "
+                                 "none of the classes, apart from them")
         if next(walk_images(stray_dir), None) is None:
             raise UsageError(f"--stray {stray_dir} holds no photos: name a folder of photos of "
                              "none of the classes")

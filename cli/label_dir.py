@@ -238,10 +238,12 @@ def enqueue_chunks(queue: Queue, job_id: str, job: LabelJob, names: Iterator[str
 def failed_on_error(jobs: JobStore, job_id: str) -> Iterator[None]:
     """An error that ends the command while it readies or lists its job (a full disk, say)
     fails the job at once with the error's message: nobody will list the rest. An interruption
-    (Ctrl-C, a signal) is not an error: the job is left to the workers' sweep, which fails it
+    (Ctrl-C, a signal) or a lost Redis leaves the job to the workers' sweep, which fails it
     saying how to resume."""
     try:
         yield
+    except redis.RedisError:  # Redis gone past its retries: the sweep fails the job later
+        raise
     except Exception as exc:
         with suppress(redis.RedisError):
             jobs.fail(job_id, exc)

@@ -6,7 +6,7 @@ Each message says what was received and how to fix it; the CLI prints it as one 
 
 import errno
 
-_FREE_SPACE = ("free some space there (or choose another place), then run the same command "
+_FREE_SPACE = ("free some space on that disk (or write elsewhere), then run the same command "
                "again: it goes on from what was written")
 # What to do about an OSError the place it writes to causes, by errno.
 _OS_ERROR_ADVICE = {

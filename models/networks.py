@@ -131,9 +131,16 @@ def get_spec(name: str) -> NetworkSpec:
         ) from None
 
 
-# How the weights files Keras reads begin: HDF5 (.h5, .weights.h5), zip (.keras).
-_WEIGHTS_SIGNATURES = {".h5": b"\x89HDF\r\n\x1a\n", ".hdf5": b"\x89HDF\r\n\x1a\n",
-                       ".keras": b"PK\x03\x04"}
+# The weights files Keras' load_weights reads, by how their names end (as Keras compares them,
+# case and all), and whether their first bytes are right. HDF5 may start after a user block of
+# 512 bytes times a power of two.
+_HDF5 = b"\x89HDF\r\n\x1a\n"
+_WEIGHTS_FILES: dict[str, Callable[[bytes], bool]] = {
+    ".keras": lambda start: start.startswith(b"PK\x03\x04"),
+    ".weights.json": lambda start: start.lstrip().startswith(b"{"),
+    ".h5": lambda start: any(start[at:at + 8] == _HDF5 for at in (0, 512, 1024, 2048, 4096)),
+    ".hdf5": lambda start: any(start[at:at + 8] == _HDF5 for at in (0, 512, 1024, 2048, 4096)),
+}
 
 
 def check_weights_option(weights: str) -> str:
@@ -145,16 +152,18 @@ def check_weights_option(weights: str) -> str:
     if not path.is_file():
         raise UsageError(f"--weights {weights}: no such file; use imagenet, none or a weights "
                          "file")
-    signature = _WEIGHTS_SIGNATURES.get(path.suffix.lower())
+    looks_right = next((check for ending, check in _WEIGHTS_FILES.items()
+                        if path.name.endswith(ending)), None)
     try:
         with open(path, "rb") as handle:
-            start = handle.read(8)
+            start = handle.read(4104)
     except OSError as exc:
         raise UsageError(f"--weights {weights}: cannot read it ({exc.strerror or exc})") from None
-    if signature is None or not start.startswith(signature):
+    if looks_right is None or not looks_right(start):
         raise UsageError(
             f"--weights {weights}: not a Keras weights file (an HDF5 .h5 file as Keras saves a "
-            "network's weights, or a .keras file); use imagenet, none or such a file")
+            "network's weights, a .weights.json or a .keras file); use imagenet, none or such "
+            "a file")
     return str(path.resolve())
 
 

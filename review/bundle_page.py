@@ -111,8 +111,9 @@ def write_bundle_page(bundle: Path, output: Path, photo_dir: Path | None,
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, UndefinedError) as exc:
         # The page reads much of the manifest that labelling does not: a field of another
         # shape than training writes is damage, said as such.
+        log.debug("the page of %s failed", bundle, exc_info=True)
         raise BundleError(f"{bundle}/manifest.json is damaged ({type(exc).__name__}: {exc}): "
-                          "retrain the bundle") from None
+                          "retrain the bundle") from exc
 
 
 def _write_bundle_page(bundle: Path, manifest: dict[str, Any], output: Path,

@@ -78,16 +78,19 @@ def test_cache_is_per_network(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.load("ab" * 32), np.ones(3))
 
 
-def test_cache_is_per_weights_and_imagenet_keeps_its_folder(tmp_path: Path) -> None:
+def test_cache_is_per_weights_and_entries_from_before_are_not_read(tmp_path: Path) -> None:
     """Bottlenecks of random or a user's own weights are not those of ImageNet's: a codelab
-    bundle trained on the wrong ones would label by a network it was not trained for. ImageNet's
-    stay where they were before the weights were part of the key."""
+    bundle trained on the wrong ones would label by a network it was not trained for. Entries
+    cached before the weights were part of the key may be of any weights: none is read."""
     home = tmp_path / "home"
     imagenet, none = BottleneckCache(home, "mobilenet_v2"), BottleneckCache(home, "mobilenet_v2",
                                                                             "none")
     imagenet.store("ab" * 32, np.ones(3, np.float32))
     assert none.load("ab" * 32) is None
-    assert imagenet.root == home / "bottlenecks" / "mobilenet_v2" / PREPROCESS_VERSION
+    before = home / "bottlenecks" / "mobilenet_v2" / PREPROCESS_VERSION / "cd" / f"{'cd' * 32}.npy"
+    before.parent.mkdir(parents=True)
+    np.save(before, np.ones(3, np.float32))
+    assert imagenet.load("cd" * 32) is None
 
 
 def test_random_weights_are_the_same_on_every_build() -> None:

@@ -197,15 +197,19 @@ def test_weights_that_are_not_a_weights_file_are_refused_before_any_work(
     assert not (tmp_path / "home" / "logs").exists(), "refused before a local cluster started"
 
 
-@pytest.mark.parametrize("where", ["itself", "a class", "around", "missing"])
+@pytest.mark.parametrize("where", ["itself", "a class", "around", "linked", "missing"])
 def test_stray_photos_must_be_a_folder_apart_from_the_classes(
     photo_subset: Path, tmp_path: Path, where: str,
 ) -> None:
-    """Strays are photos of none of the classes: the photo folder, one of its classes or a
-    folder around it would count flowers as strays."""
-    stray = {"itself": photo_subset, "a class": photo_subset / "daisy",
-             "around": photo_subset.parent, "missing": tmp_path / "gone"}[where]
-    result = run_flowers("evaluate", str(photo_subset), "--stray", str(stray),
+    """Strays are photos of none of the classes: the photo folder, one of its classes (also
+    one reached through a link) or a folder around it would count flowers as strays."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("daisy", "roses"):
+        (photos / name).symlink_to(photo_subset / name)  # class folders kept elsewhere
+    stray = {"itself": photos, "a class": photos / "daisy", "around": tmp_path,
+             "linked": photo_subset / "roses", "missing": tmp_path / "gone"}[where]
+    result = run_flowers("evaluate", str(photos), "--stray", str(stray),
                          "--output", str(tmp_path / "e.json"),
                          env=flowers_env(tmp_path / "home", None, None))
     words = ("is not a folder",) if where == "missing" else ("holds photos of the classes",)

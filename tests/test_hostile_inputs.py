@@ -279,7 +279,7 @@ def test_a_full_disk_fails_the_job_naming_the_file_and_the_rerun_goes_on(
         assert full.returncode == 1, full.stderr
         (line,) = [text for text in full.stderr.splitlines() if text.startswith("Error:")]
         assert f"No space left on device ({small_disk}/" in line, line
-        assert "free some space there" in line and "run the same command again" in line, line
+        assert "free some space on that disk" in line and "run the same command again" in line, line
         assert "Traceback" not in full.stderr and not output.exists()
         states = {client.hget(f"flowers:job:{job}", "state") for job in job_ids(redis_url)}
         assert states == {"failed"}, "no job is left queued"

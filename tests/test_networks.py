@@ -78,3 +78,23 @@ def test_real_weights_load_and_scaling_is_inside_the_model(weights_dir: Path) ->
     np.testing.assert_allclose(features, model(pixels.astype("float32")).numpy(), atol=1e-5)
     assert not np.allclose(features, batch_runner(random)(pixels), atol=1e-3)
     np.testing.assert_allclose(run(pixels[:1]), features[:1], atol=1e-5)
+
+
+def test_weights_files_are_checked_by_name_and_first_bytes(tmp_path: Path) -> None:
+    """What Keras' load_weights reads, as it tells them apart: the name's ending, case and all."""
+    from flowers.models.errors import UsageError
+    from flowers.models.networks import check_weights_option
+
+    hdf5 = b"\x89HDF\r\n\x1a\n" + bytes(100)
+    accepted = {"w.h5": hdf5, "w.hdf5": hdf5, "w.weights.h5": hdf5,
+                "blocked.h5": bytes(512) + hdf5, "w.keras": b"PK\x03\x04" + bytes(10),
+                "w.weights.json": b' {"weights": []}'}
+    refused = {"W.H5": hdf5, "w.txt": hdf5, "text.h5": b"not weights", "w.json": b"{}"}
+    for name, data in {**accepted, **refused}.items():
+        (tmp_path / name).write_bytes(data)
+    for name in accepted:
+        assert check_weights_option(str(tmp_path / name)) == str(tmp_path / name)
+    for name in refused:
+        with pytest.raises(UsageError, match="not a Keras weights file"):
+            check_weights_option(str(tmp_path / name))
+    assert check_weights_option("none") == "none"

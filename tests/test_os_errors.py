@@ -23,8 +23,8 @@ def test_a_write_to_a_full_device_names_the_file_being_written(tmp_path: Path) -
         full.write(b"daisy,0.9\n")
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
     message = os_error_message(raised.value)
-    assert message == (f"No space left on device ({target}): free some space there (or choose "
-                       "another place), then run the same command again: it goes on from what "
+    assert message == (f"No space left on device ({target}): free some space on that disk (or "
+                       "write elsewhere), then run the same command again: it goes on from what "
                        "was written")
 
 
@@ -43,4 +43,15 @@ def test_a_job_failed_by_a_full_disk_says_what_to_do(redis_url: str) -> None:
     job = store.create_job("label", {}, queue="flowers")
     assert store.fail(job, OSError(errno.ENOSPC, "No space left on device", "/out/part-1.csv"))
     assert store.get(job)["message"].startswith(
-        "No space left on device (/out/part-1.csv): free some space there")
+        "No space left on device (/out/part-1.csv): free some space on that disk")
+
+
+def test_a_chunk_list_on_a_full_disk_names_its_file(tmp_path: Path) -> None:
+    """The list's buffered writes may fail at its close, after the last chunk: named too."""
+    from flowers.worker.chunk_list import ChunkWriter
+
+    with pytest.raises(OSError) as raised, ChunkWriter(tmp_path, "ab" * 16) as listing:
+        listing.lines.close()
+        listing.lines = open("/dev/full", "wb")  # noqa: SIM115 - closed by the writer
+        listing.append(["daisy/1.jpg"])
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == "/dev/full"

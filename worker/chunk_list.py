@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from flowers.models.atomic import naming_errors
+from flowers.models.atomic import json_value, naming_errors
 from flowers.worker.jobs import JobStore
 from flowers.worker.label_job import LabelChunk, LabelJob
 
@@ -86,18 +86,24 @@ class ChunkWriter:
 
     def append(self, paths: list[str]) -> int:
         """Lists one chunk; returns its number."""
-        with naming_errors(self.lines.name):
+        with naming_errors(self.offsets.name):
             self.offsets.write(_OFFSET.pack(self.lines.tell()))
+        with naming_errors(self.lines.name):
             self.lines.write(json.dumps(paths, ensure_ascii=False).encode(
                 "utf-8", "surrogateescape") + b"\n")
             self.lines.flush()
+        with naming_errors(self.offsets.name):
             self.offsets.flush()
         self.count += 1
         return self.count - 1
 
     def close(self) -> None:
-        self.lines.close()
-        self.offsets.close()
+        try:
+            with naming_errors(self.lines.name):  # its last flush may find the disk full
+                self.lines.close()
+        finally:
+            with naming_errors(self.offsets.name):
+                self.offsets.close()
 
     def __enter__(self) -> ChunkWriter:
         return self
@@ -120,7 +126,7 @@ def read_chunks(parts_dir: Path, job_id: str, start: int, count: int) -> list[li
             line = lines.readline()
             if not line.endswith(b"\n"):
                 break
-            chunks.append(json.loads(line.decode("utf-8", "surrogateescape")))
+            chunks.append(json_value(line.decode("utf-8", "surrogateescape")))
     return chunks
 
 

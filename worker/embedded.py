@@ -290,7 +290,8 @@ def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
     with stopped_by_signals():
         # Nothing persisted: its folder holds only its log, beside the worker's (no temporary
         # folder that a command killed outright, which cannot clean up, would leave behind).
-        server = start_redis(logs, log_name=f"redis-{run}.log")
+        server = start_redis(logs, None, "--dbfilename", f"redis-{run}.rdb",  # never there
+                             log_name=f"redis-{run}.log")
         log_path = logs / f"worker-{run}.log"
         try:
             worker = start_worker(server.url, concurrency, log_path)

@@ -71,6 +71,11 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         store.fail(job_id, FlowersError(message))
         store.update(job_id, done=labelled)
         return {"error": message}
+    except FlowersError as exc:
+        log.error("job %s: merging its parts failed: %s", job_id, exc)
+        store.fail(job_id, exc)
+        store.update(job_id, done=labelled)
+        return {"error": str(exc)}
     except Exception as exc:  # a bug: the job must end, not wait on a merge that never ends
         log.exception("job %s: merging its parts into %s failed", job_id, record["output"])
         message = (f"merging its parts into {record['output']} failed ({type(exc).__name__}: "

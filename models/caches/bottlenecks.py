@@ -60,12 +60,11 @@ def store_entry(path: Path, array: np.ndarray) -> None:
 
 class BottleneckCache:
     """Bottleneck vectors on disk, one `.npy` file per photo content, network and weights
-    (`activations.weights_tag`: ImageNet's under the decoding version's folder, as before other
-    weights were cached apart; others in a sibling folder named for them)."""
+    (`activations.weights_tag`). Entries cached before the weights were part of the key, in
+    the decoding version's folder itself, may be of any weights: none is read again."""
 
     def __init__(self, root: Path, network: str, weights_tag: str = "imagenet") -> None:
-        folder = PREPROCESS_VERSION if weights_tag == "imagenet" else \
-            f"{PREPROCESS_VERSION}-{weights_tag}"
+        folder = f"{PREPROCESS_VERSION}-{weights_tag}"
         self.root = Path(root) / "bottlenecks" / network / folder
 
     def bottleneck_path(self, digest: str) -> Path:
