@@ -66,24 +66,17 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         return {"skipped": True}
     except OSError as exc:
         advice = os_error_advice(exc)
-        message = (f"cannot write {record['output']}: {exc.strerror or exc}"
-                   + (f"; {advice}" if advice else ""))
-        store.fail(job_id, FlowersError(message))
-        store.update(job_id, done=labelled)
-        return {"error": message}
+        return _failed(store, job_id, labelled, FlowersError(
+            f"cannot write {record['output']}: {exc.strerror or exc}"
+            + (f"; {advice}" if advice else "")))
     except FlowersError as exc:
         log.error("job %s: merging its parts failed: %s", job_id, exc)
-        store.fail(job_id, exc)
-        store.update(job_id, done=labelled)
-        return {"error": str(exc)}
+        return _failed(store, job_id, labelled, exc)
     except Exception as exc:  # a bug: the job must end, not wait on a merge that never ends
         log.exception("job %s: merging its parts into %s failed", job_id, record["output"])
-        message = (f"merging its parts into {record['output']} failed ({type(exc).__name__}: "
-                   f"{exc}); the rows labelled stay in {parts_dir}: please report this, with "
-                   "the worker's log")
-        store.fail(job_id, FlowersError(message))
-        store.update(job_id, done=labelled)
-        return {"error": message}
+        return _failed(store, job_id, labelled, FlowersError(
+            f"merging its parts into {record['output']} failed ({type(exc).__name__}: {exc}); "
+            f"the rows labelled stay in {parts_dir}: please report this, with the worker's log"))
     started = float(record.get("started", record["created"]))
     summary = {"output": record["output"], **counts, "labelled": labelled,
                "seconds": round(time.time() - started, 3)}
@@ -92,3 +85,10 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
                     "it was", job_id)
         return {"skipped": True}
     return summary
+
+
+def _failed(store: JobStore, job_id: str, labelled: int, error: FlowersError) -> dict[str, Any]:
+    """Fails the job with `error`, its count of photos done kept; what the merge returns."""
+    store.fail(job_id, error)
+    store.update(job_id, done=labelled)
+    return {"error": str(error)}
