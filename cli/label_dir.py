@@ -33,7 +33,7 @@ from flowers.models import ownership
 from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
 from flowers.models.dataset import check_photo_dir, walk_images
-from flowers.models.errors import DatasetError, UsageError, os_error_advice
+from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DECISIONS, check_precision
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.models.runtime.runners import choose_runtime
@@ -167,10 +167,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
             # Rows kept from before, checked against their photos as they are now.
             freshness = results.drop_stale_rows(parts_dir, root, k)
         except OSError as exc:
-            raise UsageError(
-                f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
-                f"{os_error_advice(exc) or 'choose a writable folder'}"
-            ) from None
+            raise results.unwritable_output(output, exc) from None
         with open_queue(settings, local_processes=settings.processes()) as queue:
             job_id = queue.jobs.create_job(
                 kind="label", request={**identity, "output": str(output),

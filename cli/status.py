@@ -63,11 +63,6 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
         bundle = (Path(job_id) / MANIFEST_FILE).is_file()
     except OSError:  # a name too long for a path: not a bundle
         bundle = False
-    if not bundle:
-        try:
-            messages.job_id(job_id)
-        except MessageError as exc:
-            raise UsageError(f"{exc}, nor a bundle folder") from None
     if bundle:
         manifest = read_manifest(Path(job_id))
         if as_json:
@@ -76,6 +71,10 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
         for line in _bundle_lines(Path(job_id).resolve(), manifest):
             click.echo(line)
         return
+    try:
+        messages.job_id(job_id)
+    except MessageError as exc:
+        raise UsageError(f"{exc}, nor a bundle folder") from None
     url = obj.settings.broker_url
     if url is None:
         raise UsageError(

@@ -134,12 +134,15 @@ def get_spec(name: str) -> NetworkSpec:
 # The weights files Keras' load_weights reads, by how their names end (as Keras compares them,
 # case and all), and whether their first bytes are right. HDF5 may start after a user block of
 # 512 bytes times a power of two.
-_HDF5 = b"\x89HDF\r\n\x1a\n"
+def _is_hdf5(start: bytes) -> bool:
+    return any(start[at:at + 8] == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048, 4096))
+
+
 _WEIGHTS_FILES: dict[str, Callable[[bytes], bool]] = {
     ".keras": lambda start: start.startswith(b"PK\x03\x04"),
     ".weights.json": lambda start: start.lstrip().startswith(b"{"),
-    ".h5": lambda start: any(start[at:at + 8] == _HDF5 for at in (0, 512, 1024, 2048, 4096)),
-    ".hdf5": lambda start: any(start[at:at + 8] == _HDF5 for at in (0, 512, 1024, 2048, 4096)),
+    ".h5": _is_hdf5,
+    ".hdf5": _is_hdf5,
 }
 
 

@@ -230,6 +230,12 @@ def check_parts_folder(parts_dir: Path) -> None:
         )
 
 
+def unwritable_output(output: Path, error: OSError) -> UsageError:
+    """The usage error for an --output that nothing can be written beside, saying why."""
+    return UsageError(f"--output {output}: cannot write beside it ({error.strerror or error}); "
+                      f"{os_error_advice(error) or 'choose a writable folder'}")
+
+
 @contextmanager
 def locked_parts(parts_dir: Path, output: Path) -> Iterator[None]:
     """Holds an exclusive lock on the parts folder (made if missing) for the `with` block: the
@@ -240,8 +246,7 @@ def locked_parts(parts_dir: Path, output: Path) -> Iterator[None]:
         parts_dir.mkdir(exist_ok=True)
         folder = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UsageError(f"--output {output}: cannot write beside it ({exc.strerror or exc}); "
-                         f"{os_error_advice(exc) or 'choose a writable folder'}") from None
+        raise unwritable_output(output, exc) from None
     try:
         try:
             fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)

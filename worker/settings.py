@@ -157,11 +157,12 @@ class Settings:
     def check_folders(self) -> None:
         """Raises `SettingsError` if FLOWERS_HOME is not a folder (where it exists), or
         FLOWERS_WEIGHTS_DIR or a folder of FLOWERS_ALLOWED_ROOTS is not an existing folder."""
-        if _exists(self.home) and not self.home.is_dir():
-            raise SettingsError(f"FLOWERS_HOME={_shown(str(self.home))} is not a folder: point "
-                                "it at a folder (or at a path where none exists yet)")
-        above = next((parent for parent in self.home.parents if _exists(parent)), None)
-        if not _exists(self.home) and above is not None and not above.is_dir():
+        if _exists(self.home):
+            if not self.home.is_dir():
+                raise SettingsError(f"FLOWERS_HOME={_shown(str(self.home))} is not a folder: "
+                                    "point it at a folder (or at a path where none exists yet)")
+        elif (above := next((parent for parent in self.home.parents if _exists(parent)),
+                            None)) is not None and not above.is_dir():
             raise SettingsError(f"FLOWERS_HOME={_shown(str(self.home))} cannot be made: "
                                 f"{_shown(str(above))} is not a folder; point it at a folder "
                                 "(or at a path where none exists yet)")
