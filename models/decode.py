@@ -29,6 +29,7 @@ import errno
 import io
 import logging
 import os
+import re
 import stat
 import threading
 import warnings
@@ -238,11 +239,7 @@ def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> 
             image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise ImageDecodeError(
-                    name,
-                    f"{width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit "
-                    "(possible decompression bomb); shrink the photo to label it"
-                )
+                raise _too_many_pixels(name, f"{width}x{height} pixels")
             if draft_size and isinstance(image, JpegImagePlugin.JpegImageFile):
                 # Let libjpeg decode at a reduced scale that is still >= the target size.
                 image.draft("RGB", (draft_size, draft_size))
@@ -253,7 +250,9 @@ def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> 
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(name, f"refused as a decompression bomb ({exc})") from None
+        # Pillow's own check, in Image.open or a plugin, quotes its limit or twice it.
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_many_pixels(name, f"{int(counted[1]):,} pixels" if counted else "it") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(
             name,
@@ -264,6 +263,11 @@ def open_rgb(data: bytes, name: str | Path = "<bytes>", draft_size: int = 0) -> 
     except Exception as exc:  # a malformed file can trip any error inside a Pillow plugin
         log.warning("unexpected error decoding %s", name, exc_info=True)
         raise ImageDecodeError(name, f"cannot decode ({type(exc).__name__}: {exc})") from None
+
+
+def _too_many_pixels(name: str | Path, size: str) -> ImageDecodeError:
+    return ImageDecodeError(name, f"{size} is over the {MAX_PIXELS:,} pixel limit (possible "
+                                  "decompression bomb); shrink the photo to label it")
 
 
 def _bilinear_weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
