@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from flowers.cli.context import CliContext
 from flowers.models.caches.disk import KINDS, clear, usage
+from flowers.models.errors import UsageError
+from flowers.models.networks import NETWORKS
 
 
 def _size(size_bytes: int) -> str:
     return f"{size_bytes / 1e6:.1f} MB"
 
 
+def _cached_name(home: Path, network: str | None) -> str | None:
+    """The folder name the caches keep `network` under: its registry name (`mobilenet_v2` is
+    mobilenet_v2_1.0_224), or a name the caches hold (made by another version, say); a name that
+    is neither is a usage error listing the cached ones."""
+    if network is None or network in NETWORKS:
+        return None if network is None else NETWORKS[network].name
+    cached = sorted({item.network for item in usage(home)})
+    if network in cached:
+        return network
+    raise UsageError(f"--network {network!r} is not a network in the registry (`flowers "
+                     f"architectures` lists them) nor in the caches of {home} (they hold: "
+                     f"{', '.join(cached) or 'none'})")
+
+
 @click.command()
 @click.option("--clear", "do_clear", is_flag=True, help="Remove the cached entries.")
 @click.option("--kind", type=click.Choice(KINDS), default=None,
               help="Only this kind of cache (default: all).")
-@click.option("--network", default=None, help="Only this network's entries.")
+@click.option("--network", default=None,
+              help="Only this network's entries (a registry name, or one the caches list).")
 @click.pass_obj
 def cache(obj: CliContext, do_clear: bool, kind: str | None, network: str | None) -> None:
     """Show (or --clear) the caches in FLOWERS_HOME: entries and disk use per network and kind."""
     home = obj.settings.home
     kinds = (kind,) if kind else KINDS
+    network = _cached_name(home, network)
     if do_clear:
         freed = clear(home, kinds, network)
-        click.echo(f"cleared {_size(freed)} from {home}")
+        click.echo(f"cleared {_size(freed)} from {home}" if freed else
+                   f"nothing to clear in {home}")
         return
     rows = [item for item in usage(home)
             if item.kind in kinds and (network is None or item.network == network)]

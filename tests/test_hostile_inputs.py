@@ -233,8 +233,19 @@ def test_cache_clear_removes_only_cache_entries(flowers_home: Path, tmp_path: Pa
     (elsewhere / f"{'cd' * 32}.npy").write_bytes(b"y" * 10)
     (flowers_home / "bottlenecks" / "linked").symlink_to(elsewhere)
     (entries / f"{'ef' * 32}.npy").symlink_to(tmp_path / "gone.npy")  # a dangling link
-    listed = run_flowers("cache", env=flowers_env(flowers_home, None, None))
+    env = flowers_env(flowers_home, None, None)
+    listed = run_flowers("cache", env=env)
     assert listed.returncode == 0 and "unexpected" not in listed.stderr, listed.stderr
+    # A network neither the registry nor the caches know is a slip, named before anything goes.
+    typo = run_flowers("cache", "--clear", "--network", "nett", env=env)
+    assert typo.returncode == 2, typo.stderr
+    assert typo.stderr.strip().splitlines() == [
+        f"Error: --network 'nett' is not a network in the registry (`flowers architectures` "
+        f"lists them) nor in the caches of {flowers_home} (they hold: net)"]
+    assert (entries / f"{'ab' * 32}.npy").exists()
+    nothing = run_flowers("cache", "--clear", "--network", "mobilenet_v2", env=env)
+    assert nothing.stdout.strip() == f"nothing to clear in {flowers_home}", nothing.stderr
+    assert (entries / f"{'ab' * 32}.npy").exists()
     assert clear(flowers_home) == 100
     assert sorted(path.name for path in entries.iterdir()) == [f"{'ef' * 32}.npy", "notes.txt"]
     assert (elsewhere / f"{'cd' * 32}.npy").exists()
