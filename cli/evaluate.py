@@ -11,6 +11,7 @@ import numpy as np
 
 from flowers.cli.context import CliContext
 from flowers.cli.numbers import NUMBER
+from flowers.cli.paths import PathParam
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
@@ -32,7 +33,7 @@ from flowers.models.training.retrain import RetrainRequest
 
 
 @click.command()
-@click.argument("photo_dir", type=click.Path(path_type=Path))
+@click.argument("photo_dir", type=PathParam())
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--recipe", "recipes", type=click.Choice(RECIPES), multiple=True,
               help="A recipe to evaluate; repeat for several (default: all, side by side).")
@@ -55,10 +56,10 @@ from flowers.models.training.retrain import RetrainRequest
               show_default=True,
               help="The precision `accept` is chosen for, in (0, 1] (read less half a "
                    "standard error: 1 accepts nothing).")
-@click.option("--stray", "stray_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--stray", "stray_dir", type=PathParam(), default=None,
               help="A folder of photos of none of the classes: how many each fold calls "
                    "unknown (they fit nothing).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("evaluation.json"),
+@click.option("--output", "-o", type=PathParam(output=True), default=Path("evaluation.json"),
               show_default=True, help="Write the figures here as JSON (replacing only figures "
               "flowers evaluate wrote).")
 @click.pass_obj

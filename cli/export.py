@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from flowers.cli.context import CliContext
+from flowers.cli.paths import PathParam
 from flowers.models import ownership
 from flowers.models.bundle import read_manifest
 from flowers.models.errors import UsageError
@@ -19,14 +20,14 @@ from flowers.models.runtime.litert import QUANTIZATIONS
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathParam())
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="tflite", show_default=True)
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
               help="tflite only: float16 halves the file; int8 quarters it, calibrated on the "
                    "bundle's own training photos.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "-o", type=PathParam(output=True), default=None,
               help="Folder to create (it must not exist).")
-@click.option("--photos", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--photos", type=PathParam(file_okay=False), default=None,
               help="Where the bundle's training photos are now, if they moved (int8).")
 @click.option("--in-place", is_flag=True,
               help="Add the float32 model.tflite to BUNDLE itself, so labelling runs on LiteRT.")

@@ -14,17 +14,18 @@ from pathlib import Path
 import click
 
 from flowers.cli.context import CliContext
+from flowers.cli.paths import PathParam
 from flowers.models.errors import UsageError, require_tensorflow
 
 
 @click.command("import-poets")
-@click.argument("graph", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--labels", "-l", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.argument("graph", type=PathParam(dir_okay=False))
+@click.option("--labels", "-l", required=True, type=PathParam(dir_okay=False),
               help="The retrained_labels.txt written with GRAPH (one class a line).")
 @click.option("--architecture", "-a", default=None,
               help="retrain.py's --architecture (inception_v3, mobilenet_<alpha>_<size>); "
                    "default: read from the graph, and checked against it when given.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+@click.option("--output", "-o", required=True, type=PathParam(output=True),
               help="Bundle folder to create (it must not exist).")
 @click.option("--output-tensor", default=None,
               help="The graph's class probabilities, if not final_result "

@@ -14,6 +14,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.cli.numbers import NUMBER
+from flowers.cli.paths import PathParam
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
 from flowers.models.errors import UsageError
 from flowers.models.runtime.decisions import Decider, check_precision, load_decider
@@ -21,8 +22,8 @@ from flowers.models.runtime.runners import RUNTIMES, choose_runtime
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
+@click.argument("images", nargs=-1, required=True, type=PathParam())
+@click.option("--model", "-m", "bundle", required=True, type=PathParam(),
               help="Bundle folder written by flowers train or flowers import-poets.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,

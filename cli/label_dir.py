@@ -27,6 +27,7 @@ import redis
 from flowers.cli.context import CliContext
 from flowers.cli.label import bundle_decider
 from flowers.cli.numbers import NUMBER
+from flowers.cli.paths import PathParam
 from flowers.cli.progress import ProgressLine, format_seconds
 from flowers.cli.queue import Queue, open_queue
 from flowers.models import ownership
@@ -91,10 +92,10 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
 
 
 @click.command("label-dir")
-@click.argument("photo_dir", type=click.Path(path_type=Path))
-@click.option("--model", "-m", "bundle", required=True, type=click.Path(path_type=Path),
+@click.argument("photo_dir", type=PathParam())
+@click.option("--model", "-m", "bundle", required=True, type=PathParam(),
               help="Bundle folder written by flowers train or flowers import-poets.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+@click.option("--output", "-o", required=True, type=PathParam(output=True),
               help="CSV file to write (a folder with --partition-rows).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Labels per photo (at most the number of classes).")

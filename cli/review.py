@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from flowers.cli.numbers import Number
+from flowers.cli.paths import PathParam
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file
 from flowers.models.errors import UsageError
@@ -23,11 +24,10 @@ def _describe(summary: PageSummary, what: str) -> str:
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+@click.argument("source", type=PathParam(exists=True))
+@click.option("--output", "-o", required=True, type=PathParam(output=True),
               help="HTML file to write (a page flowers review wrote there before is replaced).")
-@click.option("--photos", "photo_dir", type=click.Path(exists=True, file_okay=False,
-                                                       path_type=Path),
+@click.option("--photos", "photo_dir", type=PathParam(exists=True, file_okay=False),
               help="Photo folder the CSV's paths are relative to (default: the one its "
                    "label-dir job recorded); for a bundle, where its test photos are "
                    "(default: the manifest's photo folder).")

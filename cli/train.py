@@ -9,6 +9,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.cli.numbers import NUMBER
+from flowers.cli.paths import PathParam
 from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
@@ -31,10 +32,10 @@ from flowers.worker.messages import MAX_BATCH_SIZE
 
 
 @click.command()
-@click.argument("photo_dir", type=click.Path(path_type=Path))
+@click.argument("photo_dir", type=PathParam())
 @click.option("--architecture", "-a", default=DEFAULT_ARCHITECTURE, show_default=True,
               help="Base network; `flowers architectures` lists them.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "-o", type=PathParam(output=True), default=None,
               help="Bundle folder to write; default: the worker's FLOWERS_HOME/bundles/ARCH.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (FLOWERS_WEIGHTS_DIR, else Keras download), 'none', or a file.")
@@ -54,7 +55,7 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               help="codelab: steps between evaluations.")
 @click.option("--validation-percentage", type=NUMBER, default=10.0, show_default=True)
 @click.option("--testing-percentage", type=NUMBER, default=10.0, show_default=True)
-@click.option("--summaries-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--summaries-dir", type=PathParam(output=True), default=None,
               help="Write TensorBoard summaries here.")
 @click.option("--bottleneck-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64,
               show_default=True)

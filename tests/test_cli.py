@@ -227,3 +227,30 @@ def test_an_output_under_a_file_is_named_as_such(tmp_path: Path) -> None:
         check_output_file(a_file / "out.csv", "a CSV file")
     with pytest.raises(UsageError, match=f"folder {tmp_path / 'gone'} does not exist; create it"):
         check_output_file(tmp_path / "gone" / "out.csv", "a CSV file")
+
+
+def test_every_path_parameter_refuses_an_empty_path_and_outputs_refuse_a_dash() -> None:
+    import click
+
+    from flowers.cli.main import cli
+    from flowers.cli.paths import PathParam
+
+    paths = [(name, param) for name, command in cli.commands.items() for param in command.params
+             if isinstance(param.type, click.Path)]
+    assert len(paths) >= 15
+    for name, param in paths:
+        assert isinstance(param.type, PathParam), (name, param.name)
+        for value in ("", "-") if param.type.output else ("",):
+            with pytest.raises(click.BadParameter):
+                param.type.convert(value, param, None)
+        assert param.type.output == (param.name in ("output", "summaries_dir")), (name, param.name)
+    assert PathParam().convert("-", None, None) == Path("-")  # an input named - is a file
+
+
+def test_an_empty_photo_folder_argument_is_not_the_current_folder(tmp_path: Path) -> None:
+    result = run_flowers("label-dir", "", "--model", str(tmp_path), "--output",
+                         str(tmp_path / "out.csv"), env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, "PHOTO_DIR", "the path is empty")
+    written = run_flowers("train", str(tmp_path), "--output", "-",
+                          env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(written, 2, "--output", "not standard output")
