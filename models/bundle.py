@@ -38,7 +38,12 @@ from flowers.models.atomic import (
     read_regular_file,
     temporary_folder_beside,
 )
-from flowers.models.errors import BundleError, GraphGivenAsBundleError, UsageError
+from flowers.models.errors import (
+    BundleError,
+    GraphGivenAsBundleError,
+    NotABundleError,
+    UsageError,
+)
 from flowers.models.manifest import (
     LABELS_FILE,
     MANIFEST_FILE,
@@ -227,7 +232,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     """The bundle's manifest, checked for the fields labelling needs; raises `BundleError`."""
     bundle = Path(bundle)
     if not bundle.exists():
-        raise BundleError(
+        raise NotABundleError(
             f"model bundle {bundle} does not exist: pass the --output of flowers train"
         )
     if not bundle.is_dir():
@@ -236,12 +241,12 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
                 f"{bundle} is a TensorFlow graph (the codelab's retrained_graph.pb?), not a "
                 f"model bundle: import it first with `flowers import-poets {bundle} --labels "
                 "retrained_labels.txt --output BUNDLE`, then pass --model BUNDLE")
-        raise BundleError(f"{bundle} is a file, not a model bundle folder")
+        raise NotABundleError(f"{bundle} is a file, not a model bundle folder")
     path = bundle / MANIFEST_FILE
     try:
         manifest = json_value(read_regular_file(path))
     except FileNotFoundError:
-        raise BundleError(
+        raise NotABundleError(
             f"{bundle} is not a model bundle (no {MANIFEST_FILE}): "
             "pass a folder made by flowers train"
         ) from None

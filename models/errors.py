@@ -62,10 +62,15 @@ class BundleError(FlowersError):
     """Raised when a model bundle is missing, incomplete, corrupt or of an unknown format."""
 
 
-class GraphGivenAsBundleError(BundleError):
-    """Raised when a TensorFlow graph file (a codelab model) is given where a bundle is expected."""
+class NotABundleError(BundleError):
+    """Raised when the path given as a bundle is none: missing, a file, or a folder without a
+    manifest (a usage error, exit code 2, as for any other path argument)."""
 
     exit_code = 2
+
+
+class GraphGivenAsBundleError(NotABundleError):
+    """Raised when a TensorFlow graph file (a codelab model) is given where a bundle is expected."""
 
 
 class PathNotAllowedError(FlowersError):

@@ -186,7 +186,12 @@ def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
     assert unwritable.returncode == 2 and "/proc/flowers.csv: cannot write" in unwritable.stderr
     not_bundle = run_flowers("label-dir", str(odd_photos), "--model", str(odd_photos),
                              "--output", str(tmp_path / "o.csv"), env=env)
-    assert not_bundle.returncode == 1 and "not a model bundle" in not_bundle.stderr
+    assert not_bundle.returncode == 2 and "not a model bundle" in not_bundle.stderr
+    missing = run_flowers("label", str(next(odd_photos.iterdir())), "--model",
+                          str(tmp_path / "gone"), env=env)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"Error: model bundle {tmp_path / 'gone'} does not exist: pass the --output of "
+        "flowers train"], missing.stderr
     assert "Traceback" not in inside.stderr + top0.stderr + not_bundle.stderr + unwritable.stderr
 
 
@@ -213,7 +218,7 @@ def test_bad_photo_folders_are_one_clear_line(case: str, tmp_path: Path) -> None
         result = run_flowers(*command, env=env)
         if command[0] == "label-dir" and case in ("no_classes", "one_class"):
             # Labelling needs no classes: these photos are fine, the bundle is not.
-            assert result.returncode == 1 and "not a model bundle" in result.stderr
+            assert result.returncode == 2 and "not a model bundle" in result.stderr
             continue
         assert result.returncode == 2, (command, result.stderr)
         lines = result.stderr.strip().splitlines()
