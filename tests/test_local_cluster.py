@@ -102,3 +102,34 @@ def test_a_signal_swallowed_by_a_finaliser_still_ends_the_command(after: str) ->
     assert "Exception ignored" in result.stderr, "the signal's exception was not swallowed"
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert result.stdout == "went on\n"
+
+
+def test_old_runs_logs_are_pruned_and_nothing_else(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from flowers.worker.embedded import KEEP_RECENT_LOG_SECONDS, prune_run_logs
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = time.time() - KEEP_RECENT_LOG_SECONDS - 60
+    runs = [f"202612{day:02d}-120000-{100 + day}" for day in range(1, 8)]
+    for run in runs:
+        for name in (f"worker-{run}.log", f"redis-{run}.log"):
+            (logs / name).write_text("log\n")
+            os.utime(logs / name, (old, old))
+    (logs / f"worker-{runs[1]}.log").touch()  # the second oldest run is still writing
+    others = ["notes.log", "worker-latest.log", f"redis-{runs[0]}.rdb"]
+    for name in others:
+        (logs / name).write_text("mine\n")
+        os.utime(logs / name, (old, old))
+    linked = "worker-20261130-120000-99.log"  # named as a run's log, older than all: a link
+    (logs / linked).symlink_to(logs / "notes.log")
+
+    assert prune_run_logs(logs, keep=3) == 7
+    left = sorted(path.name for path in logs.iterdir())
+    kept = [f"worker-{runs[1]}.log"] + [f"{kind}-{run}.log" for run in runs[-3:]
+                                        for kind in ("worker", "redis")]
+    assert left == sorted(kept + others + [linked])
+    assert (logs / "notes.log").read_text() == "mine\n"
+    assert prune_run_logs(logs, keep=3) == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -280,12 +281,44 @@ def _stopping_cluster() -> Iterator[None]:
         _stopping.pop()
 
 
+# The local runs whose logs a new run keeps, newest first by the time in their names; an older
+# run's are removed unless written to within KEEP_RECENT_LOG_SECONDS (a run still going).
+KEEP_RUN_LOGS = 50
+KEEP_RECENT_LOG_SECONDS = 24 * 3600
+# What local_cluster names its logs, and nothing else in FLOWERS_HOME/logs is removed.
+RUN_LOG = re.compile(r"(?:worker|redis)-(\d{8}-\d{6}-\d+)\.log")
+
+
+def prune_run_logs(logs: Path, keep: int = KEEP_RUN_LOGS) -> int:
+    """Removes the logs of all but the newest `keep` local runs from `logs` (regular files named
+    as `local_cluster` names them, not written to for a day); returns how many went. A file
+    that cannot be removed is left, with a debug line."""
+    runs: dict[str, list[os.DirEntry[str]]] = {}
+    with os.scandir(logs) as listing:
+        for entry in listing:
+            named = RUN_LOG.fullmatch(entry.name)
+            if named and entry.is_file(follow_symlinks=False):
+                runs.setdefault(named[1], []).append(entry)
+    removed = 0
+    oldest_kept = time.time() - KEEP_RECENT_LOG_SECONDS
+    for run in sorted(runs)[:max(0, len(runs) - keep)]:
+        for entry in runs[run]:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < oldest_kept:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError as exc:
+                log.debug("left %s: %s", entry.path, exc)
+    return removed
+
+
 @contextmanager
 def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
     """Runs Redis and one `flowers worker` with `concurrency` processes for the `with` block;
     both are stopped when it ends, also when the command is terminated by a signal."""
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    prune_run_logs(logs)
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with stopped_by_signals():
         # Nothing persisted: its folder holds only its log, beside the worker's (no temporary
