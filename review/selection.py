@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowers.models.errors import UsageError
+from flowers.worker.csv_rows import row_reader
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def select_results(csv_path: Path, below: float | None = None, per_label: int = 
                    check_limit: int = 240, seed: int = 0) -> ResultsSelection:
     """Reads the CSV at `csv_path` once and keeps what the review page shows."""
     with open(csv_path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        reader = csv.reader(handle)
+        reader = row_reader(handle)
         try:
             header = next(reader)
         except StopIteration:

@@ -166,3 +166,27 @@ def test_a_resume_counts_a_photo_it_cannot_read_as_changed_not_gone(tmp_path: Pa
         for name in ("dangling.jpg", "kept.jpg", "now-a-folder.jpg")])
     assert results.drop_stale_rows(parts, photos, 2) == results.Freshness(1, 1, 1)
     assert list(results.done_paths(parts)) == ["kept.jpg"]
+
+
+def test_a_path_longer_than_the_csv_modules_default_field_is_merged_and_resumed(
+    tmp_path: Path,
+) -> None:
+    """A photo nested past PATH_MAX is one (error) row whose path has no length limit of its own:
+    its parts merge, a resume reads them back, and so does the review's reader."""
+    from flowers.review.selection import select_results
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    deep = "/".join(["n" * 250] * 600) + "/deep.jpg"  # 150,000 characters
+    assert len(deep) > 131_072  # the csv module's default field limit
+    parts = tmp_path / "out.csv.parts"
+    results.prepare_parts(parts, IDENTITY, overwrite=False)
+    results.claim_parts(parts, JOB)
+    results.write_part(parts, JOB, 0, [
+        [*results.format_row(deep, [], "path too long", 2), "0-0-0"]])
+    assert list(results.done_paths(parts)) == [deep]
+    results.drop_stale_rows(parts, photos, 2)  # read back (the row is gone: no such photo)
+    results.write_part(parts, JOB, 1, [
+        [*results.format_row(deep, [], "path too long", 2), "0-0-0"]])
+    assert results.merge_parts(parts, tmp_path / "out.csv", 2)["rows"] == 1
+    assert select_results(tmp_path / "out.csv").errors[0].path == deep

@@ -36,7 +36,6 @@ would write.
 
 from __future__ import annotations
 
-import csv
 import errno
 import fcntl
 import io
@@ -53,7 +52,7 @@ from typing import Any
 from flowers.models import ownership
 from flowers.models.atomic import json_value, write_text_atomically
 from flowers.models.errors import UsageError, os_error_advice
-from flowers.worker.csv_rows import RowWriter
+from flowers.worker.csv_rows import RowWriter, row_reader
 from flowers.worker.output_csv import header, now, write_csv, write_partitions
 from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
@@ -126,7 +125,7 @@ def _csv_text(rows: Iterable[list[str]]) -> str:
 
 def _read_rows(path: Path) -> list[list[str]]:
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        return list(csv.reader(handle))
+        return list(row_reader(handle))
 
 
 def part_path(parts_dir: Path, job_id: str, index: int) -> Path:

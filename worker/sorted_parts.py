@@ -14,7 +14,6 @@ so a reader keeping the first row of each path keeps that of the earliest file.
 
 from __future__ import annotations
 
-import csv
 import heapq
 import itertools
 import logging
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from flowers.models.atomic import naming_errors
-from flowers.worker.csv_rows import RowWriter
+from flowers.worker.csv_rows import RowWriter, row_reader
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def open_rows(path: Path) -> IO[str]:
 def _first_path(path: Path) -> str | None:
     try:
         with open_rows(path) as handle:
-            for row in csv.reader(handle):
+            for row in row_reader(handle):
                 if row:
                     return row[0]
     except FileNotFoundError:
@@ -56,7 +55,7 @@ def _first_path(path: Path) -> str | None:
 
 def _part_rows(path: Path, rank: int) -> _Rows:
     with open_rows(path) as handle:
-        for row in csv.reader(handle):
+        for row in row_reader(handle):
             if row:
                 yield (row[0], rank), row
 
@@ -65,7 +64,7 @@ def _run_rows(path: Path) -> _Rows:
     """A run's rows, each stored after the rank of the file it came from; removed once read."""
     try:
         with open_rows(path) as handle:
-            for row in csv.reader(handle):
+            for row in row_reader(handle):
                 yield (row[1], int(row[0])), row[1:]
     finally:
         os.unlink(path)
