@@ -1,14 +1,22 @@
 """Path arguments and options: click's Path, refusing what a shell slip gives (exit 2, one line
 naming the option): an empty string (`""` or an unset variable, which would be the current
 folder) and, for what flowers writes, `-` (which reads as standard output but would be a file
-named `-`)."""
+named `-`) and a name too long for the files flowers writes beside it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import click
+
+from flowers.models.atomic import BESIDE_NAME_BYTES
+from flowers.worker.results import JOB_RECORD_SUFFIX
+
+# What flowers adds to an output's name for the files it writes beside it, at most: a label
+# job's record, written whole (".NAME.job.json.<12 hex digits>.tmp").
+OUTPUT_NAME_ROOM = len(JOB_RECORD_SUFFIX) + BESIDE_NAME_BYTES
 
 
 class PathParam(click.Path):
@@ -26,5 +34,23 @@ class PathParam(click.Path):
         if self.output and isinstance(value, str | Path) and str(value) == "-":
             self.fail("flowers writes files, not standard output: name a file (`./-` for a "
                       "file named -)", param, ctx)
-        return super().convert(value, param, ctx)
+        path = super().convert(value, param, ctx)
+        if self.output and isinstance(path, Path):
+            size, longest = len(os.fsencode(path.name)), name_max(path.parent) - OUTPUT_NAME_ROOM
+            if size > longest:
+                self.fail(f"the name {path.name[:40]!r}... is {size} bytes; flowers names files "
+                          f"beside it with up to {OUTPUT_NAME_ROOM} more, so it may have at most "
+                          f"{longest}: shorten it", param, ctx)
+        return path
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system of `folder` (or of its nearest
+    existing ancestor) allows; 255 where none can be asked."""
+    for place in (folder.absolute(), *folder.absolute().parents):
+        try:
+            return os.pathconf(place, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
 

@@ -24,6 +24,10 @@ from flowers.models.errors import UsageError
 Made = TypeVar("Made")
 
 
+# The bytes `_beside` adds to a name: ".NAME.<12 hex digits>.tmp".
+BESIDE_NAME_BYTES = len(".") + len(".0123456789ab.tmp")
+
+
 def _beside(path: Path, make: Callable[[Path], Made]) -> tuple[Path, Made]:
     """`make` called on a new hidden name beside `path`, retried while the name is taken."""
     while True:

@@ -229,7 +229,11 @@ def test_an_output_under_a_file_is_named_as_such(tmp_path: Path) -> None:
         check_output_file(tmp_path / "gone" / "out.csv", "a CSV file")
 
 
-def test_every_path_parameter_refuses_an_empty_path_and_outputs_refuse_a_dash() -> None:
+def test_every_path_parameter_refuses_an_empty_path_and_outputs_refuse_a_dash(
+    tmp_path: Path,
+) -> None:
+    """And an output's name leaves room for the files flowers names after it (a label job's
+    record, written whole, adds 27 bytes: `.NAME.job.json.<12 hex>.tmp`)."""
     import click
 
     from flowers.cli.main import cli
@@ -244,6 +248,10 @@ def test_every_path_parameter_refuses_an_empty_path_and_outputs_refuse_a_dash() 
             with pytest.raises(click.BadParameter):
                 param.type.convert(value, param, None)
         assert param.type.output == (param.name in ("output", "summaries_dir")), (name, param.name)
+        if param.type.output:
+            with pytest.raises(click.BadParameter, match="at most 228: shorten it"):
+                param.type.convert(str(tmp_path / ("n" * 229)), param, None)
+            assert param.type.convert(str(tmp_path / ("n" * 228)), param, None).name == "n" * 228
     assert PathParam().convert("-", None, None) == Path("-")  # an input named - is a file
 
 
@@ -254,3 +262,7 @@ def test_an_empty_photo_folder_argument_is_not_the_current_folder(tmp_path: Path
     written = run_flowers("train", str(tmp_path), "--output", "-",
                           env=flowers_env(tmp_path, None, None))
     assert_one_line_error(written, 2, "--output", "not standard output")
+    named = run_flowers("label-dir", str(tmp_path), "--model", str(tmp_path), "--output",
+                        str(tmp_path / ("q" * 236 + ".csv")), env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(named, 2, "--output", "is 240 bytes", "at most 228")
+    assert not (tmp_path / "logs").exists(), "refused before a local cluster started"

@@ -68,13 +68,16 @@ IDENTITY = {"bundle_id": "bundle id", "photo_dir": "photo dir", "top_k": "top k"
             "decisions": "decision thresholds (bundle and --accept-precision)"}
 
 
+JOB_RECORD_SUFFIX = ".job.json"
+
+
 def parts_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
 def job_record_for(output: Path) -> Path:
     """The record of the job that wrote `output`: OUTPUT.job.json beside it."""
-    return output.with_name(output.name + ".job.json")
+    return output.with_name(output.name + JOB_RECORD_SUFFIX)
 
 
 def is_job_record(path: Path) -> bool:
