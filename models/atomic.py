@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import secrets
 import stat
@@ -129,3 +130,18 @@ def json_value(text: str | bytes) -> Any:
         return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def check_npy_size(stream: BinaryIO, size: int) -> None:
+    """`ValueError` unless the .npy file in `stream` (`size` bytes) holds as many bytes as its
+    header's shape and type call for: `np.load` allocates the array its header describes before
+    reading any, so a damaged header could ask for terabytes."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    wanted = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or size - stream.tell() != wanted:
+        raise ValueError(f"its header says {shape} of {dtype}, {wanted:,} bytes, but it holds "
+                         f"{size - stream.tell():,}")

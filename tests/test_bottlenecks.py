@@ -106,3 +106,24 @@ def test_torn_entry_is_recomputed(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x93NUMPY garbage")
     assert cache.load("cd" * 32) is None
+
+
+def test_a_cache_entry_whose_header_asks_for_more_than_it_holds_is_recomputed(
+    tmp_path: Path,
+) -> None:
+    """Unread, not allocated: np.load makes the array its header describes before reading."""
+    import io
+
+    from flowers.models.caches.bottlenecks import load_entry, store_entry
+
+    entry = tmp_path / "ab" / f"{'ab' * 32}.npy"
+    store_entry(entry, np.ones((2, 3), dtype=np.float16))
+    assert load_entry(entry).tolist() == [[1, 1, 1], [1, 1, 1]]
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f2", "fortran_order": False, "shape": (10**9, 1280)})
+    entry.write_bytes(header.getvalue() + bytes(12))
+    assert load_entry(entry) is None
+    store_entry(entry, np.ones((2, 3), dtype=np.float16))
+    entry.write_bytes(entry.read_bytes()[:-1])  # one byte short of its header's shape
+    assert load_entry(entry) is None

@@ -252,6 +252,17 @@ def test_training_features_that_are_not_a_regular_file_are_refused_unread(
     np.save(copy / "features.npy", np.zeros((3, 7), dtype=np.float16))
     with pytest.raises(BundleError, match=r"holds \(3, 7\) features, not \(photos, "):
         load_decider(copy, read_manifest(copy))
+    # A header that asks for 2.3 TiB is refused by its size, not by a failed allocation.
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f2", "fortran_order": False, "shape": (10**9, 1280)})
+    (copy / "features.npy").write_bytes(header.getvalue() + bytes(64))
+    with pytest.raises(BundleError, match=r"features\.npy \(its header says \(1000000000, "
+                                          r"1280\) of float16, 2,560,000,000,000 bytes, but it "
+                                          r"holds 64\): retrain the bundle"):
+        load_decider(copy, read_manifest(copy))
 
 
 def test_a_bundle_made_before_precision_bounds_keeps_its_threshold_and_page(

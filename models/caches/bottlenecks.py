@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowers.models.atomic import write_atomically
+from flowers.models.atomic import check_npy_size, write_atomically
 from flowers.models.decode import PREPROCESS_VERSION, decode_image, read_bytes
 from flowers.models.errors import ImageDecodeError
 from flowers.models.runtime import batching
@@ -43,7 +44,10 @@ def content_hash(data: bytes) -> str:
 def load_entry(path: Path) -> np.ndarray | None:
     """A cached array, or None when absent or unreadable (then it is recomputed)."""
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            check_npy_size(handle, os.fstat(handle.fileno()).st_size)
+            handle.seek(0)
+            return np.load(handle, allow_pickle=False)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError) as exc:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from flowers.models.atomic import read_regular_file
+from flowers.models.atomic import check_npy_size, read_regular_file
 from flowers.models.bundle import FEATURES_FILE
 from flowers.models.errors import BundleError, UsageError
 
@@ -167,7 +167,9 @@ def _reference(path: Path, size: int) -> np.ndarray:
     """The training photos' features, normalised, from the bundle's file (a regular file only:
     a pipe put there cannot block the reader)."""
     try:
-        features = np.load(io.BytesIO(read_regular_file(path)), allow_pickle=False)
+        data = read_regular_file(path)
+        check_npy_size(io.BytesIO(data), len(data))
+        features = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path} ({exc}): retrain the bundle") from None
     if features.ndim != 2 or features.shape[1] != size or len(features) == 0:
