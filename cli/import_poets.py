@@ -15,6 +15,7 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.cli.paths import PathParam
+from flowers.models import ownership
 from flowers.models.errors import UsageError, require_tensorflow
 
 
@@ -37,6 +38,7 @@ def import_poets(obj: CliContext, graph: Path, labels: Path, architecture: str |
     for path, what in ((graph, "GRAPH"), (labels, "--labels")):
         if not path.is_file():
             raise UsageError(f"{what} {path} does not exist or is not a file")
+    output = ownership.check_folder_place(output, "--output")
     if output.exists():
         raise UsageError(f"--output {output} exists: choose another folder or remove it")
     require_tensorflow("flowers import-poets (it converts the graph)")

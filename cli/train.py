@@ -97,14 +97,16 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
                          "codelab recipe fits its trust on the held-out splits")
     if fine_tune.cross_fit:  # every part needs a photo of every class
         stratified_folds(data.photos, fine_tune.cross_fit, "--cross-fit")
-    if output is not None:
-        ownership.refuse_link(output, "--output")
-        output = output.resolve()
     target, what = output_folder(str(output) if output else None, settings.home, architecture)
-    if target == data.root or data.root in target.parents:
-        raise UsageError(f"{what} {target} is inside the photo folder; write the bundle "
-                         "elsewhere (--output)")
+    target = ownership.check_folder_place(target, what, data.root)
+    output = target if output is not None else None
     ownership.check_bundle_output(target, what)
+    if summaries_dir is not None:
+        summaries_dir = ownership.check_folder_place(summaries_dir, "--summaries-dir", data.root)
+        if summaries_dir == target or target in summaries_dir.parents or \
+                ownership.is_bundle(summaries_dir):
+            raise UsageError(f"--summaries-dir {summaries_dir} is a bundle's folder or inside "
+                             "one, which holds the bundle alone: write summaries elsewhere")
     weights = check_weights_option(weights)
     if not settings.broker_url and not wait:
         raise UsageError(
@@ -121,7 +123,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
         learning_rate=(learning_rate or 0.01) if codelab else 0.01,
         eval_step_interval=eval_step_interval,
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
-        summaries_dir=str(summaries_dir.resolve()) if summaries_dir else None,
+        summaries_dir=str(summaries_dir) if summaries_dir else None,
         bottleneck_batch_size=bottleneck_batch_size, accept_precision=accept_precision,
         quantize=quantize,
     )

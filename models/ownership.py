@@ -166,6 +166,27 @@ def refuse_link(path: Path, what: str) -> None:
                          "file or folder itself")
 
 
+def check_folder_place(folder: Path, what: str, photo_dir: Path | None = None) -> Path:
+    """`folder` (one flowers will make or fill: a bundle, summaries) made absolute, or
+    `UsageError` before any work when it is a symbolic link, a file or under one, inside the
+    photo folder or inside a model bundle (the bundle itself may be replaced: see
+    `check_bundle_output`)."""
+    refuse_link(folder, what)
+    folder = folder.resolve()
+    for above in (folder, *folder.parents):  # the nearest that exists
+        if above.exists():
+            if not above.is_dir():
+                where = "" if above == folder else f": {above}"
+                raise UsageError(f"{what} {folder}{where} is a file, not a folder")
+            break
+    if photo_dir is not None and (folder == photo_dir or photo_dir in folder.parents):
+        raise UsageError(f"{what} {folder} is inside the photo folder; write it elsewhere")
+    if (bundle := bundle_around(folder.parent)) is not None:
+        raise UsageError(f"{what} {folder} is inside the model bundle {bundle}; "
+                         "write it elsewhere")
+    return folder
+
+
 def check_output_place(output: Path, photo_dir: Path) -> Path:
     """`output` (a command's --output) made absolute, or `UsageError` when it is a symbolic
     link, or in the photo folder or a bundle, where flowers writes nothing."""

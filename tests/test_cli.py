@@ -266,3 +266,41 @@ def test_an_empty_photo_folder_argument_is_not_the_current_folder(tmp_path: Path
                         str(tmp_path / ("q" * 236 + ".csv")), env=flowers_env(tmp_path, None, None))
     assert_one_line_error(named, 2, "--output", "is 240 bytes", "at most 228")
     assert not (tmp_path / "logs").exists(), "refused before a local cluster started"
+
+
+def test_folders_train_and_import_poets_write_are_checked_before_any_work(
+    photo_subset: Path, tmp_path: Path,
+) -> None:
+    """A bundle's --output and train's --summaries-dir: not a link, a file or under one, nor
+    inside a bundle (a summaries folder there would leave files the bundle does not own)."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"format_version": 3, "bundle_id": "b1"}')
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    env = flowers_env(tmp_path / "home", None, None)
+    graph = tmp_path / "retrained_graph.pb"
+    graph.write_bytes(b"\n\x05input")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("daisy\nroses\n")
+    for option, value, words in [
+        ("--summaries-dir", a_file, f"{a_file} is a file, not a folder"),
+        ("--summaries-dir", bundle, "is a bundle's folder or inside one"),
+        ("--summaries-dir", bundle / "train", f"is inside the model bundle {bundle}"),
+        ("--summaries-dir", tmp_path / "out" / "logs", "is a bundle's folder or inside one"),
+        ("--output", a_file / "bundle", f": {a_file} is a file, not a folder"),
+        ("--output", bundle / "inner", f"is inside the model bundle {bundle}"),
+    ]:
+        command = ["train", str(photo_subset), "--output", str(tmp_path / "out")]
+        command = [*command[:2], option, str(value)] if option == "--output" else \
+            [*command, option, str(value)]
+        assert_one_line_error(run_flowers(*command, env=env), 2, f"{option} ", words)
+    for output, words in [(a_file / "sub", f": {a_file} is a file, not a folder"),
+                          (tmp_path / "link", "is a symbolic link"),
+                          (bundle / "sub", f"is inside the model bundle {bundle}")]:
+        imported = run_flowers("import-poets", str(graph), "--labels", str(labels), "--output",
+                               str(output), env=env)
+        assert_one_line_error(imported, 2, f"--output {output}", words)
+    assert not (tmp_path / "nowhere").exists() and sorted(os.listdir(bundle)) == ["manifest.json"]
+    assert not (tmp_path / "home" / "logs").exists(), "refused before a local cluster started"
