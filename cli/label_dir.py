@@ -37,7 +37,7 @@ from flowers.models.dataset import check_photo_dir, walk_images
 from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DECISIONS, check_precision
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
-from flowers.models.runtime.runners import choose_runtime
+from flowers.models.runtime.runners import check_own_model, choose_runtime
 from flowers.worker import output_csv, results
 from flowers.worker.chunk_list import ChunkWriter, chunked, feed
 from flowers.worker.jobs import JobStore
@@ -145,6 +145,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         )
     if not settings.broker_url:  # the local worker labels here: its runtime must be here
         choose_runtime(bundle, manifest, settings.runtime)
+    else:
+        check_own_model(bundle, manifest)
     decider = bundle_decider(bundle, manifest, accept_precision, "its rows' decision is empty; ")
     k = min(top_k, len(manifest["class_names"]))
     parts_dir = results.parts_dir_for(output)

@@ -137,17 +137,22 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character d
                   (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def special_kind(path: Path | str, info: os.stat_result) -> str:
+    """What `path` is when `info` (its stat, links followed) is not a regular file or a folder:
+    "a named pipe", "a symbolic link to a character device", ..."""
+    kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+    return f"a symbolic link to {kind}" if os.path.islink(path) else kind
+
+
 def _check_regular(path: Path, info: os.stat_result) -> None:
     """Raises `ImageDecodeError` unless `info` (of `path`, links followed) is a regular file."""
     if stat.S_ISREG(info.st_mode):
         return
     if stat.S_ISDIR(info.st_mode):
         raise ImageDecodeError(path, "is a folder, not an image")
-    kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
-    if os.path.islink(path):
-        kind = f"a symbolic link to {kind}"
     raise ImageDecodeError(
-        path, f"not a regular file ({kind}): remove it or move it out of the folder"
+        path, f"not a regular file ({special_kind(path, info)}): remove it or move it out of "
+        "the folder"
     )
 
 

@@ -42,6 +42,8 @@ import numpy as np
 
 from flowers.models.errors import BundleError
 
+# A flatbuffer's own limit: no model file is larger.
+MAX_MODEL_BYTES = 2**31
 METADATA_NAME = b"TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
 MODEL_IDENTIFIER = b"TFL3"

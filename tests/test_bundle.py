@@ -288,3 +288,37 @@ def test_a_bundle_made_before_precision_bounds_keeps_its_threshold_and_page(
     write_bundle_page(copy, tmp_path / "page.html", None, 3)
     page = (tmp_path / "page.html").read_text()
     assert "Confidences and decisions" in page and "the threshold is" not in page
+
+
+def test_another_bundles_model_or_no_model_file_in_its_place_is_refused(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    """Two bundles of one network and classes take each other's model.tflite: its metadata
+    names the bundle it was made for. Something else where model.tflite goes (a folder, a
+    pipe, a link to a device or to nothing) is not a bundle made before model.tflite."""
+    import os
+
+    from flowers.models.runtime.runners import check_own_model, choose_runtime
+
+    other = tampered(trained_bundle[0], tmp_path / "other", bundle_id="0" * 32)
+    manifest = read_manifest(other)
+    with pytest.raises(BundleError, match=(
+            rf"model\.tflite is bundle {read_manifest(trained_bundle[0])['bundle_id']}'s, not "
+            rf"this bundle's \({'0' * 32}\): put the bundle's own back")):
+        choose_runtime(other, manifest, "litert")
+    tflite = other / "model.tflite"
+    for kind, make in [("a folder", tflite.mkdir),
+                       ("a named pipe", lambda: os.mkfifo(tflite)),
+                       ("a symbolic link to a character device",
+                        lambda: tflite.symlink_to("/dev/zero")),
+                       (f"a symbolic link to {tmp_path / 'gone'}, which does not exist",
+                        lambda: tflite.symlink_to(tmp_path / "gone"))]:
+        if tflite.is_dir() and not tflite.is_symlink():
+            tflite.rmdir()
+        elif tflite.exists() or tflite.is_symlink():
+            tflite.unlink()
+        make()
+        for check in (lambda: choose_runtime(other, manifest, "litert"),
+                      lambda: check_own_model(other, manifest)):
+            with pytest.raises(BundleError, match=f"model.tflite is {kind}, not a model file"):
+                check()

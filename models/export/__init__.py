@@ -52,13 +52,11 @@ from flowers.models.bundle import (
 from flowers.models.errors import BundleError, UsageError, require_tensorflow
 from flowers.models.manifest import check_model_shapes
 from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS, spread
-from flowers.models.tflite_metadata import read_metadata
+from flowers.models.tflite_metadata import MAX_MODEL_BYTES, read_metadata
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("tflite", "saved_model")
-# A flatbuffer's own limit.
-MAX_MODEL_BYTES = 2**31
 
 
 def representative_photos(bundle: Path, manifest: dict[str, Any],

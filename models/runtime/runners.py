@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +191,8 @@ def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Runn
     from flowers.models.bundle import trained_quantization
 
     choice = _choose_runtime(bundle, manifest, runtime)
+    if choice.runtime == "litert":
+        check_own_model(bundle, manifest)
     quantize = trained_quantization(manifest)
     if choice.runtime != "keras" or quantize is None:
         return choice
@@ -206,7 +210,7 @@ def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Run
     tflite = bundle / TFLITE_FILE
     if runtime == "keras" and has_keras and importlib.util.find_spec("tensorflow") is not None:
         return RunnerChoice("keras")
-    if not tflite.is_file():
+    if not _model_file_there(tflite):
         if not has_keras:
             raise BundleError(f"{bundle} has neither {TFLITE_FILE} nor a Keras model: "
                               "retrain or re-import it")
@@ -227,6 +231,51 @@ def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Run
         return RunnerChoice("keras", "LiteRT is not installed here: labelling with Keras, "
                             "about 2x slower; pip install ai-edge-litert")
     return RunnerChoice("litert")
+
+
+def _model_file_there(tflite: Path) -> bool:
+    """Whether the bundle's model.tflite is there (False: made before bundles carried one);
+    `BundleError` when something else is in its place (a folder, a pipe, a link to a device or
+    to nothing), which no model was ever written as."""
+    from flowers.models.decode import special_kind
+
+    try:
+        info = os.stat(tflite)
+    except FileNotFoundError:
+        if not tflite.is_symlink():
+            return False
+        problem = f"a symbolic link to {os.readlink(tflite)}, which does not exist"
+    else:
+        if stat.S_ISREG(info.st_mode):
+            return True
+        problem = "a folder" if stat.S_ISDIR(info.st_mode) else special_kind(tflite, info)
+    raise BundleError(f"{tflite} is {problem}, not a model file: put the bundle's own back "
+                      f"(`flowers export {tflite.parent} --format tflite --in-place` converts it "
+                      "again) or retrain the bundle")
+
+
+def check_own_model(bundle: Path, manifest: dict[str, Any]) -> None:
+    """`BundleError` when the bundle's model.tflite names another bundle in its metadata: one
+    copied in from a bundle of the same network and classes would label with that bundle's
+    weights and this one's thresholds. A model made before bundles carried metadata names
+    none; a bundle without model.tflite has nothing to check."""
+    from flowers.models.atomic import read_regular_file
+    from flowers.models.bundle import TFLITE_FILE
+    from flowers.models.tflite_metadata import MAX_MODEL_BYTES, read_metadata
+
+    tflite = bundle / TFLITE_FILE
+    if not _model_file_there(tflite):
+        return
+    try:
+        data = read_regular_file(tflite, MAX_MODEL_BYTES)
+    except OSError as exc:
+        raise BundleError(f"cannot read {tflite} ({exc.strerror or exc})") from None
+    packed = read_metadata(data, str(tflite))
+    if packed is not None and packed.version != manifest["bundle_id"]:
+        raise BundleError(f"{tflite} is bundle {packed.version}'s, not this bundle's "
+                          f"({manifest['bundle_id']}): put the bundle's own back (`flowers "
+                          f"export {tflite.parent} --format tflite --in-place` converts it "
+                          "again) or retrain the bundle")
 
 
 def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: int,
