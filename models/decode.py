@@ -191,9 +191,11 @@ def path_too_long_reason(path: Path) -> str:
 
 
 def _to_rgb8(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; 16- and 32-bit greyscale are scaled, not clipped."""
+    """Any Pillow mode to 8-bit RGB; 16- and 32-bit greyscale are scaled, not clipped (a float
+    pixel that is not a number, NaN or infinite, is black)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        array = np.where(np.isfinite(array), array, 0.0)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         grey = np.clip(array * (255.0 / top), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")

@@ -108,6 +108,18 @@ def test_16_bit_png_is_scaled_not_clipped() -> None:
     assert 120 <= pixels.mean() <= 135
 
 
+def test_float_pixels_that_are_not_numbers_are_black_without_a_warning() -> None:
+    import warnings
+
+    values = np.full((10, 10), 200.0, dtype=np.float32)
+    values[:5] = [np.nan, np.inf, -np.inf, np.nan, np.inf, 7, 7, 7, 7, 7]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast"
+        pixels = decode_image(encode(Image.fromarray(values, "F"), "TIFF"), 10)
+    assert pixels[:5, :5].max() == 0 and pixels[5:].min() == 200
+    assert pixels[:5, 5:].tolist() == [[[7] * 3] * 5] * 5
+
+
 def test_exif_rotation_is_applied() -> None:
     stored = halves().transpose(Image.Transpose.ROTATE_270)  # red half now at the top
     exif = Image.Exif()
