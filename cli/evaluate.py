@@ -27,7 +27,7 @@ from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.evaluate import EvaluateRequest
-from flowers.models.training.folds import check_cross_fit
+from flowers.models.training.folds import check_cross_fit, stratified_folds
 from flowers.models.training.recipe import FINE_TUNE, RECIPES
 from flowers.models.training.retrain import RetrainRequest
 
@@ -105,7 +105,8 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     )
     request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES,
                               stray_dir=str(stray_dir) if stray_dir else None)
-    if FINE_TUNE in request.recipes and cross_fit:  # every fold's parts need every class
+    stratified_folds(data.photos, folds)  # every fold needs a photo of every class
+    if FINE_TUNE in request.recipes and cross_fit:  # and so does every part of its training
         check_cross_fit(data.photos, folds, cross_fit)
     require_training_here(obj.settings, "flowers evaluate")
     with open_queue(obj.settings, local_processes=obj.settings.processes()) as queue:

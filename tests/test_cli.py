@@ -304,3 +304,14 @@ def test_folders_train_and_import_poets_write_are_checked_before_any_work(
         assert_one_line_error(imported, 2, f"--output {output}", words)
     assert not (tmp_path / "nowhere").exists() and sorted(os.listdir(bundle)) == ["manifest.json"]
     assert not (tmp_path / "home" / "logs").exists(), "refused before a local cluster started"
+
+
+def test_evaluate_refuses_more_folds_than_photos_of_a_class_before_any_work(
+    photo_subset: Path, tmp_path: Path,
+) -> None:
+    smallest = min(len(os.listdir(folder)) for folder in photo_subset.iterdir())
+    result = run_flowers("evaluate", str(photo_subset), "--folds", str(smallest + 1), "--output",
+                         str(tmp_path / "figures.json"), env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, f"--folds {smallest + 1} is more than the {smallest} photos "
+                                     "of the smallest class")
+    assert not (tmp_path / "logs").exists(), "refused before a local cluster started"
