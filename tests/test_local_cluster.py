@@ -133,3 +133,16 @@ def test_old_runs_logs_are_pruned_and_nothing_else(tmp_path: Path) -> None:
     assert left == sorted(kept + others + [linked])
     assert (logs / "notes.log").read_text() == "mine\n"
     assert prune_run_logs(logs, keep=3) == 0
+
+
+def test_a_flowers_home_where_no_log_can_be_kept_is_one_line(
+    collection: Path, trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    result = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
+                         "--output", str(tmp_path / "out.csv"),
+                         env=flowers_env(Path("/proc"), None, None))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: cannot keep the local run's logs in /proc/logs (No such file or directory): set "
+        "FLOWERS_HOME to a folder of yours that can be written"]
+    assert not (tmp_path / "out.csv").exists()

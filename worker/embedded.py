@@ -33,7 +33,7 @@ from pathlib import Path
 
 import redis
 
-from flowers.models.errors import QueueUnavailableError
+from flowers.models.errors import FlowersError, QueueUnavailableError, os_error_message
 from flowers.worker.train_process import libc, parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -317,8 +317,13 @@ def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
     """Runs Redis and one `flowers worker` with `concurrency` processes for the `with` block;
     both are stopped when it ends, also when the command is terminated by a signal."""
     logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    prune_run_logs(logs)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        prune_run_logs(logs)
+    except OSError as exc:  # a full disk or permissions: their own advice
+        raise FlowersError(os_error_message(exc) or (
+            f"cannot keep the local run's logs in {logs} ({exc.strerror or exc}): set "
+            "FLOWERS_HOME to a folder of yours that can be written")) from None
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with stopped_by_signals():
         # Nothing persisted: its folder holds only its log, beside the worker's (no temporary
