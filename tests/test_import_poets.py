@@ -18,6 +18,7 @@ from flowers.cli.main import cli
 from flowers.models.bundle import LABELS_FILE, TFLITE_FILE, read_manifest
 from flowers.models.dataset import walk_images
 from flowers.models.decode import codelab_bilinear, open_rgb
+from flowers.models.errors import UsageError
 from flowers.models.runtime.runners import LiteRTRunner
 from flowers.models.tflite_metadata import read_metadata
 from tests.conftest import WorkerFactory, flowers_env, run_flowers
@@ -330,3 +331,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert all(word in line for word in words), line
     assert not output.exists()
     assert not [name for name in tmp_path.iterdir() if name.name.startswith(".bundle")]
+
+
+def test_a_labels_file_an_editor_saved_with_a_byte_order_mark_gives_the_same_names(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from flowers.models.codelab.importer import read_labels
+
+    graph = SimpleNamespace(classes=2, path=tmp_path / "g.pb", output_tensor="final_result")
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("\ufeffdaisy\r\nroses\r\n".encode())
+    assert read_labels(labels, graph) == ["daisy", "roses"]  # type: ignore[arg-type]
+    labels.write_bytes(b"daisy\n\xe9t\xe9\n")
+    with pytest.raises(UsageError, match=f"cannot read --labels {labels}"):
+        read_labels(labels, graph)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flowers.models.atomic import read_regular_file
 from flowers.models.bundle import (
     FORMAT_WITHOUT_DECISIONS,
     TFLITE_ENTRY,
@@ -80,9 +81,11 @@ def graph_to_tflite(graph: PoetsGraph, quantize: str | None = None) -> bytes:
 
 
 def read_labels(path: Path, graph: PoetsGraph) -> list[str]:
-    """The class names of a retrained_labels.txt, one a line, as many as the graph has."""
+    """The class names of a retrained_labels.txt (UTF-8; a byte-order mark an editor put first
+    is not part of the first name), one a line, as many as the graph has."""
     try:
-        names = [line.strip() for line in Path(path).read_text().splitlines()]
+        text = read_regular_file(Path(path)).decode("utf-8-sig")
+        names = [line.strip() for line in text.splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read --labels {path}: {exc}") from None
     while names and not names[-1]:
