@@ -316,3 +316,15 @@ def test_an_export_inside_a_bundle_is_refused(
         assert f"--output {output} is inside the model bundle {bundle}" in result.stderr
         assert not output.exists()
     assert not (bundle / "deeper").exists(), "no folder made inside the bundle"
+
+
+def test_int8_with_no_photo_that_could_be_read_says_so() -> None:
+    from types import SimpleNamespace
+
+    from flowers.models.errors import ExportError
+    from flowers.models.runtime.litert import convert
+
+    converter = SimpleNamespace(target_spec=SimpleNamespace())
+    with pytest.raises(ExportError, match=r"none could be read \(the warnings above say why\): "
+                                          r"pass a folder of readable ones \(--photos"):
+        convert(converter, "int8", iter([]))
