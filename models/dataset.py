@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -211,6 +212,7 @@ def discover(root: Path) -> Dataset:
     found = {class_dir.name: list(walk_images(class_dir)) for class_dir in class_dirs}
     classes = {name: files for name, files in found.items() if files}
     check_class_names(root, list(classes))
+    check_class_folders(root, [root / name for name in classes])
     if len(classes) < 2:
         what = f"only class {next(iter(classes))!r}" if classes else "no class folders with images"
         raise DatasetError(
@@ -229,6 +231,28 @@ def discover(root: Path) -> Dataset:
                         name, len(files), MIN_PHOTOS_PER_CLASS)
         photos.extend(Photo(path, label) for path in files)
     return Dataset(root, tuple(classes), tuple(photos))
+
+
+def check_class_folders(root: Path, class_dirs: list[Path]) -> None:
+    """Raises `DatasetError` when class folders share photos: one that is (through links) the
+    photo folder or a folder around it would hold every class's photos, and one inside
+    another (or the same folder twice) would put its photos in two classes."""
+    real_root = root.resolve()
+    real = sorted(((folder.resolve(), folder) for folder in class_dirs),
+                  key=lambda pair: pair[0].parts)
+    for resolved, folder in real:
+        if resolved == real_root or resolved in real_root.parents:
+            raise DatasetError(
+                f"class folder {shown(folder.name)} is {resolved}, the photo folder or a folder "
+                "around it, so every class's photos would be its photos too: remove it or "
+                "the link")
+    # A folder's descendants sort right after it: neighbours tell every overlap.
+    for (outer, first), (inner, second) in itertools.pairwise(real):
+        if inner.parts[:len(outer.parts)] == outer.parts:
+            raise DatasetError(
+                f"class folders {shown(first.name)} and {shown(second.name)} share photos "
+                f"({inner} is {'' if inner == outer else 'inside '}{outer}), which would be "
+                "two classes at once: keep one, or make them folders apart")
 
 
 def class_name_problem(name: str) -> str | None:

@@ -86,6 +86,30 @@ def test_discover_refuses_missing_folder_and_file(tmp_path: Path) -> None:
         discover(touch(tmp_path / "photo.jpg"))
 
 
+def test_class_folders_that_share_photos_are_refused(tmp_path: Path) -> None:
+    """Through links: the photo folder itself or one around it as a class, a class inside
+    another, one folder as two classes. A class that links to a folder apart is fine."""
+    root = tmp_path / "photos"
+    for name in ("daisy", "roses"):
+        touch(root / name / "1.jpg")
+    touch(tmp_path / "elsewhere" / "tulips" / "1.jpg")
+    (root / "tulips").symlink_to(tmp_path / "elsewhere" / "tulips")
+    assert discover(root).class_names == ("daisy", "roses", "tulips")
+    for name, target, words in [
+        ("loop", root, f"class folder 'loop' is {root}, the photo folder or a folder around it"),
+        ("up", tmp_path, f"is {tmp_path}, the photo folder or a folder around it"),
+        ("rosa", root / "roses", f"class folders 'rosa' and 'roses' share photos "
+                                 f"({root / 'roses'} is {root / 'roses'})"),
+        ("all", tmp_path / "elsewhere", "class folders 'all' and 'tulips' share photos "
+                                        f"({tmp_path / 'elsewhere' / 'tulips'} is inside "),
+    ]:
+        (root / name).symlink_to(target)
+        with pytest.raises(DatasetError) as refused:
+            discover(root)
+        assert words in str(refused.value)
+        (root / name).unlink()
+
+
 def test_walk_skips_symlinked_folders_and_keeps_looping_links(tmp_path: Path) -> None:
     touch(tmp_path / "a" / "1.jpg")
     (tmp_path / "a" / "loop").symlink_to(tmp_path)
