@@ -22,6 +22,8 @@ into one network (`way+soup`: the same compute as one) and for their probabiliti
 (`way+ensemble`: one network pass per seed).
 
 `--set '{"label_smoothing": 0.0}'` changes fields of the fine-tune recipe for the probe.
+`--train-share 0.5` fits on half of each class's training photos (drawn per fold): a learning
+curve.
 
     FLOWERS_HOME=H .venv/bin/python bench/test_time_probe.py [--ways squash-224,squash-256,...]
 """
@@ -75,6 +77,9 @@ def main() -> None:
     parser.add_argument("--split-layer", default=None)
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--train-share", type=float, default=1.0,
+                        help="fit on this share of each class's training photos (a learning "
+                             "curve; the same photos for every seed)")
     parser.add_argument("--set", default="{}", help="a JSON object of fine-tune recipe fields")
     parser.add_argument("--dump", type=Path, default=None,
                         help="write an .npz of each fold's probabilities (first seed): the "
@@ -147,6 +152,12 @@ def main() -> None:
         train_rows = held["training"]
         if args.refit:
             train_rows = held["training"] + held["validation"] + held["testing"]
+        if args.train_share < 1:
+            chosen = np.random.default_rng(fold)
+            train_rows = sorted(
+                int(row) for label in np.unique(labels[train_rows])
+                for row in chosen.permutation([r for r in train_rows if labels[r] == label])[
+                    :round(args.train_share * sum(labels[r] == label for r in train_rows))])
         truth = labels[test_rows]
         line = [f"fold {fold + 1}:"]
         fits = []  # (application weights, final layer weights, final layer) of each seed
