@@ -44,10 +44,8 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
         raise UsageError("flowers export needs --output PATH (or --in-place)")
     elif output.exists() or output.is_symlink():
         raise UsageError(f"{output} exists: choose another --output or remove it")
-    elif (around := ownership.bundle_around(output.resolve().parent)) is not None:
-        # A bundle is replaced whole when it is trained again: an export inside would go too.
-        raise UsageError(f"--output {output} is inside the model bundle {around}: export it "
-                         "elsewhere")
+    else:  # inside a bundle, it would go when the bundle is trained again (replaced whole)
+        output = ownership.check_output_place(output)
     from flowers.models.export import add_fast_model, export_bundle, representative_photos
 
     if quantize == "int8":

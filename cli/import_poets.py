@@ -38,7 +38,7 @@ def import_poets(obj: CliContext, graph: Path, labels: Path, architecture: str |
     for path, what in ((graph, "GRAPH"), (labels, "--labels")):
         if not path.is_file():
             raise UsageError(f"{what} {path} does not exist or is not a file")
-    output = ownership.check_folder_place(output, "--output")
+    output = ownership.check_output_place(output, bundle=True)
     if output.exists():
         raise UsageError(f"--output {output} exists: choose another folder or remove it")
     require_tensorflow("flowers import-poets (it converts the graph)")

@@ -45,14 +45,10 @@ def _describe(summary: PageSummary, what: str) -> str:
 def review(source: Path, output: Path, photo_dir: Path | None, below: float | None, per_label: int,
            check_limit: int, seed: int) -> None:
     """Write a page of photos for SOURCE: a results CSV of label-dir, or a bundle folder."""
-    ownership.refuse_link(output, "--output")
-    output = check_output_file(output, "an .html file")
+    output = check_output_file(ownership.check_output_place(output), "an .html file")
     if (output.exists() or output.is_symlink()) and not ownership.is_review_page(output):
         raise UsageError(f"--output {output} exists and is not a page flowers review wrote: "
                          "name a new file or move it away")
-    if (bundle := ownership.bundle_around(output.parent)) is not None:
-        raise UsageError(f"--output {output} is inside the model bundle {bundle}: "
-                         "write the page elsewhere")
     if not source.is_dir() and not source.is_file():  # read, it could block for ever
         raise UsageError(f"{source} is not a regular file (a named pipe, a socket or a "
                          "device): pass a results CSV of label-dir, or a bundle folder")

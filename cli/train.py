@@ -55,7 +55,7 @@ from flowers.worker.messages import MAX_BATCH_SIZE
               help="codelab: steps between evaluations.")
 @click.option("--validation-percentage", type=NUMBER, default=10.0, show_default=True)
 @click.option("--testing-percentage", type=NUMBER, default=10.0, show_default=True)
-@click.option("--summaries-dir", type=PathParam(output=True), default=None,
+@click.option("--summaries-dir", type=PathParam(output=True, beside=False), default=None,
               help="Write TensorBoard summaries here.")
 @click.option("--bottleneck-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64,
               show_default=True)
@@ -98,15 +98,17 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     if fine_tune.cross_fit:  # every part needs a photo of every class
         stratified_folds(data.photos, fine_tune.cross_fit, "--cross-fit")
     target, what = output_folder(str(output) if output else None, settings.home, architecture)
-    target = ownership.check_folder_place(target, what, data.root)
+    target = ownership.check_output_place(target, data.root, what, bundle=True)
     output = target if output is not None else None
     ownership.check_bundle_output(target, what)
     if summaries_dir is not None:
-        summaries_dir = ownership.check_folder_place(summaries_dir, "--summaries-dir", data.root)
-        if summaries_dir == target or target in summaries_dir.parents or \
-                ownership.is_bundle(summaries_dir):
-            raise UsageError(f"--summaries-dir {summaries_dir} is a bundle's folder or inside "
-                             "one, which holds the bundle alone: write summaries elsewhere")
+        summaries_dir = ownership.check_output_place(summaries_dir, data.root, "--summaries-dir",
+                                                     folder=True)
+        for other, named in ((target, f"the bundle's folder {target}"),
+                             (data.root, f"the photo folder {data.root}")):
+            if not ownership.apart(summaries_dir, other):
+                raise UsageError(f"--summaries-dir {summaries_dir} and {named} overlap: "
+                                 "write summaries to a folder apart from both")
     weights = check_weights_option(weights)
     if not settings.broker_url and not wait:
         raise UsageError(

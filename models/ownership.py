@@ -166,36 +166,34 @@ def refuse_link(path: Path, what: str) -> None:
                          "file or folder itself")
 
 
-def check_folder_place(folder: Path, what: str, photo_dir: Path | None = None) -> Path:
-    """`folder` (one flowers will make or fill: a bundle, summaries) made absolute, or
-    `UsageError` before any work when it is a symbolic link, a file or under one, inside the
-    photo folder or inside a model bundle (the bundle itself may be replaced: see
-    `check_bundle_output`)."""
-    refuse_link(folder, what)
-    folder = folder.resolve()
-    for above in (folder, *folder.parents):  # the nearest that exists
-        if above.exists():
-            if not above.is_dir():
-                where = "" if above == folder else f": {above}"
-                raise UsageError(f"{what} {folder}{where} is a file, not a folder")
-            break
-    if photo_dir is not None and (folder == photo_dir or photo_dir in folder.parents):
-        raise UsageError(f"{what} {folder} is inside the photo folder; write it elsewhere")
-    if (bundle := bundle_around(folder.parent)) is not None:
-        raise UsageError(f"{what} {folder} is inside the model bundle {bundle}; "
-                         "write it elsewhere")
-    return folder
+def apart(one: Path, other: Path) -> bool:
+    """Whether neither of the two absolute paths is the other or inside it."""
+    return one != other and one not in other.parents and other not in one.parents
 
 
-def check_output_place(output: Path, photo_dir: Path) -> Path:
-    """`output` (a command's --output) made absolute, or `UsageError` when it is a symbolic
-    link, or in the photo folder or a bundle, where flowers writes nothing."""
-    refuse_link(output, "--output")
-    output = output.resolve()
-    if output == photo_dir or photo_dir in output.parents:
-        raise UsageError(f"--output {output} is inside the photo folder; write it elsewhere")
-    if (bundle := bundle_around(output)) is not None:
-        raise UsageError(f"--output {output} is inside the model bundle {bundle}; "
+def check_output_place(output: Path, photo_dir: Path | None = None, what: str = "--output",
+                       *, folder: bool = False, bundle: bool = False) -> Path:
+    """`output` (what a command will write: a file, or a `folder`, or a `bundle` folder that
+    may replace a bundle there) made absolute, or `UsageError` before any work when it is a
+    symbolic link (or below a loop of them), a file where a folder goes, under a file or a
+    folder that cannot be written, inside the photo folder, or a bundle or inside one (a
+    `bundle` output may be one: `check_bundle_output` says which may be replaced)."""
+    refuse_link(output, what)
+    try:
+        output = output.resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of links above it
+        raise UsageError(f"{what} {output} cannot be followed ({exc}): name another") from None
+    if (folder or bundle) and output.exists() and not output.is_dir():
+        raise UsageError(f"{what} {output} is a file, not a folder")
+    above = next(parent for parent in output.parents if parent.exists())
+    if not above.is_dir():
+        raise UsageError(f"{what} {output}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {output}: folder {above} is not writable; write elsewhere")
+    if photo_dir is not None and (output == photo_dir or photo_dir in output.parents):
+        raise UsageError(f"{what} {output} is inside the photo folder; write it elsewhere")
+    if (around := bundle_around(output.parent if bundle else output)) is not None:
+        raise UsageError(f"{what} {output} is inside the model bundle {around}; "
                          "write it elsewhere")
     return output
 

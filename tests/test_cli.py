@@ -248,14 +248,16 @@ def test_every_path_parameter_refuses_an_empty_path_and_outputs_refuse_a_dash(
             with pytest.raises(click.BadParameter):
                 param.type.convert(value, param, None)
         assert param.type.output == (param.name in ("output", "summaries_dir")), (name, param.name)
-        if param.type.output:
+        assert param.type.beside == (param.name == "output"), (name, param.name)
+        if param.type.beside:
             with pytest.raises(click.BadParameter, match="at most 228: shorten it"):
                 param.type.convert(str(tmp_path / ("n" * 229)), param, None)
             assert param.type.convert(str(tmp_path / ("n" * 228)), param, None).name == "n" * 228
     assert PathParam().convert("-", None, None) == Path("-")  # an input named - is a file
 
 
-def test_an_empty_photo_folder_argument_is_not_the_current_folder(tmp_path: Path) -> None:
+def test_path_slips_are_refused_at_the_option_before_any_work(tmp_path: Path) -> None:
+    """An empty photo folder (not the current folder), `--output -`, a name too long."""
     result = run_flowers("label-dir", "", "--model", str(tmp_path), "--output",
                          str(tmp_path / "out.csv"), env=flowers_env(tmp_path, None, None))
     assert_one_line_error(result, 2, "PHOTO_DIR", "the path is empty")
@@ -272,7 +274,13 @@ def test_folders_train_and_import_poets_write_are_checked_before_any_work(
     photo_subset: Path, tmp_path: Path,
 ) -> None:
     """A bundle's --output and train's --summaries-dir: not a link, a file or under one, nor
-    inside a bundle (a summaries folder there would leave files the bundle does not own)."""
+    inside a bundle (a summaries folder there would leave files the bundle does not own); the
+    summaries apart from the bundle's folder and the photo folder (TensorBoard's files would
+    land among them, and a bundle folder holding them cannot be replaced)."""
+    import shutil
+
+    photos = tmp_path / "data" / "photos"
+    shutil.copytree(photo_subset, photos)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine\n")
     bundle = tmp_path / "bundle"
@@ -286,13 +294,16 @@ def test_folders_train_and_import_poets_write_are_checked_before_any_work(
     labels.write_text("daisy\nroses\n")
     for option, value, words in [
         ("--summaries-dir", a_file, f"{a_file} is a file, not a folder"),
-        ("--summaries-dir", bundle, "is a bundle's folder or inside one"),
+        ("--summaries-dir", bundle, f"is inside the model bundle {bundle}"),
         ("--summaries-dir", bundle / "train", f"is inside the model bundle {bundle}"),
-        ("--summaries-dir", tmp_path / "out" / "logs", "is a bundle's folder or inside one"),
+        ("--summaries-dir", tmp_path / "out" / "logs",
+         f"and the bundle's folder {tmp_path / 'out'} overlap"),
+        ("--summaries-dir", tmp_path, f"and the bundle's folder {tmp_path / 'out'} overlap"),
+        ("--summaries-dir", photos.parent, f"and the photo folder {photos} overlap"),
         ("--output", a_file / "bundle", f": {a_file} is a file, not a folder"),
         ("--output", bundle / "inner", f"is inside the model bundle {bundle}"),
     ]:
-        command = ["train", str(photo_subset), "--output", str(tmp_path / "out")]
+        command = ["train", str(photos), "--output", str(tmp_path / "out")]
         command = [*command[:2], option, str(value)] if option == "--output" else \
             [*command, option, str(value)]
         assert_one_line_error(run_flowers(*command, env=env), 2, f"{option} ", words)

@@ -156,7 +156,7 @@ def retrain(
     }
     misclassified = _misclassified(probabilities["testing"], kept, rows["testing"], data)
     if request.summaries_dir:
-        head.write_summaries(history, Path(request.summaries_dir))
+        _write_summaries(history, Path(request.summaries_dir))
 
     progress("export", 0, 1, {})
     phase_start = time.perf_counter()
@@ -324,6 +324,18 @@ def _model_note(fitted: trainer.Fitted) -> str:
 
 def _percent(value: object) -> str:
     return f"{value:.1%}" if isinstance(value, float) else "n/a"
+
+
+def _write_summaries(history: list[dict[str, float]], summaries_dir: Path) -> None:
+    """TensorBoard's curves, a side output: a folder that cannot take them (checked when the
+    command started, changed since) loses them, with a warning, not the training."""
+    import tensorflow as tf
+
+    try:
+        head.write_summaries(history, summaries_dir)
+    except (OSError, tf.errors.OpError) as exc:
+        log.warning("the training's summaries were not written to %s (%s): the bundle is "
+                    "written without them", summaries_dir, getattr(exc, "message", exc))
 
 
 def _misclassified(
