@@ -10,6 +10,7 @@ them, not `tempfile`'s owner-only 0600/0700: the CLI and the workers may be diff
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -104,6 +105,18 @@ def write_text_atomically(path: Path, text: str) -> None:
 MAX_SMALL_FILE = 64 * 1024 * 1024
 
 
+# What a file that is not a regular file is, by the stat test that tells it.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path: Path | str, info: os.stat_result) -> str:
+    """What `path` is when `info` (its stat, links followed) is not a regular file or a folder:
+    "a named pipe", "a symbolic link to a character device", ..."""
+    kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+    return f"a symbolic link to {kind}" if os.path.islink(path) else kind
+
+
 def read_regular_file(path: Path, limit: int = MAX_SMALL_FILE, whole: bool = True) -> bytes:
     """The bytes of the regular file `path`, at most `limit` of them (`whole`: a longer file
     is an `OSError`; else its first `limit` bytes); `OSError` for anything else. A named pipe
@@ -132,16 +145,21 @@ def json_value(text: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-def check_npy_size(stream: BinaryIO, size: int) -> None:
-    """`ValueError` unless the .npy file in `stream` (`size` bytes) holds as many bytes as its
-    header's shape and type call for: `np.load` allocates the array its header describes before
-    reading any, so a damaged header could ask for terabytes."""
+def read_npy(path: Path, limit: int = MAX_SMALL_FILE) -> Any:
+    """The array of the .npy file `path` (a regular file of at most `limit` bytes, read as
+    `read_regular_file` reads), or `OSError`/`ValueError`: a file holding another number of
+    bytes than its header's shape and type call for is refused before numpy allocates what the
+    header asks (a damaged header could ask for terabytes)."""
+    import numpy as np
     from numpy.lib import format as npy
 
+    data = read_regular_file(path, limit)
+    stream = io.BytesIO(data)
     version = npy.read_magic(stream)
     read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
     shape, _, dtype = read_header(stream)
     wanted = math.prod(shape) * dtype.itemsize
-    if dtype.hasobject or size - stream.tell() != wanted:
+    if dtype.hasobject or len(data) - stream.tell() != wanted:
         raise ValueError(f"its header says {shape} of {dtype}, {wanted:,} bytes, but it holds "
-                         f"{size - stream.tell():,}")
+                         f"{len(data) - stream.tell():,}")
+    return np.load(io.BytesIO(data), allow_pickle=False)

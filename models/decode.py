@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
 
+from flowers.models.atomic import special_kind
 from flowers.models.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -130,18 +131,6 @@ def _read_at_most(path: Path, handle: io.BufferedReader, size: int) -> bytes:
     if data is None:  # a regular file that would block, such as some files of /proc
         raise ImageDecodeError(path, "cannot read: it has no bytes to give without waiting")
     return data
-
-
-# What a file that is not a regular file is, by the stat test that tells it.
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def special_kind(path: Path | str, info: os.stat_result) -> str:
-    """What `path` is when `info` (its stat, links followed) is not a regular file or a folder:
-    "a named pipe", "a symbolic link to a character device", ..."""
-    kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
-    return f"a symbolic link to {kind}" if os.path.islink(path) else kind
 
 
 def _check_regular(path: Path, info: os.stat_result) -> None:

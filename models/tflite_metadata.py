@@ -303,6 +303,16 @@ def _metadata_buffer(card: ModelCard, outputs: list[str]) -> bytes:
     return bytes(builder.Output())
 
 
+def other_bundles(tflite: bytes, where: str, bundle_id: str) -> str | None:
+    """Why `tflite` (read from `where`) is not bundle `bundle_id`'s model: its metadata names
+    another bundle; None when it names this one or none (made before bundles carried
+    metadata). `BundleError` as `read_metadata`."""
+    packed = read_metadata(tflite, where)
+    if packed is None or packed.version == bundle_id:
+        return None
+    return f"{where} is bundle {packed.version}'s, not this bundle's ({bundle_id})"
+
+
 def read_metadata(tflite: bytes, where: str = "model.tflite") -> Packed | None:
     """The metadata `with_metadata` wrote into `tflite`, or None if it has none; raises
     `BundleError` naming `where` if `tflite` is not a LiteRT model or its metadata is

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from flowers.models.bundle import (
 from flowers.models.errors import BundleError, UsageError, require_tensorflow
 from flowers.models.manifest import check_model_shapes
 from flowers.models.runtime.litert import REPRESENTATIVE_PHOTOS, spread
-from flowers.models.tflite_metadata import MAX_MODEL_BYTES, read_metadata
+from flowers.models.tflite_metadata import MAX_MODEL_BYTES, other_bundles
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,12 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
     representative = None
     if quantize == "int8":
         paths = representative_photos(bundle, manifest, photos)
-        representative = _batches(paths, int(manifest["input_size"][0]))
+        representative = list(_batches(paths, int(manifest["input_size"][0])))
+        if not representative:
+            raise UsageError(f"int8 calibrates on the bundle's training photos, and none of the "
+                             f"{len(paths)} found could be read (the warnings above say why): "
+                             "pass a folder of readable ones (--photos PHOTO_DIR), or export "
+                             "float16")
     staging = _staged(output)
     try:
         if fmt == "tflite":
@@ -165,10 +170,9 @@ def bundle_tflite(bundle: Path, manifest: dict[str, Any], threads: int = 1) -> b
             data = read_regular_file(path, MAX_MODEL_BYTES)
         except OSError as exc:
             raise BundleError(f"cannot read {path} ({exc.strerror or exc})") from None
-        packed = read_metadata(data, str(path))  # a damaged flatbuffer or metadata: BundleError
-        if packed is not None and packed.version != manifest["bundle_id"]:
-            problem = (f"{path} is bundle {packed.version}'s, not this bundle's "
-                       f"({manifest['bundle_id']})")
+        # A damaged flatbuffer or metadata: BundleError.
+        if other := other_bundles(data, str(path), manifest["bundle_id"]):
+            problem = other
         else:
             runner = LiteRTRunner(path, batch_size=1)  # one LiteRT cannot load: BundleError
             try:
@@ -197,7 +201,7 @@ def _refuse_float_for_quantized(manifest: dict[str, Any], problem: str) -> None:
 
 
 def _converted(bundle: Path, manifest: dict[str, Any], quantize: str | None = None,
-               representative: Iterator[np.ndarray] | None = None) -> bytes:
+               representative: Iterable[np.ndarray] | None = None) -> bytes:
     """The bundle's model converted to LiteRT again (needs TensorFlow): its Keras model's, or
     an imported bundle's graph's. Float: the whole model, as the bundle keeps it; quantized:
     the probabilities alone (`probabilities_model`)."""

@@ -25,6 +25,7 @@ knows which backend runs. Either way the model, once open, is checked against th
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
@@ -235,23 +236,27 @@ def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Run
 
 def _model_file_there(tflite: Path) -> bool:
     """Whether the bundle's model.tflite is there (False: made before bundles carried one);
-    `BundleError` when something else is in its place (a folder, a pipe, a link to a device or
-    to nothing), which no model was ever written as."""
-    from flowers.models.decode import special_kind
+    `BundleError` when something else is in its place (a folder, a pipe, a link to a device,
+    to nothing or in a loop), which no model was ever written as."""
+    from flowers.models.atomic import special_kind
 
     try:
         info = os.stat(tflite)
-    except FileNotFoundError:
-        if not tflite.is_symlink():
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and not tflite.is_symlink():
             return False
-        problem = f"a symbolic link to {os.readlink(tflite)}, which does not exist"
+        problem = (f"a symbolic link to {os.readlink(tflite)}, which does not exist"
+                   if exc.errno == errno.ENOENT else f"not readable ({exc.strerror or exc})")
     else:
         if stat.S_ISREG(info.st_mode):
             return True
         problem = "a folder" if stat.S_ISDIR(info.st_mode) else special_kind(tflite, info)
-    raise BundleError(f"{tflite} is {problem}, not a model file: put the bundle's own back "
-                      f"(`flowers export {tflite.parent} --format tflite --in-place` converts it "
-                      "again) or retrain the bundle")
+    raise BundleError(f"{tflite} is {problem}, not a model file: {_PUT_BACK.format(tflite.parent)}")
+
+
+# What to do about a model.tflite that is not the bundle's own.
+_PUT_BACK = ("remove it, then `flowers export {} --format tflite --in-place` converts the bundle's "
+             "model again (or retrain the bundle)")
 
 
 def check_own_model(bundle: Path, manifest: dict[str, Any]) -> None:
@@ -261,7 +266,7 @@ def check_own_model(bundle: Path, manifest: dict[str, Any]) -> None:
     none; a bundle without model.tflite has nothing to check."""
     from flowers.models.atomic import read_regular_file
     from flowers.models.bundle import TFLITE_FILE
-    from flowers.models.tflite_metadata import MAX_MODEL_BYTES, read_metadata
+    from flowers.models.tflite_metadata import MAX_MODEL_BYTES, other_bundles
 
     tflite = bundle / TFLITE_FILE
     if not _model_file_there(tflite):
@@ -270,12 +275,8 @@ def check_own_model(bundle: Path, manifest: dict[str, Any]) -> None:
         data = read_regular_file(tflite, MAX_MODEL_BYTES)
     except OSError as exc:
         raise BundleError(f"cannot read {tflite} ({exc.strerror or exc})") from None
-    packed = read_metadata(data, str(tflite))
-    if packed is not None and packed.version != manifest["bundle_id"]:
-        raise BundleError(f"{tflite} is bundle {packed.version}'s, not this bundle's "
-                          f"({manifest['bundle_id']}): put the bundle's own back (`flowers "
-                          f"export {tflite.parent} --format tflite --in-place` converts it "
-                          "again) or retrain the bundle")
+    if other := other_bundles(data, str(tflite), manifest["bundle_id"]):
+        raise BundleError(f"{other}: {_PUT_BACK.format(bundle)}")
 
 
 def open_runner(bundle: Path, manifest: dict[str, Any], runtime: str, threads: int,
