@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowers.models.atomic import check_npy_size, write_atomically
+from flowers.models.atomic import read_npy, write_atomically
 from flowers.models.decode import PREPROCESS_VERSION, decode_image, read_bytes
 from flowers.models.errors import ImageDecodeError
 from flowers.models.runtime import batching
@@ -41,13 +40,14 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# The largest cache entry read: a photo's views of split-layer activations are a few MB.
+MAX_ENTRY_BYTES = 1 << 30
+
+
 def load_entry(path: Path) -> np.ndarray | None:
     """A cached array, or None when absent or unreadable (then it is recomputed)."""
     try:
-        with open(path, "rb") as handle:
-            check_npy_size(handle, os.fstat(handle.fileno()).st_size)
-            handle.seek(0)
-            return np.load(handle, allow_pickle=False)
+        return np.asarray(read_npy(path, MAX_ENTRY_BYTES))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError) as exc:

@@ -17,7 +17,6 @@ imported from the codelab) gives none either (`load_decider` returns None).
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from flowers.models.atomic import check_npy_size, read_regular_file
+from flowers.models.atomic import read_npy
 from flowers.models.bundle import FEATURES_FILE
 from flowers.models.errors import BundleError, UsageError
 
@@ -167,9 +166,7 @@ def _reference(path: Path, size: int) -> np.ndarray:
     """The training photos' features, normalised, from the bundle's file (a regular file only:
     a pipe put there cannot block the reader)."""
     try:
-        data = read_regular_file(path)
-        check_npy_size(io.BytesIO(data), len(data))
-        features = np.load(io.BytesIO(data), allow_pickle=False)
+        features = read_npy(path)
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path} ({exc}): retrain the bundle") from None
     if features.ndim != 2 or features.shape[1] != size or len(features) == 0:
