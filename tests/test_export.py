@@ -211,8 +211,14 @@ def test_export_errors_are_one_line_and_write_nothing(
     manifest = json.loads((moved / "manifest.json").read_text())
     manifest["photo_dir"] = str(tmp_path / "gone")
     (moved / "manifest.json").write_text(json.dumps(manifest))
+    unreadable = tmp_path / "unreadable"  # the training photos' names, every file empty
+    for name in json.loads((bundle / SPLIT_FILE).read_text())["training"]:
+        (unreadable / name).parent.mkdir(parents=True, exist_ok=True)
+        (unreadable / name).touch()
     cases = [
         (["--format", "onnx", "--output", str(tmp_path / "a")], "'onnx' is not one of"),
+        (["--quantize", "int8", "--photos", str(unreadable), "--output", str(tmp_path / "c")],
+         "could be read (the warnings above say why): pass a folder of readable ones"),
         (["--output", str(taken)], "exists"),
         (["--quantize", "int8", "--output", str(tmp_path / "b")], "pass --photos"),
         ([], "needs --output"),
@@ -222,7 +228,8 @@ def test_export_errors_are_one_line_and_write_nothing(
         result = run_flowers("export", str(target), *extra, env=env)
         assert result.returncode == 2, (extra, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["moved", "taken"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == [
+        "moved", "taken", "unreadable"]
 
 
 def test_mediapipe_image_classifier_names_the_bundle_classes(
@@ -316,15 +323,3 @@ def test_an_export_inside_a_bundle_is_refused(
         assert f"--output {output} is inside the model bundle {bundle}" in result.stderr
         assert not output.exists()
     assert not (bundle / "deeper").exists(), "no folder made inside the bundle"
-
-
-def test_int8_with_no_photo_that_could_be_read_says_so() -> None:
-    from types import SimpleNamespace
-
-    from flowers.models.errors import ExportError
-    from flowers.models.runtime.litert import convert
-
-    converter = SimpleNamespace(target_spec=SimpleNamespace())
-    with pytest.raises(ExportError, match=r"none could be read \(the warnings above say why\): "
-                                          r"pass a folder of readable ones \(--photos"):
-        convert(converter, "int8", iter([]))

@@ -101,9 +101,7 @@ def convert(converter: Any, quantize: str | None = None,
             raise ExportError("int8 quantization needs representative photos")
         batches = list(representative)
         if not batches:
-            raise ExportError("int8 quantization needs representative photos, and none could "
-                              "be read (the warnings above say why): pass a folder of readable "
-                              "ones (--photos PHOTO_DIR), or export float16")
+            raise ExportError("int8 quantization needs representative photos; none were given")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([batch] for batch in batches)
     printed = io.StringIO()

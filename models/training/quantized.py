@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from flowers.models.decode import load_image
-from flowers.models.errors import BundleError, ImageDecodeError
+from flowers.models.errors import BundleError, DatasetError, ImageDecodeError
 from flowers.models.runtime.litert import spread, to_tflite
 from flowers.models.runtime.runners import LiteRTRunner
 from flowers.models.runtime.tensorflow_setup import tensorflow_threads
@@ -54,6 +54,10 @@ class QuantizedScores:
         by_label = sorted(training_rows, key=lambda row: int(labels[row]))
         self.representative = [pixels[None] for row in spread(by_label, lambda row: labels[row])
                                if (pixels := self._pixels(row)) is not None]
+        if not self.representative:
+            raise DatasetError(f"no training photo could be read again to calibrate the "
+                               f"{quantize} model (the worker's warnings say why): check the "
+                               f"photo folder, or train without --quantize {quantize}")
         wanted = list(range(len(self.paths)) if rows is None else rows)
         with tempfile.TemporaryDirectory(prefix="flowers-quantized-") as folder:
             path = Path(folder) / "model.tflite"
