@@ -209,10 +209,10 @@ def discover(root: Path) -> Dataset:
             f"cannot list photo folder {shown(str(root))} ({exc.strerror or exc}): make it "
             "readable"
         ) from None
+    check_class_folders(root, class_dirs)  # before walking: one may be all of / through a link
     found = {class_dir.name: list(walk_images(class_dir)) for class_dir in class_dirs}
     classes = {name: files for name, files in found.items() if files}
     check_class_names(root, list(classes))
-    check_class_folders(root, [root / name for name in classes])
     if len(classes) < 2:
         what = f"only class {next(iter(classes))!r}" if classes else "no class folders with images"
         raise DatasetError(

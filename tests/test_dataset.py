@@ -98,6 +98,7 @@ def test_class_folders_that_share_photos_are_refused(tmp_path: Path) -> None:
     for name, target, words in [
         ("loop", root, f"class folder 'loop' is {root}, the photo folder or a folder around it"),
         ("up", tmp_path, f"is {tmp_path}, the photo folder or a folder around it"),
+        ("all_of_it", Path("/"), "is /, the photo folder"),  # refused before it is walked
         ("rosa", root / "roses", f"class folders 'rosa' and 'roses' share photos "
                                  f"({root / 'roses'} is {root / 'roses'})"),
         ("all", tmp_path / "elsewhere", "class folders 'all' and 'tulips' share photos "
