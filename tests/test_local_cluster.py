@@ -118,7 +118,7 @@ def test_old_runs_logs_are_pruned_and_nothing_else(tmp_path: Path) -> None:
         for name in (f"worker-{run}.log", f"redis-{run}.log"):
             (logs / name).write_text("log\n")
             os.utime(logs / name, (old, old))
-    (logs / f"worker-{runs[1]}.log").touch()  # the second oldest run is still writing
+    (logs / f"worker-{runs[1]}.log").touch()  # the second oldest run is still writing: kept whole
     others = ["notes.log", "worker-latest.log", f"redis-{runs[0]}.rdb"]
     for name in others:
         (logs / name).write_text("mine\n")
@@ -126,13 +126,13 @@ def test_old_runs_logs_are_pruned_and_nothing_else(tmp_path: Path) -> None:
     linked = "worker-20261130-120000-99.log"  # named as a run's log, older than all: a link
     (logs / linked).symlink_to(logs / "notes.log")
 
-    assert prune_run_logs(logs, keep=3) == 7
+    assert prune_run_logs(logs, keep=3) == 6
     left = sorted(path.name for path in logs.iterdir())
-    kept = [f"worker-{runs[1]}.log"] + [f"{kind}-{run}.log" for run in runs[-3:]
-                                        for kind in ("worker", "redis")]
+    kept = [f"{kind}-{run}.log" for run in (runs[1], *runs[-3:]) for kind in ("worker", "redis")]
     assert left == sorted(kept + others + [linked])
     assert (logs / "notes.log").read_text() == "mine\n"
     assert prune_run_logs(logs, keep=3) == 0
+    assert prune_run_logs(tmp_path / "gone", keep=3) == 0  # housekeeping: nothing to list
 
 
 def test_a_flowers_home_where_no_log_can_be_kept_is_one_line(
@@ -141,7 +141,7 @@ def test_a_flowers_home_where_no_log_can_be_kept_is_one_line(
     result = run_flowers("label-dir", str(collection), "--model", str(trained_bundle[0]),
                          "--output", str(tmp_path / "out.csv"),
                          env=flowers_env(Path("/proc"), None, None))
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "Error: cannot keep the local run's logs in /proc/logs (No such file or directory): set "
         "FLOWERS_HOME to a folder of yours that can be written"]

@@ -33,7 +33,12 @@ from pathlib import Path
 
 import redis
 
-from flowers.models.errors import FlowersError, QueueUnavailableError, os_error_message
+from flowers.models.errors import (
+    FlowersError,
+    QueueUnavailableError,
+    SettingsError,
+    os_error_message,
+)
 from flowers.worker.train_process import libc, parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -282,7 +287,7 @@ def _stopping_cluster() -> Iterator[None]:
 
 
 # The local runs whose logs a new run keeps, newest first by the time in their names; an older
-# run's are removed unless written to within KEEP_RECENT_LOG_SECONDS (a run still going).
+# run's are removed unless one was written to within KEEP_RECENT_LOG_SECONDS (a run still going).
 KEEP_RUN_LOGS = 50
 KEEP_RECENT_LOG_SECONDS = 24 * 3600
 # What local_cluster names its logs, and nothing else in FLOWERS_HOME/logs is removed.
@@ -291,24 +296,31 @@ RUN_LOG = re.compile(r"(?:worker|redis)-(\d{8}-\d{6}-\d+)\.log")
 
 def prune_run_logs(logs: Path, keep: int = KEEP_RUN_LOGS) -> int:
     """Removes the logs of all but the newest `keep` local runs from `logs` (regular files named
-    as `local_cluster` names them, not written to for a day); returns how many went. A file
-    that cannot be removed is left, with a debug line."""
+    as `local_cluster` names them), a run's files together and only when none was written to
+    for a day; returns how many files went. Housekeeping: what cannot be listed or removed is
+    left, with a debug line."""
     runs: dict[str, list[os.DirEntry[str]]] = {}
-    with os.scandir(logs) as listing:
-        for entry in listing:
-            named = RUN_LOG.fullmatch(entry.name)
-            if named and entry.is_file(follow_symlinks=False):
-                runs.setdefault(named[1], []).append(entry)
+    try:
+        with os.scandir(logs) as listing:
+            for entry in listing:
+                named = RUN_LOG.fullmatch(entry.name)
+                if named and entry.is_file(follow_symlinks=False):
+                    runs.setdefault(named[1], []).append(entry)
+    except OSError as exc:
+        log.debug("no old run logs pruned in %s: %s", logs, exc)
+        return 0
     removed = 0
     oldest_kept = time.time() - KEEP_RECENT_LOG_SECONDS
     for run in sorted(runs)[:max(0, len(runs) - keep)]:
-        for entry in runs[run]:
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime < oldest_kept:
-                    os.unlink(entry.path)
-                    removed += 1
-            except OSError as exc:
-                log.debug("left %s: %s", entry.path, exc)
+        try:
+            if max(entry.stat(follow_symlinks=False).st_mtime for entry in runs[run]) \
+                    >= oldest_kept:
+                continue
+            for entry in runs[run]:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError as exc:
+            log.debug("left the logs of run %s: %s", run, exc)
     return removed
 
 
@@ -319,11 +331,12 @@ def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
     logs = home / "logs"
     try:
         logs.mkdir(parents=True, exist_ok=True)
-        prune_run_logs(logs)
-    except OSError as exc:  # a full disk or permissions: their own advice
-        raise FlowersError(os_error_message(exc) or (
-            f"cannot keep the local run's logs in {logs} ({exc.strerror or exc}): set "
-            "FLOWERS_HOME to a folder of yours that can be written")) from None
+    except OSError as exc:
+        if known := os_error_message(exc):  # a full disk or permissions: their own advice
+            raise FlowersError(known) from None
+        raise SettingsError(f"cannot keep the local run's logs in {logs} ({exc.strerror or exc}): "
+                            "set FLOWERS_HOME to a folder of yours that can be written") from None
+    prune_run_logs(logs)
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with stopped_by_signals():
         # Nothing persisted: its folder holds only its log, beside the worker's (no temporary
