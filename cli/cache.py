@@ -44,8 +44,9 @@ def cache(obj: CliContext, do_clear: bool, kind: str | None, network: str | None
     network = _cached_name(home, network)
     if do_clear:
         freed = clear(home, kinds, network)
+        chosen = " ".join(filter(None, (network, kind))) or "cached"
         click.echo(f"cleared {_size(freed)} from {home}" if freed else
-                   f"nothing to clear in {home}")
+                   f"no {chosen} entries to clear in {home}")
         return
     rows = [item for item in usage(home)
             if item.kind in kinds and (network is None or item.network == network)]

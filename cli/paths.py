@@ -20,11 +20,12 @@ OUTPUT_NAME_ROOM = len(JOB_RECORD_SUFFIX) + BESIDE_NAME_BYTES
 
 
 class PathParam(click.Path):
-    """click.Path with `path_type=Path`, refusing an empty path, and `-` where `output`."""
+    """click.Path with `path_type=Path`, refusing an empty path; where `output`, also `-`, and
+    (unless the files go inside it, not `beside`) a name without room for those beside it."""
 
-    def __init__(self, *, output: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, output: bool = False, beside: bool = True, **kwargs: Any) -> None:
         super().__init__(path_type=Path, **kwargs)
-        self.output = output
+        self.output, self.beside = output, output and beside
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
@@ -35,7 +36,7 @@ class PathParam(click.Path):
             self.fail("flowers writes files, not standard output: name a file (`./-` for a "
                       "file named -)", param, ctx)
         path = super().convert(value, param, ctx)
-        if self.output and isinstance(path, Path):
+        if self.beside and isinstance(path, Path):
             size, longest = len(os.fsencode(path.name)), name_max(path.parent) - OUTPUT_NAME_ROOM
             if size > longest:
                 self.fail(f"the name {path.name[:40]!r}... is {size} bytes; flowers names files "
@@ -53,4 +54,3 @@ def name_max(folder: Path) -> int:
         except (OSError, ValueError):
             continue
     return 255
-

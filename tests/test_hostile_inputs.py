@@ -244,7 +244,8 @@ def test_cache_clear_removes_only_cache_entries(flowers_home: Path, tmp_path: Pa
         f"lists them) nor in the caches of {flowers_home} (they hold: net)"]
     assert (entries / f"{'ab' * 32}.npy").exists()
     nothing = run_flowers("cache", "--clear", "--network", "mobilenet_v2", env=env)
-    assert nothing.stdout.strip() == f"nothing to clear in {flowers_home}", nothing.stderr
+    assert nothing.stdout.strip() == (
+        f"no mobilenet_v2_1.0_224 entries to clear in {flowers_home}"), nothing.stderr
     assert (entries / f"{'ab' * 32}.npy").exists()
     assert clear(flowers_home) == 100
     assert sorted(path.name for path in entries.iterdir()) == [f"{'ef' * 32}.npy", "notes.txt"]

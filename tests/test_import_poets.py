@@ -18,7 +18,6 @@ from flowers.cli.main import cli
 from flowers.models.bundle import LABELS_FILE, TFLITE_FILE, read_manifest
 from flowers.models.dataset import walk_images
 from flowers.models.decode import codelab_bilinear, open_rgb
-from flowers.models.errors import UsageError
 from flowers.models.runtime.runners import LiteRTRunner
 from flowers.models.tflite_metadata import read_metadata
 from tests.conftest import WorkerFactory, flowers_env, run_flowers
@@ -333,17 +332,32 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert not [name for name in tmp_path.iterdir() if name.name.startswith(".bundle")]
 
 
-def test_a_labels_file_an_editor_saved_with_a_byte_order_mark_gives_the_same_names(
-    tmp_path: Path,
-) -> None:
+def test_labels_are_read_as_utf8_in_any_locale_without_a_byte_order_mark(tmp_path: Path) -> None:
+    """Under the C locale (ASCII), as an editor saved them (a byte-order mark first, CRLF)."""
+    import os
+    import subprocess
+    import sys
+
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("\ufeffdaisy\r\nmuguet été\r\n".encode())
+    script = ("import sys, types; from pathlib import Path; "
+              "from flowers.models.codelab.importer import read_labels; "
+              "graph = types.SimpleNamespace(classes=2, path=Path('g.pb'), "
+              "output_tensor='final_result'); "
+              "print(ascii(read_labels(Path(sys.argv[1]), graph)))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}
+    read = subprocess.run([sys.executable, "-c", script, str(labels)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == ascii(["daisy", "muguet été"])
+    labels.write_bytes("daisy\nmuguet été\n".encode("latin-1"))
     from types import SimpleNamespace
 
     from flowers.models.codelab.importer import read_labels
+    from flowers.models.errors import UsageError
 
     graph = SimpleNamespace(classes=2, path=tmp_path / "g.pb", output_tensor="final_result")
-    labels = tmp_path / "labels.txt"
-    labels.write_bytes("\ufeffdaisy\r\nroses\r\n".encode())
-    assert read_labels(labels, graph) == ["daisy", "roses"]  # type: ignore[arg-type]
-    labels.write_bytes(b"daisy\n\xe9t\xe9\n")
-    with pytest.raises(UsageError, match=f"cannot read --labels {labels}"):
+    with pytest.raises(UsageError, match=f"cannot read --labels {labels}: not UTF-8 \\(byte 13\\): "
+                                         "save it as UTF-8$"):
         read_labels(labels, graph)  # type: ignore[arg-type]

@@ -86,8 +86,11 @@ def read_labels(path: Path, graph: PoetsGraph) -> list[str]:
     try:
         text = read_regular_file(Path(path)).decode("utf-8-sig")
         names = [line.strip() for line in text.splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --labels {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read --labels {path}: not UTF-8 (byte {exc.start}): save it "
+                         "as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --labels {path}: {exc.strerror or exc}") from None
     while names and not names[-1]:
         names.pop()
     if len(names) != graph.classes:
