@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowers.models.errors import UsageError
-from flowers.worker.csv_rows import row_reader
+from flowers.worker.results import row_reader
 
 log = logging.getLogger(__name__)
 

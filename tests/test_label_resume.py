@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from flowers.cli.main import cli
-from flowers.models.bundle import read_manifest
+from flowers.models.bundle import TFLITE_FILE, labelled, read_manifest
 from flowers.models.errors import FlowersError
 from flowers.worker import results
 from flowers.worker.jobs import JobStore, patient_client
@@ -151,6 +151,8 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["bundle_id"] = "0" * 32
     (other / "manifest.json").write_text(json.dumps(manifest))
+    # Another bundle through and through: its model names it (else label-dir refuses the model).
+    (other / TFLITE_FILE).write_bytes(labelled((bundle / TFLITE_FILE).read_bytes(), manifest))
     refused = run_flowers(*args, "--model", str(other), env=env)
     assert refused.returncode == 2
     assert "another bundle id" in refused.stderr and "--overwrite" in refused.stderr

@@ -52,7 +52,8 @@ from typing import Any
 from flowers.models import ownership
 from flowers.models.atomic import json_value, write_text_atomically
 from flowers.models.errors import UsageError, os_error_advice
-from flowers.worker.csv_rows import RowWriter, row_reader
+from flowers.worker.csv_rows import RowWriter
+from flowers.worker.csv_rows import row_reader as row_reader  # the CSV's reader, for review
 from flowers.worker.output_csv import header, now, write_csv, write_partitions
 from flowers.worker.sorted_parts import sorted_rows, unique_paths
 
