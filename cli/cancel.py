@@ -7,7 +7,9 @@ import click
 from flowers.cli.context import CliContext
 from flowers.cli.queue import connect
 from flowers.models.errors import UsageError
+from flowers.worker import messages
 from flowers.worker.jobs import FINAL_STATES, JobStore
+from flowers.worker.messages import MessageError
 
 
 @click.command()
@@ -15,6 +17,10 @@ from flowers.worker.jobs import FINAL_STATES, JobStore
 @click.pass_obj
 def cancel(obj: CliContext, job_id: str) -> None:
     """Cancel job JOB_ID. Rerunning its command resumes from the rows already written."""
+    try:
+        messages.job_id(job_id)
+    except MessageError as exc:
+        raise UsageError(f"{exc}: pass the id label-dir, train or evaluate printed") from None
     url = obj.settings.broker_url
     if url is None:
         raise UsageError("flowers cancel acts on a cluster: set FLOWERS_BROKER_URL to its Redis")

@@ -12,6 +12,16 @@ from flowers.cli.queue import connect
 from flowers.worker.settings import WORKER_CONCURRENCY, Settings, redact_url
 
 
+def _node_name(value: str | None) -> str | None:
+    """`--hostname` as `flowers workers` lists it, one line a worker: no spaces or control
+    characters (a line break would forge a second entry), at most 255 characters."""
+    if value is not None and (not value or len(value) > 255 or any(
+            char.isspace() or not char.isprintable() for char in value)):
+        raise click.BadParameter(f"{value[:60]!r} is not a node name: give 1 to 255 printable "
+                                 "characters without spaces, such as flowers-1@host")
+    return value
+
+
 @click.command()
 @click.option("--concurrency", "-c", type=click.IntRange(min=WORKER_CONCURRENCY.low,
                                                          max=WORKER_CONCURRENCY.high),
@@ -19,7 +29,8 @@ from flowers.worker.settings import WORKER_CONCURRENCY, Settings, redact_url
               help="Worker processes; default FLOWERS_WORKER_CONCURRENCY; 0: one per usable core.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--hostname", "-n", default=None, help="Node name; default: flowers-PID@HOST.")
+@click.option("--hostname", "-n", default=None, callback=lambda _, __, value: _node_name(value),
+              help="Node name; default: flowers-PID@HOST.")
 @click.option("--stop-with", type=int, default=None, hidden=True,
               help="PID of the command whose local worker this is: stop at once when it dies.")
 @click.pass_obj

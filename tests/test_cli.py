@@ -113,6 +113,10 @@ def test_status_of_an_unknown_job(redis_url: str, tmp_path: Path) -> None:
         result = run_flowers("status", malformed, env=env)
         assert_one_line_error(result, 2, "is not one flowers makes (32 hex digits), nor a "
                                          "bundle folder")
+    # A job's own keys (`ID:chunks` is a list) are not jobs to cancel either.
+    for malformed in (f"{'feedface' * 4}:chunks", "x"):
+        result = run_flowers("cancel", malformed, env=env)
+        assert_one_line_error(result, 2, "is not one flowers makes (32 hex digits): pass the id")
 
 
 @pytest.mark.queue
@@ -326,3 +330,12 @@ def test_evaluate_refuses_more_folds_than_photos_of_a_class_before_any_work(
     assert_one_line_error(result, 2, f"--folds {smallest + 1} is more than the {smallest} photos "
                                      "of the smallest class")
     assert not (tmp_path / "logs").exists(), "refused before a local cluster started"
+
+
+@pytest.mark.parametrize("name", ["x\ny@host", "two words@host", "", "n" * 256])
+def test_a_worker_node_name_that_would_not_list_on_one_line_is_refused(
+    name: str, tmp_path: Path,
+) -> None:
+    env = {**flowers_env(tmp_path, "redis://127.0.0.1:1/0", None)}
+    result = run_flowers("worker", "-n", name, env=env)
+    assert_one_line_error(result, 2, "is not a node name: give 1 to 255 printable characters")

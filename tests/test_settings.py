@@ -98,6 +98,9 @@ def test_values_in_range_are_taken(name: str, value: str, field: str, expected: 
     ("FLOWERS_QUEUE", "a,b", "commas"),
     ("FLOWERS_QUEUE", "bell\a", "control characters"),
     ("FLOWERS_QUEUE", "q" * 201, "at most 200"),
+    ("FLOWERS_QUEUE", "flowers:job", "colons"),  # flowers' own keys
+    ("FLOWERS_QUEUE", "unacked", "Celery's Redis transport keeps for itself"),
+    ("FLOWERS_QUEUE", "_kombu.binding.flowers", "Celery's Redis transport keeps for itself"),
     ("FLOWERS_RUNTIME", "onnx", "litert, keras"),
     ("FLOWERS_DEBUG", "maybe", "give 1 or 0"),
     ("FLOWERS_WORKER_TIMEOUT", "14", "at least three heartbeat intervals"),

@@ -20,7 +20,8 @@ FLOWERS_WORKER_CONCURRENCY  0            0 to 1024 processes of `flowers worker`
 FLOWERS_TF_THREADS          0            0 to 1024 network threads per worker process
                                          (0: cores / processes; a training process: all cores)
 FLOWERS_QUEUE               flowers      the Celery queue tasks go to: at most 200 characters,
-                                         no spaces, control characters or commas
+                                         no spaces, control characters, commas or colons, not
+                                         unacked, unacked_index, unacked_mutex or _kombu...
 FLOWERS_RUNTIME             litert       what labelling runs a bundle on: litert (model.tflite,
                                          no TensorFlow in the process) or keras (model.keras)
 FLOWERS_JOB_TTL             604800       60 to 315360000 (ten years) seconds a job record stays
@@ -249,14 +250,23 @@ def _broker_url(value: str | None) -> str | None:
     return value
 
 
+# Keys kombu's Redis transport keeps beside the queues (a queue of one of these names would be
+# read as the other kind of key); flowers' own keys all hold a colon.
+KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex")
+
+
 def _queue(value: str | None) -> str:
     if not value:
         return "flowers"
-    if len(value) > QUEUE_NAME_LIMIT or "," in value or \
+    if len(value) > QUEUE_NAME_LIMIT or "," in value or ":" in value or \
             any(char.isspace() or not char.isprintable() for char in value):
         raise SettingsError(
             f"FLOWERS_QUEUE={_shown(value)}: give a queue name of at most {QUEUE_NAME_LIMIT} "
-            "characters without spaces, control characters or commas (default 'flowers')")
+            "characters without spaces, control characters, commas or colons (default "
+            "'flowers')")
+    if value in KOMBU_KEYS or value.startswith("_kombu"):
+        raise SettingsError(f"FLOWERS_QUEUE={_shown(value)} is a name Celery's Redis transport "
+                            "keeps for itself: choose another (default 'flowers')")
     return value
 
 
