@@ -29,7 +29,7 @@ from flowers.cli.label import bundle_decider
 from flowers.cli.numbers import NUMBER
 from flowers.cli.paths import PathParam
 from flowers.cli.progress import ProgressLine, format_seconds
-from flowers.cli.queue import Queue, open_queue
+from flowers.cli.queue import Queue, connect, open_queue
 from flowers.models import ownership
 from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
@@ -156,6 +156,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     job = LabelJob(photo_dir=root, bundle=bundle, parts_dir=parts_dir,
                    options=LabelOptions(top_k=k, batch_size=batch_size,
                                         accept_precision=accept_precision))
+    if settings.broker_url:  # an unreachable Redis is said before any file is written
+        connect(settings.broker_url)
     with results.locked_parts(parts_dir, output):
         try:
             overwritten = None

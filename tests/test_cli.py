@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,12 +70,17 @@ def test_bad_numbers(photo_subset: Path, tmp_path: Path, option: str, value: str
 
 
 def test_unreachable_redis_names_the_url_without_its_password(
-    photo_subset: Path, tmp_path: Path
+    photo_subset: Path, trained_bundle: tuple[Path, Any], tmp_path: Path
 ) -> None:
     env = flowers_env(tmp_path, "redis://:hunter2@127.0.0.1:1/0", None)
     result = run_flowers("train", str(photo_subset), env=env)
     assert_one_line_error(result, 1, "cannot reach Redis at redis://:***@127.0.0.1:1/0")
     assert "hunter2" not in result.stderr + result.stdout
+    labelled = run_flowers("label-dir", str(photo_subset), "--model", str(trained_bundle[0]),
+                           "--output", str(tmp_path / "out.csv"), env=env)
+    assert_one_line_error(labelled, 1, "cannot reach Redis at redis://:***@127.0.0.1:1/0")
+    assert "out.csv.parts" not in os.listdir(tmp_path), \
+        "nothing written before Redis answers (a leftover would refuse the next command)"
 
 
 def test_a_server_that_is_not_redis_is_named_as_such(tmp_path: Path) -> None:
