@@ -11,6 +11,7 @@ the error rows with their reasons.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ def job_details(csv_path: Path) -> dict[str, Any] | None:
     record = read_job_record(csv_path)
     if record is None:
         return None
+    if "decisions" in record and not _thresholds_shown(record["decisions"]):
+        log.warning("%s's job record holds damaged thresholds (%.80r): the page leaves them out",
+                    csv_path, record["decisions"])
+        del record["decisions"]
     bundle = record.get("bundle")
     if isinstance(bundle, str):
         try:
@@ -63,6 +68,19 @@ def job_details(csv_path: Path) -> dict[str, Any] | None:
             record["architecture"] = manifest.get("architecture")
             record["bundle_created"] = manifest.get("created")
     return record
+
+
+def _thresholds_shown(decisions: Any) -> bool:
+    """Whether a job record's `decisions` are what label-dir writes (`Decider.settings`): a
+    precision, and thresholds that are numbers or None (none reached); the page prints them."""
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and \
+            math.isfinite(value)
+
+    return decisions is None or (
+        isinstance(decisions, dict) and number(decisions.get("accept_precision"))
+        and all(decisions.get(name) is None or number(decisions.get(name))
+                for name in ("accept_threshold", "unknown_threshold")))
 
 
 def default_photo_dir(csv_path: Path) -> Path | None:

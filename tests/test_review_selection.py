@@ -86,3 +86,28 @@ def test_review_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     result = run_flowers("review", str(no_record), "--output", str(tmp_path / "p.html"), env=env)
     assert result.returncode == 2 and "pass --photos PHOTO_DIR" in result.stderr
     assert not (tmp_path / "p.html").exists()
+
+
+def test_a_job_record_with_damaged_thresholds_is_left_out_of_the_page(tmp_path: Path) -> None:
+    """The record beside the CSV is a file anyone can edit: thresholds that are not numbers
+    (or a precision missing) leave the page without them, where they broke it."""
+    import json
+
+    from flowers.review.results_page import job_details
+
+    rows = write_results(tmp_path / "r.csv", [format_row("a.jpg", [("x", 0.5)], "", 1)])
+    size = rows.stat().st_size
+    for decisions, kept in [
+        ({"accept_threshold": "nan", "accept_precision": []}, False),
+        ({"accept_threshold": 0.5}, False),
+        ({"accept_threshold": None, "accept_precision": 0.98, "unknown_threshold": True}, False),
+        ({"accept_threshold": 0.93, "accept_precision": 0.98, "unknown_threshold": 0.4}, True),
+        ({"accept_threshold": None, "accept_precision": 0.98, "unknown_threshold": None}, True),
+    ]:
+        (tmp_path / "r.csv.job.json").write_text(json.dumps(
+            {"photo_dir": str(tmp_path), "decisions": decisions, "csv_bytes": size}))
+        details = job_details(rows)
+        assert details is not None and ("decisions" in details) == kept, decisions
+        page = run_flowers("review", str(rows), "--output", str(tmp_path / "p.html"),
+                           env=flowers_env(tmp_path, None, None))
+        assert page.returncode == 0 and "unexpected" not in page.stderr, page.stderr
