@@ -29,6 +29,9 @@ def cancel(obj: CliContext, job_id: str) -> None:
     if record["state"] in FINAL_STATES:
         click.echo(f"job {job_id} already {record['state']}")
         return
-    store.update(job_id, state="cancelled", message="cancelled by user")
+    again = ("goes on from the rows written" if record.get("kind") == "label" else
+             "starts it again, reusing the cached bottlenecks and activations")
+    store.update(job_id, state="cancelled",
+                 message=f"cancelled by user (flowers cancel); the same command {again}")
     click.echo(f"job {job_id} cancelled after {record['done']} photos; "
                "queued chunks will be dropped")

@@ -113,8 +113,9 @@ def test_cancel_mid_way_drops_queued_chunks_keeps_rows_and_a_rerun_finishes(
     assert len(written) < chunks, "cancelled mid-way"
     assert worker.log().count("{'skipped': True}") == chunks - len(written), \
         "every chunk after the cancel stood down"
-    assert json.loads(run_flowers("status", job_id, "--json", env=env).stdout)["state"] == \
-        "cancelled"
+    record = json.loads(run_flowers("status", job_id, "--json", env=env).stdout)
+    assert record["state"] == "cancelled" and record["message"] == (
+        "cancelled by user (flowers cancel); the same command goes on from the rows written")
     assert not output.exists()
     kept = part_paths(parts)
     assert len(kept) == len(set(kept)) >= len(written), "the rows written stay"
