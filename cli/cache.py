@@ -20,8 +20,10 @@ def _cached_name(home: Path, network: str | None) -> str | None:
     """The folder name the caches keep `network` under: its registry name (`mobilenet_v2` is
     mobilenet_v2_1.0_224), or a name the caches hold (made by another version, say); a name that
     is neither is a usage error listing the cached ones."""
-    if network is None or network in NETWORKS:
-        return None if network is None else NETWORKS[network].name
+    if network is None:
+        return None
+    if network in NETWORKS:
+        return NETWORKS[network].name
     cached = sorted({item.network for item in usage(home)})
     if network in cached:
         return network

@@ -162,4 +162,5 @@ def read_npy(path: Path, limit: int = MAX_SMALL_FILE) -> Any:
     if dtype.hasobject or len(data) - stream.tell() != wanted:
         raise ValueError(f"its header says {shape} of {dtype}, {wanted:,} bytes, but it holds "
                          f"{len(data) - stream.tell():,}")
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    stream.seek(0)
+    return np.load(stream, allow_pickle=False)

@@ -234,6 +234,11 @@ def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Run
     return RunnerChoice("litert")
 
 
+# What to do about a model.tflite that is not the bundle's own.
+_PUT_BACK = ("remove it, then `flowers export {} --format tflite --in-place` converts the bundle's "
+             "model again (or retrain the bundle)")
+
+
 def _model_file_there(tflite: Path) -> bool:
     """Whether the bundle's model.tflite is there (False: made before bundles carried one);
     `BundleError` when something else is in its place (a folder, a pipe, a link to a device,
@@ -252,11 +257,6 @@ def _model_file_there(tflite: Path) -> bool:
             return True
         problem = "a folder" if stat.S_ISDIR(info.st_mode) else special_kind(tflite, info)
     raise BundleError(f"{tflite} is {problem}, not a model file: {_PUT_BACK.format(tflite.parent)}")
-
-
-# What to do about a model.tflite that is not the bundle's own.
-_PUT_BACK = ("remove it, then `flowers export {} --format tflite --in-place` converts the bundle's "
-             "model again (or retrain the bundle)")
 
 
 def check_own_model(bundle: Path, manifest: dict[str, Any]) -> None:
