@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from flowers.models.errors import JobEndedError
-from flowers.worker.jobs import JobStore, ProgressReporter
+from flowers.worker.jobs import KEY_PREFIX, JobStore, ProgressReporter
 from flowers.worker.liveness import (
     UNACKED,
     UNACKED_INDEX,
@@ -245,6 +245,30 @@ def test_a_message_put_back_takes_its_claim_over_only_from_a_recovered_worker(
     ProgressReporter(store, job_id, claim=again)("training", 1, 10, {})
     assert store.succeed(job_id, {"bundle": "second"}, again)
     assert store.get(job_id)["result"] == {"bundle": "second"}
+
+
+def test_a_lapsed_claim_is_taken_back_by_its_run_unless_another_run_took_it(
+    client: redis.Redis,
+) -> None:
+    """A run whose claim lapsed while its worker's heartbeats were held up (a loaded machine)
+    goes on when no other run took the claim meanwhile, and stops when one did; a run that
+    stops never fails the job another run is doing."""
+    store = JobStore(client, claim_seconds=60)
+    job_id = store.create_job("train", {})
+    store.update(job_id, state="running")
+    first, second = claim_holder("task-1", "w1"), claim_holder("task-2", "w2")
+    claim_key = f"{KEY_PREFIX}{job_id}:finish"
+    assert store.claim_finish(job_id, 60, first)
+    client.delete(claim_key)  # lapsed: nothing renewed it
+    assert store.update_live(job_id, first, train_pid=1), "nobody took it: taken back"
+    assert client.get(claim_key) == first.encode() and 55 < client.ttl(claim_key) <= 60
+    client.delete(claim_key)
+    assert store.claim_finish(job_id, 60, second), "another run takes a lapsed claim"
+    assert not store.update_live(job_id, first, train_pid=1)
+    assert not store.fail(job_id, RuntimeError("the superseded run breaks"), first)
+    assert store.get(job_id)["state"] == "running"
+    assert store.fail(job_id, RuntimeError("the run that holds it breaks"), second)
+    assert store.get(job_id)["state"] == "failed"
 
 
 def test_a_job_that_has_ended_stays_as_it_ended(client: redis.Redis) -> None:

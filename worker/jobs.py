@@ -26,7 +26,7 @@ from flowers.models.errors import (
     JobNotFoundError,
     os_error_message,
 )
-from flowers.worker.settings import redact_url
+from flowers.worker.settings import VISIBILITY_TIMEOUT, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +76,40 @@ redis.call('HSET', KEYS[1], 'chunks_sent', sent + count)
 return {sent, count, redis.call('HGET', KEYS[1], 'chunk_task')}
 """
 
+# A run's finish claim (KEYS[1] .. ':finish') checked for holder ARGV[1] (none when empty): held
+# by it, or by nobody (it lapsed while that run went unrenewed, and no other run took it: taken
+# back for ARGV[2] seconds). False when another run holds it.
+_HOLDS = """
+local function holds(holder, seconds)
+  if holder == '' then return true end
+  local held = redis.call('GET', KEYS[1] .. ':finish')
+  if held == holder then return true end
+  if held then return false end
+  redis.call('SET', KEYS[1] .. ':finish', holder, 'EX', seconds)
+  return true
+end
+"""
+
 # Marks a job failed unless it has ended already (a chunk of a cancelled job that breaks late
-# must not turn it into a failure); returns 1 when it did.
-_FAIL = """
+# must not turn it into a failure) or another run holds its finish claim (ARGV[5], `_HOLDS`);
+# returns 1 when it did.
+_FAIL = _HOLDS + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+if not holds(ARGV[5], ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[1], 'exit_code', ARGV[2],
            'updated', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
-# Writes fields (ARGV[3..], name then value) unless the job has ended; returns 1 when it did.
-_UPDATE_LIVE = """
+# Writes fields (ARGV[5..], name then value) unless the job has ended or another run holds its
+# finish claim (ARGV[3], `_HOLDS`); returns 1 when it did.
+_UPDATE_LIVE = _HOLDS + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[1] .. ':finish') ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], 'updated', ARGV[1], unpack(ARGV, 4))
+if not holds(ARGV[3], ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'updated', ARGV[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -137,35 +154,57 @@ def hold(client: redis.Redis, key: str, holder: str, seconds: int, renew: bool =
     return True
 
 
-class AnnouncedRetry(Retry):
-    """Retries as `Retry` does, and says so: a warning when Redis first fails to answer a call,
-    and another when it answers again, so a wait on a lost Redis is never silent."""
+# How long one call to Redis is retried before its error is raised: a restart or a short
+# outage is ridden out, a Redis gone for longer is reported.
+PATIENCE_SECONDS = 120
 
-    def __init__(self, where: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class AnnouncedRetry(Retry):
+    """Retries as `Retry` does, for `patience` seconds of one call at most (the try under way
+    when they run out ends first: up to the client's socket timeout more), and says so: a
+    warning when Redis first fails to answer, and another when it answers again or when the
+    call gives up, so a wait on a lost Redis is never silent. A Redis that takes connections
+    and never answers (stopped, or its host stalled) costs a socket timeout a try, so the
+    limit is on time, not on the number of tries."""
+
+    def __init__(self, where: str, patience: float, backoff: Any) -> None:
+        super().__init__(backoff, -1)  # no limit on tries: `patience` ends them
         self.where = where
+        self.patience = patience
         self.lost = False
 
     def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        failures: list[Exception] = []  # this call's: a call nested in it (a reconnection)
+        # that goes through while Redis still does not answer says nothing
+
         def failed(error: Exception, *count: int) -> Any:
+            failures.append(error)
             if not self.lost:
                 self.lost = True
-                log.warning("cannot reach Redis at %s (%s); retrying for about two minutes",
-                            self.where, error)
-            return fail(error, *count)
+                log.warning("cannot reach Redis at %s (%s); retrying for up to %d s",
+                            self.where, error, self.patience)
+            fail(error, *count)
+            if (waited := time.monotonic() - started) >= self.patience:
+                self.lost = False
+                log.warning("Redis at %s has not answered for %d s: giving up", self.where,
+                            waited)
+                raise error
 
         result = super().call_with_retry(do, failed, *args, **kwargs)
-        if self.lost:
+        if failures and self.lost:
             self.lost = False
             log.warning("Redis at %s answers again", self.where)
         return result
 
 
-def patient_client(url: str) -> redis.Redis:
-    """A Redis client that rides out a restart: it retries for about two minutes, saying so."""
+def patient_client(url: str, patience: float = PATIENCE_SECONDS,
+                   socket_timeout: float = 30) -> redis.Redis:
+    """A Redis client that rides out a restart: one call retries for `patience` seconds (plus
+    up to one `socket_timeout`), saying so."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=3, socket_timeout=30,
-        retry=AnnouncedRetry(redact_url(url), ExponentialBackoff(cap=5.0, base=0.25), 30),
+        url, socket_connect_timeout=3, socket_timeout=socket_timeout,
+        retry=AnnouncedRetry(redact_url(url), patience, ExponentialBackoff(cap=5.0, base=0.25)),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
@@ -180,9 +219,13 @@ def server_time(client: redis.Redis) -> float:
 class JobStore:
     """Reads and writes job records on one Redis connection."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS,
+                 claim_seconds: int = VISIBILITY_TIMEOUT.default) -> None:
+        """`claim_seconds`: how long a finish claim lasts when a run takes back its own that
+        lapsed (the visibility timeout, which `claim_finish` is called with)."""
         self.client = client
         self.ttl = ttl_seconds
+        self.claim_seconds = claim_seconds
 
     def _key(self, job_id: str) -> str:
         return KEY_PREFIX + job_id
@@ -209,10 +252,11 @@ class JobStore:
 
     def update_live(self, job_id: str, claim: str = "", **fields: Any) -> bool:
         """`update` unless the job has ended (or is gone), or, with a `claim` holder, unless
-        that holder no longer has the job's finish claim; False, changing nothing, then: what a
-        worker writes late (it was cut off from Redis, and its task ran again elsewhere) never
-        changes a job that has ended or another run has taken over."""
-        args: list[str | float] = [time.time(), self.ttl, claim]
+        another run holds the job's finish claim; False, changing nothing, then: what a worker
+        writes late (it was cut off from Redis, and its task ran again elsewhere) never changes
+        a job that has ended or another run has taken over. A claim that lapsed with no other
+        run taking it (its worker's heartbeats were held up) is taken back."""
+        args: list[str | float] = [time.time(), self.ttl, claim, self.claim_seconds]
         for name, value in fields.items():
             args += [name, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
         return bool(self.client.eval(_UPDATE_LIVE, 1, self._key(job_id), *args))
@@ -277,10 +321,11 @@ class JobStore:
         keys = [self._key(job_id), self._key(job_id) + ":chunks"]
         return bool(self.client.eval(_ENQUEUED, 2, *keys, chunks, images))
 
-    def fail(self, job_id: str, error: Exception) -> bool:
+    def fail(self, job_id: str, error: Exception, claim: str = "") -> bool:
         """Marks a job failed with the error's message (and its exit code, for the CLI);
         False, changing nothing, when the job had ended already (succeeded, failed first,
-        or cancelled)."""
+        or cancelled) or, with a `claim` holder, another run holds its finish claim (as in
+        `update_live`)."""
         if isinstance(error, FlowersError):
             message, exit_code = str(error), error.exit_code
         elif isinstance(error, OSError) and (described := os_error_message(error)) is not None:
@@ -288,7 +333,7 @@ class JobStore:
         else:
             message, exit_code = f"{type(error).__name__}: {error}", 1
         return bool(self.client.eval(_FAIL, 1, self._key(job_id), message, exit_code,
-                                     time.time(), self.ttl))
+                                     time.time(), self.ttl, claim, self.claim_seconds))
 
     def supersede(self, job_id: str, successor: str) -> None:
         """Cancels an unfinished job whose parts a rerun (`successor`) took over."""

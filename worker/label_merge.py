@@ -44,7 +44,7 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         check_access(output.parent, WRITE_IN)
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
-        store.fail(job_id, exc)
+        store.fail(job_id, exc, claim)
         return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
@@ -66,15 +66,15 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         return {"skipped": True}
     except OSError as exc:
         advice = os_error_advice(exc)
-        return _failed(store, job_id, labelled, FlowersError(
+        return _failed(store, job_id, claim, labelled, FlowersError(
             f"cannot write {record['output']}: {exc.strerror or exc}"
             + (f"; {advice}" if advice else "")))
     except FlowersError as exc:
         log.error("job %s: merging its parts failed: %s", job_id, exc)
-        return _failed(store, job_id, labelled, exc)
+        return _failed(store, job_id, claim, labelled, exc)
     except Exception as exc:  # a bug: the job must end, not wait on a merge that never ends
         log.exception("job %s: merging its parts into %s failed", job_id, record["output"])
-        return _failed(store, job_id, labelled, FlowersError(
+        return _failed(store, job_id, claim, labelled, FlowersError(
             f"merging its parts into {record['output']} failed ({type(exc).__name__}: {exc}); "
             f"the rows labelled stay in {parts_dir}: please report this, with the worker's log"))
     started = float(record.get("started", record["created"]))
@@ -87,8 +87,11 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
     return summary
 
 
-def _failed(store: JobStore, job_id: str, labelled: int, error: FlowersError) -> dict[str, Any]:
-    """Fails the job with `error`, its count of photos done kept; what the merge returns."""
-    store.fail(job_id, error)
+def _failed(store: JobStore, job_id: str, claim: str, labelled: int, error: FlowersError
+            ) -> dict[str, Any]:
+    """Fails the job with `error`, its count of photos done kept, unless another run of the
+    merge holds its claim; what the merge returns."""
+    if not store.fail(job_id, error, claim):
+        return {"skipped": True}
     store.update(job_id, done=labelled)
     return {"error": str(error)}

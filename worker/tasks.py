@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 @cache
 def job_store() -> JobStore:
     """This process's connection to the job records (made lazily, after the fork)."""
-    return JobStore(patient_client(app.conf.broker_url), settings.job_ttl)
+    return JobStore(patient_client(app.conf.broker_url), settings.job_ttl,
+                    settings.visibility_timeout)
 
 
 def _warm_up() -> None:
@@ -159,8 +160,11 @@ def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, A
            else f"exited with code {code}")
     message = (f"the {kind} process {how} (out of memory?); see the worker's log, then run the "
                "same command again: cached bottlenecks and activations are reused")
+    if not store.fail(job_id, FlowersError(message), claim):
+        log.warning("job %s: the %s process %s after another run of the job took it over, or "
+                    "it ended; the job is left as it is", job_id, kind, how)
+        return {"superseded": True}
     log.error("job %s: %s", job_id, message)
-    store.fail(job_id, FlowersError(message))
     return {"error": message}
 
 

@@ -127,11 +127,11 @@ def run_job(kind: str, job_id: str, request: dict[str, Any], settings: Settings,
         return 1
     except FlowersError as exc:
         log.error("job %s failed: %s", job_id, exc)
-        store.fail(job_id, exc)
+        store.fail(job_id, exc, claim)
         return 1
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        store.fail(job_id, exc)
+        store.fail(job_id, exc, claim)
         return 1
     if not store.succeed(job_id, summary, claim):
         log.warning("job %s had ended before this run of it finished (another worker ran it "
@@ -148,7 +148,8 @@ def main() -> None:
     request = json.loads(sys.stdin.read())
     settings = Settings.from_env()
     assert settings.broker_url is not None, "started by the retrain task with the broker URL"
-    store = JobStore(patient_client(settings.broker_url), settings.job_ttl)
+    store = JobStore(patient_client(settings.broker_url), settings.job_ttl,
+                     settings.visibility_timeout)
     claim = os.environ.get(CLAIM_ENV, "")
     if not store.update_live(job_id, claim, train_pid=os.getpid()):
         log.warning("job %s has ended, or another run of it has taken it over: this run stops "
