@@ -53,6 +53,12 @@ class FlowersGroup(click.Group):
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
+            if _redis_error(exc, "OutOfMemoryError"):  # maxmemory reached, noeviction
+                raise click.ClickException(
+                    f"Redis is full and refuses writes ({exc}): free memory there or raise its "
+                    "maxmemory (flowers' queues need the noeviction policy), then run the same "
+                    "command again: it resumes"
+                ) from None
             if _lost_redis(exc):  # a Redis that stopped answering mid-command, past retries
                 raise click.ClickException(
                     f"lost Redis: {exc} (it did not come back within about two minutes); "
@@ -71,10 +77,22 @@ class FlowersGroup(click.Group):
 
 
 def _lost_redis(error: Exception) -> bool:
-    """Whether `error` is redis-py's connection or timeout error (checked without importing
-    redis, which `flowers --help` does not need)."""
-    return type(error).__module__.startswith("redis") and any(
-        kind.__name__ in ("ConnectionError", "TimeoutError") for kind in type(error).__mro__)
+    """Whether `error` is redis-py's connection or timeout error."""
+    return _redis_error(error, "ConnectionError", "TimeoutError")
+
+
+def _redis_error(error: BaseException | None, *names: str) -> bool:
+    """Whether `error`, or an error it was raised from (kombu wraps redis-py's), is one of
+    redis-py's errors `names` (or a kind of one), checked without importing redis, which
+    `flowers --help` does not need."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__module__.startswith("redis") and any(
+                kind.__name__ in names for kind in type(error).__mro__):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @click.group(cls=FlowersGroup, context_settings={"help_option_names": ["-h", "--help"]})

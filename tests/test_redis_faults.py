@@ -3,6 +3,10 @@ ends with exactly one row per photo. Real Redis with the compose file's persiste
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from flowers.worker.embedded import RedisServer, free_port, start_redis
+from flowers.worker.jobs import patient_client
 from tests.conftest import (
     REPO,
     WorkerFactory,
@@ -124,3 +130,60 @@ def test_redis_restarted_empty_then_the_rerun_finishes(
     done, to_go = resumed_counts(rerun.stderr)
     assert done >= before >= 12 and done + to_go == 49, "only the missing photos relabelled"
     assert_complete(output, photos)
+
+
+def test_a_frozen_redis_is_waited_on_for_the_patience_then_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that takes connections and never answers (stopped; its host stalled) costs a
+    socket timeout a try: one call gives up once its patience is spent, whatever the number of
+    tries, says so once, and says nothing false when Redis is back."""
+    server = start_redis(tmp_path / "frozen")
+    try:
+        client = patient_client(server.url, patience=3, socket_timeout=1)
+        assert client.ping()
+        os.kill(server.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="flowers.worker.jobs"), \
+                pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+            client.get("anything")
+        took = time.monotonic() - started
+        assert 3 <= took < 3 + 2 * 1 + 1, f"{took:.1f} s"
+        said = [record.getMessage() for record in caplog.records]
+        assert len(said) == 2, said
+        assert said[0].startswith(f"cannot reach Redis at {server.url} (Timeout reading from ")
+        assert said[0].endswith("); retrying for up to 3 s")
+        assert re.fullmatch(f"Redis at {server.url} has not answered for [345] s: giving up",
+                            said[1]), said
+        os.kill(server.process.pid, signal.SIGCONT)
+        caplog.clear()
+        assert client.ping()
+        assert not caplog.records, "no 'answers again' for a call that gave up"
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_a_full_redis_is_named_with_what_to_do(
+    tmp_path: Path, photo_subset: Path, flowers_home: Path, weights_dir: Path,
+) -> None:
+    """Redis at its maxmemory with the noeviction policy refuses writes: one line that says
+    so and what to do, not "unexpected OutOfMemoryError"."""
+    server = start_redis(tmp_path / "full", None, "--maxmemory", "2mb",
+                         "--maxmemory-policy", "noeviction")
+    try:
+        client = redis.Redis.from_url(server.url)
+        for size in (200_000, 10_000, 100):  # filled to the brim: even small writes refused
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                for n in range(1000):
+                    client.set(f"ballast-{size}-{n}", b"x" * size)
+        queued = run_flowers("train", str(photo_subset), "--output", str(tmp_path / "bundle"),
+                             "--no-wait", env=flowers_env(flowers_home, server.url, weights_dir))
+        assert queued.returncode == 1, queued.stderr
+        *_, line = queued.stderr.strip().splitlines()  # after the line naming the training
+        assert line.startswith("Error: Redis is full and refuses writes ("), line
+        assert "command not allowed when used memory > 'maxmemory'" in line, line
+        assert line.endswith("raise its maxmemory (flowers' queues need the noeviction "
+                             "policy), then run the same command again: it resumes"), line
+    finally:
+        server.stop()
