@@ -23,7 +23,8 @@ from flowers.models.errors import (
     require_tensorflow,
 )
 from flowers.worker.embedded import LocalCluster, local_cluster
-from flowers.worker.jobs import FINAL_STATES, JobStore, patient_client
+from flowers.worker.jobs import FINAL_STATES, JobStore
+from flowers.worker.redis_client import patient_client
 from flowers.worker.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)

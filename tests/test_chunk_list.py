@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from flowers.worker.chunk_list import TAIL_CHUNKS, ChunkWriter, chunked, feed, read_chunks
-from flowers.worker.jobs import JobStore, patient_client
+from flowers.worker.jobs import JobStore
+from flowers.worker.redis_client import patient_client
 
 
 def test_a_job_cuts_its_tail_into_smaller_chunks_and_holds_few_names() -> None:

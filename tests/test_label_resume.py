@@ -19,7 +19,8 @@ from flowers.cli.main import cli
 from flowers.models.bundle import TFLITE_FILE, labelled, read_manifest
 from flowers.models.errors import FlowersError
 from flowers.worker import results
-from flowers.worker.jobs import JobStore, patient_client
+from flowers.worker.jobs import JobStore
+from flowers.worker.redis_client import patient_client
 from tests.conftest import (
     WorkerFactory,
     chunks_in_flight,

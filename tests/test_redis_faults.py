@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from flowers.worker.embedded import RedisServer, free_port, start_redis
-from flowers.worker.jobs import patient_client
+from flowers.worker.redis_client import patient_client
 from tests.conftest import (
     REPO,
     WorkerFactory,
@@ -144,7 +144,7 @@ def test_a_frozen_redis_is_waited_on_for_the_patience_then_reported(
         assert client.ping()
         os.kill(server.process.pid, signal.SIGSTOP)
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="flowers.worker.jobs"), \
+        with caplog.at_level(logging.WARNING, logger="flowers.worker.redis_client"), \
                 pytest.raises((redis.TimeoutError, redis.ConnectionError)):
             client.get("anything")
         took = time.monotonic() - started

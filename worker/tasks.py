@@ -31,14 +31,11 @@ from flowers.worker import label_merge, messages, photo_stage, results, train_pr
 from flowers.worker.app import app, settings
 from flowers.worker.chunk_list import feed
 from flowers.worker.confine import check_allowed, photo_guard
-from flowers.worker.jobs import (
-    FINAL_STATES,
-    JobStore,
-    patient_client,
-)
+from flowers.worker.jobs import FINAL_STATES, JobStore
 from flowers.worker.label_job import LabelChunk, LabelJob
 from flowers.worker.liveness import claim_holder
 from flowers.worker.messages import MessageError
+from flowers.worker.redis_client import patient_client
 from flowers.worker.shared_files import check_job_files
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from typing import Any
 
 from flowers.models.errors import FlowersError, JobEndedError
 from flowers.worker.confine import check_allowed, photo_guard
-from flowers.worker.jobs import JobStore, ProgressReporter, patient_client
+from flowers.worker.jobs import JobStore, ProgressReporter
+from flowers.worker.redis_client import patient_client
 from flowers.worker.settings import Settings
 
 log = logging.getLogger(__name__)
