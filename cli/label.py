@@ -16,6 +16,7 @@ from flowers.cli.context import CliContext
 from flowers.cli.numbers import NUMBER
 from flowers.cli.paths import PathParam
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
+from flowers.models.dataset import printable
 from flowers.models.errors import UsageError
 from flowers.models.runtime.decisions import Decider, check_precision, load_decider
 from flowers.models.runtime.runners import RUNTIMES, choose_runtime
@@ -67,10 +68,10 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
     rows = label_photos(images, model, LabelOptions(min(top_k, len(model.class_names)),
                                                     batch_size))
     for row in rows:
-        click.echo(str(row.path))
+        click.echo(printable(str(row.path)))
         if row.error:
             failed += 1
-            click.echo(f"  error: {row.error}")
+            click.echo(printable(f"  error: {row.error}"))
         for name, confidence in row.labels:
             click.echo(f"  {name:<20} {confidence:.6f}")
         if row.decision:

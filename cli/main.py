@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from flowers.cli.context import CliContext
+from flowers.models.dataset import printable
 from flowers.models.errors import TRAIN_EXTRA, FlowersError, SettingsError, os_error_message
 from flowers.worker.embedded import Interrupted
 from flowers.worker.settings import Settings
@@ -31,9 +32,17 @@ class UsageFailure(click.ClickException):
 
 
 class FlowersGroup(click.Group):
-    """Turns expected failures into `error: ...` and an exit code, never a traceback."""
+    """Turns expected failures into `error: ...` and an exit code, never a traceback; the line
+    is printable (a name in it cannot break it, move the cursor or read reversed)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = printable(exc.message)  # type: ignore[misc]  # click types it Final
+            raise
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FlowersError as exc:

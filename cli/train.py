@@ -21,7 +21,13 @@ from flowers.cli.recipe_options import (
 )
 from flowers.models import ownership
 from flowers.models.bundle import output_folder
-from flowers.models.dataset import check_percentages, check_training_classes, discover, stable_split
+from flowers.models.dataset import (
+    check_percentages,
+    check_training_classes,
+    discover,
+    printable,
+    stable_split,
+)
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
@@ -173,7 +179,7 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
     if skipped:
         click.echo(f"skipped {len(skipped)} photos that could not be read:")
         for item in skipped:
-            click.echo(f"  {item['path']}: {item['reason']}")
+            click.echo(printable(f"  {item['path']}: {item['reason']}"))
     if misclassified:
         from flowers.models.bundle import read_manifest
 
@@ -181,8 +187,8 @@ def print_summary(summary: dict[str, Any], misclassified: bool = False) -> None:
         wrong = manifest["metrics"]["misclassified_test_images"]
         click.echo(f"misclassified test images ({len(wrong)}):")
         for item in wrong:
-            click.echo(f"  {item['path']}: {item['true']} taken for {item['predicted']} "
-                       f"({item['confidence']:.2f})")
+            click.echo(printable(f"  {item['path']}: {item['true']} taken for "
+                                 f"{item['predicted']} ({item['confidence']:.2f})"))
 
 
 def describe_trust(trust: dict[str, Any]) -> str:

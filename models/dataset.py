@@ -285,14 +285,20 @@ def check_class_names(root: Path, names: list[str]) -> None:
 def shown(name: str) -> str:
     """`name` quoted on one line: control characters escaped as repr does, and the bytes of a
     name that is not UTF-8 (decoded with surrogateescape) as \\xNN."""
-    return "'" + "".join(map(_shown_char, name)) + "'"
+    return "'" + "".join("\\" + char if char in "'\\" else _printable_char(char)
+                         for char in name) + "'"
 
 
-def _shown_char(char: str) -> str:
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal as one line: what `shown` escapes (line breaks,
+    terminal escape sequences, direction overrides such as U+202E that show a name reversed,
+    undecodable bytes), with nothing quoted."""
+    return "".join(map(_printable_char, text))
+
+
+def _printable_char(char: str) -> str:
     if 0xDC80 <= ord(char) <= 0xDCFF:
         return f"\\x{ord(char) - 0xDC00:02x}"
-    if char in "'\\":
-        return "\\" + char
     return char if char.isprintable() else repr(char)[1:-1]
 
 

@@ -327,3 +327,34 @@ def test_a_merge_that_breaks_fails_its_job_instead_of_leaving_it_waiting(
     assert message.startswith(f"merging its parts into {output} failed (") and \
         f"the rows labelled stay in {parts}" in message, message
     assert not output.exists()
+
+
+def test_names_are_printed_escaped_never_raw(
+    trained_bundle: tuple[Path, Any], flower_photos: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    """A photo named with a direction override (U+202E shows "gpj.exe" as "exe.jpg"), a
+    terminal escape sequence or a line break: `flowers label` prints it escaped, its error
+    line too, and so does an error message that names it."""
+    bundle, _ = trained_bundle
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    tricky = photos / "a\u202egpj.exe\x1b[2Jb\nc.jpg"
+    shutil.copy(next((flower_photos / "daisy").glob("*.jpg")), tricky)
+    broken = photos / "\x1b[31mred.jpg"
+    broken.write_text("this is text, not a JPEG\n")
+    env = flowers_env(flowers_home, None, weights_dir)
+    result = run_flowers("label", str(tricky), str(broken), "--model", str(bundle), env=env)
+    assert result.returncode == 1, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr and "\u202e" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert f"{photos}/a\\u202egpj.exe\\x1b[2Jb\\nc.jpg" in lines, lines
+    assert f"{photos}/\\x1b[31mred.jpg" in lines, lines
+    (error,) = [line for line in lines if line.startswith("  error: ")]
+    assert "\\x1b[31mred.jpg" in error or "not an image" in error, error
+
+    missing = run_flowers("train", str(photos / "gone\x1b[2J\u202e"), "--output",
+                          str(tmp_path / "b"), env=env)
+    assert missing.returncode == 2
+    (line,) = [line for line in missing.stderr.splitlines() if line.startswith("Error")]
+    assert "gone\\x1b[2J\\u202e" in line and "\x1b" not in missing.stderr, missing.stderr
