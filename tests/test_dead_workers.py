@@ -80,8 +80,17 @@ def test_a_worker_killed_alone_waits_for_the_next_worker_and_status_says_so(
     first = start_workers(1, **SETTINGS)
     queued = run_flowers(*label_args(photos, trained_bundle[0], output), "--no-wait", env=env)
     job_id = queued.stdout.strip().splitlines()[-1]
-    wait_for(lambda: any(slow in chunk["paths"] for _, chunk in chunks_in_flight(redis_url)),
-             what="the slow photo's chunk (the last) in hand", interval=0.05)
+
+    def slow_chunk_listed() -> bool:
+        """The slow photo's chunk in hand, and on the worker's record: a message killed in the
+        instant between kombu taking it and the worker listing it is left to the visibility
+        timeout (`worker.recovery`), and a loaded machine stretches that instant."""
+        held = [task_id for task_id, chunk in chunks_in_flight(redis_url)
+                if slow in chunk["paths"]]
+        return bool(held) and holder_of(redis_url, [first], "flowers.label_chunk",
+                                        task_id=held[0]) is first
+
+    wait_for(slow_chunk_listed, what="the slow photo's chunk (the last) in hand", interval=0.05)
     first.kill()
     killed = time.monotonic()
     time.sleep(2.5 * 5)  # two heartbeats missed

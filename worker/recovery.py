@@ -16,7 +16,10 @@ lists the messages it holds on its heartbeat record (`worker.liveness`); every w
   is gone from `unacked`, so it cannot come back a second time an hour later;
 - leaves alone the messages that no record lists (a worker of an older flowers, with no
   heartbeat), which the visibility timeout still rules, saying so once, and the records of
-  workers whose timer stops while a task runs (a `solo` pool).
+  workers whose timer stops while a task runs (a `solo` pool). A message is listed the moment
+  its worker receives it; one whose worker dies in the instant between kombu handing it over
+  and that (milliseconds) is no different, here, from an older worker's, and is left to the
+  visibility timeout too.
 
 What runs twice because a worker was only cut off from Redis, and then came back, is made
 harmless where it lands: a label chunk is counted once and its part written whole, a job that
