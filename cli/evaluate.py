@@ -21,7 +21,7 @@ from flowers.cli.recipe_options import (
     quantize_option,
 )
 from flowers.models import ownership
-from flowers.models.atomic import check_output_file, write_text_atomically
+from flowers.models.atomic import write_text_atomically
 from flowers.models.dataset import check_percentages, discover, walk_images
 from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
@@ -125,7 +125,7 @@ def check_output(output: Path, photo_dir: Path) -> Path:
     """`output` made absolute, or `UsageError` before any work when the figures may not go
     there: a link, a folder, inside the photo folder or a bundle, or a file that is not figures
     flowers evaluate wrote (`models.ownership`)."""
-    output = check_output_file(ownership.check_output_place(output, photo_dir), "a JSON file")
+    output = ownership.check_output_place(output, photo_dir, file="a JSON file")
     ownership.check_replaceable_file(output, "--output")
     if output.exists() and not ownership.is_evaluation(output):
         raise UsageError(f"--output {output} exists and is not figures flowers evaluate wrote: "

@@ -31,7 +31,6 @@ from flowers.cli.paths import PathParam
 from flowers.cli.progress import ProgressLine, format_seconds
 from flowers.cli.queue import Queue, connect, open_queue
 from flowers.models import ownership
-from flowers.models.atomic import check_output_file
 from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest
 from flowers.models.dataset import check_photo_dir, walk_images
 from flowers.models.errors import DatasetError, UsageError
@@ -65,9 +64,9 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
     """`output` made absolute, or `UsageError` before any work when flowers may not write there:
     inside the photo folder or a bundle, something flowers did not write (`models.ownership`),
     or an earlier output without --overwrite."""
-    output = ownership.check_output_place(output, photo_dir)
+    output = ownership.check_output_place(
+        output, photo_dir, file=None if partitioned else "a CSV file (or pass --partition-rows)")
     if not partitioned:
-        output = check_output_file(output, "a CSV file (or pass --partition-rows)")
         ownership.check_replaceable_file(output, "--output")
     elif output.exists() or output.is_symlink():
         names = ownership.partitioned_files(output) if output.is_dir() else None

@@ -13,7 +13,6 @@ import click
 from flowers.cli.numbers import Number
 from flowers.cli.paths import PathParam
 from flowers.models import ownership
-from flowers.models.atomic import check_output_file
 from flowers.models.errors import UsageError
 from flowers.review.results_page import PageSummary, ReviewOptions, default_photo_dir
 
@@ -45,7 +44,7 @@ def _describe(summary: PageSummary, what: str) -> str:
 def review(source: Path, output: Path, photo_dir: Path | None, below: float | None, per_label: int,
            check_limit: int, seed: int) -> None:
     """Write a page of photos for SOURCE: a results CSV of label-dir, or a bundle folder."""
-    output = check_output_file(ownership.check_output_place(output), "an .html file")
+    output = ownership.check_output_place(output, file="an .html file")
     if (output.exists() or output.is_symlink()) and not ownership.is_review_page(output):
         raise UsageError(f"--output {output} exists and is not a page flowers review wrote: "
                          "name a new file or move it away")

@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from flowers.models.errors import UsageError
-
 Made = TypeVar("Made")
 
 
@@ -44,21 +42,6 @@ def temporary_folder_beside(path: Path) -> Path:
     """A new empty folder beside `path` (mode 0777 less the umask), to be renamed to `path`."""
     folder, _ = _beside(path, lambda name: os.mkdir(name, 0o777))
     return folder
-
-
-def check_output_file(output: Path, kind: str) -> Path:
-    """`output` made absolute, or `UsageError` if it is a folder or its folder is missing or
-    not writable; `kind` names the file to write instead ("a CSV file")."""
-    output = output.resolve()
-    if output.is_dir():
-        raise UsageError(f"--output {output} is a folder; name {kind}")
-    if not output.parent.is_dir():
-        if output.parent.exists():
-            raise UsageError(f"--output {output}: {output.parent} is a file, not a folder")
-        raise UsageError(f"--output {output}: folder {output.parent} does not exist; create it")
-    if not os.access(output.parent, os.W_OK):
-        raise UsageError(f"--output {output}: folder {output.parent} is not writable")
-    return output
 
 
 @contextmanager

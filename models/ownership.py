@@ -172,12 +172,15 @@ def apart(one: Path, other: Path) -> bool:
 
 
 def check_output_place(output: Path, photo_dir: Path | None = None, what: str = "--output",
-                       *, folder: bool = False, bundle: bool = False) -> Path:
-    """`output` (what a command will write: a file, or a `folder`, or a `bundle` folder that
-    may replace a bundle there) made absolute, or `UsageError` before any work when it is a
-    symbolic link (or below a loop of them), a file where a folder goes, under a file or a
-    folder that cannot be written, inside the photo folder, or a bundle or inside one (a
-    `bundle` output may be one: `check_bundle_output` says which may be replaced)."""
+                       *, folder: bool = False, bundle: bool = False,
+                       file: str | None = None) -> Path:
+    """`output` (what a command will write: a folder made as needed, or a `folder`, or a
+    `bundle` folder that may replace a bundle there, or a `file`, which names the kind of file
+    to write: "a CSV file") made absolute, or `UsageError` before any work when it is a
+    symbolic link (or below a loop of them), a file where a folder goes or a folder where a
+    file goes, in a folder that does not exist (a `file`), under a file or a folder that
+    cannot be written, inside the photo folder, or a bundle or inside one (a `bundle` output
+    may be one: `check_bundle_output` says which may be replaced)."""
     refuse_link(output, what)
     try:
         output = output.resolve()
@@ -185,9 +188,13 @@ def check_output_place(output: Path, photo_dir: Path | None = None, what: str = 
         raise UsageError(f"{what} {output} cannot be followed ({exc}): name another") from None
     if (folder or bundle) and output.exists() and not output.is_dir():
         raise UsageError(f"{what} {output} is a file, not a folder")
+    if file is not None and output.is_dir():
+        raise UsageError(f"{what} {output} is a folder; name {file}")
     above = next(parent for parent in output.parents if parent.exists())
     if not above.is_dir():
         raise UsageError(f"{what} {output}: {above} is a file, not a folder")
+    if file is not None and above != output.parent:
+        raise UsageError(f"{what} {output}: folder {output.parent} does not exist; create it")
     if not os.access(above, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {output}: folder {above} is not writable; write elsewhere")
     if photo_dir is not None and (output == photo_dir or photo_dir in output.parents):

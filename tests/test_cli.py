@@ -228,15 +228,18 @@ def test_stray_photos_must_be_a_folder_apart_from_the_classes(
 
 
 def test_an_output_under_a_file_is_named_as_such(tmp_path: Path) -> None:
-    from flowers.models.atomic import check_output_file
     from flowers.models.errors import UsageError
+    from flowers.models.ownership import check_output_place
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine\n")
     with pytest.raises(UsageError, match=f"{a_file} is a file, not a folder"):
-        check_output_file(a_file / "out.csv", "a CSV file")
+        check_output_place(a_file / "out.csv", file="a CSV file")
     with pytest.raises(UsageError, match=f"folder {tmp_path / 'gone'} does not exist; create it"):
-        check_output_file(tmp_path / "gone" / "out.csv", "a CSV file")
+        check_output_place(tmp_path / "gone" / "out.csv", file="a CSV file")
+    with pytest.raises(UsageError, match=f"--output {tmp_path} is a folder; name a CSV file"):
+        check_output_place(tmp_path, file="a CSV file")
+    assert check_output_place(tmp_path / "out.csv", file="a CSV file") == tmp_path / "out.csv"
 
 
 def test_every_path_parameter_refuses_an_empty_path_and_outputs_refuse_a_dash(
