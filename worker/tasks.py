@@ -148,8 +148,8 @@ def _run_in_own_process(task: Task, job_id: str, kind: str, request: dict[str, A
         return refused
     store.update(job_id, state="running", phase="starting", worker=task.request.hostname or "",
                  pid=os.getpid())
-    process = train_process.start(kind, job_id, request, app.conf.broker_url, claim)
-    code = process.wait()
+    with train_process.running(kind, job_id, request, app.conf.broker_url, claim) as process:
+        code = process.wait()
     record = store.get(job_id)
     if code in (0, 1) and record.get("state") in FINAL_STATES:
         return dict(record.get("result") or {"error": record.get("message", "")})

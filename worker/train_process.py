@@ -20,6 +20,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -37,18 +40,27 @@ PARENT_ENV = "FLOWERS_TRAIN_PARENT"
 CLAIM_ENV = "FLOWERS_TRAIN_CLAIM"
 
 
-def start(kind: str, job_id: str, request: dict[str, Any], broker_url: str, claim: str
-          ) -> subprocess.Popen[bytes]:
+@contextmanager
+def running(kind: str, job_id: str, request: dict[str, Any], broker_url: str, claim: str
+            ) -> Iterator[subprocess.Popen[bytes]]:
     """Starts the `kind` process for `job_id`, running as finish-claim holder `claim`; its
-    logs go to this process's stderr."""
-    env = dict(os.environ, FLOWERS_BROKER_URL=broker_url,
-               **{PARENT_ENV: str(os.getpid()), CLAIM_ENV: claim})
-    process = subprocess.Popen([sys.executable, "-m", "flowers.worker.train_process", kind, job_id],
-                               stdin=subprocess.PIPE, env=env)
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(request).encode())
-    process.stdin.close()
-    return process
+    logs go to this process's stderr. Its temporary files (TensorFlow's generated code, which
+    a killed process leaves behind) go to a folder of its own, removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix=f"flowers-{kind}-") as temporary:
+        env = dict(os.environ, FLOWERS_BROKER_URL=broker_url, TMPDIR=temporary,
+                   **{PARENT_ENV: str(os.getpid()), CLAIM_ENV: claim})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flowers.worker.train_process", kind, job_id],
+            stdin=subprocess.PIPE, env=env)
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(request).encode())
+            process.stdin.close()
+            yield process
+        finally:
+            if process.poll() is None:  # the block ended early: the process goes with it
+                process.kill()
+                process.wait()
 
 
 @cache
