@@ -402,7 +402,7 @@ def test_a_training_process_killed_alone_fails_its_job_and_leaves_no_temporary_f
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
              timeout=120, what="the training process started")
-    pid = int(client.hget(f"flowers:job:{job_id}", "train_pid"))
+    pid = int(str(client.hget(f"flowers:job:{job_id}", "train_pid")))
     environ = dict(item.split("=", 1) for item in
                    Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
     temporary = Path(environ["TMPDIR"])
