@@ -62,16 +62,16 @@ class FlowersGroup(click.Group):
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
-            if _redis_error(exc, "OutOfMemoryError"):  # maxmemory reached, noeviction
+            if (full := _redis_error(exc, "OutOfMemoryError")) is not None:  # noeviction
                 raise click.ClickException(
-                    f"Redis is full and refuses writes ({exc}): free memory there or raise its "
-                    "maxmemory (flowers' queues need the noeviction policy), then run the same "
-                    "command again: it resumes"
+                    f"Redis is full and refuses writes ({full}): free memory there or raise "
+                    "its maxmemory (flowers' queues need the noeviction policy), then run the "
+                    "same command again: it resumes"
                 ) from None
-            if _lost_redis(exc):  # a Redis that stopped answering mid-command, past retries
-                raise click.ClickException(
-                    f"lost Redis: {exc} (it did not come back within about two minutes); "
-                    "check that it runs, then run the same command again: it resumes"
+            if (lost := _redis_error(exc, "ConnectionError", "TimeoutError")) is not None:
+                raise click.ClickException(  # Redis stopped answering mid-command, past retries
+                    f"lost Redis: {lost}; check that it runs, then run the same command again: "
+                    "it resumes"
                 ) from None
             if isinstance(exc, OSError) and (message := os_error_message(exc)) is not None:
                 raise click.ClickException(message) from None
@@ -85,23 +85,17 @@ class FlowersGroup(click.Group):
             ) from None
 
 
-def _lost_redis(error: Exception) -> bool:
-    """Whether `error` is redis-py's connection or timeout error."""
-    return _redis_error(error, "ConnectionError", "TimeoutError")
-
-
-def _redis_error(error: BaseException | None, *names: str) -> bool:
-    """Whether `error`, or an error it was raised from (kombu wraps redis-py's), is one of
-    redis-py's errors `names` (or a kind of one), checked without importing redis, which
-    `flowers --help` does not need."""
+def _redis_error(error: BaseException | None, *names: str) -> BaseException | None:
+    """`error`, or the error it was raised from (kombu raises its own from redis-py's), when it
+    is one of redis-py's errors `names` (or a kind of one); else None."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if type(error).__module__.startswith("redis") and any(
                 kind.__name__ in names for kind in type(error).__mro__):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+            return error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
 
 
 @click.group(cls=FlowersGroup, context_settings={"help_option_names": ["-h", "--help"]})

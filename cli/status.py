@@ -13,6 +13,7 @@ from flowers.cli.context import CliContext
 from flowers.cli.progress import describe
 from flowers.cli.queue import connect
 from flowers.models.bundle import MANIFEST_FILE, imported_from, imported_note, read_manifest
+from flowers.models.dataset import printable
 from flowers.models.errors import FlowersError, UsageError
 from flowers.worker import messages
 from flowers.worker.jobs import JobStore
@@ -92,11 +93,13 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
         for line in waiting_on_dead(client, job_id, obj.settings.worker_timeout):
             click.echo(f"  {line}")
     if record.get("message"):
-        click.echo(f"  {record['message']}")
+        click.echo(printable(f"  {record['message']}"))
     result = record.get("result")
     if isinstance(result, dict) and "bundle" in result:
-        click.echo(f"  bundle {result['bundle']}, test accuracy {result['test_accuracy']}")
+        click.echo(printable(f"  bundle {result['bundle']}, test accuracy "
+                             f"{result['test_accuracy']}"))
     if isinstance(result, dict) and "output" in result:
-        click.echo(f"  {result['rows']} rows, {result['errors']} errors: {result['output']}")
+        click.echo(printable(f"  {result['rows']} rows, {result['errors']} errors: "
+                             f"{result['output']}"))
     if note := _bundle_note(record):
         click.echo(f"  note: {note}")

@@ -174,13 +174,14 @@ def apart(one: Path, other: Path) -> bool:
 def check_output_place(output: Path, photo_dir: Path | None = None, what: str = "--output",
                        *, folder: bool = False, bundle: bool = False,
                        file: str | None = None) -> Path:
-    """`output` (what a command will write: a folder made as needed, or a `folder`, or a
-    `bundle` folder that may replace a bundle there, or a `file`, which names the kind of file
-    to write: "a CSV file") made absolute, or `UsageError` before any work when it is a
+    """`output` made absolute, or `UsageError` before any work when flowers may not write
+    there. `output` is what a command will write, with the folders missing above it: a
+    `folder`, a `bundle` folder that may replace a bundle there, or a `file` (which names the
+    kind of file to write, "a CSV file", and must go in a folder that exists). Refused: a
     symbolic link (or below a loop of them), a file where a folder goes or a folder where a
-    file goes, in a folder that does not exist (a `file`), under a file or a folder that
-    cannot be written, inside the photo folder, or a bundle or inside one (a `bundle` output
-    may be one: `check_bundle_output` says which may be replaced)."""
+    file goes, a `file` in a folder that does not exist, under a file or a folder that cannot
+    be written, inside the photo folder, or a bundle or inside one (a `bundle` output may be
+    one: `check_bundle_output` says which may be replaced)."""
     refuse_link(output, what)
     try:
         output = output.resolve()

@@ -267,8 +267,10 @@ def test_a_lapsed_claim_is_taken_back_by_its_run_unless_another_run_took_it(
     assert not store.update_live(job_id, first, train_pid=1)
     assert not store.fail(job_id, RuntimeError("the superseded run breaks"), first)
     assert store.get(job_id)["state"] == "running"
-    assert store.fail(job_id, RuntimeError("the run that holds it breaks"), second)
+    client.delete(claim_key)  # the second run's lapses too: it still fails the job it runs
+    assert store.fail(job_id, RuntimeError("the run that held it breaks"), second)
     assert store.get(job_id)["state"] == "failed"
+    assert client.get(claim_key) == second.encode()
 
 
 def test_a_job_that_has_ended_stays_as_it_ended(client: redis.Redis) -> None:

@@ -187,3 +187,62 @@ def test_a_full_redis_is_named_with_what_to_do(
                              "policy), then run the same command again: it resumes"), line
     finally:
         server.stop()
+
+
+def test_a_reconnection_inside_a_call_keeps_the_calls_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py reconnects inside a failed call with a retried call of its own: against a host
+    whose connections time out, that inner call gives up at the outer call's deadline, not a
+    patience later, and only the outer call says it gives up."""
+    from redis.backoff import ConstantBackoff
+
+    from flowers.worker.redis_client import AnnouncedRetry
+
+    retry = AnnouncedRetry("redis://stalled:6379/0", 1.0, ConstantBackoff(0.05))
+
+    def connect() -> None:
+        time.sleep(0.2)
+        raise redis.TimeoutError("Timeout connecting to server")
+
+    def command() -> None:
+        retry.call_with_retry(connect, lambda error: None)  # the reconnection
+        raise AssertionError("never connected")
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="flowers.worker.redis_client"), \
+            pytest.raises(redis.TimeoutError):
+        retry.call_with_retry(command, lambda error: None)
+    took = time.monotonic() - started
+    assert 1.0 <= took < 1.0 + 0.2 + 0.3, f"{took:.2f} s"
+    said = [record.getMessage() for record in caplog.records]
+    assert said == ["cannot reach Redis at redis://stalled:6379/0 (Timeout connecting to "
+                    "server); retrying for up to 1 s",
+                    "Redis at redis://stalled:6379/0 has not answered for 1 s: giving up"], said
+    assert not retry.lost and retry.deadline is None
+
+
+def test_redis_errors_are_found_where_kombu_wraps_them_and_nowhere_else() -> None:
+    """kombu raises its OperationalError from redis-py's error: the command line names that
+    one. An error raised while a Redis error was being handled, with its context dropped
+    (`from None`), or only in passing, is not taken for a Redis error."""
+    from kombu.exceptions import OperationalError
+
+    from flowers.cli.main import _redis_error
+
+    full = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+    try:
+        try:
+            raise full
+        except redis.RedisError as exc:
+            raise OperationalError("Command # 1 (LLEN flowers) of pipeline caused error") from exc
+    except OperationalError as wrapped:
+        assert _redis_error(wrapped, "OutOfMemoryError") is full
+        assert _redis_error(wrapped, "ConnectionError", "TimeoutError") is None
+    try:
+        try:
+            raise redis.ConnectionError("Error 111 connecting")
+        except redis.RedisError:
+            raise RuntimeError("stopping the local cluster failed") from None
+    except RuntimeError as unrelated:
+        assert _redis_error(unrelated, "ConnectionError") is None

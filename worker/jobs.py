@@ -74,9 +74,9 @@ redis.call('HSET', KEYS[1], 'chunks_sent', sent + count)
 return {sent, count, redis.call('HGET', KEYS[1], 'chunk_task')}
 """
 
-# A run's finish claim (KEYS[1] .. ':finish') checked for holder ARGV[1] (none when empty): held
-# by it, or by nobody (it lapsed while that run went unrenewed, and no other run took it: taken
-# back for ARGV[2] seconds). False when another run holds it.
+# `holds(holder, seconds)`: a run's finish claim (KEYS[1] .. ':finish') checked for `holder`
+# (none when empty): held by it, or by nobody (it lapsed while that run went unrenewed, and no
+# other run took it: taken back for `seconds`). False when another run holds it.
 _HOLDS = """
 local function holds(holder, seconds)
   if holder == '' then return true end
@@ -89,12 +89,13 @@ end
 """
 
 # Marks a job failed unless it has ended already (a chunk of a cancelled job that breaks late
-# must not turn it into a failure) or another run holds its finish claim (ARGV[5], `_HOLDS`);
-# returns 1 when it did.
+# must not turn it into a failure) or another run holds its finish claim (holder ARGV[5], for
+# ARGV[6] seconds: `_HOLDS`); returns 1 when it did. A job whose record is gone (Redis emptied)
+# is marked failed all the same, and no claim is taken for it.
 _FAIL = _HOLDS + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
-if not holds(ARGV[5], ARGV[6]) then return 0 end
+if state and not holds(ARGV[5], ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[1], 'exit_code', ARGV[2],
            'updated', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -102,7 +103,7 @@ return 1
 """
 
 # Writes fields (ARGV[5..], name then value) unless the job has ended or another run holds its
-# finish claim (ARGV[3], `_HOLDS`); returns 1 when it did.
+# finish claim (holder ARGV[3], for ARGV[4] seconds: `_HOLDS`); returns 1 when it did.
 _UPDATE_LIVE = _HOLDS + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end

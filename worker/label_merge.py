@@ -43,8 +43,9 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
         check_job_files(parts_dir)
         check_access(output.parent, WRITE_IN)
     except FlowersError as exc:
+        if not store.fail(job_id, exc, claim):
+            return {"skipped": True}  # ended, or another run of this merge took it over
         log.error("job %s failed: %s", job_id, exc)
-        store.fail(job_id, exc, claim)
         return {"error": str(exc)}
     if not results.owns_parts(parts_dir, job_id):
         return {"skipped": True}
@@ -89,8 +90,8 @@ def merge_label_job(store: JobStore, settings: Settings, job_id: str, claim: str
 
 def _failed(store: JobStore, job_id: str, claim: str, labelled: int, error: FlowersError
             ) -> dict[str, Any]:
-    """Fails the job with `error`, its count of photos done kept, unless another run of the
-    merge holds its claim; what the merge returns."""
+    """Fails the job with `error`, its count of photos done kept, unless it has ended or
+    another run of the merge holds its claim; what the merge returns."""
     if not store.fail(job_id, error, claim):
         return {"skipped": True}
     store.update(job_id, done=labelled)

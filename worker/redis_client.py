@@ -20,21 +20,28 @@ PATIENCE_SECONDS = 120
 
 
 class AnnouncedRetry(Retry):
-    """Retries as `Retry` does, for `patience` seconds of one call at most (the try under way
-    when they run out ends first: up to the client's socket timeout more), and says so: a
+    """Retries as `Retry` does, for `patience` seconds of one call at most, and says so: a
     warning when Redis first fails to answer, and another when it answers again or when the
     call gives up, so a wait on a lost Redis is never silent. A Redis that takes connections
     and never answers (stopped, or its host stalled) costs a socket timeout a try, so the
-    limit is on time, not on the number of tries."""
+    limit is on time, not on the number of tries. The reconnection a failed call makes runs
+    a call of its own inside it (redis-py's): that one keeps the outer call's deadline. The
+    try under way when the patience runs out ends first, so a call may last one try (a
+    socket timeout, or a connection timeout and a backoff) longer."""
 
     def __init__(self, where: str, patience: float, backoff: Any) -> None:
         super().__init__(backoff, -1)  # no limit on tries: `patience` ends them
         self.where = where
         self.patience = patience
         self.lost = False
+        self.deadline: float | None = None  # the outermost call's, while one runs
 
     def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
+        outermost = self.deadline is None
+        if outermost:
+            self.deadline = time.monotonic() + self.patience
+        deadline = self.deadline
+        assert deadline is not None
         failures: list[Exception] = []  # this call's: a call nested in it (a reconnection)
         # that goes through while Redis still does not answer says nothing
 
@@ -45,13 +52,21 @@ class AnnouncedRetry(Retry):
                 log.warning("cannot reach Redis at %s (%s); retrying for up to %d s",
                             self.where, error, self.patience)
             fail(error, *count)
-            if (waited := time.monotonic() - started) >= self.patience:
-                self.lost = False
-                log.warning("Redis at %s has not answered for %d s: giving up", self.where,
-                            waited)
+            if time.monotonic() >= deadline:
+                if outermost:
+                    log.warning("Redis at %s has not answered for %d s: giving up", self.where,
+                                time.monotonic() - deadline + self.patience)
                 raise error
 
-        result = super().call_with_retry(do, failed, *args, **kwargs)
+        try:
+            result = super().call_with_retry(do, failed, *args, **kwargs)
+        except BaseException:
+            if outermost:  # given up, or an error no retry mends: the next outage is news
+                self.lost = False
+            raise
+        finally:
+            if outermost:
+                self.deadline = None
         if failures and self.lost:
             self.lost = False
             log.warning("Redis at %s answers again", self.where)
@@ -60,8 +75,8 @@ class AnnouncedRetry(Retry):
 
 def patient_client(url: str, patience: float = PATIENCE_SECONDS,
                    socket_timeout: float = 30) -> redis.Redis:
-    """A Redis client that rides out a restart: one call retries for `patience` seconds (plus
-    up to one `socket_timeout`), saying so."""
+    """A Redis client that rides out a restart: one call retries for `patience` seconds (and
+    the try under way then), saying so."""
     return redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=socket_timeout,
         retry=AnnouncedRetry(redact_url(url), patience, ExponentialBackoff(cap=5.0, base=0.25)),
