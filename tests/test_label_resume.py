@@ -210,3 +210,42 @@ def test_a_chunk_that_breaks_after_its_job_ended_leaves_the_job_as_it_was(
     assert not store.fail(broken, OSError("a later symptom"))
     record = store.get(broken)
     assert (record["state"], record["message"]) == ("failed", "first cause")
+
+
+def test_a_bundle_retrained_in_place_while_its_job_runs_fails_the_job(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """`flowers train --output B` replaces B while `flowers label-dir --model B` runs: a chunk
+    that finds another bundle in the folder fails the job saying so, instead of writing rows of
+    the second bundle into a CSV whose record names the first."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    output = tmp_path / "labels.csv"
+    queued = run_flowers("label-dir", str(collection), "--model", str(bundle), "--output",
+                         str(output), "--chunk-size", "4", "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr  # no worker yet: the chunks stay queued
+    job_id = queued.stdout.strip()
+    first_id = read_manifest(bundle)["bundle_id"]
+    # The bundle retrained in place, as flowers train replaces one: another id, its model
+    # naming it.
+    retrained = tmp_path / "retrained"
+    shutil.copytree(bundle, retrained)
+    manifest = json.loads((retrained / "manifest.json").read_text())
+    manifest["bundle_id"] = "0" * 32
+    (retrained / "manifest.json").write_text(json.dumps(manifest))
+    (retrained / TFLITE_FILE).write_bytes(labelled((bundle / TFLITE_FILE).read_bytes(), manifest))
+    shutil.rmtree(bundle)
+    retrained.rename(bundle)
+
+    start_workers(1)
+    wait_for(lambda: job_record(redis_url, job_id).get("state") == "failed", timeout=120,
+             what="the job failed")
+    message = job_record(redis_url, job_id)["message"]
+    assert message == (
+        f"the bundle {bundle} was replaced while this job ran (its rows are of bundle "
+        f"{first_id}, the folder now holds {'0' * 32}): run the same command again with "
+        "--overwrite to label every photo with the new one"), message
+    assert not output.exists()
+    assert not part_paths(results.parts_dir_for(output)), "no row of the second bundle"

@@ -290,6 +290,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
 
         cache = model_cache()
         model = cache.get(bundle)
+        check_same_bundle(model.bundle_id, parts_dir, bundle)
         stamps = [results.photo_stamp(root / name) for name in task.paths]  # before reading
         labelled = label_photos((root / name for name in task.paths), model, task.job.options,
                                 threads=decode_threads(cache.threads), guard=photo_guard(roots))
@@ -319,6 +320,17 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         except (OSError, MessageError) as exc:  # the CLI's watch or the next chunk feeds instead
             log.warning("job %s: cannot send its next chunks: %s", job_id, exc)
     return {"rows": len(rows), "errors": errors}
+
+
+def check_same_bundle(loaded: str, parts_dir: Path, bundle: Path) -> None:
+    """`FlowersError` when the bundle folder now holds another bundle than the one the job's
+    parts are labelled with (retrained in place while the job ran): one CSV never mixes two."""
+    began = results.read_identity(parts_dir).get("bundle_id")
+    if began is not None and began != loaded:
+        raise FlowersError(
+            f"the bundle {bundle} was replaced while this job ran (its rows are of bundle "
+            f"{began}, the folder now holds {loaded}): run the same command again with "
+            "--overwrite to label every photo with the new one")
 
 
 def _live_job(task_name: str, chunk: Any) -> tuple[str, JobStore] | dict[str, Any]:
