@@ -195,13 +195,15 @@ def keras_model_file(bundle: Path, manifest: dict[str, Any]) -> Path | None:
     return bundle / name if name and (bundle / name).is_file() else None
 
 
-def add_tflite(bundle: Path, tflite: bytes) -> None:
-    """Adds (or replaces) model.tflite in an existing bundle and lists it in the manifest, each
-    file renamed into place; the manifest's format version becomes the current one (for a
-    bundle without decisions, the last one without them: older readers still take it)."""
+def add_tflite(bundle: Path, tflite: bytes, bundle_id: str) -> None:
+    """Adds (or replaces) model.tflite, converted from bundle `bundle_id`, in that bundle and
+    lists it in the manifest, each file renamed into place; the manifest's format version
+    becomes the current one (for a bundle without decisions, the last one without them: older
+    readers still take it). `BundleError` if the folder holds another bundle by now."""
     from flowers.models.atomic import write_atomically, write_text_atomically
 
     manifest = read_manifest(bundle)
+    check_still(bundle, manifest, bundle_id, "exported")
     tflite = labelled(tflite, manifest)
     write_atomically(bundle / TFLITE_FILE, lambda handle: handle.write(tflite))
     manifest["format_version"] = (FORMAT_VERSION if manifest.get("decisions")
@@ -209,6 +211,16 @@ def add_tflite(bundle: Path, tflite: bytes) -> None:
     models = manifest.get("models") if isinstance(manifest.get("models"), dict) else None
     manifest["models"] = {**(models or {"keras": MODEL_FILE}), "tflite": TFLITE_ENTRY}
     write_text_atomically(bundle / MANIFEST_FILE, json.dumps(manifest, indent=2))
+
+
+def check_still(bundle: Path, manifest: dict[str, Any], bundle_id: str, doing: str) -> None:
+    """`BundleError` when `bundle`'s `manifest` (read again) is not of bundle `bundle_id`, the
+    one read when the work on it began: it was retrained in place meanwhile."""
+    if manifest["bundle_id"] != bundle_id:
+        raise BundleError(
+            f"the bundle {bundle} was replaced while it was {doing} (it was bundle "
+            f"{bundle_id}, it is now {manifest['bundle_id']}; retrained in place?): nothing "
+            "was written; run the same command again")
 
 
 def looks_like_graph_def(path: Path) -> bool:

@@ -323,3 +323,46 @@ def test_an_export_inside_a_bundle_is_refused(
         assert f"--output {output} is inside the model bundle {bundle}" in result.stderr
         assert not output.exists()
     assert not (bundle / "deeper").exists(), "no folder made inside the bundle"
+
+
+def test_a_bundle_retrained_in_place_during_an_export_is_refused_and_nothing_written(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`flowers train --output B` replaces B while `flowers export B` reads it: the export
+    (a copy, or model.tflite added in place) is refused, never one bundle's model under the
+    other's manifest, labels or metadata."""
+    import flowers.models.export as export
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    first_id = read_manifest(bundle)["bundle_id"]
+    model_before = (bundle / TFLITE_FILE).read_bytes()
+
+    def retrained_meanwhile() -> None:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["bundle_id"] = "0" * 32
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    def while_read(read: Any) -> Any:
+        def read_then_retrain(*args: Any, **kwargs: Any) -> Any:
+            result = read(*args, **kwargs)
+            retrained_meanwhile()
+            return result
+        return read_then_retrain
+
+    replaced = (f"the bundle {bundle} was replaced while it was exported (it was bundle "
+                f"{first_id}, it is now {'0' * 32}; retrained in place?): nothing was "
+                "written; run the same command again")
+    monkeypatch.setattr(export, "bundle_tflite", while_read(export.bundle_tflite))
+    with pytest.raises(BundleError) as refused:
+        export_bundle(bundle, "tflite", tmp_path / "out")
+    assert str(refused.value) == replaced
+    assert not (tmp_path / "out").exists()
+
+    (bundle / "manifest.json").write_text(json.dumps(
+        {**read_manifest(bundle), "bundle_id": first_id}))
+    monkeypatch.setattr(export, "_converted", while_read(export._converted))
+    with pytest.raises(BundleError) as refused:
+        export.add_fast_model(bundle)
+    assert str(refused.value) == replaced
+    assert (bundle / TFLITE_FILE).read_bytes() == model_before

@@ -43,6 +43,7 @@ from flowers.models.bundle import (
     LABELS_FILE,
     SPLIT_FILE,
     TFLITE_FILE,
+    check_still,
     imported_from,
     labelled,
     load_bundle,
@@ -146,6 +147,7 @@ def export_bundle(bundle: Path, fmt: str, output: Path, quantize: str | None = N
         else:
             loaded = load_bundle(bundle)
             _write_saved_model(probabilities_model(loaded.model), loaded.class_names, staging)
+        check_still(bundle, read_manifest(bundle), manifest["bundle_id"], "exported")
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -284,5 +286,5 @@ def add_fast_model(bundle: Path, threads: int = 1) -> Path:
     _refuse_float_for_quantized(manifest, f"flowers export --in-place would replace "
                                 f"{bundle / TFLITE_FILE}")
     _converting("flowers export --in-place", threads)
-    add_tflite(bundle, _converted(bundle, manifest))
+    add_tflite(bundle, _converted(bundle, manifest), manifest["bundle_id"])
     return bundle / TFLITE_FILE
