@@ -212,3 +212,34 @@ def test_a_worker_with_no_heartbeat_keeps_its_tasks_until_the_visibility_timeout
     assert "put its task" not in new.log()
     print(f"the old worker's chunk still in hand {time.monotonic() - killed:.1f} s after "
           f"its kill (FLOWERS_VISIBILITY_TIMEOUT={visibility} s rules it)")
+
+
+def test_a_training_process_killed_alone_fails_its_job_and_leaves_no_temporary_files(
+    redis_url: str, start_workers: WorkerFactory, photos: Path, flowers_home: Path,
+    weights_dir: Path, tmp_path: Path,
+) -> None:
+    """The out-of-memory killer takes the training process, not its worker: the job fails
+    with what to do, and the temporary files the process wrote (TensorFlow's generated code,
+    a SavedModel on its way to LiteRT), which it had no chance to remove, go with its folder."""
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    start_workers(1)
+    queued = run_flowers("train", str(photos), "--output", str(tmp_path / "bundle"),
+                         "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "400",
+                         "--no-wait", env=env)
+    job_id = queued.stdout.strip()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
+             timeout=120, what="the training process started")
+    pid = int(str(client.hget(f"flowers:job:{job_id}", "train_pid")))
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    temporary = Path(environ["TMPDIR"])
+    assert temporary.name.startswith("flowers-retrain-"), temporary
+    wait_for(lambda: any(temporary.iterdir()), timeout=120,
+             what="the training's first temporary files")
+    os.kill(pid, signal.SIGKILL)
+    record = wait_for_job(job_id, env, "the job of the killed training")
+    assert record["state"] == "failed", record
+    assert record["message"].startswith("the retrain process was killed by SIGKILL (out of "
+                                        "memory?); see the worker's log"), record["message"]
+    assert not temporary.exists()
