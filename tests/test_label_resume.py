@@ -36,6 +36,17 @@ from tests.label_data import job_record, read_csv, slow_photo
 pytestmark = pytest.mark.queue
 
 
+def another_bundle(bundle: Path, copy: Path) -> Path:
+    """A copy of `bundle` that is another bundle through and through (id "0" * 32): its model
+    names it too (else label-dir refuses the model)."""
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["bundle_id"] = "0" * 32
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / TFLITE_FILE).write_bytes(labelled((bundle / TFLITE_FILE).read_bytes(), manifest))
+    return copy
+
+
 def test_resume_after_the_workers_are_killed(
     redis_url: str, start_workers: WorkerFactory, collection: Path,
     trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
@@ -148,13 +159,7 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
     assert queued.returncode == 0, queued.stderr  # no worker yet: the chunks stay queued
     first_job = queued.stdout.strip()
 
-    other = tmp_path / "other-bundle"
-    shutil.copytree(bundle, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["bundle_id"] = "0" * 32
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    # Another bundle through and through: its model names it (else label-dir refuses the model).
-    (other / TFLITE_FILE).write_bytes(labelled((bundle / TFLITE_FILE).read_bytes(), manifest))
+    other = another_bundle(bundle, tmp_path / "other-bundle")
     refused = run_flowers(*args, "--model", str(other), env=env)
     assert refused.returncode == 2
     assert "another bundle id" in refused.stderr and "--overwrite" in refused.stderr
@@ -228,14 +233,8 @@ def test_a_bundle_retrained_in_place_while_its_job_runs_fails_the_job(
     assert queued.returncode == 0, queued.stderr  # no worker yet: the chunks stay queued
     job_id = queued.stdout.strip()
     first_id = read_manifest(bundle)["bundle_id"]
-    # The bundle retrained in place, as flowers train replaces one: another id, its model
-    # naming it.
-    retrained = tmp_path / "retrained"
-    shutil.copytree(bundle, retrained)
-    manifest = json.loads((retrained / "manifest.json").read_text())
-    manifest["bundle_id"] = "0" * 32
-    (retrained / "manifest.json").write_text(json.dumps(manifest))
-    (retrained / TFLITE_FILE).write_bytes(labelled((bundle / TFLITE_FILE).read_bytes(), manifest))
+    # The bundle retrained in place, as flowers train replaces one.
+    retrained = another_bundle(bundle, tmp_path / "retrained")
     shutil.rmtree(bundle)
     retrained.rename(bundle)
 
