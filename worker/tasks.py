@@ -280,7 +280,8 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
         log.error("job %s chunk %s failed: %s", job_id, chunk.get("index"), exc)
         store.fail(job_id, exc)
         return {"error": str(exc)}
-    if not results.owns_parts(parts_dir, job_id):  # a rerun took the parts over
+    identity = results.read_identity(parts_dir)
+    if identity.get("job_id") != job_id:  # a rerun took the parts over
         return {"skipped": True}
     store.start(job_id, phase="labelling", worker=self.request.hostname or "")
     try:
@@ -290,7 +291,7 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
 
         cache = model_cache()
         model = cache.get(bundle)
-        check_same_bundle(model.bundle_id, parts_dir, bundle)
+        check_same_bundle(model.bundle_id, identity.get("bundle_id"), bundle)
         stamps = [results.photo_stamp(root / name) for name in task.paths]  # before reading
         labelled = label_photos((root / name for name in task.paths), model, task.job.options,
                                 threads=decode_threads(cache.threads), guard=photo_guard(roots))
@@ -322,10 +323,10 @@ def label_chunk(self: Task, chunk: dict[str, Any]) -> dict[str, Any]:
     return {"rows": len(rows), "errors": errors}
 
 
-def check_same_bundle(loaded: str, parts_dir: Path, bundle: Path) -> None:
-    """`FlowersError` when the bundle folder now holds another bundle than the one the job's
-    parts are labelled with (retrained in place while the job ran): one CSV never mixes two."""
-    began = results.read_identity(parts_dir).get("bundle_id")
+def check_same_bundle(loaded: str, began: str | None, bundle: Path) -> None:
+    """`FlowersError` when the bundle folder now holds (`loaded`) another bundle than the one
+    the job's parts are labelled with (`began`, their identity's): retrained in place while the
+    job ran. One CSV never mixes two."""
     if began is not None and began != loaded:
         raise FlowersError(
             f"the bundle {bundle} was replaced while this job ran (its rows are of bundle "
