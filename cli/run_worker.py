@@ -9,14 +9,18 @@ import click
 
 from flowers.cli.context import CliContext
 from flowers.cli.queue import connect
-from flowers.worker.settings import WORKER_CONCURRENCY, Settings, redact_url
+from flowers.worker.settings import (
+    WORKER_CONCURRENCY,
+    Settings,
+    redact_url,
+    spaced_or_unprintable,
+)
 
 
 def _node_name(value: str | None) -> str | None:
     """`--hostname` as `flowers workers` lists it, one line a worker: no spaces or control
     characters (a line break would forge a second entry), at most 255 characters."""
-    if value is not None and (not value or len(value) > 255 or any(
-            char.isspace() or not char.isprintable() for char in value)):
+    if value is not None and (not value or len(value) > 255 or spaced_or_unprintable(value)):
         raise click.BadParameter(f"{value[:60]!r} is not a node name: give 1 to 255 printable "
                                  "characters without spaces, such as flowers-1@host")
     return value

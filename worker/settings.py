@@ -210,6 +210,12 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def spaced_or_unprintable(value: str) -> bool:
+    """Whether `value` holds a space (of any kind) or a control character: not one word on one
+    line, as a URL, a queue or a node name must be."""
+    return any(char.isspace() or not char.isprintable() for char in value)
+
+
 def _broker_url(value: str | None) -> str | None:
     """FLOWERS_BROKER_URL checked the way Celery's Redis transport and redis-py will read it."""
     if not value:
@@ -219,7 +225,7 @@ def _broker_url(value: str | None) -> str | None:
         return SettingsError(f"FLOWERS_BROKER_URL={_shown(value)} {reason}: give {BROKER_FORM}, "
                              "or unset it for a local Redis per command")
 
-    if any(char.isspace() or not char.isprintable() for char in value):
+    if spaced_or_unprintable(value):
         raise refused("holds spaces or control characters")
     try:
         parts = urlsplit(value)
@@ -259,7 +265,7 @@ def _queue(value: str | None) -> str:
     if not value:
         return "flowers"
     if len(value) > QUEUE_NAME_LIMIT or "," in value or ":" in value or \
-            any(char.isspace() or not char.isprintable() for char in value):
+            spaced_or_unprintable(value):
         raise SettingsError(
             f"FLOWERS_QUEUE={_shown(value)}: give a queue name of at most {QUEUE_NAME_LIMIT} "
             "characters without spaces, control characters, commas or colons (default "
