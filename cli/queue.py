@@ -20,6 +20,7 @@ from flowers.models.errors import (
     JobFailedError,
     JobNotFoundError,
     QueueUnavailableError,
+    UsageError,
     require_tensorflow,
 )
 from flowers.worker.embedded import LocalCluster, local_cluster
@@ -71,9 +72,18 @@ class Queue:
     settings: Settings
     cluster: LocalCluster | None = None
 
-    def submit(self, task_name: str, kind: str, request: dict[str, Any]) -> str:
-        """Records a queued job and sends `task_name` with `request`; returns the job id."""
+    def submit(self, task_name: str, kind: str, request: dict[str, Any],
+               output: str | None = None) -> str:
+        """Records a queued job and sends `task_name` with `request`; returns the job id.
+        `output`: the bundle folder the job writes, refused (`UsageError`, nothing sent) while
+        another unfinished job writes it."""
         job_id = self.jobs.create_job(kind, request)
+        if output is not None and (writer := self.jobs.claim_output(job_id, output)):
+            self.jobs.forget(job_id)
+            raise UsageError(
+                f"another flowers train (job {writer}) is writing {output} now: wait for it "
+                f"to end (flowers status {writer}) or cancel it (flowers cancel {writer}), "
+                "then run this again")
         self.send(task_name, request, task_id=job_id)
         return job_id
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, flowers_env, run_flowers
+from tests.conftest import REPO, flowers_env, job_ids, run_flowers
 
 
 def test_help_and_train_import_no_tensorflow() -> None:
@@ -348,3 +348,35 @@ def test_a_worker_node_name_that_would_not_list_on_one_line_is_refused(
     env = {**flowers_env(tmp_path, "redis://127.0.0.1:1/0", None)}
     result = run_flowers("worker", "-n", name, env=env)
     assert_one_line_error(result, 2, "is not a node name: give 1 to 255 printable characters")
+
+
+def test_a_second_training_to_the_same_bundle_folder_is_refused_while_the_first_is_unfinished(
+    redis_url: str, photo_subset: Path, tmp_path: Path,
+) -> None:
+    """Two trainings to one folder would each replace the other's bundle (the last to end
+    winning): the second is refused at once, naming the first, and sends nothing; another
+    folder is not held up, and once the first has ended its folder can be trained again.
+    No worker runs: the jobs stay queued."""
+    import redis
+
+    env = flowers_env(tmp_path, redis_url, None)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    before, jobs_before = client.llen("flowers"), set(job_ids(redis_url))
+
+    def train(output: Path) -> subprocess.CompletedProcess[str]:
+        return run_flowers("train", str(photo_subset), "--output", str(output), "--no-wait",
+                           env=env)
+
+    first = train(tmp_path / "bundle")
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.strip().splitlines()[-1]
+    second = train(tmp_path / "bundle")
+    assert_one_line_error(second, 2, f"another flowers train (job {first_id}) is writing "
+                          f"{tmp_path / 'bundle'} now", f"flowers cancel {first_id}")
+    assert client.llen("flowers") == before + 1, "the refused training sent nothing"
+    assert set(job_ids(redis_url)) == jobs_before | {first_id}, "no record of the refused job"
+    elsewhere = train(tmp_path / "another")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert run_flowers("cancel", first_id, env=env).returncode == 0
+    again = train(tmp_path / "bundle")
+    assert again.returncode == 0, again.stderr

@@ -33,6 +33,8 @@ KEY_PREFIX = "flowers:job:"
 WORKER_PREFIX = "flowers:worker:"
 TTL_SECONDS = 7 * 24 * 3600  # the default of FLOWERS_JOB_TTL
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# The job writing a bundle folder now (`JobStore.claim_output`), by the folder's path.
+OUTPUT_PREFIX = "flowers:output:"
 
 # Records a finished chunk once; returns 1 when it was the job's last one. A job that has ended
 # stays as it ended (a chunk of a worker cut off from Redis may finish late).
@@ -131,6 +133,18 @@ if take then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
 return 0
 """
 
+# Makes job ARGV[1] the writer of the output KEYS[1], unless the job there now is unfinished
+# (its record, ARGV[3] .. ID, says queued or running): returns that job's id, else false.
+_CLAIM_OUTPUT = """
+local writer = redis.call('GET', KEYS[1])
+if writer and writer ~= ARGV[1] then
+  local state = redis.call('HGET', ARGV[3] .. writer, 'state')
+  if state == 'queued' or state == 'running' then return writer end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
 # Records that every chunk is enqueued; returns 1 when they are all done already.
 _ENQUEUED = """
 redis.call('HSET', KEYS[1], 'chunks_total', ARGV[1], 'total', ARGV[2])
@@ -181,6 +195,18 @@ class JobStore:
         self.update(job_id, kind=kind, state="queued", done=0, total=0,
                     request=json.dumps(request), created=time.time(), **fields)
         return job_id
+
+    def claim_output(self, job_id: str, output: str) -> str | None:
+        """Makes `job_id` the one job writing the bundle folder `output` (two trainings to one
+        folder would each replace the other's bundle, the last to end winning), unless an
+        unfinished job writes it now: then returns that job's id, changing nothing."""
+        writer = self.client.eval(_CLAIM_OUTPUT, 1, OUTPUT_PREFIX + output, job_id, self.ttl,
+                                  KEY_PREFIX)
+        return writer.decode() if isinstance(writer, bytes) else writer
+
+    def forget(self, job_id: str) -> None:
+        """Removes the record of a job that was never sent."""
+        self.client.delete(self._key(job_id))
 
     def update(self, job_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
