@@ -73,7 +73,7 @@ def label(obj: CliContext, images: tuple[Path, ...], bundle: Path, top_k: int,
             failed += 1
             click.echo(printable(f"  error: {row.error}"))
         for name, confidence in row.labels:
-            click.echo(f"  {name:<20} {confidence:.6f}")
+            click.echo(f"  {printable(name):<20} {confidence:.6f}")
         if row.decision:
             click.echo(f"  decision: {row.decision}")
     if failed:

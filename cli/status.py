@@ -70,7 +70,7 @@ def status(obj: CliContext, job_id: str, as_json: bool) -> None:
             click.echo(json.dumps(manifest, indent=2))
             return
         for line in _bundle_lines(Path(job_id).resolve(), manifest):
-            click.echo(line)
+            click.echo(printable(line))
         return
     try:
         messages.job_id(job_id)

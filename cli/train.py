@@ -137,7 +137,8 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     )
     with open_queue(settings, local_processes=settings.processes()) as queue:
         click.echo(f"training {spec.name} ({recipe}) on {len(data.photos)} photos in "
-                   f"{len(data.class_names)} classes: {', '.join(data.class_names)}", err=True)
+                   f"{len(data.class_names)} classes: {printable(', '.join(data.class_names))}",
+                   err=True)
         job_id = queue.submit("flowers.retrain", "train", request.to_dict(), str(target))
         if not wait:
             click.echo(job_id)

@@ -296,10 +296,15 @@ def printable(text: str) -> str:
     return "".join(map(_printable_char, text))
 
 
+# The joiners (ZWNJ, ZWJ): format characters that Persian, Indic scripts and emoji need to be
+# written right, and that neither move the cursor nor reorder what follows: kept as they are.
+JOINERS = frozenset("\u200c\u200d")
+
+
 def _printable_char(char: str) -> str:
     if 0xDC80 <= ord(char) <= 0xDCFF:
         return f"\\x{ord(char) - 0xDC00:02x}"
-    return char if char.isprintable() else repr(char)[1:-1]
+    return char if char.isprintable() or char in JOINERS else repr(char)[1:-1]
 
 
 def which_set(file_name: str, validation_percentage: float, testing_percentage: float) -> str:

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from flowers.models.dataset import Photo, discover, stable_split, walk_images, which_set
+from flowers.models.dataset import (
+    Photo,
+    discover,
+    printable,
+    stable_split,
+    walk_images,
+    which_set,
+)
 from flowers.models.errors import DatasetError
 
 
@@ -276,3 +283,12 @@ def test_split_of_the_shared_photos_follows_the_codelab(flower_photos: Path) -> 
 def test_split_refuses_bad_percentages(validation: float, testing: float) -> None:
     with pytest.raises(DatasetError, match="percentage"):
         stable_split([], validation, testing)
+
+
+def test_printable_escapes_what_moves_or_reverses_and_keeps_the_joiners() -> None:
+    """Line breaks, escape sequences, direction marks and overrides are escaped; the joiners
+    (ZWNJ, ZWJ) that Persian, Indic scripts and emoji need are kept."""
+    persian = "\u06af\u0644\u200c\u0647\u0627"
+    family = "\U0001f469\u200d\U0001f467"
+    assert printable(f"{persian} {family}") == f"{persian} {family}"
+    assert printable("a\u202eb\u200fc\x1b[2J\nd") == "a\\u202eb\\u200fc\\x1b[2J\\nd"

@@ -5,6 +5,7 @@ they seem. Each refusal is one line, before any work; nothing is lost."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -353,6 +354,21 @@ def test_names_are_printed_escaped_never_raw(
     assert f"{photos}/\\x1b[31mred.jpg" in lines, lines
     (error,) = [line for line in lines if line.startswith("  error: ")]
     assert "not an image" in error, error
+
+    # Class names: a direction override is escaped, a Persian name's joiner (ZWNJ) kept.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(bundle, renamed)
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    odd = ["ro\u202eses", "\u06af\u0644\u200c\u0647\u0627"]
+    manifest["class_names"] = odd + manifest["class_names"][2:]
+    (renamed / "manifest.json").write_text(json.dumps(manifest))
+    (renamed / "labels.txt").write_text("".join(f"{name}\n" for name in manifest["class_names"]))
+    named = run_flowers("label", str(tricky), "--model", str(renamed), "--top-k", "5", env=env)
+    assert named.returncode == 0, named.stderr
+    assert "\u202e" not in named.stdout and "  ro\\u202eses " in named.stdout, named.stdout
+    assert f"  {odd[1]} " in named.stdout, named.stdout
+    status = run_flowers("status", str(renamed), env=env)
+    assert status.returncode == 0 and "ro\\u202eses" in status.stdout, status.stderr
 
     missing = run_flowers("train", str(photos / "gone\x1b[2J\u202e"), "--output",
                           str(tmp_path / "b"), env=env)

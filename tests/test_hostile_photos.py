@@ -85,3 +85,21 @@ def test_pipes_devices_and_paths_too_long_are_rows_and_the_job_ends(
         assert by_name[name][-1] == "" and by_name[name][1] in ("daisy", "roses", "tulips"), name
     assert f"({len(traps)} errors)" in done.stdout
     assert worker_process.poll() is None
+
+
+def test_train_prints_class_names_escaped(redis_url: str, flower_photos: Path,
+                                          tmp_path: Path) -> None:
+    """A class folder named with a direction override is printed escaped in train's first line;
+    a Persian name's joiner (ZWNJ) is kept. Sent with --no-wait to a Redis no worker reads."""
+    photos = tmp_path / "photos"
+    persian = "\u06af\u0644\u200c\u0647\u0627"
+    for name, source in (("ro\u202eses", "roses"), (persian, "daisy")):
+        (photos / name).mkdir(parents=True)
+        for photo in sorted((flower_photos / source).glob("*.jpg"))[:20]:
+            shutil.copy(photo, photos / name / photo.name)
+    result = run_flowers("train", str(photos), "--output", str(tmp_path / "bundle"),
+                         "--no-wait", env=flowers_env(tmp_path / "home", redis_url, None))
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert "\u202e" not in result.stderr and "ro\\u202eses" in first, first
+    assert persian in first, first
