@@ -97,7 +97,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     training = RetrainRequest(
         photo_dir=str(data.root), architecture=spec.name,
         weights=weights,
-        fine_tune=fine_tune_recipe(epochs, epoch_choice, views, flip_average,
+        fine_tune=fine_tune_recipe(spec, epochs, epoch_choice, views, flip_average,
                                    cross_fit, refit, split_layer, learning_rate, None),
         how_many_training_steps=how_many_training_steps,
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from flowers.models.networks import NetworkSpec, check_split_layer
 from flowers.models.runtime.litert import QUANTIZATIONS
 from flowers.models.training.recipe import EPOCH_CHOICES, MAX_CROSS_FIT, FineTuneRecipe
 
@@ -64,12 +65,14 @@ EVALUATE_QUANTIZE = ("Score each fold on its model quantized so, as `flowers tra
                      "makes it (default: float32).")
 
 
-def fine_tune_recipe(epochs: int, epoch_choice: str, views: int, flip_average: bool,
-                     cross_fit: int, refit: bool, split_layer: str | None,
+def fine_tune_recipe(spec: NetworkSpec, epochs: int, epoch_choice: str, views: int,
+                     flip_average: bool, cross_fit: int, refit: bool, split_layer: str | None,
                      learning_rate: float | None, batch_size: int | None) -> FineTuneRecipe:
-    """The recipe from the options; None keeps a default."""
+    """The recipe from the options for `spec`'s network (`UsageError` for a split layer it does
+    not have, before any work); None keeps a default."""
     return FineTuneRecipe(
-        split_layer=split_layer, views=views, epochs=epochs, epoch_choice=epoch_choice,
+        split_layer=split_layer and check_split_layer(spec, split_layer), views=views,
+        epochs=epochs, epoch_choice=epoch_choice,
         flip_average=flip_average, refit=refit, cross_fit=cross_fit,
         learning_rate=learning_rate or FINE_TUNE_DEFAULTS.learning_rate,
         batch_size=batch_size or FINE_TUNE_DEFAULTS.batch_size,

@@ -91,8 +91,8 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
                         ("--learning-rate", learning_rate)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} {value} must be positive")
-    fine_tune = fine_tune_recipe(epochs, epoch_choice, views, flip_average, cross_fit, refit,
-                                 split_layer, learning_rate, train_batch_size)
+    fine_tune = fine_tune_recipe(spec, epochs, epoch_choice, views, flip_average, cross_fit,
+                                 refit, split_layer, learning_rate, train_batch_size)
     codelab = recipe == CODELAB
     check_percentages(validation_percentage, testing_percentage)
     data = discover(photo_dir)

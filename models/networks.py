@@ -120,6 +120,24 @@ NETWORKS: dict[str, NetworkSpec] = _build_registry()
 DEFAULT_ARCHITECTURE = "mobilenet_v2"
 
 
+def split_points(spec: NetworkSpec) -> tuple[str, ...]:
+    """The layers between blocks where the fine-tune recipe can cut `spec`'s network, as Keras
+    names them (tests/test_finetune.py checks them against every family's built network)."""
+    if spec.family == "mobilenet_v2":
+        return tuple(f"block_{n}_add" for n in (2, 4, 5, 7, 8, 9, 11, 12, 14, 15))
+    if spec.family == "mobilenet":
+        return tuple(f"conv_pw_{n}_relu" for n in range(1, 14))
+    return tuple(f"mixed{n}" for n in range(11))
+
+
+def check_split_layer(spec: NetworkSpec, layer: str) -> str:
+    """`layer` if `spec`'s network can be cut there, else `UsageError` listing where it can."""
+    if layer not in split_points(spec):
+        raise UsageError(f"{spec.name} has no layer {layer!r} to split at; split points "
+                         f"between blocks: {', '.join(split_points(spec))}")
+    return layer
+
+
 def get_spec(name: str) -> NetworkSpec:
     """The spec registered under `name`, or `UnknownArchitectureError` listing the valid names."""
     try:

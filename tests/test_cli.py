@@ -57,6 +57,17 @@ def test_unknown_architecture(photo_subset: Path, tmp_path: Path) -> None:
     assert_one_line_error(result, 2, "resnet9", "mobilenet_v2")
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_split_layer_the_network_lacks_is_refused_before_any_work(
+    command: str, photo_subset: Path, tmp_path: Path,
+) -> None:
+    result = run_flowers(command, str(photo_subset), "--split-layer", "block_13_add",
+                         env=flowers_env(tmp_path, None, None))
+    assert_one_line_error(result, 2, "mobilenet_v2_1.0_224 has no layer 'block_13_add'",
+                          "block_12_add, block_14_add")
+    assert not (tmp_path / "logs").exists(), "no local cluster was started"
+
+
 @pytest.mark.parametrize(("option", "value"), [("--how-many-training-steps", "-5"),
                                                ("--learning-rate", "0"),
                                                ("--testing-percentage", "100"),

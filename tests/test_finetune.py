@@ -4,6 +4,7 @@ mode, averages over the mirror image inside itself and converts to LiteRT with b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,23 @@ def test_an_unknown_split_layer_lists_real_ones() -> None:
     with pytest.raises(UsageError, match=r"no layer 'block_99_add'.*block_12_add"):
         finetune.build_split_network(networks.get_spec("mobilenet_v2_0.35_96"), "none", None,
                                      "block_99_add")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_0.35_96", "mobilenet_0.25_128", "inception_v3"])
+def test_the_split_points_the_cli_checks_are_the_networks_own(name: str) -> None:
+    """`networks.split_points` (what the command line checks --split-layer against, without
+    TensorFlow) names exactly the layers that end a block in each family's built network."""
+    import keras
+
+    from flowers.models import networks
+
+    spec = networks.get_spec(name)
+    application = networks.build_application(spec, "none", None)
+    ends = re.compile(r"block_\d+_add|conv_pw_\d+_relu|mixed\d+")
+    assert networks.split_points(spec) == tuple(
+        layer.name for layer in application.layers if ends.fullmatch(layer.name))
+    assert spec.split_layer in networks.split_points(spec)
+    keras.backend.clear_session()
 
 
 def test_inception_v3_fine_tunes_and_exports_with_random_weights() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowers.models import networks
-from flowers.models.errors import UsageError
 from flowers.models.training.recipe import BEST_EPOCH, FineTuneRecipe
 
 if TYPE_CHECKING:
@@ -41,8 +39,6 @@ PREDICT_BATCH = 128
 # Training steps run in one call of the traced function: the same steps in the same order, with
 # Keras' per-call work (callbacks, logs) once per 8 steps instead of after every step.
 STEPS_PER_EXECUTION = 8
-# Layers that end a block, so the network can be cut after them.
-SPLIT_POINTS = re.compile(r"block_\d+_add|conv_pw_\d+_relu|mixed\d+")
 
 
 @dataclass
@@ -69,12 +65,8 @@ def build_split_network(spec: networks.NetworkSpec, weights: str | None,
     """Builds the application and cuts it at `split_layer` (`UsageError` if it has none)."""
     import keras
 
+    networks.check_split_layer(spec, split_layer)
     application = networks.build_application(spec, weights, weights_dir)
-    names = [layer.name for layer in application.layers]
-    if split_layer not in names:
-        shown = ", ".join(name for name in names if SPLIT_POINTS.fullmatch(name))
-        raise UsageError(f"{spec.name} has no layer {split_layer!r} to split at; "
-                         f"split points between blocks: {shown}")
     cut = application.get_layer(split_layer).output
     pixels = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="pixels")
     inner = keras.Model(application.input, cut)
