@@ -178,6 +178,36 @@ def test_manifest_and_labels_are_checked_alike_on_both_runtimes(
     assert ModelCache(runtime).get(source).class_names == ["daisy", "roses", "tulips"]
 
 
+def test_a_bundle_replaced_while_it_loads_is_loaded_again_whole(
+    trained_bundle: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retraining in place that swaps the folder after the model was read and before the
+    decisions were: the cache loads the new bundle whole, never one's model with the other's
+    class names and thresholds."""
+    from flowers.worker import model_cache
+    from tests.test_label_resume import another_bundle
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], folder)
+    newer = another_bundle(trained_bundle[0], tmp_path / "newer")
+    real_open = model_cache.open_runner
+    opened: list[str] = []
+
+    def open_then_swap(path: Path, manifest: dict[str, Any], *args: Any) -> Any:
+        runner = real_open(path, manifest, *args)
+        opened.append(manifest["bundle_id"])
+        if len(opened) == 1:  # as `flowers train --output` replaces a bundle
+            folder.rename(tmp_path / "old")
+            newer.rename(folder)
+        return runner
+
+    monkeypatch.setattr(model_cache, "open_runner", open_then_swap)
+    cache = ModelCache("litert")
+    loaded = cache.get(folder)
+    assert opened == [read_manifest(tmp_path / "old")["bundle_id"], "0" * 32]
+    assert loaded.bundle_id == "0" * 32 and cache.loads == 1
+
+
 @pytest.mark.parametrize("runtime", ["litert", "keras"])
 def test_flowers_label_shows_a_misfit_in_one_line(
     trained_bundle: tuple[Path, Any], flower_photos: Path, tmp_path: Path, runtime: str

@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from flowers.models.bundle import decoding_mismatch, read_manifest, resize_method
+from flowers.models.errors import BundleError
 from flowers.models.runtime.decisions import load_decider
 from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LoadedModel
 from flowers.models.runtime.runners import open_runner
@@ -25,6 +26,8 @@ from flowers.models.runtime.runners import open_runner
 log = logging.getLogger(__name__)
 
 CAPACITY = 2
+# Loads of a bundle folder replaced while it loaded, before giving up.
+LOAD_TRIES = 3
 
 
 class ModelCache:
@@ -43,15 +46,25 @@ class ModelCache:
 
     def get(self, bundle: Path) -> LoadedModel:
         path = Path(bundle).resolve()
-        manifest = read_manifest(path)
-        key = (str(path), str(manifest["bundle_id"]))
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
-        run = open_runner(path, manifest, self.runtime, self.threads, LABEL_BATCH_SIZE)
-        model = LoadedModel(key[1], list(manifest["class_names"]),
-                            int(manifest["input_size"][0]), run, resize_method(manifest),
-                            load_decider(path, manifest))
+        for _ in range(LOAD_TRIES):
+            manifest = read_manifest(path)
+            key = (str(path), str(manifest["bundle_id"]))
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return self.entries[key]
+            run = open_runner(path, manifest, self.runtime, self.threads, LABEL_BATCH_SIZE)
+            model = LoadedModel(key[1], list(manifest["class_names"]),
+                                int(manifest["input_size"][0]), run, resize_method(manifest),
+                                load_decider(path, manifest))
+            # The folder replaced by a retraining while its files were read would pair one
+            # bundle's class names and thresholds with the other's model: read again.
+            if read_manifest(path)["bundle_id"] == manifest["bundle_id"]:
+                break
+            log.info("bundle %s was replaced while it loaded: loading it again", path)
+        else:
+            raise BundleError(f"the bundle {path} was replaced {LOAD_TRIES} times while it "
+                              "loaded (a retraining writing it again and again?): run the job "
+                              "again once it holds still")
         self.loads += 1
         log.info("process %d loaded bundle %s (%s) on %s", os.getpid(), path, key[1],
                  getattr(run, "runtime", "?"))
