@@ -108,6 +108,20 @@ def test_torn_entry_is_recomputed(tmp_path: Path) -> None:
     assert cache.load("cd" * 32) is None
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_cache_entry_holding_values_that_are_not_finite_is_recomputed(
+    tmp_path: Path, value: float, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A network gives none: used, one such entry made every figure of the training NaN (and
+    the bundle's manifest invalid JSON) while a retraining reused it."""
+    from flowers.models.caches.bottlenecks import load_entry, store_entry
+
+    entry = tmp_path / "ab" / f"{'ab' * 32}.npy"
+    store_entry(entry, np.array([[1, value, 1]], dtype=np.float16))
+    assert load_entry(entry) is None
+    assert "not finite numbers" in caplog.text
+
+
 def test_a_cache_entry_whose_header_asks_for_more_than_it_holds_is_recomputed(
     tmp_path: Path,
 ) -> None:

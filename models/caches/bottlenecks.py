@@ -45,14 +45,21 @@ MAX_ENTRY_BYTES = 1 << 30
 
 
 def load_entry(path: Path) -> np.ndarray | None:
-    """A cached array, or None when absent or unreadable (then it is recomputed)."""
+    """A cached array, or None when absent, unreadable or holding a value that is not a finite
+    number (a network gives none: the entry is damaged, and would make the training's figures
+    NaN); then it is recomputed."""
     try:
-        return np.asarray(read_npy(path, MAX_ENTRY_BYTES))
+        array = np.asarray(read_npy(path, MAX_ENTRY_BYTES))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError) as exc:
         log.warning("ignoring unreadable cache entry %s: %s", path, exc)
         return None
+    if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+        log.warning("ignoring damaged cache entry %s: it holds values that are not finite "
+                    "numbers", path)
+        return None
+    return array
 
 
 def store_entry(path: Path, array: np.ndarray) -> None:
