@@ -28,7 +28,7 @@ from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, 
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.evaluate import EvaluateRequest
 from flowers.models.training.folds import check_cross_fit, stratified_folds
-from flowers.models.training.recipe import FINE_TUNE, RECIPES
+from flowers.models.training.recipe import FINE_TUNE, MAX_TRAINING_STEPS, RECIPES
 from flowers.models.training.retrain import RetrainRequest
 
 
@@ -44,8 +44,8 @@ from flowers.models.training.retrain import RetrainRequest
 @quantize_option(EVALUATE_QUANTIZE)
 @click.option("--learning-rate", type=NUMBER, default=None,
               help="fine-tune: Adam's initial learning rate (default: the recipe's).")
-@click.option("--how-many-training-steps", type=click.IntRange(min=1), default=4000,
-              show_default=True, help="codelab: training steps.")
+@click.option("--how-many-training-steps", type=click.IntRange(1, MAX_TRAINING_STEPS),
+              default=4000, show_default=True, help="codelab: training steps.")
 @click.option("--validation-percentage", type=NUMBER, default=10.0, show_default=True,
               help="Share of each fold's training photos held out to choose the epoch and, "
                    "with the testing share, to calibrate: as flowers train holds them out.")

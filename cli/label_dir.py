@@ -42,7 +42,7 @@ from flowers.worker.chunk_list import ChunkWriter, chunked, feed
 from flowers.worker.jobs import JobStore
 from flowers.worker.label_job import LabelJob
 from flowers.worker.lost_chunks import WALK_BEAT_SECONDS, LostChunks
-from flowers.worker.messages import MAX_BATCH_SIZE, MAX_PHOTOS_PER_CHUNK
+from flowers.worker.messages import MAX_BATCH_SIZE, MAX_PARTITION_ROWS, MAX_PHOTOS_PER_CHUNK
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -104,7 +104,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=LABEL_BATCH_SIZE,
               show_default=True,
               help="Photos per network call on the worker.")
-@click.option("--partition-rows", type=click.IntRange(min=1), default=None,
+@click.option("--partition-rows", type=click.IntRange(1, MAX_PARTITION_ROWS), default=None,
               help="Write OUTPUT as a folder of sorted CSV files of this many rows each, "
                    "with manifest.json (for very large jobs; read them as one table by "
                    "globbing OUTPUT/*.csv).")

@@ -9,7 +9,13 @@ import click
 
 from flowers.models.networks import NetworkSpec, check_split_layer
 from flowers.models.runtime.litert import QUANTIZATIONS
-from flowers.models.training.recipe import EPOCH_CHOICES, MAX_CROSS_FIT, FineTuneRecipe
+from flowers.models.training.recipe import (
+    EPOCH_CHOICES,
+    MAX_CROSS_FIT,
+    MAX_EPOCHS,
+    MAX_VIEWS,
+    FineTuneRecipe,
+)
 
 FINE_TUNE_DEFAULTS = FineTuneRecipe()
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -19,13 +25,14 @@ def fine_tune_options(command: Command) -> Command:
     """Adds --epochs, --epoch-choice, --views, --flip-average/--no-flip-average,
     --cross-fit, --refit/--no-refit and --split-layer."""
     options = [
-        click.option("--epochs", type=click.IntRange(min=1), default=FINE_TUNE_DEFAULTS.epochs,
-                     show_default=True, help="fine-tune: passes over every view of every photo."),
+        click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS),
+                     default=FINE_TUNE_DEFAULTS.epochs, show_default=True,
+                     help="fine-tune: passes over every view of every photo."),
         click.option("--epoch-choice", type=click.Choice(EPOCH_CHOICES),
                      default=FINE_TUNE_DEFAULTS.epoch_choice, show_default=True,
                      help="fine-tune: keep the last epoch's weights, or the best validation "
                           "accuracy's."),
-        click.option("--views", type=click.IntRange(min=1), default=FINE_TUNE_DEFAULTS.views,
+        click.option("--views", type=click.IntRange(1, MAX_VIEWS), default=FINE_TUNE_DEFAULTS.views,
                      show_default=True,
                      help="fine-tune: views cached per photo (as-is, mirrored, random crops)."),
         click.option("--flip-average/--no-flip-average", default=FINE_TUNE_DEFAULTS.flip_average,

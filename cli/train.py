@@ -32,7 +32,13 @@ from flowers.models.errors import UsageError
 from flowers.models.networks import DEFAULT_ARCHITECTURE, check_weights_option, get_spec
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.training.folds import stratified_folds
-from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, RECIPES
+from flowers.models.training.recipe import (
+    CODELAB,
+    DEFAULT_RECIPE,
+    MAX_TRAIN_BATCH,
+    MAX_TRAINING_STEPS,
+    RECIPES,
+)
 from flowers.models.training.retrain import RetrainRequest
 from flowers.worker.messages import MAX_BATCH_SIZE
 
@@ -50,9 +56,9 @@ from flowers.worker.messages import MAX_BATCH_SIZE
                    "codelab: the codelab's softmax layer on frozen features.")
 @fine_tune_options
 @quantize_option(TRAIN_QUANTIZE)
-@click.option("--how-many-training-steps", type=int, default=4000, show_default=True,
-              help="codelab: training steps.")
-@click.option("--train-batch-size", type=int, default=None,
+@click.option("--how-many-training-steps", type=click.IntRange(1, MAX_TRAINING_STEPS),
+              default=4000, show_default=True, help="codelab: training steps.")
+@click.option("--train-batch-size", type=click.IntRange(1, MAX_TRAIN_BATCH), default=None,
               help=f"Default: 100 for codelab, {FINE_TUNE_DEFAULTS.batch_size} for fine-tune.")
 @click.option("--learning-rate", type=NUMBER, default=None,
               help=f"Default: 0.01 for codelab, {FINE_TUNE_DEFAULTS.learning_rate:g} for "
@@ -86,11 +92,8 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     settings = obj.settings
     check_precision(accept_precision)
     spec = get_spec(architecture)
-    for name, value in (("--how-many-training-steps", how_many_training_steps),
-                        ("--train-batch-size", train_batch_size),
-                        ("--learning-rate", learning_rate)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} {value} must be positive")
+    if learning_rate is not None and learning_rate <= 0:
+        raise UsageError(f"--learning-rate {learning_rate} must be positive")
     fine_tune = fine_tune_recipe(spec, epochs, epoch_choice, views, flip_average, cross_fit,
                                  refit, split_layer, learning_rate, train_batch_size)
     codelab = recipe == CODELAB

@@ -181,6 +181,10 @@ def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
     top0 = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
                        "--output", str(tmp_path / "o.csv"), "--top-k", "0", env=env)
     assert top0.returncode == 2 and "--top-k" in top0.stderr
+    huge = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                       "--output", str(tmp_path / "p"), "--partition-rows", "9" * 23, env=env)
+    assert huge.returncode == 2 and "--partition-rows" in huge.stderr, huge.stderr
+    assert not (tmp_path / ".p.parts").exists() and not (tmp_path / "p.parts").exists()
     unwritable = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
                              "--output", "/proc/flowers.csv", env=env)
     assert unwritable.returncode == 2 and "/proc/flowers.csv: cannot write" in unwritable.stderr

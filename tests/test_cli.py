@@ -73,11 +73,18 @@ def test_a_split_layer_the_network_lacks_is_refused_before_any_work(
                                                ("--testing-percentage", "100"),
                                                ("--learning-rate", "nan"),
                                                ("--validation-percentage", "inf"),
-                                               ("--accept-precision", "nan")])
+                                               ("--accept-precision", "nan"),
+                                               ("--train-batch-size", "9" * 20),
+                                               ("--epochs", "9" * 20),
+                                               ("--views", "99999999999"),
+                                               ("--how-many-training-steps", "9" * 23)])
 def test_bad_numbers(photo_subset: Path, tmp_path: Path, option: str, value: str) -> None:
+    """Each refused by the command (a number past any real use too, which the job would have
+    taken to its photo stage and then failed deep in TensorFlow), nothing started."""
     result = run_flowers("train", str(photo_subset), option, value,
                          env=flowers_env(tmp_path, None, None))
     assert_one_line_error(result, 2, option)
+    assert not (tmp_path / "logs").exists(), "no local cluster was started"
 
 
 def test_unreachable_redis_names_the_url_without_its_password(

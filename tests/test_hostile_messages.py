@@ -143,3 +143,16 @@ def test_a_forged_training_request_fails_its_job_naming_the_field(
         assert words in store.get(job)["message"], store.get(job)["message"]
     assert "Traceback" not in worker.log() and worker.poll() is None
     assert not (tmp_path / "trained").exists()
+
+
+@pytest.mark.parametrize(("field", "value"), [("how_many_training_steps", 10**20),
+                                              ("train_batch_size", 0),
+                                              ("eval_step_interval", -1)])
+def test_a_training_request_with_numbers_out_of_range_is_refused(field: str, value: int) -> None:
+    """What the command line bounds, a request put on the queue by hand is bounded by too."""
+    from flowers.models.errors import UsageError
+
+    with pytest.raises(UsageError, match=field.replace("_", " ") + " .* is out of range"):
+        RetrainRequest.from_dict({"photo_dir": "/photos", field: value})
+    with pytest.raises(UsageError, match=r"fine-tune views .* is out of range"):
+        RetrainRequest.from_dict({"photo_dir": "/photos", "fine_tune": {"views": 10**12}})

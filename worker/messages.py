@@ -24,6 +24,8 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")
 # A part's name holds its index in 8 digits (worker.results.part_path).
 MAX_INDEX = 10**8 - 1
 MAX_PHOTOS_PER_CHUNK = 100_000
+# Rows of one file of a partitioned output (label-dir --partition-rows): past any real use.
+MAX_PARTITION_ROWS = 10**9
 KINDS = ("retrain", "evaluate")
 
 

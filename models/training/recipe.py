@@ -31,6 +31,12 @@ LAST_EPOCH, BEST_EPOCH = "last", "best"
 EPOCH_CHOICES = (LAST_EPOCH, BEST_EPOCH)
 # Each cross-fit part costs a fit on the other parts: more than this is a slip, not a recipe.
 MAX_CROSS_FIT = 10
+# Bounds past any real use, so that a slip of the keyboard is a usage error before any work,
+# not a photo stage then a failure deep in TensorFlow (or hours of it).
+MAX_VIEWS = 64
+MAX_EPOCHS = 1000
+MAX_TRAIN_BATCH = 4096
+MAX_TRAINING_STEPS = 10_000_000
 
 
 def check_recipe(name: str) -> str:
@@ -76,9 +82,10 @@ class FineTuneRecipe:
 
     def __post_init__(self) -> None:
         low, high = self.crop_area
-        for name, ok in (("views", self.views >= 1), ("epochs", self.epochs >= 1),
+        for name, ok in (("views", 1 <= self.views <= MAX_VIEWS),
+                         ("epochs", 1 <= self.epochs <= MAX_EPOCHS),
                          ("learning rate", self.learning_rate > 0),
-                         ("batch size", self.batch_size >= 1),
+                         ("batch size", 1 <= self.batch_size <= MAX_TRAIN_BATCH),
                          ("dropout", 0 <= self.dropout < 1), ("l2", self.l2 >= 0),
                          ("label smoothing", 0 <= self.label_smoothing < 1),
                          ("crop area", 0 < low <= high <= 1)):

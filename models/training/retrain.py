@@ -25,7 +25,14 @@ from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.runtime.litert import QUANTIZATIONS
 from flowers.models.training import crossfit, head, quantized, report, trainer
-from flowers.models.training.recipe import CODELAB, DEFAULT_RECIPE, FineTuneRecipe, check_recipe
+from flowers.models.training.recipe import (
+    CODELAB,
+    DEFAULT_RECIPE,
+    MAX_TRAIN_BATCH,
+    MAX_TRAINING_STEPS,
+    FineTuneRecipe,
+    check_recipe,
+)
 from flowers.models.training.trust import HeldOut, Trust, fit_trust
 from flowers.models.typed import field_values
 
@@ -64,6 +71,13 @@ class RetrainRequest:
 
     def __post_init__(self) -> None:
         check_precision(self.accept_precision)
+        for name, value, high in (
+                ("how many training steps", self.how_many_training_steps, MAX_TRAINING_STEPS),
+                ("train batch size", self.train_batch_size, MAX_TRAIN_BATCH),
+                ("eval step interval", self.eval_step_interval, MAX_TRAINING_STEPS),
+                ("bottleneck batch size", self.bottleneck_batch_size, MAX_TRAIN_BATCH)):
+            if not 1 <= value <= high:
+                raise UsageError(f"{name} {value} is out of range: 1 to {high}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise UsageError(f"unknown quantization {self.quantize!r}; choose one of: "
                              f"{', '.join(QUANTIZATIONS)}")
@@ -114,10 +128,6 @@ def retrain(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     spec = networks.get_spec(request.architecture)
-    if request.how_many_training_steps <= 0:
-        raise DatasetError(
-            f"--how-many-training-steps {request.how_many_training_steps} must be positive"
-        )
 
     progress("scanning", 0, 0, {})
     data = dataset.discover(Path(request.photo_dir))
