@@ -35,7 +35,7 @@ def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
     """Raises `BundleError` unless the fields whoever labels reads have the types flowers writes:
     input_size [N, N]; class_names two or more distinct names, each one printable line;
     architecture and bundle_id non-empty strings; preprocessing, models, imported, not_included,
-    metrics, calibration and decisions, where present, objects (`decisions` is read whole by
+    metrics, calibration, decisions, training_arguments and recipe, where present, objects (`decisions` is read whole by
     `models.runtime.decisions.load_decider`); models.keras a file name inside the bundle."""
     for key in ("architecture", "bundle_id"):
         if not isinstance(manifest[key], str) or not manifest[key].strip():
@@ -55,7 +55,7 @@ def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
         twice = sorted({name for name in names if names.count(name) > 1})
         raise _refuse(bundle, "class_names", names, f"distinct names ({twice[0]!r} is repeated)")
     for key in ("preprocessing", "models", "imported", "not_included", "metrics", "calibration",
-                "decisions"):
+                "decisions", "training_arguments", "recipe"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise _refuse(bundle, key, manifest[key], "an object")
     preprocessing = manifest.get("preprocessing") or {}

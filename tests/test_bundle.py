@@ -123,6 +123,8 @@ def tampered(bundle: Path, target: Path, labels: list[str] | None = None,
     ({"metrics": [0.9]}, "metrics", "[0.9]"),
     ({"decisions": 5}, "decisions", "5"),
     ({"calibration": "temperature"}, "calibration", '"temperature"'),
+    ({"training_arguments": "x"}, "training_arguments", '"x"'),
+    ({"recipe": ["fine-tune"]}, "recipe", '["fine-tune"]'),
 ])
 def test_manifest_fields_of_the_wrong_type_are_refused_on_reading(
     trained_bundle: tuple[Path, Any], tmp_path: Path, fields: dict[str, Any], field: str,
