@@ -35,8 +35,9 @@ def check_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
     """Raises `BundleError` unless the fields whoever labels reads have the types flowers writes:
     input_size [N, N]; class_names two or more distinct names, each one printable line;
     architecture and bundle_id non-empty strings; preprocessing, models, imported, not_included,
-    metrics, calibration, decisions, training_arguments and recipe, where present, objects (`decisions` is read whole by
-    `models.runtime.decisions.load_decider`); models.keras a file name inside the bundle."""
+    metrics, calibration, decisions, training_arguments and recipe, where present, objects
+    (`decisions` is read whole by `models.runtime.decisions.load_decider`); models.keras a file
+    name inside the bundle."""
     for key in ("architecture", "bundle_id"):
         if not isinstance(manifest[key], str) or not manifest[key].strip():
             raise _refuse(bundle, key, manifest[key], "a non-empty string")

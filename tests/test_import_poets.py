@@ -361,3 +361,19 @@ def test_labels_are_read_as_utf8_in_any_locale_without_a_byte_order_mark(tmp_pat
     with pytest.raises(UsageError, match=f"cannot read --labels {labels}: not UTF-8 \\(byte 13\\): "
                                          "save it as UTF-8$"):
         read_labels(labels, graph)  # type: ignore[arg-type]
+
+
+def test_a_label_line_no_bundle_could_keep_is_refused_naming_it(tmp_path: Path) -> None:
+    """A tab or another control character in a class name: refused before any conversion, as
+    a class folder so named is (every command would refuse the bundle it made)."""
+    import types
+
+    from flowers.models.codelab.importer import read_labels
+    from flowers.models.errors import UsageError
+
+    labels = _write(tmp_path / "labels.txt", "daisy\ndande\tlion\nroses\n")
+    graph = types.SimpleNamespace(classes=3, path=Path("g.pb"), output_tensor="final_result")
+    with pytest.raises(UsageError) as refused:
+        read_labels(labels, graph)  # type: ignore[arg-type]  # the fields it reads
+    assert str(refused.value) == (f"--labels {labels}, line 2, 'dande\\tlion': the name holds a "
+                                  "control character, which labels.txt cannot keep: edit the line")

@@ -32,6 +32,7 @@ from flowers.models.bundle import (
     write_bundle_folder,
 )
 from flowers.models.codelab.graph import PoetsGraph, read_poets_graph
+from flowers.models.dataset import class_name_problem, shown
 from flowers.models.decode import PREPROCESS_VERSIONS, RESIZE_CODELAB
 from flowers.models.errors import UsageError
 from flowers.models.networks import library_versions
@@ -99,6 +100,10 @@ def read_labels(path: Path, graph: PoetsGraph) -> list[str]:
                          "file retrain.py wrote with this graph")
     if not all(names) or len(set(names)) != len(names):
         raise UsageError(f"--labels {path} has empty or repeated lines: one class name a line")
+    for line, name in enumerate(names, 1):
+        if problem := class_name_problem(name):
+            raise UsageError(f"--labels {path}, line {line}, {shown(name)}: "
+                             f"{problem.replace('its name', 'the name')}: edit the line")
     return names
 
 
