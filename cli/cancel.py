@@ -33,5 +33,9 @@ def cancel(obj: CliContext, job_id: str) -> None:
              "starts it again, reusing the cached bottlenecks and activations")
     store.update(job_id, state="cancelled",
                  message=f"cancelled by user (flowers cancel); the same command {again}")
-    click.echo(f"job {job_id} cancelled after {record['done']} photos; "
-               "queued chunks will be dropped")
+    if record.get("kind") == "label":
+        click.echo(f"job {job_id} cancelled after {record['done']} photos; queued chunks will "
+                   "be dropped")
+    else:  # its counts are the phase's own (training steps, folds), not photos
+        click.echo(f"job {job_id} cancelled in its {record.get('phase', 'first')} phase; its "
+                   "training stops")

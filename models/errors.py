@@ -89,6 +89,11 @@ class JobNotFoundError(FlowersError):
     """Raised when no job with the given id is known to Redis."""
 
 
+class JobDamagedError(FlowersError):
+    """Raised when a job's record on Redis is not one flowers wrote (another kind of key, or
+    fields that do not parse)."""
+
+
 class JobEndedError(FlowersError):
     """Raised in a task whose job has ended meanwhile (cancelled, or finished by another run)."""
 

@@ -5,6 +5,7 @@ watch, on a real Redis with the timings shortened."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,6 +15,7 @@ from flowers.worker import lost_chunks
 from flowers.worker.jobs import JobStore
 from flowers.worker.lost_chunks import Sweeper
 from flowers.worker.settings import Settings
+from tests.conftest import flowers_env, run_flowers
 
 pytestmark = pytest.mark.queue
 
@@ -100,3 +102,40 @@ def test_a_watch_is_judged_by_redis_clock_not_the_watching_hosts(
     time.sleep(3.1)
     sweep(lambda name, argument: None)
     assert job in sweep.walks, "no longer watched: the sweep looks after it"
+
+
+def test_a_record_flowers_did_not_write_is_named_and_skipped_never_stopping_the_sweep(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """Anyone with access to Redis can write a job key: one that is a string, or a hash whose
+    numbers do not parse, stopped the lost-chunk sweep of every job (every 5 s, blaming Redis)
+    and made status and cancel 'unexpected' errors."""
+    monkeypatch.setattr(lost_chunks, "UNWATCHED_SECONDS", 0.5)
+    client = redis.Redis.from_url(redis_url)
+    store = JobStore(client)
+    string_id, bad_number_id = "0123456789abcdef" * 2, "fedcba9876543210" * 2
+    client.set(f"flowers:job:{string_id}", "str")
+    client.hset(f"flowers:job:{bad_number_id}", mapping={
+        "kind": "label", "state": "running", "queue": "flowers", "done": "abc"})
+    job = walking_job(store, str(time.time() - 3600))
+    sweep = Sweeper(client, Settings.from_env({}))
+    for _ in range(3):
+        sweep(lambda name, argument: None)
+        time.sleep(0.6)
+    assert store.state(job) == "failed", "the job beside the damaged records was looked after"
+    named = sorted(record.getMessage() for record in caplog.records
+                   if "is not looked after" in record.getMessage())
+    assert len(named) == 2, named  # once each
+    assert named[0].startswith(f"job {string_id} is not looked after: its record on Redis is "
+                               "not one flowers wrote (WRONGTYPE"), named
+    assert named[1].startswith(f"job {bad_number_id} is not looked after: the record of job "
+                               f"{bad_number_id} on Redis"), named
+    env = flowers_env(tmp_path, redis_url, None)
+    for job_id, words in ((string_id, "is not a hash as flowers writes it"),
+                          (bad_number_id, "its field done is 'abc'")):
+        for command in ("status", "cancel"):
+            result = run_flowers(command, job_id, env=env)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+            assert f"the record of job {job_id} on Redis" in line and words in line, line

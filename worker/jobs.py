@@ -20,6 +20,7 @@ import redis
 
 from flowers.models.errors import (
     FlowersError,
+    JobDamagedError,
     JobEndedError,
     JobNotFoundError,
     os_error_message,
@@ -324,7 +325,17 @@ class JobStore:
         return max(0, int(self.client.ttl(self._key(job_id) + ":finish")))
 
     def get(self, job_id: str) -> dict[str, Any]:
-        raw = self.client.hgetall(self._key(job_id))
+        """The job's record; `JobNotFoundError` when there is none, `JobDamagedError` when the
+        key holds something flowers did not write there."""
+        key = self._key(job_id)
+        try:
+            raw = self.client.hgetall(key)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise JobDamagedError(f"the record of job {job_id} on Redis ({key}) is not a hash "
+                                  "as flowers writes it: something else wrote that key; "
+                                  "delete it there") from None
         if not raw:
             raise JobNotFoundError(
                 f"no job {job_id!r} on this Redis; check the id and FLOWERS_BROKER_URL"
@@ -333,15 +344,20 @@ class JobStore:
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
         }
-        for name in ("done", "total", "errors"):
-            if name in record or name != "errors":
-                record[name] = int(float(record.get(name, 0)))
-        for name in ("rate", "created", "updated", "started"):
-            if name in record:
-                record[name] = float(record[name])
-        for name in ("result", "request"):
-            if name in record:
-                record[name] = json.loads(record[name])
+        try:
+            for name in ("done", "total", "errors"):
+                if name in record or name != "errors":
+                    record[name] = int(float(record.get(name, 0)))
+            for name in ("rate", "created", "updated", "started"):
+                if name in record:
+                    record[name] = float(record[name])
+            for name in ("result", "request"):
+                if name in record:
+                    record[name] = json.loads(record[name])
+        except (ValueError, OverflowError) as exc:
+            raise JobDamagedError(f"the record of job {job_id} on Redis ({key}) is damaged: its "
+                                  f"field {name} is {record[name]!r} ({exc}); something else "
+                                  "wrote it: delete the key there") from None
         return record
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from flowers.models.errors import JobFailedError, JobNotFoundError
+from flowers.models.errors import JobDamagedError, JobFailedError, JobNotFoundError
 from flowers.worker.chunk_list import chunk_task, feed, read_chunks
 from flowers.worker.jobs import FINAL_STATES, KEY_PREFIX, JobStore, hold, server_time
 from flowers.worker.label_job import LabelJob
@@ -153,6 +153,7 @@ class Sweeper:
         # Each walking job's last `walking` mark and when this sweeper first saw it (its own
         # monotonic clock: the CLI's clock may differ from this machine's).
         self.walks: dict[str, tuple[str, float]] = {}
+        self.damaged: set[str] = set()  # jobs whose damaged record was logged
 
     def __call__(self, send: Callable[[str, Any], None]) -> None:
         """One look at every unwatched running label job; `send(name, argument)` sends a task."""
@@ -174,16 +175,17 @@ class Sweeper:
             if match is None:
                 continue
             job_id = match.group(1)
-            # A few fields first: most records are other kinds, ended, or watched.
-            kind, state, queue, watched = (
-                value.decode() if isinstance(value, bytes) else value
-                for value in self.client.hmget(key, "kind", "state", "queue", "watched"))
-            if kind != "label" or state in FINAL_STATES or queue != self.settings.queue or \
-                    now - float(watched or 0) < UNWATCHED_SECONDS:
-                continue
             try:
-                record = self.store.get(job_id)
-            except JobNotFoundError:  # expired since the scan listed it
+                record = self._unwatched_label_job(key, job_id, now)
+            except (redis.ResponseError, ValueError, JobDamagedError) as exc:
+                # Not a record flowers wrote: one such key must not stop the sweep of the rest.
+                if job_id not in self.damaged:
+                    self.damaged.add(job_id)
+                    log.error("job %s is not looked after: %s", job_id, exc if isinstance(
+                        exc, JobDamagedError) else f"its record on Redis is not one flowers "
+                        f"wrote ({exc})")
+                continue
+            if record is None:
                 continue
             if "chunks_total" not in record:
                 walking.add(job_id)
@@ -206,6 +208,21 @@ class Sweeper:
             del self.watches[job_id]
         for job_id in set(self.walks) - walking:
             del self.walks[job_id]
+
+    def _unwatched_label_job(self, key: bytes | str, job_id: str, now: float
+                             ) -> dict[str, Any] | None:
+        """The record of a running label job of this queue that no CLI watches, else None."""
+        # A few fields first: most records are other kinds, ended, or watched.
+        kind, state, queue, watched = (
+            value.decode() if isinstance(value, bytes) else value
+            for value in self.client.hmget(key, "kind", "state", "queue", "watched"))
+        if kind != "label" or state in FINAL_STATES or queue != self.settings.queue or \
+                now - float(watched or 0) < UNWATCHED_SECONDS:
+            return None
+        try:
+            return self.store.get(job_id)
+        except JobNotFoundError:  # expired since the scan listed it
+            return None
 
     def _fail_if_walk_stopped(self, job_id: str, record: dict[str, Any]) -> None:
         """Fails a job whose walk has not ended and whose `walking` mark this sweeper has seen
