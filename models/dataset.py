@@ -272,14 +272,24 @@ def check_class_names(root: Path, names: list[str]) -> None:
     """Raises `DatasetError` naming the first class folder whose name `class_name_problem`
     refuses, and how many more there are."""
     refused = [(name, problem) for name in names if (problem := class_name_problem(name))]
-    if not refused:
-        return
-    name, problem = refused[0]
-    more = f" ({len(refused) - 1} more class folders too)" if len(refused) > 1 else ""
-    raise DatasetError(
-        f"class folder {shown(name)} (in {shown(str(root))}): {problem}: rename the folder"
-        f"{more}"
-    )
+    if refused:
+        name, problem = refused[0]
+        more = f" ({len(refused) - 1} more class folders too)" if len(refused) > 1 else ""
+        raise DatasetError(
+            f"class folder {shown(name)} (in {shown(str(root))}): {problem}: rename the folder"
+            f"{more}"
+        )
+    # The same name written two ways (an accent as one character, or as a letter and a
+    # combining mark): two classes no person could tell apart in a label or the CSV.
+    written: dict[str, str] = {}
+    for name in names:
+        other = written.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            raise DatasetError(
+                f"class folders {shown(other)} and {shown(name)} (in {shown(str(root))}) are "
+                "the same name written two ways (Unicode normalization forms NFC and NFD): "
+                "rename or merge one"
+            )
 
 
 def shown(name: str) -> str:

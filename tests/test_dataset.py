@@ -243,6 +243,18 @@ def test_discover_keeps_class_names_that_round_trip(tmp_path: Path) -> None:
     assert data.class_names == ("it's a \\ name", "two  spaces", "ünïcode", "日本")
 
 
+def test_discover_refuses_one_name_written_two_ways(tmp_path: Path) -> None:
+    """'café' with é as one character (NFC) and as e and a combining accent (NFD): two classes
+    that print alike everywhere."""
+    import unicodedata
+
+    composed, decomposed = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
+    for name in (composed, decomposed, "roses"):
+        touch(tmp_path / name / "1.jpg")
+    with pytest.raises(DatasetError, match="the same name written two ways"):
+        discover(tmp_path)
+
+
 def test_discover_refuses_a_photo_folder_path_too_long(tmp_path: Path) -> None:
     deep = deep_folder(tmp_path, 4096)
     with pytest.raises(DatasetError, match=r"cannot be used \(File name too long\)"):
