@@ -267,10 +267,18 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} is not a manifest object: retrain the bundle")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or \
-            not 1 <= version <= FORMAT_VERSION:
+    if manifest.get("format") == ownership.PARTITIONED_FORMAT:
+        raise NotABundleError(f"{bundle} is a partitioned label-dir output (CSV files and their "
+                              "record), not a model bundle: pass a folder made by flowers train")
+    if version is None:
+        raise NotABundleError(f"{bundle} is not a model bundle (its {MANIFEST_FILE} has no "
+                              "format_version): pass a folder made by flowers train")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{path}'s format_version is {version!r}, not one flowers writes: "
+                          "retrain the bundle")
+    if version > FORMAT_VERSION:
         raise BundleError(
-            f"{bundle} has bundle format {version!r}; this flowers reads format {FORMAT_VERSION} "
+            f"{bundle} has bundle format {version}; this flowers reads format {FORMAT_VERSION} "
             "or older: upgrade flowers"
         )
     for key in ("architecture", "input_size", "class_names", "bundle_id"):

@@ -177,6 +177,23 @@ def test_newer_format_is_refused(trained_bundle: tuple[Path, Any], tmp_path: Pat
         read_manifest(copy)
 
 
+def test_a_folder_with_another_manifest_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """Not 'a newer format: upgrade flowers': upgrading would not help."""
+    from flowers.models.errors import NotABundleError
+    from flowers.models.ownership import PARTITIONED_FORMAT
+
+    for name, manifest, words in (
+            ("partitioned", {"format": PARTITIONED_FORMAT}, "is a partitioned label-dir output"),
+            ("foreign", {"name": "some other tool"}, "has no format_version"),
+            ("odd", {"format_version": "3"}, "format_version is '3', not one flowers writes")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=words) as refused:
+            read_manifest(tmp_path / name)
+        assert isinstance(refused.value, NotABundleError) == (name != "odd")
+        assert "upgrade" not in str(refused.value)
+
+
 def test_truncated_model_and_mismatched_labels_are_refused(
     trained_bundle: tuple[Path, Any], tmp_path: Path
 ) -> None:
