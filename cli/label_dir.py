@@ -39,6 +39,7 @@ from flowers.models.runtime.predict import LABEL_BATCH_SIZE, LabelOptions
 from flowers.models.runtime.runners import check_own_model, choose_runtime
 from flowers.worker import output_csv, results
 from flowers.worker.chunk_list import ChunkWriter, chunked, feed
+from flowers.worker.embedded import local_logs
 from flowers.worker.jobs import JobStore
 from flowers.worker.label_job import LabelJob
 from flowers.worker.lost_chunks import WALK_BEAT_SECONDS, LostChunks
@@ -144,6 +145,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         )
     if not settings.broker_url:  # the local worker labels here: its runtime must be here
         choose_runtime(bundle, manifest, settings.runtime)
+        local_logs(settings.home)  # where its run keeps its logs: checked before any write
     else:
         check_own_model(bundle, manifest)
     decider = bundle_decider(bundle, manifest, accept_precision, "its rows' decision is empty; ")

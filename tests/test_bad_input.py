@@ -185,6 +185,11 @@ def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
                        "--output", str(tmp_path / "p"), "--partition-rows", "9" * 23, env=env)
     assert huge.returncode == 2 and "--partition-rows" in huge.stderr, huge.stderr
     assert not (tmp_path / ".p.parts").exists() and not (tmp_path / "p.parts").exists()
+    no_home = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                          "--output", str(tmp_path / "h.csv"),
+                          env={**env, "FLOWERS_HOME": "/proc/1"})
+    assert no_home.returncode == 2 and "cannot keep the local run's logs" in no_home.stderr
+    assert not (tmp_path / "h.csv.parts").exists(), "nothing written before the refusal"
     unwritable = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
                              "--output", "/proc/flowers.csv", env=env)
     assert unwritable.returncode == 2 and "/proc/flowers.csv: cannot write" in unwritable.stderr

@@ -324,10 +324,9 @@ def prune_run_logs(logs: Path, keep: int = KEEP_RUN_LOGS) -> int:
     return removed
 
 
-@contextmanager
-def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
-    """Runs Redis and one `flowers worker` with `concurrency` processes for the `with` block;
-    both are stopped when it ends, also when the command is terminated by a signal."""
+def local_logs(home: Path) -> Path:
+    """The folder of local runs' logs in FLOWERS_HOME, made if missing; an error saying what to
+    do when it cannot be (a command checks it before it writes anything else)."""
     logs = home / "logs"
     try:
         logs.mkdir(parents=True, exist_ok=True)
@@ -336,6 +335,14 @@ def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
             raise FlowersError(known) from None
         raise SettingsError(f"cannot keep the local run's logs in {logs} ({exc.strerror or exc}): "
                             "set FLOWERS_HOME to a folder of yours that can be written") from None
+    return logs
+
+
+@contextmanager
+def local_cluster(home: Path, concurrency: int) -> Iterator[LocalCluster]:
+    """Runs Redis and one `flowers worker` with `concurrency` processes for the `with` block;
+    both are stopped when it ends, also when the command is terminated by a signal."""
+    logs = local_logs(home)
     prune_run_logs(logs)
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with stopped_by_signals():
