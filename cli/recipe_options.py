@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from flowers.models.errors import UsageError
 from flowers.models.networks import NetworkSpec, check_split_layer
 from flowers.models.runtime.litert import QUANTIZATIONS
 from flowers.models.training.recipe import (
@@ -84,3 +85,25 @@ def fine_tune_recipe(spec: NetworkSpec, epochs: int, epoch_choice: str, views: i
         learning_rate=learning_rate or FINE_TUNE_DEFAULTS.learning_rate,
         batch_size=batch_size or FINE_TUNE_DEFAULTS.batch_size,
     )
+
+
+# The options only one recipe reads, by the recipe (click's parameter names).
+RECIPE_ONLY = {
+    "fine-tune": ("epochs", "epoch_choice", "views", "flip_average", "cross_fit", "refit",
+                  "split_layer"),
+    "codelab": ("how_many_training_steps", "eval_step_interval"),
+}
+
+
+def check_options_of(recipe: str) -> None:
+    """`UsageError` for an option given on the command line that only the other recipe reads:
+    it would be recorded in the manifest as asked, and never used."""
+    context = click.get_current_context()
+    for other, names in RECIPE_ONLY.items():
+        for name in names:
+            if other != recipe and context.get_parameter_source(name) == \
+                    click.core.ParameterSource.COMMANDLINE:
+                option = next(param for param in context.command.params if param.name == name)
+                raise UsageError(f"{option.opts[0]} is the {other} recipe's option, and this "
+                                 f"training is --recipe {recipe}: drop it, or pass --recipe "
+                                 f"{other}")

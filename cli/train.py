@@ -15,6 +15,7 @@ from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
     FINE_TUNE_DEFAULTS,
     TRAIN_QUANTIZE,
+    check_options_of,
     fine_tune_options,
     fine_tune_recipe,
     quantize_option,
@@ -90,6 +91,7 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
           accept_precision: float, wait: bool, print_misclassified_test_images: bool) -> None:
     """Retrain the top of an ImageNet network on PHOTO_DIR (one sub-folder per class)."""
     settings = obj.settings
+    check_options_of(recipe)
     check_precision(accept_precision)
     spec = get_spec(architecture)
     if learning_rate is not None and learning_rate <= 0:
@@ -101,9 +103,6 @@ def train(obj: CliContext, photo_dir: Path, architecture: str, output: Path | No
     data = discover(photo_dir)
     check_training_classes(stable_split(data.photos, validation_percentage, testing_percentage),
                            data.class_names, data.root)
-    if codelab and fine_tune.cross_fit:
-        raise UsageError(f"--cross-fit {fine_tune.cross_fit} is the fine-tune recipe's: the "
-                         "codelab recipe fits its trust on the held-out splits")
     if fine_tune.cross_fit:  # every part needs a photo of every class
         stratified_folds(data.photos, fine_tune.cross_fit, "--cross-fit")
     target, what = output_folder(str(output) if output else None, settings.home, architecture)

@@ -253,8 +253,9 @@ def test_a_class_with_one_photo_trains_with_a_warning(
 def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
     flower_photos: Path, tmp_path: Path
 ) -> None:
-    """--cross-fit 1 or beyond its bound, --refit beside cross-fitting, and more parts than the
-    smallest class's photos: exit 2 with one line naming the option, nothing written."""
+    """--cross-fit 1 or beyond its bound, --refit beside cross-fitting, more parts than the
+    smallest class's photos, and an option of the recipe not trained: exit 2 with one line
+    naming the option, nothing written."""
     few = copy_subset(flower_photos, tmp_path / "few", ["daisy", "roses"], 3)
     env = flowers_env(tmp_path / "home", None, None)
     for argv, said in (
@@ -269,7 +270,16 @@ def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
              "--cross-fit 3 is more than the 2 photos of the smallest class in fold 1's "
              "training photos"),
             (["train", "--recipe", "codelab", "--cross-fit", "2"],
-             "--cross-fit 2 is the fine-tune recipe's")):
+             "--cross-fit is the fine-tune recipe's option, and this training is --recipe "
+             "codelab: drop it, or pass --recipe fine-tune"),
+            # Options the recipe would not read, recorded in its manifest as if it had:
+            (["train", "--recipe", "codelab", "--views", "4"],
+             "--views is the fine-tune recipe's option"),
+            (["train", "--recipe", "codelab", "--no-refit"],
+             "--refit is the fine-tune recipe's option"),
+            (["train", "--how-many-training-steps", "100"],
+             "--how-many-training-steps is the codelab recipe's option, and this training is "
+             "--recipe fine-tune")):
         result = run_flowers(argv[0], str(few), *argv[1:], "--weights", "none", "--output",
                              str(tmp_path / "out"), env=env)
         assert result.returncode == 2, (argv, result.stderr)

@@ -306,7 +306,7 @@ def test_training_runs_in_its_own_process_and_leaves_the_pool_process_without_te
     env = flowers_env(flowers_home, redis_url, weights_dir)
     output = tmp_path / "bundle"
     trained = run_flowers("train", str(photo_subset), "--output", str(output), "--architecture",
-                          "mobilenet_0.25_224", "--how-many-training-steps", "20", env=env)
+                          "mobilenet_0.25_224", env=env)
     assert trained.returncode == 0, trained.stderr
     assert (output / TFLITE_FILE).is_file()
     assert worker.pool_pids() == [pool_pid], "the pool process itself lives on"
