@@ -205,6 +205,8 @@ def describe_trust(trust: dict[str, Any]) -> str:
                f"training photo (keeps {trust['unknown_keep']:.0%} of held-out photos)")
     threshold = trust["accept_threshold"]
     at = "nothing" if threshold is None else f"at {threshold:.3f}"
+    ece = ("n/a (no test photos)" if trust["test_ece_before"] is None else
+           f"{trust['test_ece_before']:.3f} -> {trust['test_ece_after']:.3f}")
     return (f"confidences calibrated (temperature {trust['temperature']:.3f}): test ECE "
-            f"{trust['test_ece_before']:.3f} -> {trust['test_ece_after']:.3f}; accept {at} "
+            f"{ece}; accept {at} "
             f"for {trust['accept_precision']:g} precision: {accepted}{unknown}")

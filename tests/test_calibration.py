@@ -240,3 +240,15 @@ def test_a_decider_asks_for_features_when_its_bundle_measures_unknown_by_them() 
     assert decider.decide(probabilities, features) == [ACCEPT, REVIEW, UNKNOWN]
     with pytest.raises(BundleError, match="gives no features"):
         decider.decide(probabilities, None)
+
+
+def test_without_held_out_photos_the_test_ece_is_not_measured_not_zero() -> None:
+    """--validation-percentage 0 --testing-percentage 0: train printed 'test ECE 0.000 ->
+    0.000', a perfect score measured on nothing."""
+    from flowers.cli.train import describe_trust
+
+    features = clustered_features(np.arange(50) % 5, seed=6)
+    nothing = HeldOut(np.zeros((0, 5)), np.zeros(0, dtype=np.int64), np.zeros((0, 32)))
+    found = fit_trust(nothing, nothing, features, 0.9)
+    assert found.calibration["test_ece_before"] is None is found.calibration["test_ece_after"]
+    assert "test ECE n/a (no test photos); accept nothing" in describe_trust(found.summary())

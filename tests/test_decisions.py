@@ -167,3 +167,18 @@ def test_a_precision_outside_zero_to_one_is_a_usage_error(
                     f"--accept-precision {float(value)!r} is not a precision in (0, 1]")
         assert expected in line, line
     assert not (tmp_path / "o.csv").exists() and not (flowers_home / "logs").exists()
+
+
+def test_a_bundle_trained_without_test_photos_has_a_page_saying_so(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["calibration"].update(test_ece_before=None, test_ece_after=None)
+    path.write_text(json.dumps(manifest))
+    result = run_flowers("review", str(bundle), "--output", str(tmp_path / "page.html"),
+                         env=flowers_env(tmp_path / "home", None, None))
+    assert result.returncode == 0, result.stderr
+    assert "no test photos to measure its ECE on" in (tmp_path / "page.html").read_text()

@@ -123,10 +123,11 @@ def fit_trust(first: HeldOut, second: HeldOut, reference: np.ndarray,
             f"every photo, cross-fitted in {cross_fit_parts} parts" if cross_fit_parts
             else "validation and testing")},
         "test_temperature": round(test_temperature, 6),
+        # None without test photos (--testing-percentage 0): nothing measured, not a perfect 0.
         "test_ece_before": round(calibration.expected_calibration_error(
-            test.probabilities, test.labels), 6),
+            test.probabilities, test.labels), 6) if len(test.labels) else None,
         "test_ece_after": round(calibration.expected_calibration_error(
-            test_calibrated, test.labels), 6),
+            test_calibrated, test.labels), 6) if len(test.labels) else None,
         "test_reliability": calibration.reliability(test_calibrated, test.labels),
     }
     decisions: dict[str, Any] = {"accept": {
