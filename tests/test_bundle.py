@@ -242,6 +242,11 @@ def test_a_bundle_from_another_decoding_version_gets_a_warning(
     {"unknown": {"threshold": float("nan"), "feature_size": 256}},
     {"accept": {"target_precision": 0.98, "curve": [
         {"threshold": 0.9, "precision": 1.0, "coverage": 0.5, "bound": "high"}]}},
+    # A threshold under every confidence would accept every photo.
+    {"accept": {"target_precision": 0.98, "curve": [
+        {"threshold": float("-inf"), "precision": 1.0, "coverage": 1.0, "bound": 0.99}]}},
+    {"accept": {"target_precision": 0.98, "curve": [
+        {"threshold": 0.5, "precision": 1.5, "coverage": 1.0, "bound": 0.99}]}},
 ])
 def test_damaged_decisions_are_one_line_naming_them(
     trained_bundle: tuple[Path, Any], tmp_path: Path, change: dict[str, Any],

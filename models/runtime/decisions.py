@@ -146,6 +146,9 @@ def load_decider(bundle: Path, manifest: dict[str, Any],
         curve = [{"threshold": float(p["threshold"]), "precision": float(p["precision"]),
                   **({"bound": float(p["bound"])} if "bound" in p else {})}
                  for p in accept["curve"]]
+        for point in curve:  # confidences and precisions, as the curve was measured
+            if not all(0 <= value <= 1 for value in point.values()):
+                raise ValueError(f"curve point {point} outside [0, 1]")
         target = check_precision(accept["target_precision"], "the bundle's target precision")
         unknown = decisions.get("unknown")
         threshold = None if unknown is None else float(unknown["threshold"])
