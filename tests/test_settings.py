@@ -122,6 +122,7 @@ def test_values_in_range_are_taken(name: str, value: str, field: str, expected: 
     ("FLOWERS_BROKER_URL", "redis://[::1:6379/0", "cannot be read"),
     ("FLOWERS_BROKER_URL", "redis://ho st:6379/0", "spaces"),
     ("FLOWERS_ALLOWED_ROOTS", "photos:/srv/out", "absolute folders"),
+    ("FLOWERS_ALLOWED_ROOTS", "::", "names no folder"),  # set: never no confinement
 ])
 def test_values_out_of_range_are_refused_naming_the_variable(
     name: str, value: str, accepted: str

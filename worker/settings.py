@@ -300,6 +300,10 @@ def _allowed_roots(value: str | None) -> tuple[Path, ...]:
             raise SettingsError(
                 f"FLOWERS_ALLOWED_ROOTS={_shown(value or '')}: {root!r} cannot be resolved "
                 f"({exc}); give folders that exist") from None
+    if value and not roots:  # set, yet naming no folder: never "no limit"
+        raise SettingsError(
+            f"FLOWERS_ALLOWED_ROOTS={_shown(value)} names no folder; give absolute folders "
+            "separated by ':', or unset it for no confinement")
     return tuple(roots)
 
 
