@@ -27,7 +27,8 @@ def _bundle_lines(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     imported = imported_from(manifest)
     if imported is None:
         accuracy = (manifest.get("metrics") or {}).get("test_accuracy")
-        lines.append(f"  trained by flowers train, test accuracy {accuracy}")
+        shown = f"{accuracy:.1%}" if isinstance(accuracy, float) else "n/a"
+        lines.append(f"  trained by flowers train, test accuracy {shown}")
         tflite = (manifest.get("models") or {}).get("tflite")
         if isinstance(tflite, dict) and tflite.get("quantization"):
             lines.append(f"  model.tflite quantization: {tflite['quantization']}")

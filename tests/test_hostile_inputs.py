@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -369,6 +370,7 @@ def test_names_are_printed_escaped_never_raw(
     assert f"  {odd[1]} " in named.stdout, named.stdout
     status = run_flowers("status", str(renamed), env=env)
     assert status.returncode == 0 and "ro\\u202eses" in status.stdout, status.stderr
+    assert re.search(r"test accuracy \d+\.\d%\n", status.stdout), status.stdout
 
     missing = run_flowers("train", str(photos / "gone\x1b[2J\u202e"), "--output",
                           str(tmp_path / "b"), env=env)
