@@ -15,7 +15,13 @@ import click
 from flowers.cli.context import CliContext
 from flowers.cli.numbers import NUMBER
 from flowers.cli.paths import PathParam
-from flowers.models.bundle import decoding_mismatch, imported_note, read_manifest, resize_method
+from flowers.models.bundle import (
+    decoding_mismatch,
+    imported_from,
+    imported_note,
+    read_manifest,
+    resize_method,
+)
 from flowers.models.dataset import printable
 from flowers.models.errors import UsageError
 from flowers.models.runtime.decisions import Decider, check_precision, load_decider
@@ -86,11 +92,13 @@ def bundle_decider(bundle: Path, manifest: dict[str, Any], accept_precision: flo
     decisions gets a note on stderr (with `left_out`, what that leaves out of the output), or,
     when a precision was asked of it, `UsageError`."""
     decider = load_decider(bundle, manifest, accept_precision)
+    why, remedy = (("imported from a codelab graph", "train a bundle on its photos")
+                   if imported_from(manifest) is not None else
+                   ("made before flowers calibrated its bundles", "retrain it"))
     if decider is None and accept_precision is not None:
-        raise UsageError(f"--accept-precision: {bundle} makes no decisions (made before flowers "
-                         "calibrated its bundles): retrain it to get them")
+        raise UsageError(f"--accept-precision: {bundle} makes no decisions ({why}): {remedy} "
+                         "(flowers train) to get them")
     if decider is None:
-        click.echo(f"note: {bundle} makes no decisions (made before flowers calibrated its "
-                   f"bundles): {left_out}retrain it (flowers train) for accept / review / "
-                   "unknown", err=True)
+        click.echo(f"note: {bundle} makes no decisions ({why}): {left_out}{remedy} (flowers "
+                   "train) for accept / review / unknown", err=True)
     return decider
