@@ -13,7 +13,7 @@ import click
 from flowers.cli.context import CliContext
 from flowers.cli.paths import PathParam
 from flowers.models import ownership
-from flowers.models.bundle import read_manifest
+from flowers.models.bundle import TFLITE_FILE, read_manifest
 from flowers.models.errors import UsageError
 from flowers.models.export import FORMATS
 from flowers.models.runtime.litert import QUANTIZATIONS
@@ -52,7 +52,9 @@ def export(obj: CliContext, bundle: Path, fmt: str, quantize: str | None, output
         representative_photos(bundle.resolve(), manifest, photos)
     threads = obj.settings.threads_per_process()
     if in_place:
-        click.echo(f"added {add_fast_model(bundle, threads)}")
+        had = (bundle / TFLITE_FILE).is_file()
+        written = add_fast_model(bundle, threads)
+        click.echo(f"converted again: {written}" if had else f"added {written}")
         return
     assert output is not None
     written = export_bundle(bundle, fmt, output, quantize, photos, threads)

@@ -110,6 +110,7 @@ def test_an_old_bundle_labels_on_keras_with_a_note_until_exported_in_place(
 
     added = run_flowers("export", str(bundle), "--in-place", env=env)
     assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"added {bundle.resolve() / TFLITE_FILE}", added.stdout
     manifest = read_manifest(bundle)
     assert manifest["format_version"] == FORMAT_VERSION and "tflite" in manifest["models"]
     assert choose_runtime(bundle, manifest, "litert").runtime == "litert"
