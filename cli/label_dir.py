@@ -67,6 +67,11 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
     or an earlier output without --overwrite."""
     output = ownership.check_output_place(
         output, photo_dir, file=None if partitioned else "a CSV file (or pass --partition-rows)")
+    for suffix in (".parts", results.JOB_RECORD_SUFFIX):  # what flowers writes beside one
+        if output.name.endswith(suffix) and len(output.name) > len(suffix):
+            raise UsageError(f"--output {output}: a name ending in {suffix} is what flowers "
+                             f"writes beside the output {output.name[:-len(suffix)]}: choose "
+                             "another name")
     if not partitioned:
         ownership.check_replaceable_file(output, "--output")
     elif output.exists() or output.is_symlink():

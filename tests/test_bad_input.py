@@ -185,6 +185,11 @@ def test_output_inside_the_photo_folder_and_bad_numbers_are_usage_errors(
                        "--output", str(tmp_path / "p"), "--partition-rows", "9" * 23, env=env)
     assert huge.returncode == 2 and "--partition-rows" in huge.stderr, huge.stderr
     assert not (tmp_path / ".p.parts").exists() and not (tmp_path / "p.parts").exists()
+    for name in ("out.csv.parts", "out.csv.job.json"):
+        beside = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
+                             "--output", str(tmp_path / name), env=env)
+        assert beside.returncode == 2 and "is what flowers writes beside the output out.csv" \
+            in beside.stderr, beside.stderr
     no_home = run_flowers("label-dir", str(odd_photos), "--model", str(trained_bundle[0]),
                           "--output", str(tmp_path / "h.csv"),
                           env={**env, "FLOWERS_HOME": "/proc/1"})
