@@ -80,6 +80,12 @@ def main() -> None:
     parser.add_argument("--train-share", type=float, default=1.0,
                         help="fit on this share of each class's training photos (a learning "
                              "curve; the same photos for every seed)")
+    parser.add_argument("--pair-first", action="store_true",
+                        help="with --refit: also fit on the training split alone, as flowers "
+                             "fits before its refit, and score that fit (`way@seedfirst`), its "
+                             "probabilities averaged with the refit's (`way@seedpair+ensemble`: "
+                             "one shared trunk, two tops) and their weights averaged "
+                             "(`way@seedpair+soup`)")
     parser.add_argument("--set", default="{}", help="a JSON object of fine-tune recipe fields")
     parser.add_argument("--dump", type=Path, default=None,
                         help="write an .npz of each fold's probabilities (first seed): the "
@@ -194,6 +200,28 @@ def main() -> None:
                     probabilities = way_probabilities(way, fitted.top.final, test_rows)
                 per_way[way].append(probabilities)
                 score(f"{way}@{seed}" if len(seeds) > 1 else way, probabilities, truth, line)
+            if args.pair_first and args.refit:
+                refitted = fits[-1]
+                first = trainer.fit(features, labels, held["training"], held["validation"],
+                                    len(data.class_names), settings.head_config(),
+                                    dataclasses.replace(recipe, seed=seed))
+                assert first.top is not None
+                first_weights = (first.top.network.application.get_weights(),
+                                 first.top.final.get_weights())
+                plain = [way for way in ways if not way.startswith("int8")]
+                anysize.set_weights(first_weights[0])
+                for way in plain:
+                    alone = way_probabilities(way, first.top.final, test_rows)
+                    score(f"{way}@{seed}first", alone, truth, line)
+                    score(f"{way}@{seed}pair+ensemble",
+                          (alone + per_way[way][-1]) / 2, truth, line)
+                anysize.set_weights([(a + b) / 2 for a, b in zip(
+                    refitted[0], first_weights[0], strict=True)])
+                first.top.final.set_weights([(a + b) / 2 for a, b in zip(
+                    refitted[1], first_weights[1], strict=True)])
+                for way in plain:
+                    score(f"{way}@{seed}pair+soup",
+                          way_probabilities(way, first.top.final, test_rows), truth, line)
         if len(seeds) > 1:
             final = fits[-1][2]
             anysize.set_weights([np.mean(parts, axis=0) for parts in zip(
