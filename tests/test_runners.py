@@ -316,3 +316,18 @@ def test_training_runs_in_its_own_process_and_leaves_the_pool_process_without_te
                            str(tmp_path / "labels.csv"), env=env)
     assert labelled.returncode == 0, labelled.stderr
     assert not tensorflow_mapped(pool_pid)
+
+
+def test_a_keras_runtime_asked_of_a_bundle_without_a_readable_keras_model_says_why(
+    trained_bundle: tuple[Path, Any], tmp_path: Path,
+) -> None:
+    """model.keras a link to a device: LiteRT runs it, and the note does not call the bundle
+    imported."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle[0], bundle)
+    (bundle / "model.keras").unlink()
+    (bundle / "model.keras").symlink_to("/dev/zero")
+    choice = choose_runtime(bundle, read_manifest(bundle), "keras")
+    assert choice.runtime == "litert"
+    assert choice.warning == (f"{bundle} has no Keras model (its Keras model file is missing or "
+                              "not a regular file): it runs on LiteRT"), choice.warning

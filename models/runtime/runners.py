@@ -222,9 +222,11 @@ def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Run
                             "carried one), so it runs on Keras, about 2x slower: add it with "
                             f"`flowers export {bundle} --format tflite --in-place`")
     if runtime == "keras":
-        return RunnerChoice("litert", f"{bundle} has no Keras model (an imported bundle): "
-                            "it runs on LiteRT" if not has_keras else "TensorFlow is not "
-                            "installed here: labelling on LiteRT, not Keras")
+        why = ("an imported bundle" if manifest.get("imported") is not None else
+               "its Keras model file is missing or not a regular file")
+        return RunnerChoice("litert", f"{bundle} has no Keras model ({why}): it runs on LiteRT"
+                            if not has_keras else "TensorFlow is not installed here: labelling "
+                            "on LiteRT, not Keras")
     if importlib.util.find_spec("ai_edge_litert") is None:
         if not has_keras:
             raise BundleError(f"{bundle} needs LiteRT, which is not installed here: "
