@@ -26,7 +26,7 @@ from flowers.models.errors import BundleError
 from flowers.review import charts
 from flowers.review.page import write_page
 from flowers.review.results_page import PageSummary
-from flowers.review.thumbnails import make_thumbnails
+from flowers.review.thumbnails import made_count, make_thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -135,4 +135,4 @@ def _write_bundle_page(bundle: Path, manifest: dict[str, Any], output: Path,
         trust_charts=trust_charts(manifest),
     )
     return PageSummary(output, page_bytes, sum(manifest.get("split", {}).values()),
-                       len(manifest["class_names"]), len(skipped), len(thumbnails))
+                       len(manifest["class_names"]), len(skipped), made_count(thumbnails))

@@ -21,7 +21,7 @@ from flowers.models.errors import BundleError
 from flowers.review import charts
 from flowers.review.page import write_page
 from flowers.review.selection import select_results
-from flowers.review.thumbnails import make_thumbnails
+from flowers.review.thumbnails import made_count, make_thumbnails
 from flowers.worker.results import read_job_record
 
 log = logging.getLogger(__name__)
@@ -103,5 +103,5 @@ def write_results_page(csv_path: Path, photo_dir: Path, output: Path,
                     for section in selection.labels},
     )
     return PageSummary(output, page_bytes, selection.rows, len(selection.labels),
-                       selection.error_count, len(thumbnails))
+                       selection.error_count, made_count(thumbnails))
 

@@ -78,3 +78,8 @@ def make_thumbnails(root: Path, names: Iterable[str]) -> dict[str, Thumbnail]:
     failed = sum(1 for thumbnail in made if thumbnail.reason)
     log.info("%d thumbnails from %s, %d could not be made", len(made), root, failed)
     return dict(zip(unique, made, strict=True))
+
+
+def made_count(thumbnails: dict[str, Thumbnail]) -> int:
+    """The thumbnails that were made (not those standing for a reason why none could be)."""
+    return sum(1 for thumbnail in thumbnails.values() if not thumbnail.reason)

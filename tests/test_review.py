@@ -113,6 +113,7 @@ def test_names_and_labels_are_escaped_and_paths_stay_in_the_photo_folder(
     assert html.escape(readable(UNDECODABLE_NAME)) in text
     assert text.count("no thumbnail: not a path inside the photo folder") == 2 * 2  # 2 sections
     assert "<img " not in text  # nothing outside the folder was read; the hostile name is absent
+    assert ", 0 thumbnails)" in result.stdout, result.stdout  # none made: none counted
 
 
 @pytest.fixture(scope="session")
