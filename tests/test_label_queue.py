@@ -237,6 +237,13 @@ def test_partitioned_output_is_a_folder_of_sorted_csv_files_with_a_manifest(
     assert manifest["rows"] == 33 and manifest["errors"] == 3
     table = [row for f in manifest["files"] for row in read_csv(output / f["name"])[1:]]
     assert [row[0] for row in table] == sorted({row[0] for row in table}) and len(table) == 33
+    # One file of it is reviewed as a CSV of its own: the folder's manifest is its job record
+    # (the photo folder, the bundle), with that file's own counts.
+    page = tmp_path / "part.html"
+    reviewed = run_flowers("review", str(output / "part-00001.csv"), "--output", str(page),
+                           env=env)
+    assert reviewed.returncode == 0 and page.is_file(), reviewed.stderr
+    assert "10 photos" in reviewed.stdout, reviewed.stdout  # no --photos needed
 
     again = run_flowers(*args, env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr

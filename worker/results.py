@@ -88,12 +88,23 @@ def is_job_record(path: Path) -> bool:
 
 
 def read_job_record(output: Path) -> dict[str, Any] | None:
-    """The job record beside `output` if it describes the file there now (same size), else None."""
+    """The job record beside `output` if it describes the file there now (same size); for a
+    file of a partitioned output, its folder's manifest with that file's own counts; else None."""
     try:
-        record = json_value(job_record_for(output).read_text())
         size = output.stat().st_size
+        beside = job_record_for(output)
+        record = json_value(beside.read_text()) if beside.exists() else None
     except (OSError, ValueError):
         return None
+    if record is None:
+        partitioned = ownership.read_json_object(output.parent / "manifest.json")
+        if partitioned is None or partitioned.get("format") != ownership.PARTITIONED_FORMAT:
+            return None
+        files = partitioned.pop("files", None)
+        entry = next((item for item in files if isinstance(item, dict)
+                      and item.get("name") == output.name), None) if isinstance(files, list) \
+            else None
+        record = None if entry is None else {**partitioned, **entry}
     if not isinstance(record, dict) or record.get("csv_bytes") != size:
         return None
     return record
