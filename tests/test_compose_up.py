@@ -293,8 +293,12 @@ def test_compose_services_label_a_folder_and_survive_a_killed_worker(
 
     def frozen_holding_chunks() -> bool:
         podman("pause", workers[0])
-        time.sleep(0.5)  # the log lags the frozen processes: let what they wrote reach it
-        log = project.logs(workers[0])
+        # The log lags the frozen processes: read it once nothing new reaches it (on a loaded
+        # machine a success written before the pause arrived after half a second).
+        log = ""
+        while (latest := project.logs(workers[0])) != log:
+            log = latest
+            time.sleep(0.5)
         # Taken and not acknowledged, and unfinished: no success logged, no part written (a
         # chunk that wrote its part and logged its success can still await its acknowledgement).
         unfinished = {task_id for task_id, chunk in chunks_in_flight(project.broker_url)

@@ -179,7 +179,8 @@ def test_rows_of_another_bundle_are_refused_and_overwrite_starts_over(
         os.kill(pool_pid, signal.SIGCONT)
     assert over.returncode == 0, over.stderr
     assert "resuming" not in over.stderr
-    wait_for(output.exists, what="the overwritten output")
+    # The merge writes the CSV, then its record beside it: wait for both.
+    wait_for(lambda: results.job_record_for(output).exists(), what="the overwritten output")
     rows = read_csv(output)
     assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "decision",
                        "error"]
