@@ -11,7 +11,9 @@ from flowers.models.errors import UsageError
 from flowers.models.networks import NetworkSpec, check_split_layer
 from flowers.models.runtime.litert import QUANTIZATIONS
 from flowers.models.training.recipe import (
+    CODELAB,
     EPOCH_CHOICES,
+    FINE_TUNE,
     MAX_CROSS_FIT,
     MAX_EPOCHS,
     MAX_VIEWS,
@@ -89,9 +91,9 @@ def fine_tune_recipe(spec: NetworkSpec, epochs: int, epoch_choice: str, views: i
 
 # The options only one recipe reads, by the recipe (click's parameter names).
 RECIPE_ONLY = {
-    "fine-tune": ("epochs", "epoch_choice", "views", "flip_average", "cross_fit", "refit",
-                  "split_layer"),
-    "codelab": ("how_many_training_steps", "eval_step_interval"),
+    FINE_TUNE: ("epochs", "epoch_choice", "views", "flip_average", "cross_fit", "refit",
+                "split_layer"),
+    CODELAB: ("how_many_training_steps", "eval_step_interval"),
 }
 
 

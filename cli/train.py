@@ -64,7 +64,8 @@ from flowers.worker.messages import MAX_BATCH_SIZE
 @click.option("--learning-rate", type=NUMBER, default=None,
               help=f"Default: 0.01 for codelab, {FINE_TUNE_DEFAULTS.learning_rate:g} for "
                    "fine-tune (Adam, cosine decay).")
-@click.option("--eval-step-interval", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--eval-step-interval", type=click.IntRange(1, MAX_TRAINING_STEPS), default=10,
+              show_default=True,
               help="codelab: steps between evaluations.")
 @click.option("--validation-percentage", type=NUMBER, default=10.0, show_default=True)
 @click.option("--testing-percentage", type=NUMBER, default=10.0, show_default=True)

@@ -117,16 +117,25 @@ def is_parts_folder(folder: Path) -> bool:
         key in record for key in ("bundle_id", "photo_dir", "top_k"))
 
 
-def partitioned_files(folder: Path) -> list[str] | None:
-    """The file names a partitioned CSV output lists in its manifest (flowers' format), or
-    None when `folder` is not one."""
+def partitioned_entries(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A partitioned CSV output's manifest (flowers' format) without its file list, and that
+    list's entries (each file's name and counts); None when `folder` is not one."""
     manifest = read_json_object(folder / BUNDLE_MANIFEST)
     if manifest is None or manifest.get("format") != PARTITIONED_FORMAT:
         return None
-    files = manifest.get("files")
+    files = manifest.pop("files", None)
     if not isinstance(files, list):
         return None
-    names = [entry.get("name") for entry in files if isinstance(entry, dict)]
+    return manifest, [entry for entry in files if isinstance(entry, dict)]
+
+
+def partitioned_files(folder: Path) -> list[str] | None:
+    """The file names a partitioned CSV output lists in its manifest (flowers' format), or
+    None when `folder` is not one."""
+    found = partitioned_entries(folder)
+    if found is None:
+        return None
+    names = [entry.get("name") for entry in found[1]]
     if not all(isinstance(name, str) and re.fullmatch(r"part-\d{5,}\.csv", name)
                for name in names):
         return None

@@ -77,7 +77,8 @@ def test_a_split_layer_the_network_lacks_is_refused_before_any_work(
                                                ("--train-batch-size", "9" * 20),
                                                ("--epochs", "9" * 20),
                                                ("--views", "99999999999"),
-                                               ("--how-many-training-steps", "9" * 23)])
+                                               ("--how-many-training-steps", "9" * 23),
+                                               ("--eval-step-interval", "9" * 20)])
 def test_bad_numbers(photo_subset: Path, tmp_path: Path, option: str, value: str) -> None:
     """Each refused by the command (a number past any real use too, which the job would have
     taken to its photo stage and then failed deep in TensorFlow), nothing started."""

@@ -96,15 +96,10 @@ def read_job_record(output: Path) -> dict[str, Any] | None:
         record = json_value(beside.read_text()) if beside.exists() else None
     except (OSError, ValueError):
         return None
-    if record is None:
-        partitioned = ownership.read_json_object(output.parent / "manifest.json")
-        if partitioned is None or partitioned.get("format") != ownership.PARTITIONED_FORMAT:
-            return None
-        files = partitioned.pop("files", None)
-        entry = next((item for item in files if isinstance(item, dict)
-                      and item.get("name") == output.name), None) if isinstance(files, list) \
-            else None
-        record = None if entry is None else {**partitioned, **entry}
+    if record is None and (partitioned := ownership.partitioned_entries(output.parent)):
+        manifest, files = partitioned
+        record = next(({**manifest, **entry} for entry in files
+                       if entry.get("name") == output.name), None)
     if not isinstance(record, dict) or record.get("csv_bytes") != size:
         return None
     return record

@@ -204,7 +204,7 @@ def choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Runn
 
 
 def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> RunnerChoice:
-    from flowers.models.bundle import TFLITE_FILE, keras_model_file
+    from flowers.models.bundle import TFLITE_FILE, imported_from, keras_model_file
 
     check_runtime(runtime)
     has_keras = keras_model_file(bundle, manifest) is not None
@@ -222,7 +222,7 @@ def _choose_runtime(bundle: Path, manifest: dict[str, Any], runtime: str) -> Run
                             "carried one), so it runs on Keras, about 2x slower: add it with "
                             f"`flowers export {bundle} --format tflite --in-place`")
     if runtime == "keras":
-        why = ("an imported bundle" if manifest.get("imported") is not None else
+        why = ("an imported bundle" if imported_from(manifest) is not None else
                "its Keras model file is missing or not a regular file")
         return RunnerChoice("litert", f"{bundle} has no Keras model ({why}): it runs on LiteRT"
                             if not has_keras else "TensorFlow is not installed here: labelling "

@@ -24,6 +24,7 @@ from flowers.models.decode import PREPROCESS_VERSION
 from flowers.models.errors import DatasetError, UsageError
 from flowers.models.runtime.decisions import DEFAULT_ACCEPT_PRECISION, check_precision
 from flowers.models.runtime.litert import QUANTIZATIONS
+from flowers.models.runtime.predict import MAX_BATCH_SIZE
 from flowers.models.training import crossfit, head, quantized, report, trainer
 from flowers.models.training.recipe import (
     CODELAB,
@@ -75,7 +76,7 @@ class RetrainRequest:
                 ("how many training steps", self.how_many_training_steps, MAX_TRAINING_STEPS),
                 ("train batch size", self.train_batch_size, MAX_TRAIN_BATCH),
                 ("eval step interval", self.eval_step_interval, MAX_TRAINING_STEPS),
-                ("bottleneck batch size", self.bottleneck_batch_size, MAX_TRAIN_BATCH)):
+                ("bottleneck batch size", self.bottleneck_batch_size, MAX_BATCH_SIZE)):
             if not 1 <= value <= high:
                 raise UsageError(f"{name} {value} is out of range: 1 to {high}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
