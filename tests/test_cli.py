@@ -74,9 +74,8 @@ def test_a_split_layer_the_network_lacks_is_refused_before_any_work(
                                                ("--learning-rate", "nan"),
                                                ("--validation-percentage", "inf"),
                                                ("--accept-precision", "nan"),
+                                               ("--epochs", "9" * 20), ("--views", "9" * 11),
                                                ("--train-batch-size", "9" * 20),
-                                               ("--epochs", "9" * 20),
-                                               ("--views", "99999999999"),
                                                ("--how-many-training-steps", "9" * 23),
                                                ("--eval-step-interval", "9" * 20)])
 def test_bad_numbers(photo_subset: Path, tmp_path: Path, option: str, value: str) -> None:

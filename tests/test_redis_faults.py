@@ -96,7 +96,7 @@ def test_redis_killed_mid_job_keeps_the_job(
         wait_for(lambda: parts_written(output) >= 2, what="2 chunks")
         server.process.kill()
         server.process.wait()
-        time.sleep(2)  # down for a few of the waiting command's polls, however loaded the machine
+        time.sleep(1)
         persistent_redis(True)
         _, stderr = cli.communicate(timeout=240)
     finally:
