@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # How long one call to Redis is retried before its error is raised: a restart or a short
 # outage is ridden out, a Redis gone for longer is reported.
 PATIENCE_SECONDS = 120
+RETRIED_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
 
 class AnnouncedRetry(Retry):
@@ -29,8 +30,9 @@ class AnnouncedRetry(Retry):
     try under way when the patience runs out ends first, so a call may last one try (a
     socket timeout, or a connection timeout and a backoff) longer."""
 
-    def __init__(self, where: str, patience: float, backoff: Any) -> None:
-        super().__init__(backoff, -1)  # no limit on tries: `patience` ends them
+    def __init__(self, where: str, patience: float, backoff: Any,
+                 supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS) -> None:
+        super().__init__(backoff, -1, supported_errors)  # no limit on tries: `patience` ends them
         self.where = where
         self.patience = patience
         self.lost = False
@@ -73,12 +75,19 @@ class AnnouncedRetry(Retry):
         return result
 
 
+def patient_retry(url: str, patience: float = PATIENCE_SECONDS,
+                  supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS,
+                  ) -> AnnouncedRetry:
+    """The retry of every call to Redis at `url`: `patience` seconds, backing off to 5 s."""
+    return AnnouncedRetry(redact_url(url), patience, ExponentialBackoff(cap=5.0, base=0.25),
+                          supported_errors)
+
+
 def patient_client(url: str, patience: float = PATIENCE_SECONDS,
                    socket_timeout: float = 30) -> redis.Redis:
     """A Redis client that rides out a restart: one call retries for `patience` seconds (and
     the try under way then), saying so."""
     return redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=socket_timeout,
-        retry=AnnouncedRetry(redact_url(url), patience, ExponentialBackoff(cap=5.0, base=0.25)),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry=patient_retry(url, patience), retry_on_error=list(RETRIED_ERRORS),
     )
