@@ -12,6 +12,7 @@ from flowers.cli.context import CliContext
 from flowers.models.dataset import printable
 from flowers.models.errors import TRAIN_EXTRA, FlowersError, SettingsError, os_error_message
 from flowers.worker.embedded import Interrupted
+from flowers.worker.redis_client import LOST, redis_error
 from flowers.worker.settings import Settings
 
 INTERRUPTED = ("its local Redis and worker are stopped; run the same command again to resume "
@@ -62,13 +63,13 @@ class FlowersGroup(click.Group):
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
-            if (full := _redis_error(exc, "OutOfMemoryError")) is not None:  # noeviction
+            if (full := redis_error(exc, "OutOfMemoryError")) is not None:  # noeviction
                 raise click.ClickException(
                     f"Redis is full and refuses writes ({full}): free memory there or raise "
                     "its maxmemory (flowers' queues need the noeviction policy), then run the "
                     "same command again: it resumes"
                 ) from None
-            if (lost := _redis_error(exc, "ConnectionError", "TimeoutError")) is not None:
+            if (lost := redis_error(exc, *LOST)) is not None:
                 raise click.ClickException(  # Redis stopped answering mid-command, past retries
                     f"lost Redis: {lost}; check that it runs, then run the same command again: "
                     "it resumes"
@@ -83,19 +84,6 @@ class FlowersGroup(click.Group):
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
             ) from None
-
-
-def _redis_error(error: BaseException | None, *names: str) -> BaseException | None:
-    """`error`, or the error it was raised from (kombu raises its own from redis-py's), when it
-    is one of redis-py's errors `names` (or a kind of one); else None."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if type(error).__module__.startswith("redis") and any(
-                kind.__name__ in names for kind in type(error).__mro__):
-            return error
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    return None
 
 
 @click.group(cls=FlowersGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,7 +25,7 @@ from flowers.models.errors import (
 )
 from flowers.worker.embedded import LocalCluster, local_cluster
 from flowers.worker.jobs import FINAL_STATES, JobStore
-from flowers.worker.redis_client import patient_client, patient_retry
+from flowers.worker.redis_client import LOST, patient_client, patient_retry, redis_error
 from flowers.worker.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class Queue:
 
         if app.conf.broker_url != self.broker_url:
             configure(app, self.settings, self.broker_url)
-        patient_retry(self.broker_url, supported_errors=(OperationalError,)).call_with_retry(
+        patient_retry(self.broker_url, supported_errors=(OperationalError,),
+                      is_retryable=lambda error: redis_error(error, *LOST) is not None,
+                      ).call_with_retry(
             lambda: app.send_task(
                 task_name, args=[argument], task_id=task_id, queue=self.settings.queue,
                 retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5}),

@@ -13,11 +13,12 @@ from tests.conftest import copy_subset
 
 FINE_TUNE_MARGIN = 0.01
 
-pytestmark = [pytest.mark.model, pytest.mark.long(minutes=6)]
+pytestmark = [pytest.mark.model, pytest.mark.long(minutes=5)]
 
 
-# 200 photos a class (389 held out): alone, 3.5 minutes here, and fine-tune 0.874 against codelab
-# 0.843; beside the other test processes it can take twice as long.
+# 120 photos a class (246 held out): alone, 3 minutes here, and fine-tune 0.829 against codelab
+# 0.801 (at 200 a class, 389 held out: 4.2 minutes, 0.874 against 0.843); beside the other test
+# processes it can take twice as long.
 @pytest.mark.timeout(1200)
 def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
     flower_photos: Path, weights_dir: Path, tmp_path: Path,
@@ -26,7 +27,7 @@ def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
     from flowers.models.training.retrain import RetrainRequest, retrain
 
     photos = copy_subset(flower_photos, tmp_path / "photos",
-                         ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 200)
+                         ["daisy", "dandelion", "roses", "sunflowers", "tulips"], 120)
     def train(recipe: str, output: str) -> dict[str, Any]:
         request = RetrainRequest(photo_dir=str(photos), output=str(tmp_path / output),
                                  architecture="mobilenet_v2", recipe=recipe,
@@ -36,7 +37,7 @@ def test_fine_tuning_beats_the_codelab_recipe_on_the_same_photos(
 
     codelab = train(CODELAB, "codelab")
     fine = train(FINE_TUNE, "fine")
-    assert fine["split"] == codelab["split"] and fine["split"]["testing"] >= 360
+    assert fine["split"] == codelab["split"] and fine["split"]["testing"] >= 240
     print(f"test accuracy on {fine['split']['testing']} photos: fine-tune "
           f"{fine['test_accuracy']:.3f}, codelab {codelab['test_accuracy']:.3f}")
     assert fine["test_accuracy"] >= codelab["test_accuracy"] + FINE_TUNE_MARGIN, (

@@ -181,6 +181,7 @@ def test_a_full_redis_is_named_with_what_to_do(
         queued = run_flowers("train", str(photo_subset), "--output", str(tmp_path / "bundle"),
                              "--no-wait", env=flowers_env(flowers_home, server.url, weights_dir))
         assert queued.returncode == 1, queued.stderr
+        assert "cannot reach Redis" not in queued.stderr, "a refusal is not waited out"
         *_, line = queued.stderr.strip().splitlines()  # after the line naming the training
         assert line.startswith("Error: Redis is full and refuses writes ("), line
         assert "command not allowed when used memory > 'maxmemory'" in line, line
@@ -229,7 +230,7 @@ def test_redis_errors_are_found_where_kombu_wraps_them_and_nowhere_else() -> Non
     (`from None`), or only in passing, is not taken for a Redis error."""
     from kombu.exceptions import OperationalError
 
-    from flowers.cli.main import _redis_error
+    from flowers.worker.redis_client import redis_error
 
     full = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
     try:
@@ -238,15 +239,15 @@ def test_redis_errors_are_found_where_kombu_wraps_them_and_nowhere_else() -> Non
         except redis.RedisError as exc:
             raise OperationalError("Command # 1 (LLEN flowers) of pipeline caused error") from exc
     except OperationalError as wrapped:
-        assert _redis_error(wrapped, "OutOfMemoryError") is full
-        assert _redis_error(wrapped, "ConnectionError", "TimeoutError") is None
+        assert redis_error(wrapped, "OutOfMemoryError") is full
+        assert redis_error(wrapped, "ConnectionError", "TimeoutError") is None
     try:
         try:
             raise redis.ConnectionError("Error 111 connecting")
         except redis.RedisError:
             raise RuntimeError("stopping the local cluster failed") from None
     except RuntimeError as unrelated:
-        assert _redis_error(unrelated, "ConnectionError") is None
+        assert redis_error(unrelated, "ConnectionError") is None
 
 
 def test_a_task_sent_while_redis_is_down_waits_for_it_as_every_call_does(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 # outage is ridden out, a Redis gone for longer is reported.
 PATIENCE_SECONDS = 120
 RETRIED_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+LOST = tuple(kind.__name__ for kind in RETRIED_ERRORS)  # their names, for `redis_error`
 
 
 class AnnouncedRetry(Retry):
@@ -31,8 +33,10 @@ class AnnouncedRetry(Retry):
     socket timeout, or a connection timeout and a backoff) longer."""
 
     def __init__(self, where: str, patience: float, backoff: Any,
-                 supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS) -> None:
-        super().__init__(backoff, -1, supported_errors)  # no limit on tries: `patience` ends them
+                 supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS,
+                 is_retryable: Callable[[Exception], bool] | None = None) -> None:
+        # no limit on tries: `patience` ends them
+        super().__init__(backoff, -1, supported_errors, is_retryable)
         self.where = where
         self.patience = patience
         self.lost = False
@@ -75,12 +79,26 @@ class AnnouncedRetry(Retry):
         return result
 
 
+def redis_error(error: BaseException | None, *names: str) -> BaseException | None:
+    """`error`, or the error it was raised from (kombu raises its own from redis-py's), when it
+    is one of redis-py's errors `names` (or a kind of one); else None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__module__.startswith("redis") and any(
+                kind.__name__ in names for kind in type(error).__mro__):
+            return error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
 def patient_retry(url: str, patience: float = PATIENCE_SECONDS,
                   supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS,
-                  ) -> AnnouncedRetry:
-    """The retry of every call to Redis at `url`: `patience` seconds, backing off to 5 s."""
+                  is_retryable: Callable[[Exception], bool] | None = None) -> AnnouncedRetry:
+    """The retry of every call to Redis at `url`: `patience` seconds, backing off to 5 s;
+    `supported_errors` (that `is_retryable` accepts, if given) are retried."""
     return AnnouncedRetry(redact_url(url), patience, ExponentialBackoff(cap=5.0, base=0.25),
-                          supported_errors)
+                          supported_errors, is_retryable)
 
 
 def patient_client(url: str, patience: float = PATIENCE_SECONDS,
