@@ -35,8 +35,8 @@ class AnnouncedRetry(Retry):
     def __init__(self, where: str, patience: float, backoff: Any,
                  supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS,
                  is_retryable: Callable[[Exception], bool] | None = None) -> None:
-        # no limit on tries: `patience` ends them
-        super().__init__(backoff, -1, supported_errors, is_retryable)
+        super().__init__(backoff, -1, supported_errors)  # no limit on tries: `patience` ends them
+        self.retryable = is_retryable
         self.where = where
         self.patience = patience
         self.lost = False
@@ -52,6 +52,9 @@ class AnnouncedRetry(Retry):
         # that goes through while Redis still does not answer says nothing
 
         def failed(error: Exception, *count: int) -> Any:
+            if self.retryable is not None and not self.retryable(error):
+                fail(error, *count)
+                raise error
             failures.append(error)
             if not self.lost:
                 self.lost = True
