@@ -91,7 +91,7 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
         raise UsageError(f"{record} exists and is not the record of a flowers label job: "
                          "move it away or choose another --output")
     results.check_parts_folder(results.parts_dir_for(output))
-    if output.exists() and not overwrite:
+    if output.exists() and not overwrite and not results.replacing(results.parts_dir_for(output)):
         raise UsageError(f"--output {output} exists: pass --overwrite to label again")
     return output
 
@@ -119,7 +119,9 @@ def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bo
                    "held-out photos give for this precision, in (0, 1] (default: the one it "
                    "was trained for, 0.98 unless said otherwise; a bundle's held-out "
                    "precision is read less half a standard error, so 1 accepts nothing).")
-@click.option("--overwrite", is_flag=True, help="Start over: drop earlier rows and output.")
+@click.option("--overwrite", is_flag=True,
+              help="Start over: drop earlier rows (the earlier output stays until the new one "
+                   "replaces it).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait with a progress bar, or print the job id and return.")
 @click.pass_obj
@@ -166,15 +168,12 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
         connect(settings.broker_url)
     with results.locked_parts(parts_dir, output):
         try:
-            overwritten = None
-            if overwrite:
-                if output.is_dir():  # a partitioned output (check_output saw its manifest)
-                    output_csv.remove_partitioned(output)
-                else:
-                    output.unlink(missing_ok=True)
-                results.job_record_for(output).unlink(missing_ok=True)
-                overwritten = results.read_identity(parts_dir).get("job_id")
+            # The earlier output and its record stay until the merge replaces them, so a run
+            # stopped half way loses nothing; its rerun, with or without --overwrite, resumes.
+            overwritten = results.read_identity(parts_dir).get("job_id") if overwrite else None
             results.prepare_parts(parts_dir, identity, overwrite)
+            if overwrite and (output.exists() or output.is_symlink()):
+                results.mark_replacing(parts_dir)
             # Rows kept from before, checked against their photos as they are now.
             freshness = results.drop_stale_rows(parts_dir, root, k)
         except OSError as exc:

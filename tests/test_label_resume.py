@@ -30,6 +30,7 @@ from tests.conftest import (
     resumed_counts,
     run_flowers,
     wait_for,
+    wait_for_job,
 )
 from tests.label_data import job_record, read_csv, slow_photo
 
@@ -249,3 +250,38 @@ def test_a_bundle_retrained_in_place_while_its_job_runs_fails_the_job(
         "--overwrite to label every photo with the new one"), message
     assert not output.exists()
     assert not part_paths(results.parts_dir_for(output)), "no row of the second bundle"
+
+
+def test_an_overwrite_stopped_half_way_keeps_the_earlier_output_until_its_rerun_replaces_it(
+    redis_url: str, start_workers: WorkerFactory, collection: Path,
+    trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path, tmp_path: Path,
+) -> None:
+    """--overwrite leaves the earlier output and its record as they are until the merge
+    replaces them: a run stopped half way loses nothing, and its rerun, without --overwrite,
+    resumes it rather than refusing the output that is still there."""
+    bundle, _ = trained_bundle
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(collection), "--model", str(bundle), "--output", str(output))
+    first = run_flowers(*args, "--top-k", "1", env=flowers_env(flowers_home, None, weights_dir))
+    assert first.returncode == 0, first.stderr
+    before, record = output.read_bytes(), results.job_record_for(output).read_bytes()
+    env = flowers_env(flowers_home, redis_url, weights_dir)
+    # No worker on the queue yet: the overwriting job waits there, as one stopped half way.
+    queued = run_flowers(*args, "--top-k", "2", "--overwrite", "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    assert output.read_bytes() == before, "the earlier output stays until it is replaced"
+    assert results.job_record_for(output).read_bytes() == record
+
+    resumed = run_flowers(*args, "--top-k", "2", "--no-wait", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    start_workers(1)
+    assert wait_for_job(resumed.stdout.strip(), env, "the resumed job")["state"] == "succeeded"
+    rows = read_csv(output)
+    assert rows[0] == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "decision",
+                       "error"]
+    assert len(rows) == before.count(b"\n"), "one row a photo, as before"
+    written = json.loads(results.job_record_for(output).read_text())
+    assert written["top_k"] == 2 and results.REPLACING not in written
+    assert not results.parts_dir_for(output).exists()
+    again = run_flowers(*args, "--top-k", "2", env=env)
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr, "a finished one refuses"

@@ -70,6 +70,7 @@ IDENTITY = {"bundle_id": "bundle id", "photo_dir": "photo dir", "top_k": "top k"
 
 
 JOB_RECORD_SUFFIX = ".job.json"
+REPLACING = "replaces_output"  # in the parts folder's job.json: see `mark_replacing`
 
 
 def parts_dir_for(output: Path) -> Path:
@@ -312,6 +313,19 @@ def claim_parts(parts_dir: Path, job_id: str) -> str | None:
     return previous
 
 
+def mark_replacing(parts_dir: Path) -> None:
+    """Notes in the parts folder that its job replaces an earlier output (--overwrite), which
+    stays until the merge: a rerun without --overwrite resumes the job instead of refusing."""
+    identity = read_identity(parts_dir)
+    identity[REPLACING] = True
+    write_text_atomically(parts_dir / JOB_FILE, json.dumps(identity, indent=2))
+
+
+def replacing(parts_dir: Path) -> bool:
+    """Whether the parts folder's job replaces an earlier output when it ends (`mark_replacing`)."""
+    return read_identity(parts_dir).get(REPLACING) is True
+
+
 def owns_parts(parts_dir: Path, job_id: str) -> bool:
     return read_identity(parts_dir).get("job_id") == job_id
 
@@ -337,6 +351,7 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
                   unique_paths(sorted_rows(counted_parts(parts_dir), parts_dir))),
                  progress, every)
     identity = read_identity(parts_dir)
+    identity.pop(REPLACING, None)  # the parts folder's business, not the output's
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)
     else:
