@@ -16,6 +16,7 @@ from flowers.cli.progress import ProgressLine
 from flowers.cli.queue import open_queue, require_training_here
 from flowers.cli.recipe_options import (
     EVALUATE_QUANTIZE,
+    check_options_of,
     fine_tune_options,
     fine_tune_recipe,
     quantize_option,
@@ -73,6 +74,8 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     """Cross-validate training recipes on PHOTO_DIR (stratified k-fold) and compare them:
     accuracy, and how far their confidences and decisions can be trusted."""
     spec = get_spec(architecture)
+    recipes = tuple(dict.fromkeys(recipes)) or RECIPES
+    check_options_of(*recipes, what="this evaluation is of")
     if learning_rate is not None and learning_rate <= 0:
         raise UsageError(f"--learning-rate {learning_rate} must be positive")
     check_percentages(validation_percentage, testing_percentage)
@@ -103,7 +106,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
         validation_percentage=validation_percentage, testing_percentage=testing_percentage,
         accept_precision=accept_precision, quantize=quantize,
     )
-    request = EvaluateRequest(training, folds, tuple(dict.fromkeys(recipes)) or RECIPES,
+    request = EvaluateRequest(training, folds, recipes,
                               stray_dir=str(stray_dir) if stray_dir else None)
     stratified_folds(data.photos, folds)  # every fold needs a photo of every class
     if FINE_TUNE in request.recipes and cross_fit:  # and so does every part of its training

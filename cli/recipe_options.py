@@ -97,15 +97,16 @@ RECIPE_ONLY = {
 }
 
 
-def check_options_of(recipe: str) -> None:
-    """`UsageError` for an option given on the command line that only the other recipe reads:
-    it would be recorded in the manifest as asked, and never used."""
+def check_options_of(*recipes: str, what: str = "this training is") -> None:
+    """`UsageError` for an option given on the command line that none of `recipes` reads (only
+    another recipe does): it would be recorded as asked, and never used. `what`: how the
+    message names the recipes asked for ("this training is --recipe fine-tune")."""
     context = click.get_current_context()
     for other, names in RECIPE_ONLY.items():
         for name in names:
-            if other != recipe and context.get_parameter_source(name) == \
+            if other not in recipes and context.get_parameter_source(name) == \
                     click.core.ParameterSource.COMMANDLINE:
                 option = next(param for param in context.command.params if param.name == name)
-                raise UsageError(f"{option.opts[0]} is the {other} recipe's option, and this "
-                                 f"training is --recipe {recipe}: drop it, or pass --recipe "
-                                 f"{other}")
+                asked = " ".join(f"--recipe {recipe}" for recipe in recipes)
+                raise UsageError(f"{option.opts[0]} is the {other} recipe's option, and {what} "
+                                 f"{asked}: drop it, or pass --recipe {other}")

@@ -284,7 +284,10 @@ def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
              "--refit is the fine-tune recipe's option"),
             (["train", "--how-many-training-steps", "100"],
              "--how-many-training-steps is the codelab recipe's option, and this training is "
-             "--recipe fine-tune")):
+             "--recipe fine-tune"),
+            (["evaluate", "--recipe", "fine-tune", "--how-many-training-steps", "5"],
+             "--how-many-training-steps is the codelab recipe's option, and this evaluation is of "
+             "--recipe fine-tune: drop it, or pass --recipe codelab")):
         result = run_flowers(argv[0], str(few), *argv[1:], "--weights", "none", "--output",
                              str(tmp_path / "out"), env=env)
         assert result.returncode == 2, (argv, result.stderr)
