@@ -355,9 +355,6 @@ def merge_parts(parts_dir: Path, output: Path, k: int, partition_rows: int | Non
     if partition_rows:
         counts = write_partitions(output, k, rows, partition_rows, identity)
     else:
-        # An earlier output's record (--overwrite) goes first: the new CSV never sits beside it.
-        if is_job_record(earlier := job_record_for(output)):
-            earlier.unlink(missing_ok=True)
         counts = write_csv(output, k, rows)
         record = {**identity, "columns": header(k), **counts, "finished": now()}
         write_text_atomically(job_record_for(output), json.dumps(record, indent=2))
