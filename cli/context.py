@@ -13,3 +13,5 @@ class CliContext:
 
     settings: Settings
     debug: bool = False
+    # How an error tells the user to resume: label-dir --overwrite resumes without the flag.
+    again: str = "run the same command again"

@@ -75,7 +75,7 @@ def evaluate(obj: CliContext, photo_dir: Path, folds: int, recipes: tuple[str, .
     accuracy, and how far their confidences and decisions can be trusted."""
     spec = get_spec(architecture)
     recipes = tuple(dict.fromkeys(recipes)) or RECIPES
-    check_options_of(*recipes, what="this evaluation is of")
+    check_options_of(*recipes, command="evaluation")
     if learning_rate is not None and learning_rate <= 0:
         raise UsageError(f"--learning-rate {learning_rate} must be positive")
     check_percentages(validation_percentage, testing_percentage)

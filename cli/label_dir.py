@@ -44,6 +44,7 @@ from flowers.worker.jobs import JobStore
 from flowers.worker.label_job import LabelJob
 from flowers.worker.lost_chunks import WALK_BEAT_SECONDS, LostChunks
 from flowers.worker.messages import MAX_BATCH_SIZE, MAX_PARTITION_ROWS, MAX_PHOTOS_PER_CHUNK
+from flowers.worker.redis_client import redis_error
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -64,7 +65,8 @@ def relative_names(root: Path, skip: Iterable[str] = ()) -> Iterator[str]:
 def check_output(output: Path, photo_dir: Path, overwrite: bool, partitioned: bool) -> Path:
     """`output` made absolute, or `UsageError` before any work when flowers may not write there:
     inside the photo folder or a bundle, something flowers did not write (`models.ownership`),
-    or an earlier output without --overwrite."""
+    or an earlier output without --overwrite (unless its parts folder holds an --overwrite run
+    of it, which this run resumes)."""
     output = ownership.check_output_place(
         output, photo_dir, file=None if partitioned else "a CSV file (or pass --partition-rows)")
     for suffix in (".parts", results.JOB_RECORD_SUFFIX):  # what flowers writes beside one
@@ -130,6 +132,8 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
               accept_precision: float | None, overwrite: bool, wait: bool) -> None:
     """Label every photo below PHOTO_DIR with a bundle, into one CSV sorted by path."""
     settings = obj.settings
+    if overwrite:  # an error's advice to resume: the flag would start over again
+        obj.again = "run the same command again without --overwrite"
     if accept_precision is not None:
         check_precision(accept_precision)
     root = check_photo_dir(photo_dir)
@@ -249,11 +253,12 @@ def failed_on_error(jobs: JobStore, job_id: str) -> Iterator[None]:
     saying how to resume."""
     try:
         yield
-    except redis.RedisError:  # Redis gone past its retries: the sweep fails the job later
-        raise
     except Exception as exc:
-        with suppress(redis.RedisError):
-            jobs.fail(job_id, exc)
+        # Redis gone past its retries (or full), kombu's wrapping included: the sweep fails
+        # the job later; anything else fails it now.
+        if redis_error(exc, "RedisError") is None:
+            with suppress(redis.RedisError):
+                jobs.fail(job_id, exc)
         raise
 
 

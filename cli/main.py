@@ -12,11 +12,11 @@ from flowers.cli.context import CliContext
 from flowers.models.dataset import printable
 from flowers.models.errors import TRAIN_EXTRA, FlowersError, SettingsError, os_error_message
 from flowers.worker.embedded import Interrupted
-from flowers.worker.redis_client import LOST, redis_error
+from flowers.worker.redis_client import lost_redis, redis_error
 from flowers.worker.settings import Settings
 
-INTERRUPTED = ("its local Redis and worker are stopped; run the same command again to resume "
-               "(computed features and labelled photos are kept)")
+INTERRUPTED = ("its local Redis and worker are stopped; {again} to resume (computed features "
+               "and labelled photos are kept)")
 INTERRUPTED_REMOTE = ("interrupted: a job already sent to the cluster goes on there "
                       "(flowers status JOB_ID; flowers cancel JOB_ID)")
 
@@ -58,21 +58,23 @@ class FlowersGroup(click.Group):
             click.echo(f"\n{INTERRUPTED_REMOTE if remote else 'interrupted'}", err=True)
             raise SystemExit(128 + signal.SIGINT) from None
         except Interrupted as exc:
-            click.echo(f"\ninterrupted by {exc.signal_name}: {INTERRUPTED}", err=True)
+            again = ctx.obj.again if ctx.obj is not None else CliContext.again
+            click.echo(f"\ninterrupted by {exc.signal_name}: {INTERRUPTED.format(again=again)}",
+                       err=True)
             raise
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
+            again = ctx.obj.again if ctx.obj is not None else CliContext.again
             if (full := redis_error(exc, "OutOfMemoryError")) is not None:  # noeviction
                 raise click.ClickException(
                     f"Redis is full and refuses writes ({full}): free memory there or raise "
-                    "its maxmemory (flowers' queues need the noeviction policy), then run the "
-                    "same command again: it resumes"
-                ) from None
-            if (lost := redis_error(exc, *LOST)) is not None:
-                raise click.ClickException(  # Redis stopped answering mid-command, past retries
-                    f"lost Redis: {lost}; check that it runs, then run the same command again: "
+                    f"its maxmemory (flowers' queues need the noeviction policy), then {again}: "
                     "it resumes"
+                ) from None
+            if (lost := lost_redis(exc)) is not None:
+                raise click.ClickException(  # Redis stopped answering mid-command, past retries
+                    f"lost Redis: {lost}; check that it runs, then {again}: it resumes"
                 ) from None
             if isinstance(exc, OSError) and (message := os_error_message(exc)) is not None:
                 raise click.ClickException(message) from None

@@ -25,7 +25,7 @@ from flowers.models.errors import (
 )
 from flowers.worker.embedded import LocalCluster, local_cluster
 from flowers.worker.jobs import FINAL_STATES, JobStore
-from flowers.worker.redis_client import LOST, patient_client, patient_retry, redis_error
+from flowers.worker.redis_client import patient_client, sending_retry
 from flowers.worker.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -89,17 +89,13 @@ class Queue:
 
     def send(self, task_name: str, argument: Any, task_id: str | None = None) -> None:
         """Sends one task by name with one JSON argument, riding out a lost Redis as every
-        other call to it does (`patient_retry`): kombu's own retries, a few seconds' worth,
+        other call to it does (`sending_retry`): kombu's own retries, a few seconds' worth,
         are one try of it."""
-        from kombu.exceptions import OperationalError
-
         from flowers.worker.app import app, configure
 
         if app.conf.broker_url != self.broker_url:
             configure(app, self.settings, self.broker_url)
-        patient_retry(self.broker_url, supported_errors=(OperationalError,),
-                      is_retryable=lambda error: redis_error(error, *LOST) is not None,
-                      ).call_with_retry(
+        sending_retry(self.broker_url).call_with_retry(
             lambda: app.send_task(
                 task_name, args=[argument], task_id=task_id, queue=self.settings.queue,
                 retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5}),

@@ -97,10 +97,10 @@ RECIPE_ONLY = {
 }
 
 
-def check_options_of(*recipes: str, what: str = "this training is") -> None:
+def check_options_of(*recipes: str, command: str = "training") -> None:
     """`UsageError` for an option given on the command line that none of `recipes` reads (only
-    another recipe does): it would be recorded as asked, and never used. `what`: how the
-    message names the recipes asked for ("this training is --recipe fine-tune")."""
+    another recipe does): it would be recorded as asked, and never used. `command`: what the
+    message calls the run ("training", "evaluation")."""
     context = click.get_current_context()
     for other, names in RECIPE_ONLY.items():
         for name in names:
@@ -108,5 +108,5 @@ def check_options_of(*recipes: str, what: str = "this training is") -> None:
                     click.core.ParameterSource.COMMANDLINE:
                 option = next(param for param in context.command.params if param.name == name)
                 asked = " ".join(f"--recipe {recipe}" for recipe in recipes)
-                raise UsageError(f"{option.opts[0]} is the {other} recipe's option, and {what} "
-                                 f"{asked}: drop it, or pass --recipe {other}")
+                raise UsageError(f"{option.opts[0]} is the {other} recipe's option, and this "
+                                 f"{command} runs {asked}: drop it, or pass --recipe {other}")

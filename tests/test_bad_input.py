@@ -275,7 +275,7 @@ def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
              "--cross-fit 3 is more than the 2 photos of the smallest class in fold 1's "
              "training photos"),
             (["train", "--recipe", "codelab", "--cross-fit", "2"],
-             "--cross-fit is the fine-tune recipe's option, and this training is --recipe "
+             "--cross-fit is the fine-tune recipe's option, and this training runs --recipe "
              "codelab: drop it, or pass --recipe fine-tune"),
             # Options the recipe would not read, recorded in its manifest as if it had:
             (["train", "--recipe", "codelab", "--views", "4"],
@@ -283,10 +283,10 @@ def test_cross_fit_options_that_do_not_fit_are_usage_errors_before_any_work(
             (["train", "--recipe", "codelab", "--no-refit"],
              "--refit is the fine-tune recipe's option"),
             (["train", "--how-many-training-steps", "100"],
-             "--how-many-training-steps is the codelab recipe's option, and this training is "
+             "--how-many-training-steps is the codelab recipe's option, and this training runs "
              "--recipe fine-tune"),
             (["evaluate", "--recipe", "fine-tune", "--how-many-training-steps", "5"],
-             "--how-many-training-steps is the codelab recipe's option, and this evaluation is of "
+             "--how-many-training-steps is the codelab recipe's option, and this evaluation runs "
              "--recipe fine-tune: drop it, or pass --recipe codelab")):
         result = run_flowers(argv[0], str(few), *argv[1:], "--weights", "none", "--output",
                              str(tmp_path / "out"), env=env)

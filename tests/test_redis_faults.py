@@ -277,3 +277,68 @@ def test_a_task_sent_while_redis_is_down_waits_for_it_as_every_call_does(
     assert said[0].startswith(f"cannot reach Redis at {server.url} (") and \
         said[-1] == f"Redis at {server.url} answers again", said
     assert redis.Redis.from_url(server.url).llen(settings.queue) == 1
+
+
+def test_a_send_retries_a_redis_that_does_not_answer_and_no_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kombu raises its OperationalError from redis-py's error: a send retries it when Redis
+    did not answer, and raises it at once, saying nothing, when Redis refused (full, or a
+    password it does not take: a kind of ConnectionError)."""
+    from kombu.exceptions import OperationalError
+
+    from flowers.worker.redis_client import sending_retry
+
+    def send(errors: list[redis.RedisError]) -> Callable[[], str]:
+        def once() -> str:
+            if errors:
+                try:
+                    raise errors.pop(0)
+                except redis.RedisError as exc:
+                    raise OperationalError(str(exc)) from exc
+            return "sent"
+        return once
+
+    url = "redis://127.0.0.1:6379/0"
+    with caplog.at_level(logging.WARNING, logger="flowers.worker.redis_client"):
+        lost = [redis.ConnectionError("Error 111 connecting"), redis.TimeoutError("Timeout")]
+        assert sending_retry(url, 10).call_with_retry(send(lost), lambda error: None) == "sent"
+        assert [record.getMessage()[:32] for record in caplog.records] == [
+            f"cannot reach Redis at {url}"[:32], f"Redis at {url} answers again"[:32]]
+        caplog.clear()
+        for refusal in (redis.exceptions.OutOfMemoryError("command not allowed when used "
+                                                          "memory > 'maxmemory'"),
+                        redis.AuthenticationError("invalid username-password pair")):
+            tries: list[redis.RedisError] = [refusal, redis.ConnectionError("never reached")]
+            with pytest.raises(OperationalError):
+                sending_retry(url, 10).call_with_retry(send(tries), lambda error: None)
+            assert len(tries) == 1 and not caplog.records, refusal
+
+
+def test_a_label_job_readied_when_redis_is_lost_is_left_to_the_sweep() -> None:
+    """An error that ends label-dir while it readies its job fails the job at once, unless it
+    is Redis's (kombu's wrapping included): failing the job would wait on Redis again, and
+    the workers' sweep fails it saying how to resume."""
+    from kombu.exceptions import OperationalError
+
+    from flowers.cli.label_dir import failed_on_error
+
+    class Jobs:
+        def __init__(self) -> None:
+            self.failed: list[str] = []
+
+        def fail(self, job_id: str, error: Exception) -> None:
+            self.failed.append(job_id)
+
+    def readied(error: Exception) -> list[str]:
+        jobs = Jobs()
+        with pytest.raises(type(error)), failed_on_error(jobs, "job"):  # type: ignore[arg-type]
+            raise error
+        return jobs.failed
+
+    try:
+        raise OperationalError("Error 111 connecting") from redis.ConnectionError("refused")
+    except OperationalError as lost:
+        assert readied(lost) == []
+    assert readied(redis.TimeoutError("Timeout")) == []
+    assert readied(OSError(28, "No space left on device")) == ["job"]

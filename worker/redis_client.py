@@ -1,4 +1,6 @@
-"""Clients of the job store's Redis that ride out a restart or a short outage, and say so."""
+"""Clients of the job store's Redis that ride out a restart or a short outage, and say so; the
+same patience for the tasks sent through kombu (`patient_retry`), and how to tell a lost Redis
+from other Redis errors (`redis_error`, `lost_redis`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 PATIENCE_SECONDS = 120
 RETRIED_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 LOST = tuple(kind.__name__ for kind in RETRIED_ERRORS)  # their names, for `redis_error`
+# Kinds of ConnectionError that no wait mends: Redis answered, and refused.
+REFUSED = ("AuthenticationError", "AuthorizationError")
 
 
 class AnnouncedRetry(Retry):
@@ -30,7 +34,9 @@ class AnnouncedRetry(Retry):
     limit is on time, not on the number of tries. The reconnection a failed call makes runs
     a call of its own inside it (redis-py's): that one keeps the outer call's deadline. The
     try under way when the patience runs out ends first, so a call may last one try (a
-    socket timeout, or a connection timeout and a backoff) longer."""
+    socket timeout, or a connection timeout and a backoff) longer. Errors of
+    `supported_errors` are retried; of those, one that `is_retryable` rejects is raised at
+    once, and nothing is said of it."""
 
     def __init__(self, where: str, patience: float, backoff: Any,
                  supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS,
@@ -95,6 +101,12 @@ def redis_error(error: BaseException | None, *names: str) -> BaseException | Non
     return None
 
 
+def lost_redis(error: BaseException | None) -> BaseException | None:
+    """The redis-py error behind `error` when Redis did not answer (stopped, unreachable, too
+    slow); None otherwise, a refused password included (a kind of ConnectionError)."""
+    return None if redis_error(error, *REFUSED) is not None else redis_error(error, *LOST)
+
+
 def patient_retry(url: str, patience: float = PATIENCE_SECONDS,
                   supported_errors: tuple[type[Exception], ...] = RETRIED_ERRORS,
                   is_retryable: Callable[[Exception], bool] | None = None) -> AnnouncedRetry:
@@ -112,3 +124,12 @@ def patient_client(url: str, patience: float = PATIENCE_SECONDS,
         url, socket_connect_timeout=3, socket_timeout=socket_timeout,
         retry=patient_retry(url, patience), retry_on_error=list(RETRIED_ERRORS),
     )
+
+
+def sending_retry(url: str, patience: float = PATIENCE_SECONDS) -> AnnouncedRetry:
+    """The retry of a task sent through kombu to Redis at `url`: its error (OperationalError)
+    is retried, for `patience` seconds, when Redis did not answer; not when it refused."""
+    from kombu.exceptions import OperationalError
+
+    return patient_retry(url, patience, (OperationalError,),
+                         is_retryable=lambda error: lost_redis(error) is not None)

@@ -4,7 +4,10 @@ A labelling job keeps its parts in OUTPUT.parts/ beside the output:
 
     OUTPUT.parts/job.json       the bundle, photo folder and top-k the rows were made with,
                                 the job that owns the folder now, and the jobs whose parts
-                                count (a rerun adds itself; --overwrite starts them over)
+                                count (a rerun adds itself; --overwrite starts them over),
+                                and whether the job replaces an earlier OUTPUT (--overwrite:
+                                that stays until the merge, and a rerun without the flag
+                                resumes the job)
     OUTPUT.parts/part-JOB-00000042.csv   the rows of that job's chunk 42, sorted by path
 
 A chunk's part name is fixed when it is enqueued, so a redelivered chunk rewrites its own part
