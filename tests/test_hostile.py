@@ -28,6 +28,8 @@ from tests.conftest import (
     run_flowers,
     wait_for,
 )
+from tests.fault_data import parts_written
+from tests.label_data import read_csv, slow_photo
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue]
 
@@ -291,3 +293,41 @@ def test_a_second_label_dir_on_the_same_output_is_refused_while_the_first_runs(
 def read_rows(path: Path) -> dict[str, list[str]]:
     with open(path, newline="") as handle:
         return {row[0]: row for row in list(csv.reader(handle))[1:]}
+
+
+def test_ctrl_c_of_an_overwrite_keeps_the_earlier_output_and_its_rerun_resumes(
+    collection: Path, trained_bundle: tuple[Path, Any], flowers_home: Path, weights_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """label-dir --overwrite of an earlier CSV with a local cluster, Ctrl-C once some chunks
+    are done: the earlier CSV is as it was, the command says to run it again without
+    --overwrite (which would start over), and that rerun keeps the rows done and replaces
+    the CSV."""
+    env = flowers_env(flowers_home, None, weights_dir)
+    output = tmp_path / "labels.csv"
+    args = ("label-dir", str(collection), "--model", str(trained_bundle[0]), "--output",
+            str(output), "--chunk-size", "4")
+    before = b"path,label_1,confidence_1\r\nearlier.jpg,daisy,0.9\r\n"  # an earlier CSV
+    output.write_bytes(before)
+    slow_photo(collection / "zz" / "big.png")  # the last chunk: still running at the Ctrl-C
+    command = subprocess.Popen(
+        [sys.executable, "-m", "flowers.cli", *args, "--overwrite"], env=env, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=as_a_terminal_starts_it)
+    try:
+        wait_for(lambda: parts_written(output) >= 2, timeout=120, what="2 chunks",
+                 interval=0.05)
+        os.killpg(command.pid, signal.SIGINT)
+        _, stderr = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 128 + signal.SIGINT, stderr
+    assert "run the same command again without --overwrite to resume" in stderr, stderr
+    assert output.read_bytes() == before, "the earlier output is kept"
+
+    rerun = run_flowers(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming: " in rerun.stderr, rerun.stderr
+    rows = {row[0] for row in read_csv(output)[1:]}
+    assert len(rows) == 34 and "zz/big.png" in rows, "every photo once, the rows kept too"

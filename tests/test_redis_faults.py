@@ -264,6 +264,7 @@ def test_a_task_sent_while_redis_is_down_waits_for_it_as_every_call_does(
     settings = Settings.from_env({"FLOWERS_BROKER_URL": server.url,
                                   "FLOWERS_HOME": str(tmp_path / "home")})
     with open_queue(settings) as queue:
+        queue.send("flowers.finish_label", "no-such-job")  # kombu connected, its app loaded
         server.process.kill()
         server.process.wait()
         restart = threading.Timer(5, persistent_redis, args=(True,))
@@ -276,7 +277,7 @@ def test_a_task_sent_while_redis_is_down_waits_for_it_as_every_call_does(
     said = [record.getMessage() for record in caplog.records]
     assert said[0].startswith(f"cannot reach Redis at {server.url} (") and \
         said[-1] == f"Redis at {server.url} answers again", said
-    assert redis.Redis.from_url(server.url).llen(settings.queue) == 1
+    assert redis.Redis.from_url(server.url).llen(settings.queue) == 2
 
 
 def test_a_send_retries_a_redis_that_does_not_answer_and_no_refusal(
