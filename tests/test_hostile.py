@@ -89,6 +89,20 @@ def start_training(photos: Path, home: Path, weights: Path, output: Path,
     return command, started
 
 
+def ctrl_c(command: subprocess.Popen[str], presses: int = 1) -> str:
+    """Presses Ctrl-C `presses` times at a command started in a session of its own (SIGINT to
+    its process group, as a terminal sends it); its stderr, once it has exited 130."""
+    try:
+        for _ in range(presses):
+            os.killpg(command.pid, signal.SIGINT)
+        _, stderr = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 128 + signal.SIGINT, stderr
+    return str(stderr)
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_of_a_training_command_stops_everything_it_started(
     photo_subset: Path, flowers_home: Path, weights_dir: Path, tmp_path: Path, presses: int
@@ -98,14 +112,7 @@ def test_ctrl_c_of_a_training_command_stops_everything_it_started(
     no Redis, worker, pool or training process running. A second Ctrl-C is the same."""
     command, started = start_training(photo_subset, flowers_home, weights_dir,
                                       tmp_path / "bundle")
-    try:
-        for _ in range(presses):
-            os.killpg(command.pid, signal.SIGINT)
-        _, stderr = command.communicate(timeout=30)
-    finally:
-        if command.poll() is None:
-            command.kill()
-    assert command.returncode == 128 + signal.SIGINT, stderr
+    stderr = ctrl_c(command, presses)
     assert "interrupted by SIGINT" in stderr and "run the same command again" in stderr, stderr
     assert "unexpected" not in stderr and "Traceback" not in stderr, stderr
     _, alive = psutil.wait_procs(started, timeout=10)
@@ -317,12 +324,10 @@ def test_ctrl_c_of_an_overwrite_keeps_the_earlier_output_and_its_rerun_resumes(
     try:
         wait_for(lambda: parts_written(output) >= 2, timeout=120, what="2 chunks",
                  interval=0.05)
-        os.killpg(command.pid, signal.SIGINT)
-        _, stderr = command.communicate(timeout=30)
-    finally:
-        if command.poll() is None:
-            command.kill()
-    assert command.returncode == 128 + signal.SIGINT, stderr
+    except BaseException:
+        command.kill()
+        raise
+    stderr = ctrl_c(command)
     assert "run the same command again without --overwrite to resume" in stderr, stderr
     assert output.read_bytes() == before, "the earlier output is kept"
 
