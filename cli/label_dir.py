@@ -173,7 +173,7 @@ def label_dir(obj: CliContext, photo_dir: Path, bundle: Path, output: Path, top_
     with results.locked_parts(parts_dir, output):
         try:
             # The earlier output and its record stay until the merge replaces them, so a run
-            # stopped half way loses nothing; its rerun, with or without --overwrite, resumes.
+            # stopped half way loses nothing; its rerun without --overwrite resumes it.
             overwritten = results.read_identity(parts_dir).get("job_id") if overwrite else None
             results.prepare_parts(parts_dir, identity, overwrite)
             if overwrite and (output.exists() or output.is_symlink()):

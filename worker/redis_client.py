@@ -1,5 +1,5 @@
 """Clients of the job store's Redis that ride out a restart or a short outage, and say so; the
-same patience for the tasks sent through kombu (`patient_retry`), and how to tell a lost Redis
+same patience for the tasks sent through kombu (`sending_retry`), and how to tell a lost Redis
 from other Redis errors (`redis_error`, `lost_redis`)."""
 
 from __future__ import annotations
