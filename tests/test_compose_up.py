@@ -50,9 +50,7 @@ from tests.conftest import (
     wait_for,
 )
 
-# long: the image build on a fresh machine (pip downloads, mostly waiting) takes about 6 minutes,
-# so it starts with the first files, beside the ones that keep the cores busy.
-pytestmark = [pytest.mark.containers, pytest.mark.long(minutes=6)]
+pytestmark = [pytest.mark.containers, pytest.mark.long(minutes=2.5)]
 
 CONTAINERS_HERE = SHARED / "tools" / "containers-here"
 # The compose file's host variables, as a user would set them for `docker compose up`: a short

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,29 +251,37 @@ def test_redis_errors_are_found_where_kombu_wraps_them_and_nowhere_else() -> Non
 
 def test_a_task_sent_while_redis_is_down_waits_for_it_as_every_call_does(
     persistent_redis: Callable[[bool], RedisServer], tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Sending a task (a training, a label job's chunk) rides out an outage longer than
-    kombu's own retries of it (about 2 s) with the patience of every other call to Redis, and
-    says so; the task is on the queue once Redis is back."""
+    kombu's own retries of it (a few seconds, redis-py's backoff inside them) with the
+    patience of every other call to Redis, and says so; the task is on the queue once Redis
+    is back. Redis stays down until flowers says it waits: past kombu's retries, however long
+    they take here."""
     from flowers.cli.queue import open_queue
     from flowers.worker.settings import Settings
 
     server = persistent_redis(True)
+    said: list[str] = []
+
+    class RestartWhenWaited(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+            if len(said) == 1:
+                persistent_redis(True)
+
     settings = Settings.from_env({"FLOWERS_BROKER_URL": server.url,
                                   "FLOWERS_HOME": str(tmp_path / "home")})
-    with open_queue(settings) as queue:
-        queue.send("flowers.finish_label", "no-such-job")  # kombu connected, its app loaded
-        server.process.kill()
-        server.process.wait()
-        restart = threading.Timer(5, persistent_redis, args=(True,))
-        restart.start()
-        try:
-            with caplog.at_level(logging.WARNING, logger="flowers.worker.redis_client"):
-                queue.send("flowers.finish_label", "no-such-job")
-        finally:
-            restart.join()
-    said = [record.getMessage() for record in caplog.records]
+    logger = logging.getLogger("flowers.worker.redis_client")
+    handler = RestartWhenWaited(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        with open_queue(settings) as queue:
+            queue.send("flowers.finish_label", "no-such-job")  # kombu connected, app loaded
+            server.process.kill()
+            server.process.wait()
+            queue.send("flowers.finish_label", "no-such-job")
+    finally:
+        logger.removeHandler(handler)
     assert said[0].startswith(f"cannot reach Redis at {server.url} (") and \
         said[-1] == f"Redis at {server.url} answers again", said
     assert redis.Redis.from_url(server.url).llen(settings.queue) == 2
