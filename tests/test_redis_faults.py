@@ -350,3 +350,22 @@ def test_a_label_job_readied_when_redis_is_lost_is_left_to_the_sweep() -> None:
         assert readied(lost) == []
     assert readied(redis.TimeoutError("Timeout")) == []
     assert readied(OSError(28, "No space left on device")) == ["job"]
+
+
+def test_a_process_pointed_at_another_broker_sends_there(tmp_path: Path) -> None:
+    """Celery keeps kombu's connections and producers per app: a process that sends to one
+    Redis, then to another, must not send the second task to the first."""
+    from flowers.cli.queue import Queue
+    from flowers.worker.settings import Settings
+
+    servers = [start_redis(tmp_path / f"redis-{n}", None) for n in range(2)]
+    try:
+        for server in servers:
+            settings = Settings.from_env({"FLOWERS_BROKER_URL": server.url,
+                                          "FLOWERS_HOME": str(tmp_path / "home")})
+            Queue(server.url, None, settings).send(  # type: ignore[arg-type]
+                "flowers.finish_label", "no-such-job")
+        assert [redis.Redis.from_url(server.url).llen("flowers") for server in servers] == [1, 1]
+    finally:
+        for server in servers:
+            server.stop()

@@ -62,6 +62,10 @@ def configure(app: Celery, settings: Settings, broker_url: str) -> None:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    # The connections and producers kombu keeps are of the broker before, if any: a process
+    # pointed at another broker (tests, one after another) would send its tasks there.
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 class RepeatedStep(bootsteps.StartStopStep):
