@@ -58,14 +58,13 @@ class FlowersGroup(click.Group):
             click.echo(f"\n{INTERRUPTED_REMOTE if remote else 'interrupted'}", err=True)
             raise SystemExit(128 + signal.SIGINT) from None
         except Interrupted as exc:
-            again = ctx.obj.again if ctx.obj is not None else CliContext.again
-            click.echo(f"\ninterrupted by {exc.signal_name}: {INTERRUPTED.format(again=again)}",
-                       err=True)
+            click.echo(f"\ninterrupted by {exc.signal_name}: "
+                       f"{INTERRUPTED.format(again=_again(ctx))}", err=True)
             raise
         except Exception as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
-            again = ctx.obj.again if ctx.obj is not None else CliContext.again
+            again = _again(ctx)
             if (full := redis_error(exc, "OutOfMemoryError")) is not None:  # noeviction
                 raise click.ClickException(
                     f"Redis is full and refuses writes ({full}): free memory there or raise "
@@ -86,6 +85,11 @@ class FlowersGroup(click.Group):
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
             ) from None
+
+
+def _again(ctx: click.Context) -> str:
+    """How the command's errors say to resume it (`CliContext.again`)."""
+    return ctx.obj.again if ctx.obj is not None else CliContext.again
 
 
 @click.group(cls=FlowersGroup, context_settings={"help_option_names": ["-h", "--help"]})

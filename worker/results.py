@@ -295,7 +295,11 @@ def prepare_parts(parts_dir: Path, identity: dict[str, Any], overwrite: bool) ->
                 )
         return
     parts_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(job_file, json.dumps(identity, indent=2))
+    _write_identity(parts_dir, identity)
+
+
+def _write_identity(parts_dir: Path, identity: dict[str, Any]) -> None:
+    write_text_atomically(parts_dir / JOB_FILE, json.dumps(identity, indent=2))
 
 
 def read_identity(parts_dir: Path) -> dict[str, Any]:
@@ -312,7 +316,7 @@ def claim_parts(parts_dir: Path, job_id: str) -> str | None:
     previous = identity.get("job_id")
     identity["job_id"] = job_id
     identity["jobs"] = [*identity.get("jobs", [previous] if previous else []), job_id]
-    write_text_atomically(parts_dir / JOB_FILE, json.dumps(identity, indent=2))
+    _write_identity(parts_dir, identity)
     return previous
 
 
@@ -321,7 +325,7 @@ def mark_replacing(parts_dir: Path) -> None:
     stays until the merge: a rerun without --overwrite resumes the job instead of refusing."""
     identity = read_identity(parts_dir)
     identity[REPLACING] = True
-    write_text_atomically(parts_dir / JOB_FILE, json.dumps(identity, indent=2))
+    _write_identity(parts_dir, identity)
 
 
 def replacing(parts_dir: Path) -> bool:
