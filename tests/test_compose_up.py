@@ -101,7 +101,8 @@ def ensure_podman() -> None:
 @pytest.fixture(scope="session")
 def project_image() -> Iterator[str]:
     """`podman build` of the Dockerfile with the compose file's build arguments; the tag is
-    this session's (layers stay cached for the next build), removed afterwards."""
+    this session's, removed afterwards (with the cached layers, unless another tag holds them:
+    .ci/run builds the same image ahead and keeps its tag until it ends)."""
     ensure_podman()
     tag = f"localhost/flowers:test-{os.getpid()}"
     build = WORKER["build"]

@@ -131,16 +131,20 @@ def test_a_worker_killed_while_training_and_the_training_runs_again_elsewhere(
              timeout=120, what="the training process started")
     doomed = holder_of(redis_url, workers, "flowers.fit", job_id)
     assert doomed is not None, "the worker that trains is listed holding flowers.fit"
+    (survivor,) = [worker for worker in workers if worker is not doomed]
     doomed.kill()
     killed = time.monotonic()
+    # The recovery is the put-back: what follows is the training's own work (a process that
+    # imports TensorFlow, the photo stage's cache, the fit), as long as a loaded machine makes it.
+    wait_for(lambda: bool(put_back_lines(survivor, "flowers.fit")), timeout=TIMEOUT + 60,
+             what="the survivor putting the training back", interval=0.2)
+    back = time.monotonic() - killed
     record = wait_for_job(job_id, env, "the training run again")
-    took = time.monotonic() - killed
-    print(f"training job ended {took:.1f} s after the kill (FLOWERS_WORKER_TIMEOUT={TIMEOUT}), "
-          f"its second training {record['result']['seconds']['total']:.1f} s of that")
+    print(f"training put back {back:.1f} s after the kill (FLOWERS_WORKER_TIMEOUT={TIMEOUT}), "
+          f"the job ended {time.monotonic() - killed:.1f} s after it")
     assert record["state"] == "succeeded", record
-    assert took < TIMEOUT + 20 + record["result"]["seconds"]["total"]
+    assert back < TIMEOUT + 20
     assert (output / "manifest.json").is_file() and record["result"]["bundle"] == str(output)
-    (survivor,) = [worker for worker in workers if worker is not doomed]
     assert len(put_back_lines(survivor, "flowers.fit")) == 1
     nothing_left_in_hand(redis_url)
 
@@ -151,15 +155,22 @@ def test_a_task_longer_than_every_timeout_on_a_live_worker_runs_once(
 ) -> None:
     """A training task that runs past the worker timeout plus a heartbeat and twice the
     visibility timeout (10 s here) on a live worker, with another worker looking: delivered
-    once. Its length is the task's own, as Celery logs it (the training process's start
-    included), however fast the machine trains."""
+    once. Its length is the task's own, as Celery logs it: its training process is paused
+    (SIGSTOP) long enough, however fast the machine trains, while its worker goes on."""
     short = {**SETTINGS, "FLOWERS_VISIBILITY_TIMEOUT": "10"}
     env = {**flowers_env(flowers_home, redis_url, weights_dir), **short}
     workers = [start_workers(1, **short) for _ in range(2)]
     queued = run_flowers("train", str(photos), "--output", str(tmp_path / "bundle"),
-                         "--architecture", SMALL_NETWORK, "--views", "2", "--epochs", "400",
+                         "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "3",
                          "--no-wait", env=env)
     job_id = queued.stdout.strip().splitlines()[-1]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
+             timeout=120, what="the training process started")
+    trainer = int(client.hget(f"flowers:job:{job_id}", "train_pid") or 0)
+    os.kill(trainer, signal.SIGSTOP)
+    time.sleep(TIMEOUT + 10)
+    os.kill(trainer, signal.SIGCONT)
     record = wait_for_job(job_id, env, "the long training", timeout=300)
     assert record["state"] == "succeeded", record
     succeeded = re.compile(r"Task flowers\.fit\[[^\]]+\] succeeded in ([0-9.]+)s")
