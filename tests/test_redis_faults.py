@@ -215,7 +215,8 @@ def test_a_reconnection_inside_a_call_keeps_the_calls_deadline(
             pytest.raises(redis.TimeoutError):
         retry.call_with_retry(command, lambda error: None)
     took = time.monotonic() - started
-    assert 1.0 <= took < 1.0 + 0.2 + 0.3, f"{took:.2f} s"
+    # A patience later would be 2 s and more; a loaded machine delays the end a little.
+    assert 1.0 <= took < 1.0 + 0.2 + 0.5, f"{took:.2f} s"
     said = [record.getMessage() for record in caplog.records]
     assert said == ["cannot reach Redis at redis://stalled:6379/0 (Timeout connecting to "
                     "server); retrying for up to 1 s",
