@@ -21,9 +21,18 @@ from flowers.worker.messages import MessageError
 from flowers.worker.recovery import waiting_on_dead
 
 
+SHOWN_CLASSES = 8
+
+
+def _class_list(names: list[str]) -> str:
+    """The first SHOWN_CLASSES class names, and how many more there are."""
+    more = len(names) - SHOWN_CLASSES
+    return ", ".join(names[:SHOWN_CLASSES]) + (f" and {more} more" if more > 0 else "")
+
+
 def _bundle_lines(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     lines = [f"bundle {bundle}: {manifest['architecture']}, {len(manifest['class_names'])} "
-             f"classes ({', '.join(manifest['class_names'][:8])}), made {manifest.get('created')}"]
+             f"classes ({_class_list(manifest['class_names'])}), made {manifest.get('created')}"]
     imported = imported_from(manifest)
     if imported is None:
         accuracy = (manifest.get("metrics") or {}).get("test_accuracy")

@@ -351,3 +351,17 @@ def test_another_bundles_model_or_no_model_file_in_its_place_is_refused(
                 check()
             assert f"model.tflite is {kind}, not a model file: remove it, then" in str(
                 refused.value)
+
+
+def test_status_of_a_bundle_names_its_first_classes_and_counts_the_rest() -> None:
+    from flowers.cli.status import _bundle_lines
+
+    names = [f"class{n}" for n in range(11)]
+    manifest: dict[str, Any] = {"architecture": "mobilenet_v2_1.0_224", "metrics": {},
+                                "created": "2026-12-08T00:00:00Z", "class_names": names}
+    first, *_ = _bundle_lines(Path("b"), manifest)
+    assert "11 classes (class0, class1, class2, class3, class4, class5, class6, class7 and " \
+           "3 more)" in first, first
+    manifest["class_names"] = names[:8]
+    first, *_ = _bundle_lines(Path("b"), manifest)
+    assert "8 classes (class0, class1, class2, class3, class4, class5, class6, class7)," in first

@@ -7,10 +7,12 @@ Each test prints how long the job took to end after the kill.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,16 @@ def holder_of(broker_url: str, workers: list[RunningWorker], task_name: str,
 def put_back_lines(worker: RunningWorker, task_name: str) -> list[str]:
     return [line for line in worker.log().splitlines()
             if "put its task" in line and f"{task_name}[" in line]
+
+
+def folder_of(folder: Path) -> int | None:
+    """The pid a training's temporary folder is marked with."""
+    from flowers.worker.train_process import TEMPORARY_MARK
+
+    try:
+        return int(json.loads((folder / TEMPORARY_MARK).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def nothing_left_in_hand(broker_url: str) -> None:
@@ -137,6 +149,9 @@ def test_a_worker_killed_while_training_and_the_training_runs_again_elsewhere(
     doomed = holder_of(redis_url, workers, "flowers.fit", job_id)
     assert doomed is not None, "the worker that trains is listed holding flowers.fit"
     (survivor,) = [worker for worker in workers if worker is not doomed]
+    # Its training's temporary folder, which the kill leaves for the next training to remove.
+    (temporary,) = [folder for folder in Path(tempfile.gettempdir()).glob("flowers-retrain-*")
+                    if folder_of(folder) in doomed.pool_pids()]
     doomed.kill()
     killed = time.monotonic()
     # The recovery is the put-back: what follows is the training's own work (a process that
@@ -151,6 +166,7 @@ def test_a_worker_killed_while_training_and_the_training_runs_again_elsewhere(
     assert back < TIMEOUT + 20
     assert (output / "manifest.json").is_file() and record["result"]["bundle"] == str(output)
     assert len(put_back_lines(survivor, "flowers.fit")) == 1
+    assert not temporary.exists(), "the survivor's training removed the killed one's folder"
     nothing_left_in_hand(redis_url)
 
 

@@ -87,20 +87,25 @@ def test_redis_killed_mid_job_keeps_the_job(
     server = persistent_redis(True)
     output = tmp_path / "out.csv"
     start_workers(1, broker_url=server.url, FLOWERS_VISIBILITY_TIMEOUT="10")
-    cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
-                            *label_args(photos, trained_bundle[0],
-                                                                     output)],
-                           env=flowers_env(flowers_home, server.url, weights_dir), cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = tmp_path / "cli.stderr"
+    with open(said, "w") as stderr_file:
+        cli = subprocess.Popen([sys.executable, "-m", "flowers.cli",
+                                *label_args(photos, trained_bundle[0], output)],
+                               env=flowers_env(flowers_home, server.url, weights_dir), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=stderr_file, text=True)
     try:
         wait_for(lambda: parts_written(output) >= 2, what="2 chunks")
         server.process.kill()
         server.process.wait()
-        time.sleep(1)
+        # Down until the waiting command has asked for its job's progress and said it waits: a
+        # fixed second was over before it asked, on a loaded machine.
+        wait_for(lambda: f"cannot reach Redis at {server.url}" in said.read_text(),
+                 timeout=60, what="the command saying it waits for Redis")
         persistent_redis(True)
-        _, stderr = cli.communicate(timeout=240)
+        cli.communicate(timeout=240)
     finally:
         cli.kill()
+    stderr = said.read_text()
     assert cli.returncode == 0, stderr
     assert_complete(output, photos)
     assert f"cannot reach Redis at {server.url}" in stderr and \

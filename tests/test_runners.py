@@ -331,3 +331,40 @@ def test_a_keras_runtime_asked_of_a_bundle_without_a_readable_keras_model_says_w
     assert choice.runtime == "litert"
     assert choice.warning == (f"{bundle} has no Keras model (its Keras model file is missing or "
                               "not a regular file): it runs on LiteRT"), choice.warning
+
+
+def test_a_killed_trainings_temporary_folder_is_removed_by_the_next_training_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed outright cannot remove its training's temporary folder: the next
+    training on the host removes the folders marked with this host and a pid that no longer
+    runs, and nothing else (a live pid's, another host's, one with no mark, a link, another
+    kind's)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from flowers.worker import train_process
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead_pid, host = int(ended.stdout), socket.gethostname()
+
+    def folder(name: str, mark: dict[str, Any] | None) -> Path:
+        (tmp_path / name).mkdir()
+        if mark is not None:
+            (tmp_path / name / train_process.TEMPORARY_MARK).write_text(json.dumps(mark))
+        return tmp_path / name
+
+    abandoned = folder("flowers-retrain-a", {"host": host, "pid": dead_pid})
+    kept = [folder("flowers-retrain-live", {"host": host, "pid": os.getpid()}),
+            folder("flowers-retrain-elsewhere", {"host": host + "-other", "pid": dead_pid}),
+            folder("flowers-retrain-unmarked", None),
+            folder("flowers-retrain-garbled", {"pid": "x"}),
+            folder("flowers-evaluate-a", {"host": host, "pid": dead_pid})]
+    (tmp_path / "flowers-retrain-link").symlink_to(abandoned)
+    assert train_process.sweep_abandoned("retrain") == [abandoned]
+    assert not abandoned.exists() and all(path.is_dir() for path in kept)
+    assert (tmp_path / "flowers-retrain-link").is_symlink()

@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from flowers.models.errors import FlowersError, JobEndedError
@@ -40,13 +43,45 @@ PARENT_ENV = "FLOWERS_TRAIN_PARENT"
 CLAIM_ENV = "FLOWERS_TRAIN_CLAIM"
 
 
+# In each temporary folder of `running`: the host and pid of the process that made it.
+TEMPORARY_MARK = ".flowers-temporary"
+
+
+def sweep_abandoned(kind: str) -> list[Path]:
+    """Removes the temporary folders of `running` whose process died before it could (a worker
+    killed outright): those marked as made on this host by a pid that no longer runs. Folders
+    with no readable mark, of another host (a /tmp shared between containers) or of a live
+    pid are left alone. Returns the folders removed."""
+    removed = []
+    host = socket.gethostname()
+    for folder in Path(tempfile.gettempdir()).glob(f"flowers-{kind}-*"):
+        try:
+            if folder.is_symlink() or folder.lstat().st_uid != os.getuid():
+                continue
+            mark = json.loads((folder / TEMPORARY_MARK).read_text())
+            if mark["host"] != host:
+                continue
+            os.kill(int(mark["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return removed
+
+
 @contextmanager
 def running(kind: str, job_id: str, request: dict[str, Any], broker_url: str, claim: str
             ) -> Iterator[subprocess.Popen[bytes]]:
     """Starts the `kind` process for `job_id`, running as finish-claim holder `claim`; its
     logs go to this process's stderr. Its temporary files (TensorFlow's generated code, which
-    a killed process leaves behind) go to a folder of its own, removed when the block ends."""
+    a killed process leaves behind) go to a folder of its own, removed when the block ends, or
+    by the next training on this host if this process is killed first."""
+    for folder in sweep_abandoned(kind):
+        log.info("removed %s, the temporary folder of a training whose worker was killed", folder)
     with tempfile.TemporaryDirectory(prefix=f"flowers-{kind}-") as temporary:
+        Path(temporary, TEMPORARY_MARK).write_text(
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         env = dict(os.environ, FLOWERS_BROKER_URL=broker_url, TMPDIR=temporary,
                    **{PARENT_ENV: str(os.getpid()), CLAIM_ENV: claim})
         process = subprocess.Popen(
