@@ -20,7 +20,6 @@ from flowers.worker.jobs import JobStore
 from flowers.worker.messages import MessageError
 from flowers.worker.recovery import waiting_on_dead
 
-
 SHOWN_CLASSES = 8
 
 
