@@ -1,5 +1,6 @@
-"""What the fault tests share: a photo folder, the label-dir arguments they run, and checks
-that a job ended with exactly one row per photo."""
+"""What the fault tests share: a photo folder, the label-dir arguments they run, checks
+that a job ended with exactly one row per photo, and the dead-worker tests' settings and
+lookups (who holds a task, who put one back)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import csv
 from pathlib import Path
 
 import pytest
+import redis
 
+from flowers.worker.liveness import UNACKED, read_workers
 from tests.compose_file import redis_arguments
 from tests.conftest import RunningWorker, WorkerFactory, copy_subset, run_flowers, wait_for
 
@@ -56,3 +59,36 @@ def label_until_parts(
     assert not output.exists(), ("the job ended before the fault this test is about: give it a "
                                  "slow last photo (slow_photo)")
     return worker
+
+
+# The dead-worker tests (test_dead_workers.py, test_dead_trainers.py): FLOWERS_WORKER_TIMEOUT
+# (30 by default; 15 the least), and the visibility timeout at its default (the suite's
+# workers otherwise run with 30 s): nothing comes back through it in these tests but where one
+# says so.
+WORKER_TIMEOUT = 15
+DEAD_WORKER_SETTINGS = {"FLOWERS_WORKER_TIMEOUT": str(WORKER_TIMEOUT),
+                        "FLOWERS_VISIBILITY_TIMEOUT": "3600"}
+
+
+def holder_of(broker_url: str, workers: list[RunningWorker], task_name: str,
+              job: str | None = None, task_id: str | None = None) -> RunningWorker | None:
+    """The worker whose heartbeat record lists a task `task_name` (of `job`, of id `task_id`)."""
+    for record in read_workers(redis.Redis.from_url(broker_url)):
+        for task in record.tasks:
+            if task["name"] == task_name and job in (None, task["job"]) and \
+                    task_id in (None, task["id"]):
+                return next((worker for worker in workers if worker.pid == record.pid), None)
+    return None
+
+
+def put_back_lines(worker: RunningWorker, task_name: str) -> list[str]:
+    return [line for line in worker.log().splitlines()
+            if "put its task" in line and f"{task_name}[" in line]
+
+
+def nothing_left_in_hand(broker_url: str) -> None:
+    """No message is left in kombu's `unacked` hash (nothing can come back an hour later) and
+    the queue is empty."""
+    client = redis.Redis.from_url(broker_url)
+    wait_for(lambda: not client.hlen(UNACKED) and not client.llen("flowers"), timeout=30,
+             what="no message left in a worker's hands or on the queue")
