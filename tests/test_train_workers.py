@@ -81,10 +81,19 @@ def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
     queued = run_flowers("train", str(three), *args, "--no-wait", env=train_env)
     assert queued.returncode == 0, queued.stderr
     job_id = queued.stdout.strip()
-    wait_for(lambda: any(tmp_path.glob(".bundle.*.tmp/model.keras")), what="the export",
-             interval=0.02)
-    (exporting,) = trainer.pool_pids()
-    os.kill(exporting, signal.SIGKILL)
+    def exporting() -> bool:
+        return any(tmp_path.glob(".bundle.*.tmp/model.keras"))
+
+    wait_for(exporting, what="the export", interval=0.02)
+    # Stopped first, then its pool process killed (the training process dies with it): killing
+    # the pool process alone left the training time to rename its bundle into place on a loaded
+    # machine. Its folder still there once it is stopped: stopped mid-export.
+    training = int(str(redis.Redis.from_url(redis_url, decode_responses=True).hget(
+        f"flowers:job:{job_id}", "train_pid")))
+    os.kill(training, signal.SIGSTOP)
+    assert exporting(), "the training was stopped after its export, not during it"
+    (pool_process,) = trainer.pool_pids()
+    os.kill(pool_process, signal.SIGKILL)
     assert read_manifest(bundle)["bundle_id"] == old["bundle_id"], "the old bundle stays"
     assert load_bundle(bundle).class_names == ["daisy", "tulips"]
     record = wait_for_job(job_id, env, "the redone training")
