@@ -92,3 +92,12 @@ def nothing_left_in_hand(broker_url: str) -> None:
     client = redis.Redis.from_url(broker_url)
     wait_for(lambda: not client.hlen(UNACKED) and not client.llen("flowers"), timeout=30,
              what="no message left in a worker's hands or on the queue")
+
+
+def training_started(broker_url: str, job_id: str) -> int:
+    """Waits for the job's training process (past its photo stage: the training task's own
+    work) and returns its pid, as the job's record names it."""
+    client = redis.Redis.from_url(broker_url, decode_responses=True)
+    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
+             timeout=120, what="the training process started")
+    return int(str(client.hget(f"flowers:job:{job_id}", "train_pid")))

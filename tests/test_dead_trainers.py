@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from flowers.worker.train_process import TEMPORARY_MARK
 from tests.conftest import (
@@ -32,6 +31,7 @@ from tests.fault_data import (
     holder_of,
     nothing_left_in_hand,
     put_back_lines,
+    training_started,
 )
 
 pytestmark = [pytest.mark.hardening, pytest.mark.queue, pytest.mark.long(minutes=2.5)]
@@ -55,10 +55,7 @@ def test_a_worker_killed_while_training_and_the_training_runs_again_elsewhere(
     queued = run_flowers("train", str(photos), "--output", str(output), "--architecture",
                          SMALL_NETWORK, "--views", "1", "--epochs", "3", "--no-wait", env=env)
     job_id = queued.stdout.strip().splitlines()[-1]
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    # In its training process, past the photo stage: the training task's own work.
-    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
-             timeout=120, what="the training process started")
+    training_started(redis_url, job_id)
     doomed = holder_of(redis_url, workers, "flowers.fit", job_id)
     assert doomed is not None, "the worker that trains is listed holding flowers.fit"
     (survivor,) = [worker for worker in workers if worker is not doomed]
@@ -98,10 +95,7 @@ def test_a_task_longer_than_every_timeout_on_a_live_worker_runs_once(
                          "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "3",
                          "--no-wait", env=env)
     job_id = queued.stdout.strip().splitlines()[-1]
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
-             timeout=120, what="the training process started")
-    trainer = int(client.hget(f"flowers:job:{job_id}", "train_pid") or 0)
+    trainer = training_started(redis_url, job_id)
     os.kill(trainer, signal.SIGSTOP)
     time.sleep(WORKER_TIMEOUT + 10)
     os.kill(trainer, signal.SIGCONT)
@@ -133,10 +127,7 @@ def test_a_training_process_killed_alone_fails_its_job_and_leaves_no_temporary_f
                          "--architecture", SMALL_NETWORK, "--views", "1", "--epochs", "400",
                          "--no-wait", env=env)
     job_id = queued.stdout.strip()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    wait_for(lambda: client.hget(f"flowers:job:{job_id}", "train_pid") is not None,
-             timeout=120, what="the training process started")
-    pid = int(str(client.hget(f"flowers:job:{job_id}", "train_pid")))
+    pid = training_started(redis_url, job_id)
     environ = dict(item.split("=", 1) for item in
                    Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
     temporary = Path(environ["TMPDIR"])

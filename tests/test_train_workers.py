@@ -29,6 +29,7 @@ from tests.conftest import (
     wait_for,
     wait_for_job,
 )
+from tests.fault_data import training_started
 from tests.test_train_queue import TRAIN_ARGS
 
 pytestmark = [pytest.mark.queue, pytest.mark.long(minutes=4)]
@@ -88,8 +89,7 @@ def test_a_bundle_retrained_in_place_is_reloaded_by_a_warm_worker(
     # Stopped first, then its pool process killed (the training process dies with it): killing
     # the pool process alone left the training time to rename its bundle into place on a loaded
     # machine. Its folder still there once it is stopped: stopped mid-export.
-    training = int(str(redis.Redis.from_url(redis_url, decode_responses=True).hget(
-        f"flowers:job:{job_id}", "train_pid")))
+    training = training_started(redis_url, job_id)
     os.kill(training, signal.SIGSTOP)
     assert exporting(), "the training was stopped after its export, not during it"
     (pool_process,) = trainer.pool_pids()
